@@ -1,0 +1,1 @@
+"""The runner's HTTP API: routes, wallet auth, errors, the OpenAPI document."""

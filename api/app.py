@@ -1,0 +1,42 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from api.errors import Unavailable, error_middleware
+from runner.service import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)
+MAX_BODY_BYTES = 1024 * 1024  # SPEC §5: a submit body of at most 1 MiB
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    problems = []
+    if runtime.draining.is_set():
+        problems.append("draining")
+    if runtime.listener is not None and not runtime.listener.connected:
+        problems.append("listener down")
+    try:
+        async with asyncio.timeout(2):
+            await runtime.pool.fetchval("SELECT 1")
+    except (OSError, TimeoutError, Exception) as exc:  # any failure means "not ready"
+        problems.append(f"database unreachable ({type(exc).__name__})")
+    if problems:
+        raise Unavailable("not ready: " + ", ".join(problems), reasons=problems)
+    return web.json_response({"ok": True})
+
+
+def create_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,119 @@
+"""API errors: one hierarchy, turned into the JSON error shape of SPEC §5 by one middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from runner import errors as runner_errors
+
+log = structlog.get_logger("api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+
+class BadRequest(ApiError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthenticated(ApiError):
+    status, code = 401, "unauthenticated"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class TooManyRequests(ApiError):
+    status, code = 429, "rate_limited"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
+# Domain errors raised below the API, and the HTTP status each one answers with.
+_RUNNER_STATUS: dict[type[runner_errors.JobError], int] = {
+    runner_errors.JobNotFound: 404,
+    runner_errors.JobForbidden: 403,
+    runner_errors.NotCancellable: 409,
+    runner_errors.IdempotencyConflict: 409,
+    runner_errors.QuotaExceeded: 429,
+    runner_errors.UnknownBackend: 400,
+    runner_errors.JobError: 400,
+}
+
+_HTTP_CODES = {
+    404: ("not_found", "no such route"),
+    405: ("method_not_allowed", "method not allowed on this route"),
+    413: ("payload_too_large", "the request body is larger than 1 MiB"),
+    415: ("unsupported_media_type", "expected application/json"),
+}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"ok": False, "error": code, "message": message, **extra}
+    return web.json_response(body, status=status, dumps=json.dumps)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as JSON; an unexpected one is logged with its trace, never shown."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, exc.message, **exc.extra)
+    except runner_errors.JobError as exc:
+        status = next(s for t, s in _RUNNER_STATUS.items() if isinstance(exc, t))
+        response = error_response(status, exc.code, exc.message, **exc.extra)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _HTTP_CODES.get(exc.status, ("invalid_request", exc.reason))
+        response = error_response(exc.status, code, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        response = error_response(500, "internal_error", "internal error; it has been logged")
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response

@@ -1,0 +1,171 @@
+"""The backends file (SPEC §6): TOML, `${VAR}` expanded from the environment, validated once."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.errors import ConfigError
+
+KINDS = ("demo", "http", "runpod", "replicate", "fal", "subprocess")
+DEFAULT_BASE_URLS = {
+    "runpod": "https://api.runpod.ai/v2",
+    "replicate": "https://api.replicate.com/v1",
+    "fal": "https://queue.fal.run",
+}
+_COMMON = {"kind", "url", "base_url", "api_key", "headers", "timeout_s", "poll_interval_s",
+           "max_attempts"}
+_KIND_KEYS = {
+    "demo": set(),
+    "http": {"cancel_url"},
+    "runpod": {"endpoint_id"},
+    "replicate": {"version", "model"},
+    "fal": {"model"},
+    "subprocess": {"command", "grace_s"},
+}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    name: str
+    kind: str
+    url: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 3600.0
+    poll_interval_s: float = 1.0
+    max_attempts: int = 3
+    cancel_url: str | None = None
+    endpoint_id: str | None = None
+    version: str | None = None
+    model: str | None = None
+    command: tuple[str, ...] = ()
+    grace_s: float = 10.0
+
+    @property
+    def cancels_remotely(self) -> bool:
+        """True when a cancel must reach the backend through its API (and so can be owed)."""
+        return self.kind in ("runpod", "replicate", "fal") or bool(self.cancel_url)
+
+
+def default_backends() -> dict[str, BackendSpec]:
+    return {"demo": BackendSpec(name="demo", kind="demo")}
+
+
+def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
+    if isinstance(value, str):
+        def sub(match: re.Match[str]) -> str:
+            var = match.group(1)
+            if var not in env:
+                raise ConfigError(f"{where}: environment variable ${{{var}}} is not set")
+            return env[var]
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand(v, env, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _number(where: str, value: Any, *, integer: bool = False) -> float:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if not ok or isinstance(value, bool) or value <= 0:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{where}: expected {kind} greater than 0")
+    return float(value)
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty string")
+    return value
+
+
+def _url(where: str, value: Any) -> str:
+    url = _string(where, value)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: expected an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
+    where = f"backends.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+    unknown = set(raw) - _COMMON - _KIND_KEYS[kind]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind {kind}")
+    raw = {k: _expand(v, env, f"{where}.{k}") for k, v in raw.items()}
+
+    opts: dict[str, Any] = {"name": name, "kind": kind}
+    if "api_key" in raw:
+        opts["api_key"] = _string(f"{where}.api_key", raw["api_key"])
+    if "headers" in raw:
+        headers = raw["headers"]
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise ConfigError(f"{where}.headers: expected a table of strings")
+        opts["headers"] = dict(headers)
+    for key in ("timeout_s", "poll_interval_s", "grace_s"):
+        if key in raw:
+            opts[key] = _number(f"{where}.{key}", raw[key])
+    if "max_attempts" in raw:
+        opts["max_attempts"] = int(_number(f"{where}.max_attempts", raw["max_attempts"],
+                                           integer=True))
+
+    if kind == "http":
+        if "url" not in raw:
+            raise ConfigError(f"{where}.url: required for kind http")
+        opts["url"] = _url(f"{where}.url", raw["url"])
+        if "cancel_url" in raw:
+            opts["cancel_url"] = _url(f"{where}.cancel_url", raw["cancel_url"])
+    elif kind in DEFAULT_BASE_URLS:
+        opts["base_url"] = _url(f"{where}.base_url",
+                                raw.get("base_url", raw.get("url", DEFAULT_BASE_URLS[kind])))
+    if kind == "runpod":
+        opts["endpoint_id"] = _string(f"{where}.endpoint_id", raw.get("endpoint_id"))
+    elif kind == "replicate":
+        if ("version" in raw) == ("model" in raw):
+            raise ConfigError(f"{where}: exactly one of version or model is required")
+        key = "version" if "version" in raw else "model"
+        opts[key] = _string(f"{where}.{key}", raw[key])
+        if key == "model" and raw["model"].count("/") != 1:
+            raise ConfigError(f"{where}.model: expected owner/name")
+    elif kind == "fal":
+        opts["model"] = _string(f"{where}.model", raw.get("model")).strip("/")
+    elif kind == "subprocess":
+        command = raw.get("command")
+        if not isinstance(command, list) or not command or not all(
+            isinstance(c, str) and c for c in command
+        ):
+            raise ConfigError(f"{where}.command: expected a non-empty list of strings")
+        opts["command"] = tuple(command)
+    return BackendSpec(**opts)
+
+
+def load_backends(text: str, env: Mapping[str, str], *, source: str) -> dict[str, BackendSpec]:
+    """Parse and validate a backends file; every error names the backend and key."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    extra = set(doc) - {"backends"}
+    if extra:
+        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(sorted(extra))}")
+    tables = doc.get("backends")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(f"{source}: no [backends.NAME] tables")
+    out = {}
+    for name, raw in tables.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise ConfigError(f"{source}: backend name {name!r} must be 1-64 of A-Za-z0-9_.-")
+        out[name] = _spec(name, raw, env)
+    return out

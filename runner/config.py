@@ -1,0 +1,148 @@
+"""Settings: every environment variable of SPEC §2, parsed once into a frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from runner.backends.config import BackendSpec, default_backends, load_backends
+from runner.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _int(name: str, raw: str, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name}={raw!r}: must be {bound}")
+    return value
+
+
+def _seconds(name: str, raw: str, *, allow_zero: bool = False) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from None
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        raise ConfigError(f"{name}={raw!r}: expected a finite, non-negative number of seconds")
+    if value == 0 and not allow_zero:
+        raise ConfigError(f"{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _addresses(name: str, raw: str) -> frozenset[str]:
+    from eth_utils.address import is_address, to_checksum_address
+
+    out = set()
+    for part in _split(raw):
+        if not is_address(part):
+            raise ConfigError(f"{name}: {part!r} is not an Ethereum address")
+        out.add(to_checksum_address(part))
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".runner")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    siwe_domains: tuple[str, ...] | None = None
+    siwe_chain_ids: frozenset[int] | None = None
+    session_ttl_s: float = 86400.0
+    backends: Mapping[str, BackendSpec] = field(default_factory=default_backends)
+    admin_wallets: frozenset[str] = frozenset()
+    cors_origins: tuple[str, ...] = ()
+    concurrency: int = 1000
+    lease_s: float = 15.0
+    shutdown_grace_s: float = 20.0
+    max_active_jobs_per_wallet: int = 100
+    max_job_attempts: int = 3
+    db_pool_size: int = 20
+    metrics_port: int | None = None
+    log_format: str = "json"
+
+    @property
+    def allowed_siwe_domains(self) -> frozenset[str]:
+        """Domains (host[:port], lower case) a sign-in message may name."""
+        domains = self.siwe_domains or (f"localhost:{self.port}", f"127.0.0.1:{self.port}")
+        return frozenset(d.lower() for d in domains)
+
+    @property
+    def lease_renew_s(self) -> float:
+        return self.lease_s / 3
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the environment; a bad value raises ConfigError naming the variable."""
+    env = os.environ if env is None else env
+
+    def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        return parse(name, raw.strip())
+
+    def chain_ids(name: str, raw: str) -> frozenset[int]:
+        return frozenset(_int(name, part, 1) for part in _split(raw))
+
+    def log_format(name: str, raw: str) -> str:
+        if raw not in ("json", "console"):
+            raise ConfigError(f"{name}={raw!r}: expected 'json' or 'console'")
+        return raw
+
+    backends_toml = env.get("RUNNER_BACKENDS_TOML")
+    backends_file = env.get("RUNNER_BACKENDS_FILE")
+    if backends_toml:
+        backends = load_backends(backends_toml, env, source="RUNNER_BACKENDS_TOML")
+    elif backends_file:
+        try:
+            text = Path(backends_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"RUNNER_BACKENDS_FILE={backends_file!r}: {exc.strerror}") from None
+        backends = load_backends(text, env, source=backends_file)
+    else:
+        backends = default_backends()
+
+    return Settings(
+        database_url=env.get("DATABASE_URL") or None,
+        data_dir=Path(env.get("RUNNER_DATA_DIR") or ".runner"),
+        host=get("RUNNER_HOST", lambda _n, raw: raw, "127.0.0.1"),
+        port=get("RUNNER_PORT", lambda n, raw: _int(n, raw, 1, 65535), 8080),
+        siwe_domains=get("RUNNER_SIWE_DOMAIN", lambda _n, raw: _split(raw), None),
+        siwe_chain_ids=get("RUNNER_SIWE_CHAIN_IDS", chain_ids, None),
+        session_ttl_s=get("RUNNER_SESSION_TTL_S", _seconds, 86400.0),
+        backends=backends,
+        admin_wallets=get("RUNNER_ADMIN_WALLETS", _addresses, frozenset()),
+        cors_origins=get("RUNNER_CORS_ORIGINS", lambda _n, raw: _split(raw), ()),
+        concurrency=get("RUNNER_CONCURRENCY", lambda n, raw: _int(n, raw, 1), 1000),
+        lease_s=get("RUNNER_LEASE_S", _seconds, 15.0),
+        shutdown_grace_s=get(
+            "RUNNER_SHUTDOWN_GRACE_S", lambda n, raw: _seconds(n, raw, allow_zero=True), 20.0
+        ),
+        max_active_jobs_per_wallet=get(
+            "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET", lambda n, raw: _int(n, raw, 1), 100
+        ),
+        max_job_attempts=get("RUNNER_MAX_JOB_ATTEMPTS", lambda n, raw: _int(n, raw, 1), 3),
+        db_pool_size=get("RUNNER_DB_POOL_SIZE", lambda n, raw: _int(n, raw, 1), 20),
+        metrics_port=get("RUNNER_METRICS_PORT", lambda n, raw: _int(n, raw, 1, 65535), None),
+        log_format=get(
+            "RUNNER_LOG_FORMAT", log_format, "console" if sys.stderr.isatty() else "json"
+        ),
+    )

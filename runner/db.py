@@ -1,0 +1,159 @@
+"""Postgres: the asyncpg pool, the embedded server (pgserver), and the migration runner."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from runner.errors import ConfigError, MigrationError
+
+log = structlog.get_logger("runner.db")
+
+# pg_advisory_lock key held while migrating, so instances may start together.
+MIGRATION_LOCK_KEY = 0x72756E6E65720001
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class EmbeddedPostgres:
+    """The pgserver-managed Postgres used when DATABASE_URL is unset; data is kept across runs."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "pg").resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or attach to) the server; blocking: call it from a thread."""
+        with warnings.catch_warnings():
+            # platformdirs warns about XDG_RUNTIME_DIR on servers; pgserver copes without it.
+            warnings.simplefilter("ignore")
+            from pgserver import get_server  # type: ignore[attr-defined]
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises bare exceptions with the server's log
+            raise ConfigError(f"embedded Postgres in {self.pgdata} failed to start: {exc}") from exc
+        dsn: str = self._server.get_uri()
+        log.info("embedded_postgres_started", pgdata=str(self.pgdata))
+        return dsn
+
+    def stop(self) -> None:
+        """Release our handle: the server stops when no other process holds one."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection with the runner's codecs (the listener's, and one-off tools')."""
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": "runner"})
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min(size, 2),
+        max_size=size,
+        init=_init_connection,
+        server_settings={"application_name": "runner"},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    out = []
+    for entry in resources.files("runner.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            out.append(Migration(int(match.group(1)), entry.name, entry.read_text()))
+    out.sort(key=lambda m: m.version)
+    versions = [m.version for m in out]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a number: {[m.name for m in out]}")
+    return out
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; return their names."""
+    migrations = load_migrations()
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        applied = {
+            r["version"]: r for r in await conn.fetch("SELECT * FROM schema_migrations")
+        }
+        done = []
+        for migration in migrations:
+            row = applied.get(migration.version)
+            if row is not None:
+                if row["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.name} was changed after it was applied "
+                        "(checksum differs); add a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version, migration.name, migration.checksum,
+                )
+            log.info("migration_applied", migration=migration.name)
+            done.append(migration.name)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def migrate(dsn: str) -> list[str]:
+    conn = await connect(dsn)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+async def resolve_dsn(
+    database_url: str | None, data_dir: Path
+) -> tuple[str, EmbeddedPostgres | None]:
+    """The DSN to use, starting the embedded server when no DATABASE_URL is set."""
+    if database_url:
+        return database_url, None
+    embedded = EmbeddedPostgres(data_dir)
+    dsn = await asyncio.to_thread(embedded.start)
+    return dsn, embedded

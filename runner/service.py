@@ -1,0 +1,87 @@
+"""One instance of the service: owns every resource and background task, in one exit stack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from runner.config import Settings
+from runner.db import create_pool, migrate, resolve_dsn
+
+log = structlog.get_logger("runner.service")
+
+ROLES = ("all", "api", "worker")
+
+
+def _instance_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Runtime:
+    """What the API handlers and the worker share within one instance."""
+
+    settings: Settings
+    dsn: str
+    pool: asyncpg.Pool
+    role: str = "all"
+    instance_id: str = field(default_factory=lambda: _instance_id())
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    listener: Any = None
+    port: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    settings: Settings, role: str = "all", *, dsn: str | None = None
+) -> AsyncIterator[Runtime]:
+    """Start an instance (migrations first); on exit, drain and stop everything it started."""
+    from api.app import create_app
+
+    async with contextlib.AsyncExitStack() as stack:
+        if dsn is None:
+            dsn, embedded = await resolve_dsn(settings.database_url, settings.data_dir)
+            if embedded is not None:
+                stack.callback(embedded.stop)
+        await migrate(dsn)
+        pool = await create_pool(dsn, settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        runtime = Runtime(settings=settings, dsn=dsn, pool=pool, role=role)
+        structlog.contextvars.bind_contextvars(instance=runtime.instance_id)
+
+        if role in ("all", "api"):
+            app_runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=1)
+            await app_runner.setup()
+            stack.push_async_callback(app_runner.cleanup)
+            site = web.TCPSite(app_runner, settings.host, settings.port, reuse_address=True)
+            await site.start()
+            runtime.port = _bound_port(app_runner)
+            log.info("api_listening", host=settings.host, port=runtime.port)
+
+        # Draining comes first on the way out: /readyz turns 503 before anything stops.
+        stack.callback(runtime.draining.set)
+        yield runtime
+    log.info("service_stopped")
+
+
+def _bound_port(app_runner: web.AppRunner) -> int | None:
+    for addr in app_runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return None
+
+
+async def serve(settings: Settings, role: str, stop: asyncio.Event) -> None:
+    """Run until `stop` is set (by a signal handler), then shut down gracefully."""
+    async with running_service(settings, role):
+        await stop.wait()
+        log.info("shutdown_requested")

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from runner.config import Settings
+from runner.db import connect
+from tests.pg import TestPostgres
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPostgres]:
+    pg = TestPostgres(tmp_path_factory.mktemp("postgres"))
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(postgres: TestPostgres) -> AsyncIterator[str]:
+    await postgres.create_template()
+    yield postgres.template
+    await postgres.drop_template()
+
+
+@pytest.fixture
+async def dsn(postgres: TestPostgres, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name, url = await postgres.create_database()
+    yield url
+    await postgres.drop_database(name)
+
+
+@pytest.fixture
+async def empty_dsn(postgres: TestPostgres) -> AsyncIterator[str]:
+    """A fresh database with no schema at all."""
+    name, url = await postgres.create_database(migrated=False)
+    yield url
+    await postgres.drop_database(name)
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        siwe_domains=("runner.test",),
+        lease_s=3.0,
+        shutdown_grace_s=2.0,
+        db_pool_size=5,
+        log_format="json",
+    )

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.config import load_settings
+from runner.errors import ConfigError
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert (s.host, s.port, s.concurrency, s.lease_s) == ("127.0.0.1", 8080, 1000, 15.0)
+    assert s.database_url is None
+    assert s.data_dir == Path(".runner")
+    assert s.allowed_siwe_domains == {"localhost:8080", "127.0.0.1:8080"}
+    assert list(s.backends) == ["demo"]
+    assert s.siwe_chain_ids is None
+
+
+def test_values_are_parsed() -> None:
+    s = load_settings({
+        "RUNNER_PORT": "9000", "RUNNER_LEASE_S": "1.5",
+        "RUNNER_SIWE_DOMAIN": "App.Example.com, x:1",
+        "RUNNER_SIWE_CHAIN_IDS": "1,10", "RUNNER_CORS_ORIGINS": "https://a.example",
+        "RUNNER_ADMIN_WALLETS": "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+        "RUNNER_METRICS_PORT": "9100",
+    })
+    assert s.port == 9000 and s.lease_s == 1.5 and s.metrics_port == 9100
+    assert s.allowed_siwe_domains == {"app.example.com", "x:1"}
+    assert s.siwe_chain_ids == {1, 10}
+    assert s.cors_origins == ("https://a.example",)
+    assert s.admin_wallets == {"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"}  # EIP-55 vector
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RUNNER_PORT", "abc"), ("RUNNER_PORT", "70000"), ("RUNNER_CONCURRENCY", "0"),
+        ("RUNNER_LEASE_S", "-1"), ("RUNNER_LEASE_S", "nan"), ("RUNNER_SESSION_TTL_S", "0"),
+        ("RUNNER_LOG_FORMAT", "xml"), ("RUNNER_ADMIN_WALLETS", "0x123"),
+        ("RUNNER_SIWE_CHAIN_IDS", "1,x"), ("RUNNER_BACKENDS_FILE", "/nonexistent.toml"),
+    ],
+)
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})
+
+
+def test_bad_value_stops_startup_with_exit_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner.cli", "migrate"],
+        env={"RUNNER_PORT": "abc", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RUNNER_PORT" in lines[0], proc.stderr
+
+
+def test_backends_file_expands_variables(tmp_path: Path) -> None:
+    f = tmp_path / "backends.toml"
+    f.write_text(
+        '[backends.gpu]\nkind = "runpod"\nendpoint_id = "ep1"\napi_key = "${RP_KEY}"\n'
+        '[backends.hook]\nkind = "http"\nurl = "http://127.0.0.1:9/run"\n'
+        'headers = { Authorization = "Bearer ${TOKEN}" }\n'
+    )
+    s = load_settings({"RUNNER_BACKENDS_FILE": str(f), "RP_KEY": "k1", "TOKEN": "t2"})
+    assert s.backends["gpu"].api_key == "k1"
+    assert s.backends["gpu"].base_url == "https://api.runpod.ai/v2"
+    assert s.backends["hook"].headers == {"Authorization": "Bearer t2"}
+    assert s.backends["hook"].cancels_remotely is False
+    assert s.backends["gpu"].cancels_remotely is True
+
+
+def test_backends_toml_overrides_file() -> None:
+    s = load_settings({
+        "RUNNER_BACKENDS_FILE": "/nonexistent.toml",
+        "RUNNER_BACKENDS_TOML": '[backends.sim]\nkind = "demo"\n',
+    })
+    assert list(s.backends) == ["sim"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[backends.x]\nkind = "gpu"\n', r"backends\.x\.kind"),
+        ('[backends.x]\nkind = "http"\n', r"backends\.x\.url: required"),
+        ('[backends.x]\nkind = "runpod"\nendpoint_id = "e"\napi_key = "${NOPE}"\n',
+         r"backends\.x\.api_key: environment variable \$\{NOPE\} is not set"),
+        ('[backends.x]\nkind = "runpod"\n', r"backends\.x\.endpoint_id"),
+        ('[backends.x]\nkind = "replicate"\n', r"backends\.x: exactly one of version or model"),
+        ('[backends.x]\nkind = "subprocess"\ncommand = "echo hi"\n', r"backends\.x\.command"),
+        ('[backends.x]\nkind = "demo"\ncancle_url = "http://a"\n', r"unknown key\(s\) cancle_url"),
+        ('[backends.x]\nkind = "http"\nurl = "ftp://a"\n', r"backends\.x\.url"),
+        ('[backends.x]\nkind = "demo"\nmax_attempts = 0\n', r"backends\.x\.max_attempts"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_backends_are_refused_naming_backend_and_key(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"RUNNER_BACKENDS_TOML": toml})

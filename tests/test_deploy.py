@@ -1,0 +1,43 @@
+"""The deployment files cannot run here (no Docker engine, no Fly): check what they say."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from runner.config import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _duration_s(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60}
+    for unit in sorted(units, key=len, reverse=True):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * units[unit]
+    return float(value)
+
+
+def test_fly_toml_runs_migrations_and_drains_before_kill() -> None:
+    fly = tomllib.loads((ROOT / "fly.toml").read_text())
+    assert fly["deploy"]["release_command"] == "runner migrate"
+    assert fly["kill_signal"] == "SIGTERM"
+    service = fly["http_service"]
+    assert service["internal_port"] == 8080
+    assert service["auto_stop_machines"] == "off"
+    assert [c["path"] for c in service["checks"]] == ["/readyz"]
+    grace = load_settings({"RUNNER_SHUTDOWN_GRACE_S": fly["env"]["RUNNER_SHUTDOWN_GRACE_S"]})
+    assert _duration_s(fly["kill_timeout"]) > grace.shutdown_grace_s
+    # The metrics port fly scrapes is the one the service serves /metrics on.
+    assert int(fly["env"]["RUNNER_METRICS_PORT"]) == fly["metrics"]["port"]
+
+
+def test_dockerfile_installs_the_package_and_runs_as_non_root() -> None:
+    lines = [ln.strip() for ln in (ROOT / "Dockerfile").read_text().splitlines()]
+    assert lines[0].startswith("FROM python:3.11-slim")
+    assert any(ln.startswith("RUN pip install .") for ln in lines)
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1] != "root"
+    assert lines[-1] == 'CMD ["runner", "serve", "--host", "0.0.0.0"]'
+    copied = {ln.split()[1] for ln in lines if ln.startswith("COPY ")}
+    assert {"runner", "api", "migrations", "pyproject.toml"} <= copied
