@@ -6,11 +6,16 @@ import asyncio
 
 from aiohttp import web
 
+from api.auth import auth_middleware, setup_auth
+from api.cors import preflight_middleware, setup_cors
 from api.errors import Unavailable, error_middleware
+from api.sessions import Sessions
+from runner.listener import AUTH
 from runner.service import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
 MAX_BODY_BYTES = 1024 * 1024  # SPEC §5: a submit body of at most 1 MiB
+AUTH_CLEANUP_INTERVAL_S = 300.0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -27,7 +32,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(2):
             await runtime.pool.fetchval("SELECT 1")
-    except (OSError, TimeoutError, Exception) as exc:  # any failure means "not ready"
+    except Exception as exc:  # any failure to reach the database means "not ready"
         problems.append(f"database unreachable ({type(exc).__name__})")
     if problems:
         raise Unavailable("not ready: " + ", ".join(problems), reasons=problems)
@@ -35,8 +40,19 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def create_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    """The API of one instance. Background work it needs is started through the runtime."""
+    app = web.Application(
+        middlewares=[error_middleware, preflight_middleware, auth_middleware],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[RUNTIME] = runtime
+    sessions = Sessions(runtime.pool, runtime.settings)
+    if runtime.listener is not None:
+        runtime.listener.subscribe(AUTH, sessions.evict)
+        runtime.listener.on_reconnect(sessions.clear)
+        runtime.every("auth_cleanup", AUTH_CLEANUP_INTERVAL_S, sessions.cleanup)
+    setup_cors(app, runtime.settings.cors_origins)
+    setup_auth(app, sessions)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -3,11 +3,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
 from runner.config import Settings
 from runner.db import connect
+from runner.service import Runtime, running_service
 from tests.pg import TestPostgres
 
 
@@ -61,3 +63,22 @@ def settings(tmp_path: Path) -> Settings:
         db_pool_size=5,
         log_format="json",
     )
+
+
+@pytest.fixture
+async def service(dsn: str, settings: Settings) -> AsyncIterator[Runtime]:
+    """One running instance (API and worker) on an ephemeral port."""
+    async with running_service(settings, "all", dsn=dsn) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def base_url(service: Runtime) -> str:
+    return f"http://127.0.0.1:{service.port}"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # A cookie jar that keeps cookies for IP hosts too, as a browser on 127.0.0.1 would.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield session

@@ -1,0 +1,141 @@
+"""Wallet sign-in routes (SPEC §4) and the middleware that puts a session on every /jobs call."""
+
+from __future__ import annotations
+
+import re
+
+import structlog
+from aiohttp import web
+
+from api import siwe
+from api.bodies import iso, read_json_object
+from api.errors import BadRequest, Handler, TooManyRequests, Unauthenticated
+from api.ratelimit import RateLimiter
+from api.sessions import Identity, Sessions
+
+log = structlog.get_logger("api.auth")
+
+SESSIONS = web.AppKey("sessions", Sessions)
+NONCE_LIMITER = web.AppKey("nonce_limiter", RateLimiter)
+IDENTITY = web.RequestKey("identity", Identity)
+COOKIE = "runner_session"
+_EVENTS_PATH = re.compile(r"/jobs/[^/]+/events")
+_SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket"})
+
+
+def identity_of(request: web.Request) -> Identity:
+    identity: Identity = request[IDENTITY]
+    return identity
+
+
+def _needs_session(path: str) -> bool:
+    return path == "/jobs" or path.startswith("/jobs/") or path in _SESSION_PATHS
+
+
+async def _identify(request: web.Request) -> Identity:
+    sessions = request.app[SESSIONS]
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        identity = await sessions.authenticate(token.strip())
+        if identity is None:
+            raise Unauthenticated("the session is unknown, expired or signed out; sign in again")
+        return identity
+    if request.method not in ("GET", "HEAD"):
+        # Cookies ride along on cross-site requests; requiring the header keeps CSRF out.
+        raise Unauthenticated("send Authorization: Bearer <token> (cookies only work on GET)")
+    ticket = request.query.get("ticket")
+    if ticket is not None and _EVENTS_PATH.fullmatch(request.path):
+        identity = await sessions.redeem_ticket(ticket)
+        if identity is None:
+            raise Unauthenticated("the ticket is unknown, used or expired")
+        return identity
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        identity = await sessions.authenticate(cookie)
+        if identity is None:
+            raise Unauthenticated("the session cookie is expired or signed out; sign in again")
+        return identity
+    raise Unauthenticated("sign in first: GET /auth/nonce, then POST /auth/login")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if _needs_session(request.path) and request.method != "OPTIONS":
+        identity = await _identify(request)
+        request[IDENTITY] = identity
+        structlog.contextvars.bind_contextvars(wallet=identity.address)
+    return await handler(request)
+
+
+async def nonce(request: web.Request) -> web.Response:
+    client = request.remote or "unknown"
+    if not request.app[NONCE_LIMITER].allow(client):
+        raise TooManyRequests("too many nonce requests from this address; wait a little")
+    value, expires_at = await request.app[SESSIONS].issue_nonce()
+    return web.json_response({"nonce": value, "expires_at": iso(expires_at)})
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    message, signature = body.get("message"), body.get("signature")
+    if not isinstance(message, str) or not isinstance(signature, str):
+        raise BadRequest("the body must have string fields 'message' and 'signature'")
+    runtime_settings = request.app[SESSIONS].settings
+    try:
+        parsed = siwe.parse(message)
+        siwe.check(parsed, signature, domains=runtime_settings.allowed_siwe_domains,
+                   chain_ids=runtime_settings.siwe_chain_ids)
+    except siwe.SiweError as exc:
+        log.info("login_refused", reason=exc.reason.value, detail=exc.message)
+        raise Unauthenticated(exc.message, code=exc.reason.value) from None
+    opened = await request.app[SESSIONS].login(parsed.nonce, parsed.address)
+    if opened is None:
+        log.info("login_refused", reason="invalid_nonce", address=parsed.address)
+        raise Unauthenticated("the nonce was not issued here, is used, or has expired",
+                              code=siwe.Reason.INVALID_NONCE.value)
+    token, expires_at = opened
+    log.info("login", wallet=parsed.address)
+    response = web.json_response(
+        {"token": token, "address": parsed.address, "expires_at": iso(expires_at)}
+    )
+    cross_site = bool(runtime_settings.cors_origins)
+    response.set_cookie(
+        COOKIE, token, max_age=int(runtime_settings.session_ttl_s), path="/", httponly=True,
+        samesite="None" if cross_site else "Lax", secure=cross_site or None,
+    )
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    await request.app[SESSIONS].revoke(identity)
+    log.info("logout")
+    response = web.json_response({"ok": True})
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    identity = identity_of(request)
+    return web.json_response({
+        "address": identity.address, "admin": identity.admin,
+        "expires_at": iso(identity.expires_at),
+    })
+
+
+async def ticket(request: web.Request) -> web.Response:
+    value, expires_at = await request.app[SESSIONS].issue_ticket(identity_of(request))
+    return web.json_response({"ticket": value, "expires_at": iso(expires_at)})
+
+
+def setup_auth(app: web.Application, sessions: Sessions) -> None:
+    app[SESSIONS] = sessions
+    app[NONCE_LIMITER] = RateLimiter(capacity=20, refill_per_s=0.5)
+    app.router.add_get("/auth/nonce", nonce)
+    app.router.add_post("/auth/login", login)
+    app.router.add_post("/auth/logout", logout)
+    app.router.add_get("/auth/me", me)
+    app.router.add_post("/auth/ticket", ticket)

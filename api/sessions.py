@@ -1,0 +1,142 @@
+"""Wallet sessions: nonces, tokens and tickets, stored only as hashes.
+
+Looking a token up is on every request's path, so results are cached in memory for less
+than a second; a logout also NOTIFYs every instance to drop the entry at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from runner.config import Settings
+from runner.listener import AUTH
+
+NONCE_TTL_S = 600
+TICKET_TTL_S = 60
+CACHE_TTL_S = 0.8  # a revoked token is refused everywhere within a second, even unnotified
+CACHE_MAX = 50_000
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    address: str
+    admin: bool
+    expires_at: datetime
+    token_hash: bytes
+
+
+class Sessions:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self._cache: dict[bytes, tuple[Identity, float]] = {}
+
+    def _identity(self, address: str, expires_at: datetime, hashed: bytes) -> Identity:
+        return Identity(address, address in self.settings.admin_wallets, expires_at, hashed)
+
+    async def issue_nonce(self) -> tuple[str, datetime]:
+        nonce = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(17))  # ~101 bits
+        expires_at: datetime = await self.pool.fetchval(
+            "INSERT INTO auth_nonces (nonce, expires_at) "
+            "VALUES ($1, now() + make_interval(secs => $2)) RETURNING expires_at",
+            nonce, NONCE_TTL_S,
+        )
+        return nonce, expires_at
+
+    async def login(self, nonce: str, address: str) -> tuple[str, datetime] | None:
+        """Consume the nonce and open a session, atomically; None if the nonce is not valid."""
+        token = secrets.token_urlsafe(32)
+        expires_at: datetime | None = await self.pool.fetchval(
+            """WITH used AS (
+                   DELETE FROM auth_nonces WHERE nonce = $1 AND expires_at > now() RETURNING 1)
+               INSERT INTO sessions (token_hash, address, expires_at)
+               SELECT $2, $3, now() + make_interval(secs => $4) FROM used
+               RETURNING expires_at""",
+            nonce, token_hash(token), address, self.settings.session_ttl_s,
+        )
+        return None if expires_at is None else (token, expires_at)
+
+    async def authenticate(self, token: str) -> Identity | None:
+        hashed = token_hash(token)
+        now = time.monotonic()
+        cached = self._cache.get(hashed)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        row = await self.pool.fetchrow(
+            "SELECT address, expires_at FROM sessions "
+            "WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
+            hashed,
+        )
+        if row is None:
+            self._cache.pop(hashed, None)
+            return None
+        identity = self._identity(row["address"], row["expires_at"], hashed)
+        if len(self._cache) >= CACHE_MAX:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+        # Never cached past the session's own expiry.
+        left_s = (row["expires_at"] - datetime.now(UTC)).total_seconds()
+        self._cache[hashed] = (identity, now + min(CACHE_TTL_S, left_s))
+        return identity
+
+    async def revoke(self, identity: Identity) -> None:
+        self._cache.pop(identity.token_hash, None)
+        await self.pool.execute(
+            """WITH revoked AS (
+                   UPDATE sessions SET revoked_at = now()
+                   WHERE token_hash = $1 AND revoked_at IS NULL RETURNING 1)
+               SELECT pg_notify($2, $3) FROM revoked""",
+            identity.token_hash, AUTH, identity.token_hash.hex(),
+        )
+
+    def evict(self, hashed_hex: str) -> None:
+        """NOTIFY handler: another instance revoked this token."""
+        with contextlib.suppress(ValueError):
+            self._cache.pop(bytes.fromhex(hashed_hex), None)
+
+    def clear(self) -> None:
+        """After the listener reconnects: revocations may have been missed."""
+        self._cache.clear()
+
+    async def issue_ticket(self, identity: Identity) -> tuple[str, datetime]:
+        ticket = secrets.token_urlsafe(24)
+        expires_at: datetime = await self.pool.fetchval(
+            "INSERT INTO auth_tickets (ticket_hash, token_hash, expires_at) "
+            "VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING expires_at",
+            token_hash(ticket), identity.token_hash, TICKET_TTL_S,
+        )
+        return ticket, expires_at
+
+    async def redeem_ticket(self, ticket: str) -> Identity | None:
+        """A ticket works once, within 60 s, and only while its session is valid."""
+        row = await self.pool.fetchrow(
+            """DELETE FROM auth_tickets t USING sessions s
+               WHERE t.ticket_hash = $1 AND t.expires_at > now() AND s.token_hash = t.token_hash
+                 AND s.revoked_at IS NULL AND s.expires_at > now()
+               RETURNING s.address, s.expires_at, s.token_hash""",
+            token_hash(ticket),
+        )
+        if row is None:
+            return None
+        return self._identity(row["address"], row["expires_at"], row["token_hash"])
+
+    async def cleanup(self) -> None:
+        """Forget what can no longer be used (run periodically on every instance)."""
+        async with self.pool.acquire() as conn:
+            await conn.execute("DELETE FROM auth_nonces WHERE expires_at < now()")
+            await conn.execute("DELETE FROM auth_tickets WHERE expires_at < now()")
+            await conn.execute(
+                "DELETE FROM sessions WHERE expires_at < now() OR revoked_at < now() - interval '1 day'"
+            )

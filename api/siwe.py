@@ -1,0 +1,307 @@
+"""EIP-4361 "Sign-In with Ethereum": a strict message parser, its printer, and verification.
+
+The grammar is the EIP's ABNF; URIs and authorities follow RFC 3986, times RFC 3339.
+Signature recovery is eth-account's (EIP-191 personal_sign); nothing here is crypto.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils.address import is_checksum_address
+
+# RFC 3986 building blocks.
+_UNRESERVED = r"A-Za-z0-9\-._~"
+_SUB_DELIMS = r"!$&'()*+,;="
+_PCT = r"%[0-9A-Fa-f]{2}"
+_PCHAR = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:@]|{_PCT})"
+_REG_NAME = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}]|{_PCT})*"
+_USERINFO = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:]|{_PCT})*"
+_IP_LITERAL = r"\[[^\[\]/]+\]"  # checked further by _valid_ip_literal
+_HOST = rf"(?:{_IP_LITERAL}|{_REG_NAME})"
+_AUTHORITY = rf"(?:{_USERINFO}@)?{_HOST}(?::[0-9]*)?"
+_SCHEME = r"[A-Za-z][A-Za-z0-9+\-.]*"
+_SEGMENT = rf"{_PCHAR}*"
+_HIER_PART = (
+    rf"(?://(?P<authority>{_AUTHORITY})(?:/{_SEGMENT})*"  # "//" authority path-abempty
+    rf"|/(?:{_PCHAR}+(?:/{_SEGMENT})*)?"  # path-absolute
+    rf"|{_PCHAR}+(?:/{_SEGMENT})*"  # path-rootless
+    r"|)"  # path-empty
+)
+_URI = re.compile(rf"{_SCHEME}:{_HIER_PART}(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?")
+_AUTHORITY_RE = re.compile(_AUTHORITY)
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+)
+_STATEMENT = re.compile(rf"[{_UNRESERVED}{_SUB_DELIMS}:/?#\[\]@ ]*")
+_NONCE = re.compile(r"[A-Za-z0-9]{8,}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_REQUEST_ID = re.compile(rf"{_PCHAR}*")
+_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
+
+HEADER_SUFFIX = " wants you to sign in with your Ethereum account:"
+
+
+class SiweError(Exception):
+    """A message that fails a check; `reason` names the check (the API's error code)."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Reason(StrEnum):
+    INVALID_MESSAGE = "invalid_message"
+    INVALID_DOMAIN = "invalid_domain"
+    INVALID_CHAIN = "invalid_chain"
+    EXPIRED = "expired"
+    INVALID_SIGNATURE = "invalid_signature"
+    INVALID_NONCE = "invalid_nonce"
+
+
+def _bad(message: str) -> SiweError:
+    return SiweError(Reason.INVALID_MESSAGE, message)
+
+
+def _valid_ip_literal(authority: str) -> bool:
+    match = re.search(r"\[([^\]]*)\]", authority)
+    if match is None:
+        return True
+    literal = match.group(1)
+    if literal[:1] in ("v", "V"):  # IPvFuture
+        return re.fullmatch(rf"[vV][0-9A-Fa-f]+\.[{_UNRESERVED}{_SUB_DELIMS}:]+", literal) is not None
+    try:
+        ipaddress.IPv6Address(literal)
+    except ValueError:
+        return False
+    return True
+
+
+def is_uri(text: str) -> bool:
+    match = _URI.fullmatch(text)
+    if match is None:
+        return False
+    authority = match.group("authority")
+    return authority is None or _valid_ip_literal(authority)
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 date-time, as an aware datetime; a date that does not exist is refused."""
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 date-time")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    frac, zone = match.group(7), match.group(8)
+    micro = int((frac[1:] + "000000")[:6]) if frac else 0
+    if zone in ("Z", "z"):
+        offset = timedelta(0)
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        offset = sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
+
+
+@dataclass(frozen=True, slots=True)
+class SiweMessage:
+    domain: str
+    address: str
+    uri: str
+    version: str
+    chain_id: int
+    nonce: str
+    issued_at: str
+    statement: str | None = None
+    scheme: str | None = None
+    expiration_time: str | None = None
+    not_before: str | None = None
+    request_id: str | None = None
+    resources: tuple[str, ...] | None = None
+    _times: dict[str, datetime] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_text(self) -> str:
+        """The message in EIP-4361 form: what the wallet signs."""
+        prefix = f"{self.scheme}://{self.domain}" if self.scheme else self.domain
+        lines = [prefix + HEADER_SUFFIX, self.address, ""]
+        if self.statement is not None:
+            lines += [self.statement, ""]
+        else:
+            lines += [""]
+        lines += [
+            f"URI: {self.uri}",
+            f"Version: {self.version}",
+            f"Chain ID: {self.chain_id}",
+            f"Nonce: {self.nonce}",
+            f"Issued At: {self.issued_at}",
+        ]
+        if self.expiration_time is not None:
+            lines.append(f"Expiration Time: {self.expiration_time}")
+        if self.not_before is not None:
+            lines.append(f"Not Before: {self.not_before}")
+        if self.request_id is not None:
+            lines.append(f"Request ID: {self.request_id}")
+        if self.resources is not None:
+            lines.append("Resources:")
+            lines += [f"- {r}" for r in self.resources]
+        return "\n".join(lines)
+
+    def fields(self) -> dict[str, object]:
+        """The message's fields under the EIP's (camelCase) names; absent ones are None."""
+        return {
+            "scheme": self.scheme, "domain": self.domain, "address": self.address,
+            "statement": self.statement, "uri": self.uri, "version": self.version,
+            "chainId": self.chain_id, "nonce": self.nonce, "issuedAt": self.issued_at,
+            "expirationTime": self.expiration_time, "notBefore": self.not_before,
+            "requestId": self.request_id,
+            "resources": list(self.resources) if self.resources is not None else None,
+        }
+
+    def time(self, name: str) -> datetime | None:
+        return self._times.get(name)
+
+    @property
+    def host(self) -> str:
+        """The domain as host[:port], lower case (userinfo dropped), for comparison."""
+        return self.domain.rsplit("@", 1)[-1].lower()
+
+
+def parse(text: str) -> SiweMessage:
+    """Parse an EIP-4361 message strictly; anything off raises SiweError(invalid_message)."""
+    lines = text.split("\n")
+    pos = 0
+
+    def take(prefix: str, what: str) -> str:
+        nonlocal pos
+        if pos >= len(lines) or not lines[pos].startswith(prefix):
+            raise _bad(f"expected the {what} line ({prefix!r}) at line {pos + 1}")
+        value = lines[pos][len(prefix):]
+        pos += 1
+        return value
+
+    header = lines[0]
+    if not header.endswith(HEADER_SUFFIX):
+        raise _bad("the first line must end with" + HEADER_SUFFIX)
+    origin = header[: -len(HEADER_SUFFIX)]
+    scheme = None
+    match = re.fullmatch(rf"({_SCHEME})://(.*)", origin)
+    if match:
+        scheme, origin = match.group(1), match.group(2)
+    if not origin or not _AUTHORITY_RE.fullmatch(origin) or not _valid_ip_literal(origin):
+        raise _bad("the domain is not an RFC 3986 authority")
+    host = origin.rsplit("@", 1)[-1]
+    if not host.startswith("[") and not host.split(":")[0]:
+        raise _bad("the domain has no host")
+    pos = 1
+    address = take("", "address")
+    if not _ADDRESS.fullmatch(address) or not is_checksum_address(address):
+        raise _bad("the address is not an EIP-55 checksummed Ethereum address")
+    if take("", "blank") != "":
+        raise _bad("expected a blank line after the address")
+    statement: str | None = take("", "statement")
+    if statement == "":
+        statement = None
+    else:
+        if not _STATEMENT.fullmatch(statement or ""):
+            raise _bad("the statement has characters EIP-4361 does not allow")
+        if take("", "blank") != "":
+            raise _bad("expected a blank line after the statement")
+    uri = take("URI: ", "URI")
+    if not is_uri(uri):
+        raise _bad("the URI is not an RFC 3986 URI")
+    if take("Version: ", "Version") != "1":
+        raise _bad("the version must be 1")
+    chain = take("Chain ID: ", "Chain ID")
+    if not re.fullmatch(r"[0-9]+", chain):
+        raise _bad("the chain id must be a number")
+    nonce = take("Nonce: ", "Nonce")
+    if not _NONCE.fullmatch(nonce):
+        raise _bad("the nonce must be at least 8 letters or digits")
+    times: dict[str, datetime] = {}
+
+    def timestamp(prefix: str, key: str) -> str:
+        value = take(prefix, prefix.rstrip(": "))
+        try:
+            times[key] = parse_time(value)
+        except ValueError as exc:
+            raise _bad(f"{prefix.rstrip(': ')}: {exc}") from None
+        return value
+
+    issued_at = timestamp("Issued At: ", "issued_at")
+    optional: dict[str, str | None] = {"expiration_time": None, "not_before": None,
+                                       "request_id": None}
+    if pos < len(lines) and lines[pos].startswith("Expiration Time: "):
+        optional["expiration_time"] = timestamp("Expiration Time: ", "expiration_time")
+    if pos < len(lines) and lines[pos].startswith("Not Before: "):
+        optional["not_before"] = timestamp("Not Before: ", "not_before")
+    if pos < len(lines) and lines[pos].startswith("Request ID: "):
+        optional["request_id"] = take("Request ID: ", "Request ID")
+        if not _REQUEST_ID.fullmatch(optional["request_id"] or ""):
+            raise _bad("the request id has characters EIP-4361 does not allow")
+    resources: tuple[str, ...] | None = None
+    if pos < len(lines) and lines[pos] == "Resources:":
+        pos += 1
+        found: list[str] = []
+        while pos < len(lines) and lines[pos].startswith("- "):
+            resource = lines[pos][2:]
+            if not is_uri(resource):
+                raise _bad(f"resource {len(found) + 1} is not an RFC 3986 URI")
+            found.append(resource)
+            pos += 1
+        resources = tuple(found)
+    if pos != len(lines):
+        raise _bad(f"unexpected content at line {pos + 1}")
+    return SiweMessage(
+        domain=origin, address=address, uri=uri, version="1", chain_id=int(chain),
+        nonce=nonce, issued_at=issued_at, statement=statement, scheme=scheme,
+        resources=resources, _times=times, **optional,
+    )
+
+
+def check(
+    message: SiweMessage,
+    signature: str,
+    *,
+    domains: frozenset[str],
+    chain_ids: frozenset[int] | None,
+    now: datetime | None = None,
+    future_skew: timedelta | None = timedelta(seconds=60),
+) -> None:
+    """The checks after parsing, in SPEC §4's order: domain, chain, time, signature.
+
+    `future_skew` is how far Issued At may lie ahead of `now`. The EIP itself has no such
+    rule; SPEC §4 does (60 s). None turns it off, to check a message by the EIP alone.
+    """
+    if message.host not in domains:
+        raise SiweError(Reason.INVALID_DOMAIN,
+                        f"the message names domain {message.domain!r}, not this service")
+    if chain_ids is not None and message.chain_id not in chain_ids:
+        raise SiweError(Reason.INVALID_CHAIN, f"chain id {message.chain_id} is not accepted")
+    now = now or datetime.now(UTC)
+    issued_at = message.time("issued_at")
+    expiration = message.time("expiration_time")
+    not_before = message.time("not_before")
+    if future_skew is not None and issued_at is not None and issued_at > now + future_skew:
+        raise SiweError(Reason.EXPIRED, "the message is issued in the future")
+    if expiration is not None and expiration <= now:
+        raise SiweError(Reason.EXPIRED, "the message has expired")
+    if not_before is not None and not_before > now:
+        raise SiweError(Reason.EXPIRED, "the message is not yet valid")
+    if recover(message.to_text(), signature) != message.address:
+        raise SiweError(Reason.INVALID_SIGNATURE, "the signature is not the address's")
+
+
+def recover(text: str, signature: str) -> str | None:
+    """The address that signed `text` (EIP-191 personal_sign), or None for a bad signature."""
+    if not _SIGNATURE.fullmatch(signature):
+        return None
+    try:
+        address: str = Account.recover_message(encode_defunct(text=text), signature=signature)
+    except Exception:  # eth-keys raises several types for an unrecoverable signature
+        return None
+    return address

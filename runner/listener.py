@@ -1,0 +1,116 @@
+"""LISTEN on a dedicated connection (not from the pool) and dispatch notifications.
+
+NOTIFY is a wake-up hint; Postgres rows are the truth. So when the connection is lost and
+comes back, every `on_reconnect` callback runs: they re-read what they care about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+
+from runner.db import connect
+
+log = structlog.get_logger("runner.listener")
+
+# Channels (SPEC §7): payloads are short text.
+CANCEL = "runner_cancel"  # "<job_id>" or "<job_id>:<execution_id>"
+SUBMIT = "runner_submit"  # "" - work is queued
+JOB = "runner_job"  # "<job_id>" - a job or one of its executions changed
+AUTH = "runner_auth"  # "<token hash hex>" - a session was revoked
+
+Callback = Callable[[str], None]
+
+
+class Listener:
+    def __init__(self, dsn: str, *, health_interval_s: float = 5.0) -> None:
+        self.dsn = dsn
+        self.health_interval_s = health_interval_s
+        self._handlers: dict[str, list[Callback]] = {}
+        self._on_reconnect: list[Callable[[], None]] = []
+        self._conn: asyncpg.Connection | None = None
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self.connections = 0
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self._conn.get_server_pid() if self._conn is not None else None
+
+    def subscribe(self, channel: str, callback: Callback) -> None:
+        self._handlers.setdefault(channel, []).append(callback)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._on_reconnect.append(callback)
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def _dispatch(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        for callback in self._handlers.get(channel, ()):
+            try:
+                callback(payload)
+            except Exception:
+                log.exception("notification_handler_failed", channel=channel, payload=payload)
+
+    async def run(self) -> None:
+        """Stay connected until cancelled, reconnecting with capped exponential backoff."""
+        delay = 0.05
+        while True:
+            try:
+                await self._session()
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listener_connect_failed", error=repr(exc), retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay * (1 + random.random() / 2))
+                delay = min(delay * 2, 5.0)
+
+    async def _session(self) -> None:
+        conn = await connect(self.dsn)
+        self._conn = conn
+        self._lost.clear()
+        conn.add_termination_listener(lambda _c: self._lost.set())
+        try:
+            for channel in self._handlers:
+                await conn.add_listener(channel, self._dispatch)
+            self._connected.set()
+            self.connections += 1
+            if self.connections > 1:
+                self.reconnects += 1
+                log.info("listener_reconnected")
+                # Notifications sent while we were away are lost: re-read the truth.
+                for callback in self._on_reconnect:
+                    callback()
+            while not self._lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.health_interval_s):
+                        await self._lost.wait()
+                if not self._lost.is_set():
+                    # A half-open socket raises nothing until used: probe it.
+                    async with asyncio.timeout(self.health_interval_s):
+                        await conn.fetchval("SELECT 1")
+            log.warning("listener_connection_lost")
+        finally:
+            self._connected.clear()
+            self._conn = None
+            # Shielded so a cancel during close still releases the server's backend.
+            await asyncio.shield(_close_quietly(conn))
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2)
+    except Exception:
+        conn.terminate()

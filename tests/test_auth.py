@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+import pytest
+
+from runner.config import Settings
+from runner.service import Runtime, running_service
+from tests.wallets import Wallet, _ts, get_nonce, login, sign_in
+
+
+async def _refused(http: aiohttp.ClientSession, base: str, text: str, sig: str) -> str:
+    status, body = await login(http, base, text, sig)
+    assert status == 401, body
+    assert body["ok"] is False and body["message"]
+    code: str = body["error"]
+    return code
+
+
+async def _me(http: aiohttp.ClientSession, base: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.get(f"{base}/auth/me", headers=headers) as resp:
+        return resp.status
+
+
+async def test_valid_login_opens_a_session(http: aiohttp.ClientSession, base_url: str) -> None:
+    wallet = Wallet()
+    nonce_reply = await (await http.get(f"{base_url}/auth/nonce")).json()
+    assert nonce_reply["nonce"].isalnum() and len(nonce_reply["nonce"]) >= 8
+    assert nonce_reply["expires_at"].endswith("Z")
+    text = wallet.message(nonce_reply["nonce"]).to_text()
+    status, body = await login(http, base_url, text, wallet.sign(text))
+    assert status == 200
+    assert body["address"] == wallet.address  # EIP-55 checksummed
+    assert body["expires_at"].endswith("Z") and len(body["token"]) >= 32
+    async with http.get(f"{base_url}/auth/me",
+                        headers={"Authorization": f"Bearer {body['token']}"}) as resp:
+        assert resp.status == 200
+        me = await resp.json()
+    assert me == {"address": wallet.address, "admin": False, "expires_at": body["expires_at"]}
+
+
+async def test_login_sets_the_session_cookie_for_get_only(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    async with http.post(f"{base_url}/auth/login",
+                         json={"message": text, "signature": wallet.sign(text)}) as resp:
+        assert resp.status == 200
+        cookie = resp.cookies["runner_session"]
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Lax"
+    assert cookie["max-age"] == "86400"
+    assert cookie["path"] == "/"
+    # The jar sends it back: GET works through the cookie alone...
+    async with http.get(f"{base_url}/auth/me") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["address"] == wallet.address
+    # ...a state-changing route does not (CSRF).
+    async with http.post(f"{base_url}/auth/ticket") as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "unauthenticated"
+
+
+async def test_replayed_nonce_is_refused(http: aiohttp.ClientSession, base_url: str) -> None:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    sig = wallet.sign(text)
+    assert (await login(http, base_url, text, sig))[0] == 200
+    assert await _refused(http, base_url, text, sig) == "invalid_nonce"
+
+
+async def test_nonce_not_issued_here_is_refused(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    wallet = Wallet()
+    text = wallet.message("NeverIssued123").to_text()
+    assert await _refused(http, base_url, text, wallet.sign(text)) == "invalid_nonce"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"domain": "evil.example"}, "invalid_domain"),
+        ({"expiration_time": _ts(datetime.now(UTC) - timedelta(seconds=1))}, "expired"),
+        ({"issued_at": _ts(datetime.now(UTC) + timedelta(minutes=5))}, "expired"),
+        ({"not_before": _ts(datetime.now(UTC) + timedelta(minutes=5))}, "expired"),
+    ],
+)
+async def test_bad_message_is_refused_and_nonce_survives(
+    http: aiohttp.ClientSession, base_url: str, overrides: dict[str, str], code: str
+) -> None:
+    wallet = Wallet()
+    nonce = await get_nonce(http, base_url)
+    bad = wallet.message(nonce, **overrides).to_text()
+    assert await _refused(http, base_url, bad, wallet.sign(bad)) == code
+    # The nonce is consumed only when every check passes: it still works.
+    good = wallet.message(nonce).to_text()
+    assert (await login(http, base_url, good, wallet.sign(good)))[0] == 200
+
+
+async def test_issued_at_within_skew_is_accepted(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    wallet = Wallet()
+    issued = _ts(datetime.now(UTC) + timedelta(seconds=30))
+    text = wallet.message(await get_nonce(http, base_url), issued_at=issued).to_text()
+    assert (await login(http, base_url, text, wallet.sign(text)))[0] == 200
+
+
+async def test_foreign_altered_and_malformed_signatures_are_refused(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    wallet, other = Wallet(), Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    assert await _refused(http, base_url, text, other.sign(text)) == "invalid_signature"
+    altered = text.replace("Sign in to the runner.", "Sign in to the runner!")
+    assert await _refused(http, base_url, altered, wallet.sign(text)) == "invalid_signature"
+    for malformed in ("0x1234", "not hex", "0x" + "zz" * 65, "0x" + "00" * 65):
+        assert await _refused(http, base_url, text, malformed) == "invalid_signature"
+    assert (await login(http, base_url, text, wallet.sign(text)))[0] == 200
+
+
+async def test_garbage_message_is_refused(http: aiohttp.ClientSession, base_url: str) -> None:
+    wallet = Wallet()
+    for garbage in ("hello", "", "\x00" * 10, wallet.message("abcdefgh12").to_text() + "\nX: 1"):
+        assert await _refused(http, base_url, garbage, wallet.sign(garbage)) == "invalid_message"
+
+
+async def test_malformed_bodies_are_400_or_415(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    cases: list[tuple[dict[str, object], int]] = [
+        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400),
+        ({"json": ["message", "signature"]}, 400),
+        ({"json": {"message": 1, "signature": "0x"}}, 400),
+        ({"json": {"message": "x"}}, 400),
+        ({"data": b"", "headers": {"Content-Type": "application/json"}}, 400),
+        ({"data": b"message=x", "headers": {"Content-Type": "text/plain"}}, 415),
+    ]
+    for kwargs, status in cases:
+        async with http.post(f"{base_url}/auth/login", **kwargs) as resp:  # type: ignore[arg-type]
+            assert resp.status == status
+            body = await resp.json()
+            expected = "invalid_request" if status == 400 else "unsupported_media_type"
+            assert body["error"] == expected, body
+
+
+async def test_chain_not_accepted(dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+    async with running_service(settings.replace(siwe_chain_ids=frozenset({10})), dsn=dsn) as rt:
+        base = f"http://127.0.0.1:{rt.port}"
+        wallet = Wallet()
+        text = wallet.message(await get_nonce(http, base), chain_id=1).to_text()
+        assert await _refused(http, base, text, wallet.sign(text)) == "invalid_chain"
+        text = wallet.message(await get_nonce(http, base), chain_id=10).to_text()
+        assert (await login(http, base, text, wallet.sign(text)))[0] == 200
+
+
+async def test_concurrent_logins_with_one_message_succeed_once(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    sig = wallet.sign(text)
+    results = await asyncio.gather(*(login(http, base_url, text, sig) for _ in range(20)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] + [401] * 19
+    assert {b["error"] for s, b in results if s == 401} == {"invalid_nonce"}
+
+
+async def test_logout_revokes_the_token(http: aiohttp.ClientSession, base_url: str) -> None:
+    token = await sign_in(http, base_url, Wallet())
+    assert await _me(http, base_url, token) == 200
+    async with http.post(f"{base_url}/auth/logout",
+                         headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+    assert await _me(http, base_url, token) == 401
+
+
+async def test_logout_is_seen_by_another_instance_within_a_second(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, service: Runtime
+) -> None:
+    async with running_service(settings, "api", dsn=dsn) as other:
+        a = f"http://127.0.0.1:{service.port}"
+        b = f"http://127.0.0.1:{other.port}"
+        token = await sign_in(http, a, Wallet())
+        assert await _me(http, b, token) == 200  # now cached on B
+        async with http.post(f"{a}/auth/logout",
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+        revoked_at = time.monotonic()
+        while await _me(http, b, token) == 200:
+            assert time.monotonic() - revoked_at < 1.0, "B still accepts a revoked token"
+            await asyncio.sleep(0.01)
+
+
+async def test_expired_session_is_refused(
+    http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
+) -> None:
+    token = await sign_in(http, base_url, Wallet())
+    await db.execute("UPDATE sessions SET expires_at = now() - interval '1 second'")
+    assert await _me(http, base_url, token) == 401
+
+
+async def test_session_ttl_follows_the_setting(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    async with running_service(settings.replace(session_ttl_s=120.5), dsn=dsn) as rt:
+        await sign_in(http, f"http://127.0.0.1:{rt.port}", Wallet())
+    ttl = await db.fetchval("SELECT extract(epoch FROM expires_at - created_at) FROM sessions")
+    assert float(ttl) == pytest.approx(120.5, abs=1)
+
+
+async def test_bearer_is_required_and_checked(http: aiohttp.ClientSession, base_url: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Basic abc"},
+                    {"Authorization": "Bearer "}):
+        async with http.get(f"{base_url}/jobs", headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"] == "unauthenticated"
+
+
+async def test_ticket_works_once_on_the_events_route_only(
+    http: aiohttp.ClientSession, base_url: str, service: Runtime
+) -> None:
+    token = await sign_in(http, base_url, Wallet())
+    async with http.post(f"{base_url}/auth/ticket",
+                         headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+        ticket = (await resp.json())["ticket"]
+    http.cookie_jar.clear()
+    job = uuid.uuid4()
+    # Not accepted anywhere but the events route, and not consumed there.
+    async with http.get(f"{base_url}/jobs/{job}?ticket={ticket}") as resp:
+        assert resp.status == 401
+    async with http.get(f"{base_url}/jobs/{job}/events?ticket={ticket}") as resp:
+        assert resp.status != 401  # authenticated: the job does not exist
+    async with http.get(f"{base_url}/jobs/{job}/events?ticket={ticket}") as resp:
+        assert resp.status == 401
+        assert "ticket" in (await resp.json())["message"]
+
+
+async def test_admin_wallets_are_recognised(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    admin = Wallet()
+    async with running_service(settings.replace(admin_wallets=frozenset({admin.address})),
+                               dsn=dsn) as rt:
+        base = f"http://127.0.0.1:{rt.port}"
+        token = await sign_in(http, base, admin)
+        async with http.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert (await r.json())["admin"] is True
+
+
+async def test_nonce_requests_are_rate_limited(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    statuses = []
+    for _ in range(30):
+        async with http.get(f"{base_url}/auth/nonce") as resp:
+            statuses.append(resp.status)
+            if resp.status == 429:
+                assert (await resp.json())["error"] == "rate_limited"
+    assert statuses[:20] == [200] * 20
+    assert 429 in statuses[20:]
+
+
+async def test_no_table_holds_a_token_or_ticket_in_clear(
+    http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
+) -> None:
+    token = await sign_in(http, base_url, Wallet())
+    async with http.post(f"{base_url}/auth/ticket",
+                         headers={"Authorization": f"Bearer {token}"}) as resp:
+        ticket = (await resp.json())["ticket"]
+    tables = [r["tablename"] for r in await db.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    assert "sessions" in tables
+    for table in tables:
+        dump = await db.fetchval(f'SELECT coalesce(string_agg(t::text, \'\n\'), \'\') FROM "{table}" t')
+        assert token not in dump and ticket not in dump, table
+        assert token.encode().hex() not in dump
+
+
+@pytest.fixture
+async def cors_base(dsn: str, settings: Settings) -> AsyncIterator[str]:
+    cfg = settings.replace(cors_origins=("https://portal.example",))
+    async with running_service(cfg, dsn=dsn) as rt:
+        yield f"http://127.0.0.1:{rt.port}"
+
+
+async def test_cors_preflight_from_allowed_and_foreign_origins(
+    http: aiohttp.ClientSession, cors_base: str
+) -> None:
+    ask = {"Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization, content-type"}
+    async with http.options(f"{cors_base}/jobs",
+                            headers={"Origin": "https://portal.example", **ask}) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+        assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+        allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
+        assert allowed == {"authorization", "content-type", "idempotency-key"}
+    async with http.options(f"{cors_base}/jobs",
+                            headers={"Origin": "https://evil.example", **ask}) as resp:
+        assert resp.status == 403
+        assert "Access-Control-Allow-Origin" not in resp.headers
+    async with http.get(f"{cors_base}/auth/nonce", headers={"Origin": "https://portal.example"}) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    async with http.get(f"{cors_base}/auth/nonce", headers={"Origin": "https://evil.example"}) as r:
+        assert r.status == 200
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_cross_site_cookie_attributes(http: aiohttp.ClientSession, cors_base: str) -> None:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, cors_base)).to_text()
+    async with http.post(f"{cors_base}/auth/login",
+                         json={"message": text, "signature": wallet.sign(text)}) as resp:
+        cookie = resp.cookies["runner_session"]
+    assert cookie["samesite"] == "None"
+    assert cookie["secure"] is True
