@@ -9,11 +9,13 @@ from aiohttp import web
 from api.auth import auth_middleware, setup_auth
 from api.cors import preflight_middleware, setup_cors
 from api.errors import Unavailable, error_middleware
+from api.events import job_events
+from api.jobs import setup_jobs
 from api.sessions import Sessions
+from api.state import RUNTIME
 from runner.listener import AUTH
 from runner.service import Runtime
 
-RUNTIME = web.AppKey("runtime", Runtime)
 MAX_BODY_BYTES = 1024 * 1024  # SPEC §5: a submit body of at most 1 MiB
 AUTH_CLEANUP_INTERVAL_S = 300.0
 
@@ -53,6 +55,23 @@ def create_app(runtime: Runtime) -> web.Application:
         runtime.every("auth_cleanup", AUTH_CLEANUP_INTERVAL_S, sessions.cleanup)
     setup_cors(app, runtime.settings.cors_origins)
     setup_auth(app, sessions)
+    setup_jobs(app)
+    app.router.add_get("/jobs/{job_id}/events", job_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if runtime.settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def create_metrics_app(runtime: Runtime) -> web.Application:
+    """/metrics alone, for RUNNER_METRICS_PORT: kept off the public URL."""
+    app = web.Application(middlewares=[error_middleware])
+    app[RUNTIME] = runtime
+    app.router.add_get("/metrics", metrics)
     return app

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from api.errors import BadRequest, UnsupportedMediaType
+from runner.timeutil import iso
 
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 UTC ending in Z, millisecond precision (SPEC §3)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+__all__ = ["iso", "read_json_object"]
 
 
 async def read_json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:

@@ -128,3 +128,25 @@ CREATE TABLE auth_tickets (
     token_hash   bytea       NOT NULL REFERENCES sessions (token_hash) ON DELETE CASCADE,
     expires_at   timestamptz NOT NULL
 );
+
+-- Times in replies: ISO 8601 UTC ending in Z, millisecond precision (SPEC §3).
+CREATE FUNCTION runner_iso(t timestamptz) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
+-- One job with its executions, as the API shows it.
+CREATE FUNCTION runner_executions_json(job uuid) RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT coalesce(json_agg(json_build_object(
+        'id', e.id, 'name', e.name, 'backend', e.backend, 'status', e.status,
+        'remote_id', e.remote_id, 'attempts', e.attempts,
+        'started_at', runner_iso(e.started_at), 'finished_at', runner_iso(e.finished_at),
+        'output', e.output, 'error', e.error, 'remote_cancel', e.remote_cancel
+    ) ORDER BY e.position), '[]'::json)
+    FROM executions e WHERE e.job_id = job
+$$;
+
+-- A job changed: wake whoever watches it (SSE, `?wait=true`). One channel per job, so
+-- only the sessions LISTENing for that job receive it (SPEC §7: NOTIFY is a hint).
+CREATE FUNCTION runner_notify_job(job uuid) RETURNS void LANGUAGE sql AS $$
+    SELECT pg_notify('runner_job_' || replace(job::text, '-', ''), '')
+$$;

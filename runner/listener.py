@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import uuid
 from collections.abc import Callable
 
 import asyncpg
@@ -21,10 +22,15 @@ log = structlog.get_logger("runner.listener")
 # Channels (SPEC §7): payloads are short text.
 CANCEL = "runner_cancel"  # "<job_id>" or "<job_id>:<execution_id>"
 SUBMIT = "runner_submit"  # "" - work is queued
-JOB = "runner_job"  # "<job_id>" - a job or one of its executions changed
+JOB_PREFIX = "runner_job_"  # + the job id's hex: that job or one of its executions changed
 AUTH = "runner_auth"  # "<token hash hex>" - a session was revoked
 
 Callback = Callable[[str], None]
+
+
+def job_channel(job_id: uuid.UUID) -> str:
+    """The channel runner_notify_job() (SQL) signals for this job."""
+    return JOB_PREFIX + job_id.hex
 
 
 class Listener:
@@ -36,6 +42,8 @@ class Listener:
         self._conn: asyncpg.Connection | None = None
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
+        # One statement at a time on the connection: LISTEN/UNLISTEN come from many tasks.
+        self._lock = asyncio.Lock()
         self.connections = 0
         self.reconnects = 0
 
@@ -49,6 +57,25 @@ class Listener:
 
     def subscribe(self, channel: str, callback: Callback) -> None:
         self._handlers.setdefault(channel, []).append(callback)
+
+    async def watch(self, channel: str, callback: Callback) -> None:
+        """Subscribe while running (per-job channels): LISTEN now if connected."""
+        async with self._lock:
+            callbacks = self._handlers.setdefault(channel, [])
+            callbacks.append(callback)
+            if len(callbacks) == 1 and self._conn is not None and self.connected:
+                await self._conn.add_listener(channel, self._dispatch)
+
+    async def unwatch(self, channel: str, callback: Callback) -> None:
+        async with self._lock:
+            callbacks = self._handlers.get(channel, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._handlers.pop(channel, None)
+                if self._conn is not None and self.connected:
+                    with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                        await self._conn.remove_listener(channel, self._dispatch)
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._on_reconnect.append(callback)
@@ -83,9 +110,10 @@ class Listener:
         self._lost.clear()
         conn.add_termination_listener(lambda _c: self._lost.set())
         try:
-            for channel in self._handlers:
-                await conn.add_listener(channel, self._dispatch)
-            self._connected.set()
+            async with self._lock:
+                for channel in list(self._handlers):
+                    await conn.add_listener(channel, self._dispatch)
+                self._connected.set()
             self.connections += 1
             if self.connections > 1:
                 self.reconnects += 1
@@ -99,7 +127,7 @@ class Listener:
                         await self._lost.wait()
                 if not self._lost.is_set():
                     # A half-open socket raises nothing until used: probe it.
-                    async with asyncio.timeout(self.health_interval_s):
+                    async with self._lock, asyncio.timeout(self.health_interval_s):
                         await conn.fetchval("SELECT 1")
             log.warning("listener_connection_lost")
         finally:

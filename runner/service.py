@@ -10,13 +10,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
 
+from runner.backends import build_backends, new_http_session
+from runner.cancel import Canceller
 from runner.config import Settings
+from runner.context import JobContextManager, StopReason
 from runner.db import create_pool, migrate, resolve_dsn
-from runner.listener import Listener
+from runner.listener import CANCEL, SUBMIT, Listener
+from runner.metrics import Metrics
+from runner.remote_cancel import RemoteCanceller
+from runner.watch import JobWatch
+from runner.worker import Worker
 
 log = structlog.get_logger("runner.service")
 
@@ -40,6 +48,36 @@ class Runtime:
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     port: int | None = None
     tasks: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    manager: JobContextManager = field(default_factory=JobContextManager)
+    metrics: Metrics = field(default_factory=Metrics)
+    worker: Worker | None = None
+    canceller: Canceller = field(init=False)
+    watch: JobWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics.track_running(self.manager.count)
+        url_cancels = [n for n, s in self.settings.backends.items() if s.cancels_without_remote_id]
+        self.canceller = Canceller(self.pool, self.manager, self.metrics,
+                                   remote_cancel_backends=url_cancels,
+                                   holder_grace_s=self.settings.lease_renew_s)
+        self.watch = JobWatch(self.listener)
+        if self.listener is not None:
+            self.listener.subscribe(CANCEL, self.on_cancel_notification)
+            self.listener.on_reconnect(self.watch.wake_all)
+
+    def on_cancel_notification(self, payload: str) -> None:
+        """A cancel committed on some instance: stop the task here if we hold it."""
+        job, _, execution = payload.partition(":")
+        try:
+            job_id = uuid.UUID(job)
+            execution_id = uuid.UUID(execution) if execution else None
+        except ValueError:
+            log.warning("bad_cancel_notification", payload=payload)
+            return
+        if execution_id is None:
+            self.manager.cancel(job_id, StopReason.CANCELLED)
+        else:
+            self.manager.cancel_execution(job_id, execution_id, StopReason.CANCELLED)
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Start a named background task; stop_tasks() cancels and awaits it."""
@@ -82,8 +120,10 @@ class Runtime:
 async def running_service(
     settings: Settings, role: str = "all", *, dsn: str | None = None
 ) -> AsyncIterator[Runtime]:
-    """Start an instance (migrations first); on exit, drain and stop everything it started."""
-    from api.app import create_app
+    """Start an instance (migrations first). On exit, in this order: /readyz turns 503, the
+    worker drains (jobs get the grace period, then are requeued), the API stops, the HTTP
+    client closes, background tasks are cancelled and awaited, the pool closes."""
+    from api.app import create_app, create_metrics_app
 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
@@ -99,24 +139,54 @@ async def running_service(
         structlog.contextvars.bind_contextvars(instance=runtime.instance_id)
         stack.push_async_callback(runtime.stop_tasks)
 
+        if role in ("all", "worker"):
+            http = new_http_session()
+            stack.push_async_callback(http.close)
+            runtime.worker = _start_worker(runtime, http)
         app = create_app(runtime) if role in ("all", "api") else None
         assert runtime.listener is not None
         runtime.spawn("listener", runtime.listener.run())
         await runtime.listener.wait_connected()
 
         if app is not None:
-            app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-            await app_runner.setup()
-            stack.push_async_callback(app_runner.cleanup)
-            site = web.TCPSite(app_runner, settings.host, settings.port, reuse_address=True)
-            await site.start()
-            runtime.port = _bound_port(app_runner)
+            runtime.port = await _serve_app(stack, app, settings.host, settings.port)
             log.info("api_listening", host=settings.host, port=runtime.port)
+        if settings.metrics_port is not None:
+            await _serve_app(stack, create_metrics_app(runtime), settings.host, settings.metrics_port)
+        if runtime.worker is not None:
+            runtime.spawn("worker_claim", runtime.worker.claim_loop())
+            stack.push_async_callback(runtime.worker.drain, settings.shutdown_grace_s)
 
-        # Draining comes first on the way out: /readyz turns 503 before anything stops.
         stack.callback(runtime.draining.set)
         yield runtime
     log.info("service_stopped")
+
+
+def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
+    """The worker's parts and its periodic tasks (the claim loop starts once serving)."""
+    settings = runtime.settings
+    backends = build_backends(settings.backends, http)
+    remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id)
+    worker = Worker(pool=runtime.pool, settings=settings, instance_id=runtime.instance_id,
+                    manager=runtime.manager, backends=backends, canceller=runtime.canceller,
+                    remote=remote, metrics=runtime.metrics)
+    assert runtime.listener is not None
+    runtime.listener.subscribe(SUBMIT, worker.notify_work)
+    runtime.listener.on_reconnect(worker.recheck)
+    runtime.every("lease_renewal", settings.lease_renew_s, worker.renew_leases)
+    runtime.every("lease_expiry", settings.lease_renew_s, worker.requeue_expired)
+    runtime.every("remote_cancel_sweep", min(1.0, settings.lease_renew_s), remote.sweep)
+    return worker
+
+
+async def _serve_app(stack: contextlib.AsyncExitStack, app: web.Application, host: str,
+                     port: int) -> int | None:
+    app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await app_runner.setup()
+    stack.push_async_callback(app_runner.cleanup)
+    site = web.TCPSite(app_runner, host, port, reuse_address=True)
+    await site.start()
+    return _bound_port(app_runner)
 
 
 def _bound_port(app_runner: web.AppRunner) -> int | None:

@@ -37,7 +37,7 @@ class BackendSpec:
     base_url: str | None = None
     api_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    timeout_s: float = 3600.0
+    timeout_s: float | None = None  # per HTTP request; None: the kind's default
     poll_interval_s: float = 1.0
     max_attempts: int = 3
     cancel_url: str | None = None
@@ -51,6 +51,11 @@ class BackendSpec:
     def cancels_remotely(self) -> bool:
         """True when a cancel must reach the backend through its API (and so can be owed)."""
         return self.kind in ("runpod", "replicate", "fal") or bool(self.cancel_url)
+
+    @property
+    def cancels_without_remote_id(self) -> bool:
+        """An http backend's cancel_url needs only our ids, not one from the backend."""
+        return bool(self.cancel_url)
 
 
 def default_backends() -> dict[str, BackendSpec]:

@@ -1,0 +1,9 @@
+"""The application's typed state keys."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from runner.service import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)

@@ -1,0 +1,128 @@
+"""What a submit or cancel body may say (SPEC §5); anything else is a 400 with its reason."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from api.errors import BadRequest
+from runner.backends.config import BackendSpec
+from runner.errors import UnknownBackend
+from runner.jobs import ACTIVE, STATUSES, NewExecution
+
+MAX_EXECUTIONS = 64
+MAX_METADATA_BYTES = 16 * 1024
+MAX_TIMEOUT_S = 86400
+MAX_REASON_CHARS = 500
+MAX_NAME_CHARS = 200
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    executions: list[NewExecution]
+    timeout_s: int | None
+    metadata: dict[str, Any]
+
+
+def _only(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec]) -> Submission:
+    _only(body, {"executions", "timeout_s", "metadata"}, "body")
+    executions = body.get("executions")
+    if not isinstance(executions, list) or not executions:
+        raise BadRequest("'executions' must be a non-empty list")
+    if len(executions) > MAX_EXECUTIONS:
+        raise BadRequest(f"at most {MAX_EXECUTIONS} executions per job, got {len(executions)}")
+    parsed = []
+    for i, item in enumerate(executions):
+        where = f"executions[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object")
+        _only(item, {"backend", "input", "name"}, where)
+        backend = item.get("backend")
+        if not isinstance(backend, str) or not backend:
+            raise BadRequest(f"{where}.backend must be a backend name")
+        if backend not in backends:
+            raise UnknownBackend(f"{where}.backend: no backend named {backend[:100]!r}; "
+                                 f"configured: {', '.join(sorted(backends))}")
+        name = item.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
+            raise BadRequest(f"{where}.name must be a string of at most {MAX_NAME_CHARS} characters")
+        parsed.append(NewExecution(backend=backend, input=item.get("input", {}), name=name))
+
+    timeout_s = body.get("timeout_s")
+    if timeout_s is not None and (not _is_int(timeout_s) or not 1 <= timeout_s <= MAX_TIMEOUT_S):
+        raise BadRequest(f"'timeout_s' must be a whole number of seconds from 1 to {MAX_TIMEOUT_S}, or null")
+
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise BadRequest("'metadata' must be an object")
+    if len(json.dumps(metadata, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
+        raise BadRequest(f"'metadata' is larger than {MAX_METADATA_BYTES // 1024} KiB")
+    return Submission(parsed, timeout_s, metadata)
+
+
+def parse_reason(body: Mapping[str, Any], extra: set[str] | None = None) -> str | None:
+    _only(body, {"reason"} | (extra or set()), "body")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+        raise BadRequest(f"'reason' must be a string of at most {MAX_REASON_CHARS} characters")
+    return reason
+
+
+def parse_cancel_statuses(body: Mapping[str, Any]) -> list[str]:
+    statuses = body.get("statuses", list(ACTIVE))
+    if (not isinstance(statuses, list) or not statuses
+            or not all(isinstance(s, str) and s in ACTIVE for s in statuses)):
+        raise BadRequest("'statuses' must be a non-empty list of 'queued' and/or 'running'")
+    return sorted(set(statuses))
+
+
+def parse_status_filter(value: str | None) -> list[str] | None:
+    if value is None or value == "":
+        return None
+    statuses = [s.strip() for s in value.split(",")]
+    bad = [s for s in statuses if s not in STATUSES]
+    if bad:
+        raise BadRequest(f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
+    return statuses
+
+
+def parse_limit(value: str | None, default: int = 50, maximum: int = 200) -> int:
+    if value is None:
+        return default
+    try:
+        limit = int(value)
+    except ValueError:
+        raise BadRequest(f"'limit' must be a whole number from 1 to {maximum}") from None
+    if not 1 <= limit <= maximum:
+        raise BadRequest(f"'limit' must be from 1 to {maximum}")
+    return limit
+
+
+def parse_bool(name: str, value: str | None) -> bool:
+    if value is None or value in ("false", "0", ""):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise BadRequest(f"'{name}' must be true or false")
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not value.isprintable():
+        raise BadRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
+    return value

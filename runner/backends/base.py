@@ -1,0 +1,181 @@
+"""The Backend protocol, the per-execution call handle, and the shared HTTP plumbing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+from uuid import UUID
+
+import aiohttp
+
+from runner.backends.config import BackendSpec
+from runner.errors import BackendError, PermanentBackendError, TransientBackendError
+
+MAX_RETRY_AFTER_S = 60.0
+CANCEL_TIMEOUT = aiohttp.ClientTimeout(total=10)
+ERROR_TEXT_LIMIT = 500
+
+
+class CancelOutcome(StrEnum):
+    ACKNOWLEDGED = "acknowledged"  # the backend confirmed (or the work was already over)
+    FAILED = "failed"  # the backend refused; not retried
+    RETRY = "retry"  # transient trouble: the sweeper tries again
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    outcome: CancelOutcome
+    detail: str
+
+
+@dataclass
+class ExecutionCall:
+    """One execution's run at a backend: its input, and hooks back into the runner."""
+
+    job_id: UUID
+    execution_id: UUID
+    input: Any
+    remote_id: str | None = None
+    attempts: int = 0
+    on_remote_id: Callable[[str, int], Awaitable[None]] | None = None
+    on_attempt: Callable[[int], Awaitable[None]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def submitted(self) -> None:
+        """Count a submission to the backend (SPEC §6: `attempts`)."""
+        self.attempts += 1
+        if self.on_attempt is not None:
+            await self.on_attempt(self.attempts)
+
+    async def set_remote_id(self, remote_id: str) -> None:
+        """Store the remote id before anything else, so a cancel can always reach it."""
+        self.remote_id = remote_id
+        if self.on_remote_id is not None:
+            await self.on_remote_id(remote_id, self.attempts)
+
+
+class Backend(Protocol):
+    spec: BackendSpec
+
+    async def run(self, call: ExecutionCall) -> Any:
+        """Run to the end and return the output; raise BackendError on failure."""
+        ...
+
+    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None) -> CancelResult:
+        """Tell the backend to stop (only for kinds whose spec.cancels_remotely)."""
+        ...
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None  # an HTTP-date: fall back to our own backoff
+
+
+async def classify(resp: aiohttp.ClientResponse, what: str) -> Any:
+    """The reply's JSON body, or the BackendError it amounts to."""
+    text = await resp.text(errors="replace")
+    if resp.status == 429 or resp.status >= 500:
+        raise TransientBackendError(
+            f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}",
+            retry_after=_retry_after(resp.headers.get("Retry-After")),
+        )
+    if resp.status >= 400:
+        raise PermanentBackendError(f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise PermanentBackendError(
+            f"{what}: HTTP {resp.status} with a non-JSON body: {text[:ERROR_TEXT_LIMIT]!r}"
+        ) from None
+
+
+@dataclass
+class HttpBackendBase:
+    """What every HTTP kind shares: the session, headers, one classified call, backoff."""
+
+    spec: BackendSpec
+    session: aiohttp.ClientSession
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    auth_scheme: str = "Bearer"
+
+    def headers(self, call: ExecutionCall | None = None) -> dict[str, str]:
+        headers = dict(self.spec.headers)
+        if self.spec.api_key:
+            headers.setdefault("Authorization", f"{self.auth_scheme} {self.spec.api_key}")
+        if call is not None:
+            headers["X-Runner-Job-Id"] = str(call.job_id)
+            headers["X-Runner-Execution-Id"] = str(call.execution_id)
+        return headers
+
+    default_timeout_s = 30.0  # one API call; the http kind waits for the whole work
+
+    @property
+    def request_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.spec.timeout_s or self.default_timeout_s)
+
+    async def request(self, method: str, url: str, what: str, *, json_body: Any = None,
+                      call: ExecutionCall | None = None,
+                      client_timeout: aiohttp.ClientTimeout | None = None) -> Any:
+        try:
+            async with self.session.request(
+                method, url, json=json_body, headers=self.headers(call),
+                timeout=client_timeout or self.request_timeout, allow_redirects=False,
+            ) as resp:
+                return await classify(resp, what)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientBackendError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+    async def backoff(self, attempt: int, error: BackendError) -> None:
+        """Exponential backoff with full jitter; a Retry-After is honoured as given."""
+        if error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            delay = random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
+        await asyncio.sleep(delay)
+
+    async def retrying(
+        self, what: Callable[[], Awaitable[Any]], *, submits: ExecutionCall | None = None
+    ) -> Any:
+        """Call `what` until it succeeds, a permanent error, or max_attempts transient ones.
+
+        With `submits`, each try is a submission and counts in the execution's attempts.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            if submits is not None:
+                await submits.submitted()
+            try:
+                return await what()
+            except TransientBackendError as exc:
+                if attempt >= self.spec.max_attempts:
+                    raise TransientBackendError(
+                        f"{exc} (gave up after {attempt} attempts)", retry_after=exc.retry_after
+                    ) from None
+                await self.backoff(attempt, exc)
+
+    async def cancel_call(self, method: str, url: str, what: str) -> CancelResult:
+        """A remote cancel whose 2xx means acknowledged and other 4xx means refused."""
+        try:
+            body = await self.request(method, url, what, client_timeout=CANCEL_TIMEOUT)
+        except TransientBackendError as exc:
+            return CancelResult(CancelOutcome.RETRY, str(exc))
+        except PermanentBackendError as exc:
+            return CancelResult(CancelOutcome.FAILED, str(exc))
+        return CancelResult(CancelOutcome.ACKNOWLEDGED, json.dumps(body)[:ERROR_TEXT_LIMIT])
+
+
+def require_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PermanentBackendError(f"{what}: expected a JSON object, got {json.dumps(value)[:200]}")
+    return value

@@ -1,0 +1,62 @@
+"""Queue-style APIs (RunPod, Replicate, fal): submit, store the remote id, poll it to the end."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from runner.backends.base import ExecutionCall, HttpBackendBase
+from runner.errors import PermanentBackendError
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    state: State
+    output: Any = None
+    error: str | None = None
+
+
+class PollingBackend(HttpBackendBase):
+    async def submit(self, call: ExecutionCall) -> str:
+        raise NotImplementedError
+
+    async def poll(self, remote_id: str) -> Poll:
+        raise NotImplementedError
+
+    async def result(self, remote_id: str, poll: Poll) -> Any:
+        """The output once completed; most APIs return it with the status."""
+        return poll.output
+
+    async def run(self, call: ExecutionCall) -> Any:
+        if call.remote_id is None:
+            remote_id = await self.retrying(lambda: self.submit(call), submits=call)
+            await call.set_remote_id(remote_id)
+        else:
+            remote_id = call.remote_id  # resumed after a lost lease: never submitted twice
+        while True:
+            status = await self.retrying(lambda: self.poll(remote_id))
+            if status.state is State.FAILED:
+                raise PermanentBackendError(status.error or "the backend reported a failure")
+            if status.state is State.COMPLETED:
+                break
+            await asyncio.sleep(self.spec.poll_interval_s)
+        return await self.retrying(lambda: self.result(remote_id, status))
+
+
+def remote_id_from(body: Any, key: str, what: str) -> str:
+    value = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not value:
+        raise PermanentBackendError(f"{what}: the reply has no {key!r}: {str(body)[:200]}")
+    return value
+
+
+def unexpected_status(what: str, status: Any) -> PermanentBackendError:
+    return PermanentBackendError(f"{what}: unexpected status {status!r}")

@@ -1,0 +1,42 @@
+"""RunPod serverless: POST /{endpoint}/run, poll /status/{id}, cancel with /cancel/{id}."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from runner.backends.base import CancelResult, ExecutionCall, require_object
+from runner.backends.polling import Poll, PollingBackend, State, remote_id_from, unexpected_status
+
+_PENDING = {"IN_QUEUE", "IN_PROGRESS"}
+_FAILED = {"FAILED": "failed", "TIMED_OUT": "timed out at RunPod",
+           "CANCELLED": "cancelled at RunPod (not by this runner)"}
+
+
+class RunPodBackend(PollingBackend):
+    @property
+    def endpoint(self) -> str:
+        return f"{self.spec.base_url}/{self.spec.endpoint_id}"
+
+    async def submit(self, call: ExecutionCall) -> str:
+        body = await self.request("POST", f"{self.endpoint}/run", "runpod submit",
+                                  json_body={"input": call.input}, call=call)
+        return remote_id_from(body, "id", "runpod submit")
+
+    async def poll(self, remote_id: str) -> Poll:
+        body = require_object(
+            await self.request("GET", f"{self.endpoint}/status/{remote_id}", "runpod status"),
+            "runpod status")
+        status = body.get("status")
+        if status in _PENDING:
+            return Poll(State.PENDING)
+        if status == "COMPLETED":
+            return Poll(State.COMPLETED, output=body.get("output"))
+        if status in _FAILED:
+            detail = body.get("error")
+            return Poll(State.FAILED, error=f"runpod job {remote_id} {_FAILED[status]}"
+                        + (f": {detail}" if detail else ""))
+        raise unexpected_status("runpod status", status)
+
+    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None) -> CancelResult:
+        assert remote_id is not None
+        return await self.cancel_call("POST", f"{self.endpoint}/cancel/{remote_id}", "runpod cancel")

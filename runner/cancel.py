@@ -1,0 +1,211 @@
+"""Cancellation: one statement does the job, its executions, the audit row and the NOTIFY;
+then the local task is cancelled at once, without waiting for our own notification."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import structlog
+
+from runner.context import JobContextManager, StopReason
+from runner.errors import JobForbidden, JobNotFound, NotCancellable
+from runner.listener import CANCEL
+from runner.metrics import Metrics
+from runner.timeutil import iso
+
+log = structlog.get_logger("runner.cancel")
+
+
+
+def _exec_cancel_set(backends: str, grace: str) -> str:
+    """Executions that were running owe the backend a cancel when they have a remote id, or
+    when their backend cancels through a configured URL (`backends`: such backends' names)."""
+    owes = f"e.status = 'running' AND (e.remote_id IS NOT NULL OR e.backend = ANY({backends}::text[]))"
+    return f"""status = 'cancelled', finished_at = now(),
+    remote_cancel = CASE WHEN {owes} THEN 'pending' END,
+    remote_cancel_due = CASE WHEN {owes} THEN now() + make_interval(secs => {grace}) END"""
+
+
+def _job_cancel_set(actor: str, reason: str) -> str:
+    return f"""status = 'cancelled', cancelled_at = now(), cancelled_by = {actor},
+    cancel_reason = {reason}, finished_at = now(), worker_id = NULL, lease_expires_at = NULL"""
+
+
+# $1 job, $2 actor, $3 reason, $4 actor is admin, $5 remote-cancel backends, $6 grace.
+CANCEL_JOB = f"""
+WITH target AS (
+    SELECT id, status, owner, cancelled_at FROM jobs WHERE id = $1 FOR UPDATE),
+job AS (
+    UPDATE jobs j SET {_job_cancel_set("$2", "$3")}
+    FROM target t
+    WHERE j.id = t.id AND t.status IN ('queued', 'running') AND (t.owner = $2 OR $4)
+    RETURNING j.id, j.cancelled_at),
+execs AS (
+    UPDATE executions e SET {_exec_cancel_set("$5", "$6")}
+    FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
+    RETURNING e.id),
+event AS (
+    INSERT INTO job_events (job_id, kind, actor, detail)
+    SELECT job.id, 'cancelled', $2, jsonb_build_object(
+        'reason', $3::text, 'previous_status', t.status,
+        'executions_cancelled', (SELECT count(*) FROM execs))
+    FROM job, target t),
+notify AS (
+    SELECT pg_notify('{CANCEL}', job.id::text), runner_notify_job(job.id) FROM job)
+SELECT t.status AS previous_status, t.owner, coalesce(job.cancelled_at, t.cancelled_at) AS cancelled_at,
+    job.id IS NOT NULL AS changed, (SELECT count(*) FROM execs) AS executions_cancelled,
+    (SELECT count(*) FROM notify) AS notified
+FROM target t LEFT JOIN job ON true"""
+
+# $1 job, $2 actor, $3 reason, $4 actor is admin, $5 remote-cancel backends, $6 grace, $7 execution.
+CANCEL_EXECUTION = f"""
+WITH target AS (
+    SELECT j.status AS job_status, j.owner, e.id AS execution_id, e.status, e.finished_at
+    FROM jobs j JOIN executions e ON e.job_id = j.id
+    WHERE j.id = $1 AND e.id = $7 FOR UPDATE OF j, e),
+ex AS (
+    UPDATE executions e SET {_exec_cancel_set("$5", "$6")}
+    FROM target t
+    WHERE e.id = t.execution_id AND t.status IN ('queued', 'running') AND (t.owner = $2 OR $4)
+    RETURNING e.id, e.finished_at),
+others AS (
+    SELECT status FROM executions WHERE job_id = $1 AND id <> $7
+    UNION ALL SELECT 'cancelled' FROM ex),
+-- No task holds a queued job: if nothing of it is left to run, it is finished here.
+fin AS (
+    UPDATE jobs j SET
+        status = CASE WHEN f.all_cancelled THEN 'cancelled'
+                      WHEN f.any_failed THEN 'failed' ELSE 'completed' END,
+        finished_at = now(),
+        cancelled_at = CASE WHEN f.all_cancelled THEN now() END,
+        cancelled_by = CASE WHEN f.all_cancelled THEN $2 END,
+        cancel_reason = CASE WHEN f.all_cancelled THEN $3 END
+    FROM (SELECT bool_and(status = 'cancelled') AS all_cancelled,
+                 bool_or(status = 'failed') AS any_failed,
+                 bool_and(status IN ('completed', 'failed', 'cancelled')) AS all_done
+          FROM others) f
+    WHERE j.id = $1 AND j.status = 'queued' AND f.all_done AND EXISTS (SELECT 1 FROM ex)
+    RETURNING j.status),
+event AS (
+    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+    SELECT $1, ex.id, 'execution_cancelled', $2, jsonb_build_object(
+        'reason', $3::text, 'previous_status', t.status)
+    FROM ex, target t
+    UNION ALL
+    SELECT $1, NULL, fin.status, $2, jsonb_build_object('reason', 'its last execution was cancelled')
+    FROM fin),
+notify AS (
+    SELECT pg_notify('{CANCEL}', $1::text || ':' || ex.id::text), runner_notify_job($1) FROM ex)
+SELECT t.job_status, t.owner, t.status AS previous_status,
+    coalesce(ex.finished_at, t.finished_at) AS cancelled_at, ex.id IS NOT NULL AS changed,
+    (SELECT count(*) FROM notify) AS notified
+FROM target t LEFT JOIN ex ON true"""
+
+# $1 owner (and actor), $2 statuses, $3 reason, $4 remote-cancel backends, $5 grace.
+CANCEL_ALL = f"""
+WITH targets AS (
+    SELECT id, status FROM jobs WHERE owner = $1 AND status = ANY($2::text[])
+    ORDER BY created_at FOR UPDATE),
+job AS (
+    UPDATE jobs j SET {_job_cancel_set("$1", "$3")}
+    FROM targets t WHERE j.id = t.id
+    RETURNING j.id, t.status AS previous_status),
+execs AS (
+    UPDATE executions e SET {_exec_cancel_set("$4", "$5")}
+    FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
+    RETURNING e.id),
+event AS (
+    INSERT INTO job_events (job_id, kind, actor, detail)
+    SELECT id, 'cancelled', $1, jsonb_build_object(
+        'reason', $3::text, 'previous_status', previous_status, 'bulk', true)
+    FROM job),
+notify AS (
+    SELECT pg_notify('{CANCEL}', id::text), runner_notify_job(id) FROM job)
+SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
+    coalesce((SELECT array_agg(id) FROM job WHERE previous_status = 'running'), '{{}}') AS running,
+    (SELECT count(*) FROM execs) AS executions_cancelled,
+    (SELECT count(*) FROM notify) AS notified"""
+
+
+class Canceller:
+    def __init__(self, pool: asyncpg.Pool, manager: JobContextManager, metrics: Metrics, *,
+                 remote_cancel_backends: list[str], holder_grace_s: float) -> None:
+        self.pool = pool
+        self.manager = manager
+        self.metrics = metrics
+        self.remote_cancel_backends = remote_cancel_backends
+        # How long the task holding a job gets to send its own remote cancels before the
+        # sweeper on any instance takes over.
+        self.holder_grace_s = holder_grace_s
+
+    async def cancel_job(self, job_id: uuid.UUID, *, actor: str, admin: bool, reason: str | None,
+                         stop: StopReason = StopReason.CANCELLED) -> dict[str, Any]:
+        row = await self.pool.fetchrow(CANCEL_JOB, job_id, actor, reason, admin,
+                                       self.remote_cancel_backends, self.holder_grace_s)
+        if row is None:
+            self.metrics.cancel_requests.labels("not_found").inc()
+            raise JobNotFound(f"no job {job_id}")
+        previous = row["previous_status"]
+        if not row["changed"]:
+            if row["owner"] != actor and not admin:
+                self.metrics.cancel_requests.labels("forbidden").inc()
+                raise JobForbidden("this job belongs to another wallet")
+            if previous != "cancelled":
+                self.metrics.cancel_requests.labels("not_cancellable").inc()
+                raise NotCancellable(f"the job is {previous}; only queued or running jobs can be cancelled",
+                                     status=previous)
+        running = row["changed"] and previous == "running"
+        if running:
+            self.manager.cancel(job_id, stop)
+        self.metrics.cancel_requests.labels("cancelled" if row["changed"] else "already_cancelled").inc()
+        log.info("job_cancelled", job_id=str(job_id), by=actor, previous_status=previous,
+                 reason=reason, changed=row["changed"])
+        return {
+            "ok": True, "job_id": str(job_id), "previous_status": previous,
+            "new_status": "cancelled", "context_cancelled": running,
+            "executions_cancelled": row["executions_cancelled"],
+            "cancelled_at": iso(row["cancelled_at"]),
+        }
+
+    async def cancel_execution(self, job_id: uuid.UUID, execution_id: uuid.UUID, *, actor: str,
+                               admin: bool, reason: str | None) -> dict[str, Any]:
+        row = await self.pool.fetchrow(CANCEL_EXECUTION, job_id, actor, reason, admin,
+                                       self.remote_cancel_backends, self.holder_grace_s, execution_id)
+        if row is None:
+            self.metrics.cancel_requests.labels("not_found").inc()
+            raise JobNotFound(f"no execution {execution_id} in job {job_id}")
+        previous = row["previous_status"]
+        if not row["changed"]:
+            if row["owner"] != actor and not admin:
+                self.metrics.cancel_requests.labels("forbidden").inc()
+                raise JobForbidden("this job belongs to another wallet")
+            if previous != "cancelled":
+                self.metrics.cancel_requests.labels("not_cancellable").inc()
+                raise NotCancellable(
+                    f"the execution is {previous}; only queued or running ones can be cancelled",
+                    status=previous)
+        running = row["changed"] and previous == "running" and row["job_status"] == "running"
+        if running:
+            self.manager.cancel_execution(job_id, execution_id)
+        self.metrics.cancel_requests.labels("cancelled" if row["changed"] else "already_cancelled").inc()
+        log.info("execution_cancelled", job_id=str(job_id), execution_id=str(execution_id), by=actor,
+                 previous_status=previous, reason=reason)
+        return {
+            "ok": True, "job_id": str(job_id), "execution_id": str(execution_id),
+            "previous_status": previous, "new_status": "cancelled", "context_cancelled": running,
+            "cancelled_at": iso(row["cancelled_at"]),
+        }
+
+    async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> dict[str, Any]:
+        row = await self.pool.fetchrow(CANCEL_ALL, owner, statuses, reason,
+                                       self.remote_cancel_backends, self.holder_grace_s)
+        assert row is not None
+        for job_id in row["running"]:
+            self.manager.cancel(job_id, StopReason.CANCELLED)
+        ids = [str(i) for i in row["ids"]]
+        self.metrics.cancel_requests.labels("cancelled").inc(len(ids))
+        log.info("jobs_cancelled", by=owner, count=len(ids), statuses=statuses, reason=reason)
+        return {"ok": True, "cancelled": ids, "count": len(ids),
+                "executions_cancelled": row["executions_cancelled"]}

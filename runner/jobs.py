@@ -1,0 +1,175 @@
+"""Jobs in Postgres: submit, read, list, audit. Every status write elsewhere is conditional."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from runner.errors import IdempotencyConflict, JobError, JobForbidden, JobNotFound, QuotaExceeded
+from runner.listener import SUBMIT
+from runner.timeutil import iso
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+TERMINAL = ("completed", "failed", "cancelled")
+IDEMPOTENCY_WINDOW = "24 hours"
+
+JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,
+    j.cancelled_at, j.cancelled_by, j.cancel_reason, j.timeout_s, j.metadata, j.error,
+    runner_executions_json(j.id) AS executions"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewExecution:
+    backend: str
+    input: Any
+    name: str | None = None
+
+
+def job_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """A job as the API shows it (SPEC §5)."""
+    return {
+        "id": str(row["id"]), "owner": row["owner"], "status": row["status"],
+        "created_at": iso(row["created_at"]), "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]), "cancelled_at": iso(row["cancelled_at"]),
+        "cancelled_by": row["cancelled_by"], "cancel_reason": row["cancel_reason"],
+        "timeout_s": row["timeout_s"], "metadata": row["metadata"], "error": row["error"],
+        "executions": row["executions"],
+    }
+
+
+def request_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def parse_uuid(value: str, what: str = "job") -> uuid.UUID:
+    """An id from a URL; one that is not a UUID names nothing (404, SPEC §5)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise JobNotFound(f"no {what} {value!r}") from None
+
+
+async def submit(
+    pool: asyncpg.Pool, *, owner: str, executions: list[NewExecution], timeout_s: int | None,
+    metadata: dict[str, Any], max_active: int, idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Insert a queued job; returns (job, created). A repeated idempotency key returns the original."""
+    job_id = uuid.uuid4()
+    rows = [{"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input}
+            for e in executions]
+    async with pool.acquire() as conn, conn.transaction():
+        # One submit at a time per wallet: the quota and the idempotency key hold under races.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 42))", owner)
+        if idempotency_key is not None:
+            prior = await conn.fetchrow(
+                f"""SELECT job_id, request_hash FROM idempotency_keys
+                    WHERE owner = $1 AND key = $2
+                      AND created_at > now() - interval '{IDEMPOTENCY_WINDOW}'""",
+                owner, idempotency_key)
+            if prior is not None:
+                if prior["request_hash"] != body_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different body in the last 24 h")
+                return await _read(conn, prior["job_id"]), False
+        active = await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')", owner)
+        if active >= max_active:
+            raise QuotaExceeded(f"this wallet already has {active} active jobs (limit {max_active})",
+                                limit=max_active)
+        row = await conn.fetchrow(
+            f"""WITH job AS (
+                    INSERT INTO jobs (id, owner, timeout_s, metadata) VALUES ($1, $2, $3, $4)
+                    RETURNING *),
+                ex AS (
+                    INSERT INTO executions (id, job_id, position, name, backend, input)
+                    SELECT (x->>'id')::uuid, $1, ord - 1, x->>'name', x->>'backend', x->'input'
+                    FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS t(x, ord)
+                    RETURNING id),
+                ev AS (
+                    INSERT INTO job_events (job_id, kind, actor, detail)
+                    SELECT id, 'submitted', owner, jsonb_build_object('executions', $8::int)
+                    FROM job),
+                idem AS (
+                    INSERT INTO idempotency_keys (owner, key, request_hash, job_id)
+                    SELECT $2, $6, $7, $1 WHERE $6::text IS NOT NULL
+                    ON CONFLICT (owner, key) DO UPDATE
+                    SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id,
+                        created_at = now())
+                SELECT j.*, pg_notify('{SUBMIT}', '') FROM job j""",
+            job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash, len(rows))
+    fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "status": "queued",
+              "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
+              "output": None, "error": None, "remote_cancel": None} for r in rows]
+    return job_json({**row, "executions": fresh}), True
+
+
+async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1", job_id)
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job_json(row)
+
+
+async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> dict[str, Any]:
+    job = await _read(pool, job_id)
+    if job["owner"] != caller and not admin:
+        raise JobForbidden("this job belongs to another wallet")
+    return job
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|")
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None:
+            raise ValueError("naive time")
+        return created_at, uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError):
+        raise JobError("the cursor is not one this service issued") from None
+
+
+async def list_jobs(pool: asyncpg.Pool, *, owner: str, statuses: list[str] | None, limit: int,
+                    cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The wallet's jobs, newest first. Keyset pagination: new jobs never shift a page."""
+    after = decode_cursor(cursor) if cursor else None
+    rows = await pool.fetch(
+        f"""SELECT {JOB_COLUMNS} FROM jobs j
+            WHERE j.owner = $1 AND ($2::text[] IS NULL OR j.status = ANY($2))
+              AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
+            ORDER BY j.created_at DESC, j.id DESC LIMIT $5""",
+        owner, statuses, after[0] if after else None, after[1] if after else None, limit + 1)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    return [job_json(r) for r in page], next_cursor
+
+
+async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        """SELECT j.owner, e.at, e.kind, e.actor, e.detail, e.execution_id
+           FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id
+           WHERE j.id = $1 ORDER BY e.id""", job_id)
+    if not rows:
+        raise JobNotFound(f"no job {job_id}")
+    if rows[0]["owner"] != caller and not admin:
+        raise JobForbidden("this job belongs to another wallet")
+    return [
+        {"at": iso(r["at"]), "kind": r["kind"], "actor": r["actor"],
+         "detail": {**r["detail"], **({"execution_id": str(r["execution_id"])}
+                                      if r["execution_id"] else {})}}
+        for r in rows if r["kind"] is not None
+    ]

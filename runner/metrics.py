@@ -1,0 +1,34 @@
+"""Prometheus metrics of one instance (a registry each, so several can share a process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.cancel_requests = Counter(
+            "runner_cancel_requests_total", "Cancel requests by result.", ["result"],
+            registry=self.registry)
+        self.cancel_stop_seconds = Histogram(
+            "runner_cancel_stop_seconds", "From a cancel reaching this instance to its task stopped.",
+            buckets=STOP_BUCKETS, registry=self.registry)
+        self.jobs_running = Gauge(
+            "runner_jobs_running", "Jobs whose task runs on this instance.", registry=self.registry)
+        self.jobs_finished = Counter(
+            "runner_jobs_finished_total", "Jobs finished on this instance, by status.", ["status"],
+            registry=self.registry)
+        self.remote_cancels = Counter(
+            "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
+            ["backend", "outcome"], registry=self.registry)
+
+    def track_running(self, count: Callable[[], int]) -> None:
+        self.jobs_running.set_function(lambda: float(count()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

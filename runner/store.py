@@ -1,0 +1,231 @@
+"""The worker's statements: claim, results, leases, requeues. Each status write names the
+statuses it may leave, so Postgres decides every race (SPEC §3)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from runner.listener import SUBMIT
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedExecution:
+    id: uuid.UUID
+    backend: str
+    input: Any
+    remote_id: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: uuid.UUID
+    owner: str
+    timeout_s: int | None
+    started_at: datetime
+    attempts: int
+    executions: list[ClaimedExecution]
+
+
+async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: float) -> list[ClaimedJob]:
+    """Claim up to `limit` queued jobs, oldest first, and mark their open executions running."""
+    rows = await pool.fetch(
+        """WITH picked AS (
+               SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id
+               LIMIT $1 FOR UPDATE SKIP LOCKED),
+           job AS (
+               UPDATE jobs j SET status = 'running', worker_id = $2, attempts = j.attempts + 1,
+                   lease_expires_at = now() + make_interval(secs => $3),
+                   started_at = coalesce(j.started_at, now())
+               FROM picked WHERE j.id = picked.id
+               RETURNING j.id, j.owner, j.timeout_s, j.started_at, j.attempts),
+           ex AS (
+               UPDATE executions e SET status = 'running', started_at = coalesce(e.started_at, now())
+               FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
+               RETURNING e.id, e.job_id, e.position, e.backend, e.input, e.remote_id, e.attempts),
+           ev AS (
+               INSERT INTO job_events (job_id, kind, actor, detail)
+               SELECT id, 'started', 'system', jsonb_build_object('worker', $2, 'attempt', attempts)
+               FROM job)
+           SELECT job.*, runner_notify_job(job.id), coalesce(json_agg(json_build_object(
+                   'id', ex.id, 'backend', ex.backend, 'input', ex.input,
+                   'remote_id', ex.remote_id, 'attempts', ex.attempts) ORDER BY ex.position)
+               FILTER (WHERE ex.id IS NOT NULL), '[]') AS executions
+           FROM job LEFT JOIN ex ON ex.job_id = job.id
+           GROUP BY job.id, job.owner, job.timeout_s, job.started_at, job.attempts""",
+        limit, worker_id, lease_s)
+    return [
+        ClaimedJob(
+            id=r["id"], owner=r["owner"], timeout_s=r["timeout_s"], started_at=r["started_at"],
+            attempts=r["attempts"],
+            executions=[ClaimedExecution(uuid.UUID(e["id"]), e["backend"], e["input"],
+                                         e["remote_id"], e["attempts"]) for e in r["executions"]],
+        )
+        for r in rows
+    ]
+
+
+async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: str, attempts: int,
+                        *, cancel_grace_s: float) -> str:
+    """Store the remote id at once. If the execution was cancelled meanwhile, a cancel is owed."""
+    status: str = await pool.fetchval(
+        """UPDATE executions SET remote_id = $2, attempts = $3,
+               remote_cancel = CASE WHEN status = 'cancelled' AND remote_cancel IS NULL
+                                    THEN 'pending' ELSE remote_cancel END,
+               remote_cancel_due = CASE WHEN status = 'cancelled' AND remote_cancel IS NULL
+                                        THEN now() + make_interval(secs => $4)
+                                        ELSE remote_cancel_due END
+           WHERE id = $1 RETURNING status, runner_notify_job(job_id)""",
+        execution_id, remote_id, attempts, cancel_grace_s)
+    return status
+
+
+async def finish_execution(pool: asyncpg.Pool, execution_id: uuid.UUID, *, status: str, output: Any,
+                           error: str | None, attempts: int, owe_remote_cancel: bool = False) -> bool:
+    """Record an execution's result unless it is no longer running (a cancel won the race)."""
+    written: bool = await pool.fetchval(
+        """WITH ex AS (
+               UPDATE executions SET status = $2, output = $3, error = $4, attempts = $5,
+                   finished_at = now(),
+                   remote_cancel = CASE WHEN $6 THEN 'pending' END,
+                   remote_cancel_due = CASE WHEN $6 THEN now() END
+               WHERE id = $1 AND status = 'running' RETURNING id, job_id),
+           ev AS (
+               INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+               SELECT job_id, id, 'execution_' || $2, 'system',
+                   jsonb_strip_nulls(jsonb_build_object('attempts', $5, 'error', $4))
+               FROM ex)
+           SELECT count(*) > 0 FROM ex, runner_notify_job(ex.job_id)""",
+        execution_id, status, output, error, attempts, owe_remote_cancel)
+    return written
+
+
+async def finalize(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str) -> str | None:
+    """Give a running job its final status from its executions (SPEC §3); None if not ours."""
+    status: str | None = await pool.fetchval(
+        """WITH agg AS (
+                SELECT bool_and(status = 'cancelled') AS all_cancelled,
+                       bool_or(status = 'failed') AS any_failed,
+                       bool_and(status IN ('completed', 'failed', 'cancelled')) AS all_done
+                FROM executions WHERE job_id = $1),
+            last_cancel AS (
+                SELECT actor FROM job_events WHERE job_id = $1 AND kind = 'execution_cancelled'
+                ORDER BY id DESC LIMIT 1),
+            job AS (
+                UPDATE jobs j SET
+                    status = CASE WHEN agg.all_cancelled THEN 'cancelled'
+                                  WHEN agg.any_failed THEN 'failed' ELSE 'completed' END,
+                    finished_at = now(), worker_id = NULL, lease_expires_at = NULL,
+                    cancelled_at = CASE WHEN agg.all_cancelled THEN now() END,
+                    cancelled_by = CASE WHEN agg.all_cancelled
+                                        THEN coalesce((SELECT actor FROM last_cancel), 'system') END,
+                    cancel_reason = CASE WHEN agg.all_cancelled
+                                         THEN 'every execution was cancelled' END
+                FROM agg
+                WHERE j.id = $1 AND j.status = 'running' AND j.worker_id = $2 AND agg.all_done
+                RETURNING j.id, j.status),
+            ev AS (
+                INSERT INTO job_events (job_id, kind, actor, detail)
+                SELECT id, status, 'system', '{}'::jsonb FROM job)
+            SELECT status FROM job, runner_notify_job($1)""",
+        job_id, worker_id)
+    return status
+
+
+async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str) -> bool:
+    """A shutdown interrupted the job: back to queued, keeping remote ids; not an attempt used."""
+    done: bool = await pool.fetchval(
+        f"""WITH job AS (
+                UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL,
+                    attempts = greatest(attempts - 1, 0)
+                WHERE id = $1 AND status = 'running' AND worker_id = $2 RETURNING id),
+            ex AS (
+                UPDATE executions e SET status = 'queued'
+                FROM job WHERE e.job_id = job.id AND e.status = 'running' RETURNING e.id),
+            ev AS (
+                INSERT INTO job_events (job_id, kind, actor, detail)
+                SELECT id, 'requeued', 'system',
+                    jsonb_build_object('reason', 'shutdown', 'worker', $2::text,
+                                       'executions', (SELECT count(*) FROM ex))
+                FROM job)
+            SELECT count(*) > 0 FROM job, pg_notify('{SUBMIT}', ''), runner_notify_job($1)""",
+        job_id, worker_id)
+    return done
+
+
+async def renew_leases(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
+                       lease_s: float) -> dict[uuid.UUID, str]:
+    """Extend our leases; returns the held jobs that are no longer ours, with their status."""
+    rows = await pool.fetch(
+        """WITH renewed AS (
+               UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+               WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' RETURNING id)
+           SELECT j.id, j.status FROM jobs j
+           WHERE j.id = ANY($1) AND j.id NOT IN (SELECT id FROM renewed)""",
+        job_ids, worker_id, lease_s)
+    return {r["id"]: r["status"] for r in rows}
+
+
+async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int = 500) -> list[asyncpg.Record]:
+    """Requeue running jobs whose lease expired (their instance died); fail those out of attempts.
+
+    A failed job's executions that hold a remote id owe the backend a cancel: the GPU may run on.
+    """
+    rows: list[asyncpg.Record] = await pool.fetch(
+        """WITH expired AS (
+                SELECT id, attempts, worker_id FROM jobs
+                WHERE status = 'running' AND lease_expires_at < now()
+                ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+            job AS (
+                UPDATE jobs j SET
+                    status = CASE WHEN x.attempts >= $1 THEN 'failed' ELSE 'queued' END,
+                    error = CASE WHEN x.attempts >= $1
+                        THEN format('its worker was lost %s times (RUNNER_MAX_JOB_ATTEMPTS=%s); giving up',
+                                    x.attempts, $1) END,
+                    finished_at = CASE WHEN x.attempts >= $1 THEN now() END,
+                    worker_id = NULL, lease_expires_at = NULL
+                FROM expired x WHERE j.id = x.id
+                RETURNING j.id, j.status, x.worker_id AS lost_worker, x.attempts),
+            ex AS (
+                UPDATE executions e SET
+                    status = CASE WHEN job.status = 'failed' THEN 'failed' ELSE 'queued' END,
+                    error = CASE WHEN job.status = 'failed' THEN 'the job ran out of attempts' END,
+                    finished_at = CASE WHEN job.status = 'failed' THEN now() END,
+                    remote_cancel = CASE WHEN job.status = 'failed' AND e.remote_id IS NOT NULL
+                                         THEN 'pending' END,
+                    remote_cancel_due = CASE WHEN job.status = 'failed' AND e.remote_id IS NOT NULL
+                                             THEN now() END
+                FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
+                RETURNING e.id),
+            ev AS (
+                INSERT INTO job_events (job_id, kind, actor, detail)
+                SELECT id, CASE WHEN status = 'failed' THEN 'failed' ELSE 'requeued' END, 'system',
+                    jsonb_build_object('reason', 'lease_expired', 'lost_worker', lost_worker,
+                                       'attempts', attempts)
+                FROM job)
+            SELECT id, status, runner_notify_job(id) FROM job""",
+        max_attempts, limit)
+    if any(r["status"] == "queued" for r in rows):
+        await pool.execute(f"SELECT pg_notify('{SUBMIT}', '')")
+    return rows
+
+
+async def record_stop(pool: asyncpg.Pool, job_id: uuid.UUID, *, worker_id: str, reason: str,
+                      local_latency_ms: float | None, executions: int) -> None:
+    """The task of a cancelled job has stopped: record it with its latency (SPEC §7)."""
+    await pool.execute(
+        """WITH ev AS (
+                INSERT INTO job_events (job_id, kind, actor, detail)
+                SELECT j.id, 'task_stopped', $2, jsonb_strip_nulls(jsonb_build_object(
+                    'reason', $3::text, 'executions', $5::int,
+                    'latency_ms', round((extract(epoch FROM clock_timestamp() - j.cancelled_at)
+                                         * 1000)::numeric, 3),
+                    'local_latency_ms', round($4::numeric, 3)))
+                FROM jobs j WHERE j.id = $1)
+            SELECT runner_notify_job($1)""",
+        job_id, worker_id, reason, local_latency_ms, executions)

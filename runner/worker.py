@@ -1,0 +1,269 @@
+"""The worker: claims queued jobs and runs each in one asyncio.Task, registered in the
+JobContextManager, with its executions running concurrently as child tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Coroutine, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from runner import store
+from runner.backends import Backend, ExecutionCall
+from runner.cancel import Canceller
+from runner.config import Settings
+from runner.context import JobContext, JobContextManager, StopReason
+from runner.errors import BackendError, JobError
+from runner.metrics import Metrics
+from runner.remote_cancel import RemoteCanceller
+
+log = structlog.get_logger("runner.worker")
+
+CLAIM_BATCH = 100
+POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
+
+
+class Worker:
+    def __init__(self, *, pool: asyncpg.Pool, settings: Settings, instance_id: str,
+                 manager: JobContextManager, backends: Mapping[str, Backend],
+                 canceller: Canceller, remote: RemoteCanceller, metrics: Metrics) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.instance_id = instance_id
+        self.manager = manager
+        self.backends = backends
+        self.canceller = canceller
+        self.remote = remote
+        self.metrics = metrics
+        self.wake = asyncio.Event()
+        self.draining = False
+        self.job_tasks: set[asyncio.Task[None]] = set()
+        self.aux_tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+
+    # -- claiming --------------------------------------------------------------------------
+
+    def notify_work(self, _payload: str = "") -> None:
+        self.wake.set()
+
+    async def claim_loop(self) -> None:
+        failures = 0
+        while not self.draining:
+            free = self.settings.concurrency - len(self.job_tasks)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self.wake.clear()
+            want = min(free, CLAIM_BATCH)
+            try:
+                jobs = await store.claim(self.pool, worker_id=self.instance_id, limit=want,
+                                         lease_s=self.settings.lease_s)
+                failures = 0
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                failures += 1
+                log.warning("claim_failed", error=repr(exc))
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            for job in jobs:
+                self._start(job)
+            if len(jobs) < want and not self.draining:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_INTERVAL_S):
+                        await self.wake.wait()
+
+    def _start(self, job: store.ClaimedJob) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+        ctx = self.manager.register(job.id, task)
+        self.job_tasks.add(task)
+        task.add_done_callback(lambda t: self._job_done(job.id, ctx, t))
+
+    def _job_done(self, job_id: uuid.UUID, ctx: JobContext, task: asyncio.Task[None]) -> None:
+        self.manager.unregister(job_id)
+        self.job_tasks.discard(task)
+        ctx.stopped.set()
+        self._slot_freed.set()
+        if ctx.reason is not None and ctx.reason.is_cancel and not ctx.stop_recorded:
+            # Cancelled as it was finishing (or before it began): record the stop all the same.
+            self._spawn_aux(self._record_stop(ctx, job_id, ctx.reason), f"stop-{job_id}")
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job_task_crashed", job_id=str(job_id), error=repr(task.exception()))
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _run_job(self, job: store.ClaimedJob) -> None:
+        ctx = self.manager.get(job.id)
+        assert ctx is not None
+        jlog = log.bind(job_id=str(job.id), wallet=job.owner)
+        jlog.info("job_started", attempt=job.attempts, executions=len(job.executions))
+        remaining = self._remaining(job)
+        timer = (asyncio.get_running_loop().call_later(remaining, self._time_out, job.id)
+                 if remaining is not None else None)
+        try:
+            for execution in job.executions:
+                # An execution cancelled before its task exists is skipped (the row says so).
+                if execution.id not in ctx.execution_reasons:
+                    ctx.executions[execution.id] = asyncio.create_task(
+                        self._run_execution(ctx, job, execution, jlog), name=f"execution-{execution.id}")
+            if ctx.executions:
+                # Awaited directly, so cancelling this task cancels every execution and
+                # resumes only once they have all cleaned up (remote cancels sent).
+                await asyncio.gather(*ctx.executions.values(), return_exceptions=True)
+            status = await store.finalize(self.pool, job.id, self.instance_id)
+            if status is not None:
+                self.metrics.jobs_finished.labels(status).inc()
+                jlog.info("job_finished", status=status)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._after_stop(ctx, job, jlog))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _time_out(self, job_id: uuid.UUID) -> None:
+        self._spawn_aux(self._cancel_for_timeout(job_id), f"timeout-{job_id}")
+
+    async def _cancel_for_timeout(self, job_id: uuid.UUID) -> None:
+        """timeout_s ran out: the same path as a user's cancel (row, audit, NOTIFY, task)."""
+        log.info("job_timed_out", job_id=str(job_id))
+        try:
+            await self.canceller.cancel_job(job_id, actor="system", admin=True, reason="timeout",
+                                            stop=StopReason.TIMEOUT)
+        except JobError:
+            pass  # it finished in the meantime
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.exception("timeout_cancel_failed", job_id=str(job_id))
+
+    def _spawn_aux(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Short tasks beside the jobs (timeouts, re-checks): tracked and awaited on drain."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.aux_tasks.add(task)
+        task.add_done_callback(self.aux_tasks.discard)
+
+    def _remaining(self, job: store.ClaimedJob) -> float | None:
+        if job.timeout_s is None:
+            return None
+        elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
+        return max(job.timeout_s - elapsed, 0.0)
+
+    async def _after_stop(self, ctx: JobContext, job: store.ClaimedJob, jlog: Any) -> None:
+        """The task was interrupted: requeue (shutdown), record the stop (cancel), or nothing."""
+        reason = ctx.reason or StopReason.SHUTDOWN
+        try:
+            if reason is StopReason.SHUTDOWN:
+                requeued = await store.requeue_interrupted(self.pool, job.id, self.instance_id)
+                jlog.info("job_requeued", reason="shutdown", requeued=requeued)
+            elif reason is StopReason.LEASE_LOST:
+                jlog.warning("job_lease_lost")
+            else:
+                await self._record_stop(ctx, job.id, reason)
+        except Exception:
+            jlog.exception("job_stop_record_failed", reason=reason.value)
+
+    async def _record_stop(self, ctx: JobContext, job_id: uuid.UUID, reason: StopReason) -> None:
+        ctx.stop_recorded = True
+        latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
+        self.metrics.cancel_stop_seconds.observe(latency)
+        self.metrics.jobs_finished.labels("cancelled").inc()
+        await store.record_stop(self.pool, job_id, worker_id=self.instance_id, reason=reason.value,
+                                local_latency_ms=latency * 1000, executions=len(ctx.executions))
+        log.info("job_task_stopped", job_id=str(job_id), reason=reason.value,
+                 latency_ms=round(latency * 1000, 3))
+
+    # -- one execution -----------------------------------------------------------------------
+
+    async def _run_execution(self, ctx: JobContext, job: store.ClaimedJob,
+                             execution: store.ClaimedExecution, jlog: Any) -> None:
+        xlog = jlog.bind(execution_id=str(execution.id), backend=execution.backend)
+        backend = self.backends.get(execution.backend)
+        if backend is None:
+            await store.finish_execution(
+                self.pool, execution.id, status="failed", output=None, attempts=execution.attempts,
+                error=f"backend {execution.backend!r} is not configured on this instance")
+            return
+
+        async def on_remote_id(remote_id: str, attempts: int) -> None:
+            await store.set_remote_id(self.pool, execution.id, remote_id, attempts,
+                                      cancel_grace_s=self.settings.lease_renew_s)
+            xlog.info("remote_id_stored", remote_id=remote_id)
+
+        call = ExecutionCall(job.id, execution.id, execution.input, remote_id=execution.remote_id,
+                             attempts=execution.attempts, on_remote_id=on_remote_id)
+        try:
+            output = await backend.run(call)
+        except asyncio.CancelledError:
+            reason = ctx.execution_reasons.get(execution.id) or ctx.reason
+            if reason is not None and reason.is_cancel and self._owes_cancel(backend, call):
+                await asyncio.shield(
+                    self.remote.send(job.id, execution.id, execution.backend, call.remote_id))
+            raise
+        except BackendError as exc:
+            owes = self._owes_cancel(backend, call)
+            written = await store.finish_execution(
+                self.pool, execution.id, status="failed", output=None, error=str(exc),
+                attempts=call.attempts, owe_remote_cancel=owes)
+            xlog.info("execution_failed", error=str(exc), written=written)
+            if written and owes:
+                # It failed on our side (an answer we cannot use): the GPU may still run.
+                await self.remote.send(job.id, execution.id, execution.backend, call.remote_id)
+            return
+        except Exception as exc:
+            xlog.exception("execution_crashed")
+            await store.finish_execution(
+                self.pool, execution.id, status="failed", output=None, attempts=call.attempts,
+                error=f"internal error in the runner ({type(exc).__name__}); it has been logged")
+            return
+        written = await store.finish_execution(self.pool, execution.id, status="completed",
+                                               output=output, error=None, attempts=call.attempts)
+        xlog.info("execution_completed", written=written)
+
+    @staticmethod
+    def _owes_cancel(backend: Backend, call: ExecutionCall) -> bool:
+        spec = backend.spec
+        return spec.cancels_remotely and (call.remote_id is not None or spec.cancels_without_remote_id)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def renew_leases(self) -> None:
+        """Extend our leases. Held jobs that are no longer ours stop here: a cancel whose
+        NOTIFY was lost lands within one renewal period."""
+        held = self.manager.job_ids()
+        if not held:
+            return
+        lost = await store.renew_leases(self.pool, held, self.instance_id, self.settings.lease_s)
+        for job_id, status in lost.items():
+            reason = StopReason.CANCELLED if status == "cancelled" else StopReason.LEASE_LOST
+            if self.manager.cancel(job_id, reason):
+                log.info("job_stopped_by_lease_check", job_id=str(job_id), status=status)
+
+    async def requeue_expired(self) -> None:
+        rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts)
+        for row in rows:
+            log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
+
+    def recheck(self) -> None:
+        """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
+        self._spawn_aux(self.renew_leases(), "lease_recheck")
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop claiming, let running jobs finish for `grace_s`, then interrupt and requeue."""
+        self.draining = True
+        self.wake.set()
+        self._slot_freed.set()
+        if self.job_tasks:
+            log.info("draining", jobs=len(self.job_tasks), grace_s=grace_s)
+            _done, pending = await asyncio.wait(set(self.job_tasks), timeout=grace_s)
+            if pending:
+                interrupted = self.manager.cancel_all(StopReason.SHUTDOWN)
+                log.info("interrupting_jobs", jobs=interrupted)
+                await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*self.aux_tasks, return_exceptions=True)
+        log.info("drained")
