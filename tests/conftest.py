@@ -7,9 +7,12 @@ import aiohttp
 import asyncpg
 import pytest
 
+from runner.backends.config import BackendSpec
 from runner.config import Settings
 from runner.db import connect
 from runner.service import Runtime, running_service
+from tests.client import Api
+from tests.fakes import FakeGpu
 from tests.pg import TestPostgres
 
 
@@ -52,7 +55,26 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+async def fake_gpu() -> AsyncIterator[FakeGpu]:
+    fake = FakeGpu()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def backends_for(fake: FakeGpu) -> dict[str, BackendSpec]:
+    return {
+        "demo": BackendSpec(name="demo", kind="demo"),
+        "gpu": BackendSpec(name="gpu", kind="http", url=f"{fake.base_url}/run",
+                           cancel_url=f"{fake.base_url}/cancel/{{execution_id}}", max_attempts=2),
+        "plain": BackendSpec(name="plain", kind="http", url=f"{fake.base_url}/run"),
+        "rp": BackendSpec(name="rp", kind="runpod", base_url=f"{fake.base_url}/v2",
+                          endpoint_id="ep1", api_key="rp-key", poll_interval_s=0.02),
+    }
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_gpu: FakeGpu) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         host="127.0.0.1",
@@ -62,6 +84,7 @@ def settings(tmp_path: Path) -> Settings:
         shutdown_grace_s=2.0,
         db_pool_size=5,
         log_format="json",
+        backends=backends_for(fake_gpu),
     )
 
 
@@ -82,3 +105,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     # A cookie jar that keeps cookies for IP hosts too, as a browser on 127.0.0.1 would.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         yield session
+
+
+@pytest.fixture
+async def api(http: aiohttp.ClientSession, base_url: str) -> Api:
+    """A signed-in wallet on the `service` instance."""
+    return await Api.signed_in(http, base_url)

@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 import aiohttp
@@ -106,7 +106,7 @@ class HttpBackendBase:
     session: aiohttp.ClientSession
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
-    auth_scheme: str = "Bearer"
+    auth_scheme: ClassVar[str] = "Bearer"  # fal: "Key"
 
     def headers(self, call: ExecutionCall | None = None) -> dict[str, str]:
         headers = dict(self.spec.headers)
@@ -117,7 +117,7 @@ class HttpBackendBase:
             headers["X-Runner-Execution-Id"] = str(call.execution_id)
         return headers
 
-    default_timeout_s = 30.0  # one API call; the http kind waits for the whole work
+    default_timeout_s: ClassVar[float] = 30.0  # one API call; the http kind waits for the work
 
     @property
     def request_timeout(self) -> aiohttp.ClientTimeout:

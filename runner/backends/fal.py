@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from runner.backends.base import CancelOutcome, CancelResult, ExecutionCall, require_object
@@ -10,7 +10,7 @@ from runner.backends.polling import Poll, PollingBackend, State, remote_id_from,
 
 
 class FalBackend(PollingBackend):
-    auth_scheme = "Key"
+    auth_scheme: ClassVar[str] = "Key"
 
     @property
     def requests_url(self) -> str:

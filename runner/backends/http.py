@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 from uuid import UUID
 
@@ -22,7 +22,7 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 class HttpBackend(HttpBackendBase):
-    default_timeout_s = 3600.0
+    default_timeout_s: ClassVar[float] = 3600.0
 
     async def run(self, call: ExecutionCall) -> Any:
         return await self.retrying(lambda: self._call(call), submits=call)

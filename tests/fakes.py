@@ -1,0 +1,133 @@
+"""A fake GPU provider on a real local socket: a Modal-style HTTP endpoint, a RunPod API and
+a cancel_url. It records what it saw, including when each connection closed."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class RunPodJob:
+    id: str
+    input: Any
+    status: str = "IN_PROGRESS"
+    output: Any = None
+    polls: int = 0
+
+
+@dataclass
+class FakeGpu:
+    base_url: str = ""
+    http_calls: list[dict[str, Any]] = field(default_factory=list)
+    started: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    closed: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    closed_at: dict[str, float] = field(default_factory=dict)
+    url_cancels: list[str] = field(default_factory=list)
+    url_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    runpod: dict[str, RunPodJob] = field(default_factory=dict)
+    runpod_submits: list[Any] = field(default_factory=list)
+    runpod_cancels: list[str] = field(default_factory=list)
+    runpod_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    runpod_submitted: asyncio.Event = field(default_factory=asyncio.Event)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/run", self._run)
+        app.router.add_get("/result/{token}", self._result)
+        app.router.add_post("/cancel/{execution_id}", self._url_cancel)
+        app.router.add_post("/v2/{endpoint}/run", self._rp_run)
+        app.router.add_get("/v2/{endpoint}/status/{id}", self._rp_status)
+        app.router.add_post("/v2/{endpoint}/cancel/{id}", self._rp_cancel)
+        # handler_cancellation: a handler is cancelled when its client goes away, which is
+        # how this fake sees "the connection closed".
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- the http kind -----------------------------------------------------------------------
+
+    async def _run(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        execution_id = request.headers.get("X-Runner-Execution-Id", "")
+        self.http_calls.append({"headers": dict(request.headers), "body": body})
+        self.started[execution_id].set()
+        mode = body.get("mode", "echo") if isinstance(body, dict) else "echo"
+        if mode == "hold":  # GPU work that goes on until the caller hangs up
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.closed_at[execution_id] = time.perf_counter()
+                self.closed[execution_id].set()
+                raise
+        if mode == "status":
+            headers = {"Retry-After": str(body["retry_after"])} if "retry_after" in body else {}
+            return web.Response(status=body["status"], text="nope", headers=headers)
+        if mode == "text":
+            return web.Response(text="<html>surprise</html>", content_type="text/html")
+        if mode == "redirect":
+            raise web.HTTPSeeOther(f"/result/{body.get('hops', 1)}")
+        if mode == "offsite":
+            raise web.HTTPSeeOther("http://example.invalid/result")
+        return web.json_response({"echo": body, "job": request.headers.get("X-Runner-Job-Id")})
+
+    async def _result(self, request: web.Request) -> web.Response:
+        hops = int(request.match_info["token"])
+        if hops > 1:  # Modal's result URL redirects to itself while the work goes on
+            raise web.HTTPSeeOther(f"/result/{hops - 1}")
+        return web.json_response({"result": "done"})
+
+    async def _url_cancel(self, request: web.Request) -> web.Response:
+        execution_id = request.match_info["execution_id"]
+        self.url_cancels.append(execution_id)
+        self.url_cancelled[execution_id].set()
+        return web.json_response({"cancelled": execution_id})
+
+    # -- a RunPod API ------------------------------------------------------------------------
+
+    async def _rp_run(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        job = RunPodJob(id=f"rp-{next(self._ids)}", input=body["input"])
+        self.runpod[job.id] = job
+        self.runpod_submits.append(body)
+        self.runpod_submitted.set()
+        return web.json_response({"id": job.id, "status": "IN_QUEUE"})
+
+    async def _rp_status(self, request: web.Request) -> web.Response:
+        job = self.runpod.get(request.match_info["id"])
+        if job is None:
+            return web.json_response({"error": "not found"}, status=404)
+        job.polls += 1
+        finish_after = job.input.get("polls") if isinstance(job.input, dict) else None
+        if job.status == "IN_PROGRESS" and finish_after is not None and job.polls >= finish_after:
+            job.status, job.output = "COMPLETED", {"done": job.input}
+        return web.json_response({"id": job.id, "status": job.status, "output": job.output})
+
+    async def _rp_cancel(self, request: web.Request) -> web.Response:
+        job = self.runpod.get(request.match_info["id"])
+        if job is None:
+            return web.json_response({"error": "not found"}, status=404)
+        job.status = "CANCELLED"
+        self.runpod_cancels.append(job.id)
+        self.runpod_cancelled[job.id].set()
+        return web.json_response({"id": job.id, "status": "CANCELLED"})
+
+    def finish_runpod(self, remote_id: str, output: Any) -> None:
+        job = self.runpod[remote_id]
+        job.status, job.output = "COMPLETED", output
