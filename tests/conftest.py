@@ -81,7 +81,7 @@ def settings(tmp_path: Path, fake_gpu: FakeGpu) -> Settings:
         port=0,
         siwe_domains=("runner.test",),
         lease_s=3.0,
-        shutdown_grace_s=2.0,
+        shutdown_grace_s=0.1,
         db_pool_size=5,
         log_format="json",
         backends=backends_for(fake_gpu),
