@@ -85,9 +85,10 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
+    """The JSON error shape of SPEC §5; `extra` fields (such as "status") are added to it."""
     body = {"ok": False, "error": code, "message": message, **extra}
-    return web.json_response(body, status=status, dumps=json.dumps)
+    return web.json_response(body, status=http_status, dumps=json.dumps)
 
 
 @web.middleware

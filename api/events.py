@@ -18,14 +18,15 @@ PING_S = 15.0
 async def job_events(request: web.Request) -> web.StreamResponse:
     runtime, identity = request.app[RUNTIME], identity_of(request)
     job_id = jobs.parse_uuid(request.match_info["job_id"])
-    # Ownership and existence are checked before the stream starts, so they get JSON errors.
-    job = await jobs.get_job(runtime.pool, job_id, caller=identity.address, admin=identity.admin)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
     })
-    await response.prepare(request)
+    # Listen before reading, so no change can fall between the read and the LISTEN.
     async with runtime.watch.watching(job_id) as changed:
+        # Ownership and existence are checked before the stream starts: they get JSON errors.
+        job = await jobs.get_job(runtime.pool, job_id, caller=identity.address, admin=identity.admin)
+        await response.prepare(request)
         sent = None
         while True:
             if job != sent:
@@ -38,8 +39,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                     await changed.wait()
             except TimeoutError:
                 await response.write(b": ping\n\n")
-                continue
             changed.clear()
+            # Re-read on every wake and every ping: NOTIFY is a hint, the row is the truth.
             job = await jobs.get_job(runtime.pool, job_id, caller=identity.address,
                                      admin=identity.admin)
     with contextlib.suppress(ConnectionResetError):

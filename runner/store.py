@@ -222,7 +222,11 @@ async def record_stop(pool: asyncpg.Pool, job_id: uuid.UUID, *, worker_id: str, 
         """WITH ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
                 SELECT j.id, 'task_stopped', $2, jsonb_strip_nulls(jsonb_build_object(
-                    'reason', $3::text, 'executions', $5::int,
+                    -- The row says why (a timeout and a user's cancel stop the task alike).
+                    'reason', CASE WHEN j.status = 'cancelled' AND j.cancelled_by = 'system'
+                                   THEN coalesce(j.cancel_reason, $3::text)
+                                   WHEN j.status = 'cancelled' THEN 'cancelled' ELSE $3::text END,
+                    'executions', $5::int,
                     'latency_ms', round((extract(epoch FROM clock_timestamp() - j.cancelled_at)
                                          * 1000)::numeric, 3),
                     'local_latency_ms', round($4::numeric, 3)))

@@ -1,0 +1,401 @@
+"""Cancellation end to end (SPEC §5, §7, §8) on real Postgres, with real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from runner.config import Settings
+from runner.service import running_service
+from tests.client import Api, freeze, wait_event
+from tests.fakes import FakeGpu
+
+HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
+RP_HOLD = {"backend": "rp", "input": {"hold": True}}
+
+
+async def _audit(api: Api, job_id: str) -> list[dict[str, Any]]:
+    status, body = await api.call("GET", f"/jobs/{job_id}/audit")
+    assert status == 200
+    events: list[dict[str, Any]] = body["events"]
+    return events
+
+
+async def _until_event(api: Api, job_id: str, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait on the audit trail until an event of `kind` is there."""
+    async with asyncio.timeout(timeout):
+        while True:
+            found = [e for e in await _audit(api, job_id) if e["kind"] == kind]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.02)
+
+
+async def _running_with_remote(api: Api, job: dict[str, Any], fake: FakeGpu) -> dict[str, Any]:
+    """Wait until the http call is in flight and the RunPod job has its remote id."""
+    await wait_event(fake.started[job["executions"][0]["id"]])
+    return await api.until_execution(job["id"], 1, lambda e: e["remote_id"] is not None)
+
+
+async def test_cancel_running_job_closes_http_call_and_cancels_at_runpod(
+    api: Api, fake_gpu: FakeGpu
+) -> None:
+    job = await api.submit(HOLD, RP_HOLD, {"backend": "demo", "input": {"seconds": 0}})
+    await api.until_execution(job["id"], 2, lambda e: e["status"] == "completed")
+    running = await _running_with_remote(api, job, fake_gpu)
+    http_id, rp_id = (e["id"] for e in running["executions"][:2])
+    remote_id = running["executions"][1]["remote_id"]
+
+    status, reply = await api.cancel(job["id"], reason="wrong prompt")
+    assert status == 200
+    assert set(reply) == {"ok", "job_id", "previous_status", "new_status", "context_cancelled",
+                          "executions_cancelled", "cancelled_at"}
+    assert reply["ok"] is True and reply["job_id"] == job["id"]
+    assert reply["previous_status"] == "running" and reply["new_status"] == "cancelled"
+    assert reply["context_cancelled"] is True
+    assert reply["executions_cancelled"] == 2  # the demo execution had completed already
+    assert reply["cancelled_at"].endswith("Z")
+
+    await wait_event(fake_gpu.closed[http_id])  # the provider saw its connection close
+    await wait_event(fake_gpu.url_cancelled[http_id])  # and got the cancel_url call
+    await wait_event(fake_gpu.runpod_cancelled[remote_id])  # RunPod got /cancel/{id}
+    done = await api.until_execution(job["id"], 1, lambda e: e["remote_cancel"] == "acknowledged")
+    assert done["status"] == "cancelled" and done["cancel_reason"] == "wrong prompt"
+    assert done["cancelled_by"] == api.wallet.address  # type: ignore[union-attr]
+    statuses = [e["status"] for e in done["executions"]]
+    assert statuses == ["cancelled", "cancelled", "completed"]  # earlier results are kept
+    assert done["executions"][2]["output"] == {"slept_s": 0}
+    assert fake_gpu.runpod_cancels == [remote_id] and fake_gpu.url_cancels == [http_id]
+
+    events = await _audit(api, job["id"])
+    cancelled = next(e for e in events if e["kind"] == "cancelled")
+    assert cancelled["actor"] == api.wallet.address  # type: ignore[union-attr]
+    assert cancelled["detail"] == {"reason": "wrong prompt", "previous_status": "running",
+                                   "executions_cancelled": 2}
+    stopped = await _until_event(api, job["id"], "task_stopped")
+    assert stopped["detail"]["reason"] == "cancelled" and stopped["detail"]["latency_ms"] >= 0
+    remote = [e for e in events if e["kind"] == "remote_cancel"]
+    assert {e["detail"]["execution_id"] for e in remote} == {http_id, rp_id}
+    assert {e["detail"]["outcome"] for e in remote} == {"acknowledged"}
+
+
+async def test_cancel_wait_answers_once_the_task_stopped(api: Api, fake_gpu: FakeGpu) -> None:
+    job = await api.submit(HOLD)
+    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    status, reply = await api.cancel(job["id"], wait=True)
+    assert status == 200 and reply["stopped"] is True
+    # By the time it answered, the connection was closed and the remote cancel sent.
+    assert fake_gpu.closed[job["executions"][0]["id"]].is_set()
+    assert fake_gpu.url_cancels == [job["executions"][0]["id"]]
+    assert any(e["kind"] == "task_stopped" for e in await _audit(api, job["id"]))
+
+
+async def test_cancel_codes(api: Api, http: aiohttp.ClientSession) -> None:
+    done = await api.submit({"backend": "demo", "input": {"seconds": 0}})
+    failed = await api.submit({"backend": "demo", "input": {"seconds": 0, "fail": True}})
+    await api.until(done["id"], "completed")
+    await api.until(failed["id"], "failed")
+    for job, final in ((done, "completed"), (failed, "failed")):
+        status, body = await api.cancel(job["id"])
+        assert status == 409 and body["error"] == "not_cancellable" and body["status"] == final
+
+    queued = await api.submit({"backend": "demo", "input": {"seconds": 60}})
+    first = await api.cancel(queued["id"])
+    again = await api.cancel(queued["id"])  # a double click is harmless
+    assert first[0] == again[0] == 200
+    assert first[1]["executions_cancelled"] == 1
+    assert again[1]["previous_status"] == "cancelled" and again[1]["executions_cancelled"] == 0
+    assert again[1]["cancelled_at"] == first[1]["cancelled_at"]
+
+    stranger = await Api.signed_in(http, api.base)
+    other = await api.submit({"backend": "demo", "input": {"seconds": 60}})
+    status, body = await stranger.cancel(other["id"])
+    assert status == 403 and body["error"] == "forbidden"
+    assert (await api.job(other["id"]))["status"] != "cancelled"
+    assert (await stranger.cancel(str(uuid.uuid4())))[0] == 404
+    async with http.post(f"{api.base}/jobs/{other['id']}/cancel") as resp:
+        assert resp.status == 401
+    for bad in ({"reason": "x" * 501}, {"reason": 5}, {"why": "x"}):
+        status, body = await api.call("POST", f"/jobs/{other['id']}/cancel", json=bad)
+        assert status == 400 and body["error"] == "invalid_request"
+    status, body = await api.call("POST", f"/jobs/{other['id']}/cancel?wait=maybe")
+    assert status == 400
+
+
+async def test_cancel_queued_job_never_reaches_the_backend(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+) -> None:
+    async with running_service(settings, "api", dsn=dsn) as front:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
+        job = await api.submit({"backend": "gpu", "input": {"mode": "echo"}})
+        status, reply = await api.cancel(job["id"])
+        assert status == 200
+        assert reply["previous_status"] == "queued" and reply["context_cancelled"] is False
+        assert reply["executions_cancelled"] == 1
+        later = await api.submit({"backend": "gpu", "input": {"mode": "echo"}})
+        async with running_service(settings, "worker", dsn=dsn):
+            await api.until(later["id"], "completed")  # the worker ran what was there to run
+        final = await api.job(job["id"])
+    assert final["status"] == "cancelled" and final["started_at"] is None
+    assert [c["headers"]["X-Runner-Job-Id"] for c in fake_gpu.http_calls] == [later["id"]]
+
+
+async def test_cancel_on_one_instance_stops_a_job_running_on_another(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+) -> None:
+    async with running_service(settings, "api", dsn=dsn) as a, \
+            running_service(settings, "worker", dsn=dsn) as b:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+        job = await api.submit(HOLD)
+        execution_id = job["executions"][0]["id"]
+        await wait_event(fake_gpu.started[execution_id])
+        assert b.manager.is_running(uuid.UUID(job["id"])) and a.manager.count() == 0
+        status, reply = await api.cancel(job["id"], wait=True)
+        assert status == 200 and reply["context_cancelled"] is True and reply["stopped"] is True
+        assert fake_gpu.closed[execution_id].is_set()
+        stopped = await _until_event(api, job["id"], "task_stopped")
+        assert stopped["actor"] == b.instance_id
+        assert b.listener is not None and b.listener.reconnects == 0  # it came by NOTIFY
+
+
+async def _listener_pid(runtime: Any) -> int:
+    assert runtime.listener is not None and runtime.listener.backend_pid is not None
+    pid: int = runtime.listener.backend_pid
+    return pid
+
+
+async def test_listener_killed_reconnects_and_rechecks(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu, db: asyncpg.Connection
+) -> None:
+    async with running_service(settings, "api", dsn=dsn) as a, \
+            running_service(settings.replace(lease_s=60), "worker", dsn=dsn) as b:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+        job = await api.submit(HOLD)
+        await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", await _listener_pid(b))
+        await api.cancel(job["id"])  # its NOTIFY may well be lost while B is away
+        # With a 60 s lease, only the reconnect's re-check can have stopped it this soon.
+        await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+        assert b.listener is not None and b.listener.reconnects == 1
+
+
+async def test_cancel_lands_within_one_lease_renewal_without_the_listener(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+) -> None:
+    lease = settings.replace(lease_s=1.5)  # renewed every 0.5 s
+    async with running_service(lease, "api", dsn=dsn) as a, \
+            running_service(lease, "worker", dsn=dsn) as b:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+        job = await api.submit(HOLD)
+        await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+        b.tasks["listener"].cancel()  # B hears no notification at all from here on
+        await asyncio.gather(b.tasks["listener"], return_exceptions=True)
+        status, _ = await api.cancel(job["id"])
+        assert status == 200
+        await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+        stopped = await _until_event(api, job["id"], "task_stopped")
+    # Measured by Postgres' clock from the cancel's commit to the stop record.
+    assert stopped["detail"]["latency_ms"] < lease.lease_renew_s * 1000 + 300
+
+
+async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_another_instance(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+) -> None:
+    async with running_service(settings, dsn=dsn) as a:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+        job = await api.submit(RP_HOLD)
+        running = await api.until_execution(job["id"], 0, lambda e: e["remote_id"] is not None)
+        remote_id = running["executions"][0]["remote_id"]
+        freeze(a)
+        async with running_service(settings, dsn=dsn) as b:
+            other = api.on(f"http://127.0.0.1:{b.port}")
+            status, reply = await other.cancel(job["id"])
+            assert status == 200 and reply["previous_status"] == "running"
+            assert (await other.job(job["id"]))["executions"][0]["remote_cancel"] == "pending"
+            await wait_event(fake_gpu.runpod_cancelled[remote_id])  # B's sweeper delivered it
+            done = await other.until_execution(job["id"], 0,
+                                               lambda e: e["remote_cancel"] == "acknowledged")
+            remote = [e for e in await _audit(other, job["id"]) if e["kind"] == "remote_cancel"]
+    assert done["status"] == "cancelled"
+    assert [e["actor"] for e in remote] == [b.instance_id]
+    assert fake_gpu.runpod_cancels == [remote_id]
+
+
+async def test_cancel_one_execution_while_the_other_completes(api: Api, fake_gpu: FakeGpu) -> None:
+    job = await api.submit(HOLD, {"backend": "rp", "input": {"polls": 15}})
+    held = job["executions"][0]["id"]
+    await wait_event(fake_gpu.started[held])
+    status, reply = await api.call("POST", f"/jobs/{job['id']}/executions/{held}/cancel",
+                                   json={"reason": "not needed"})
+    assert status == 200
+    assert reply == {"ok": True, "job_id": job["id"], "execution_id": held,
+                     "previous_status": "running", "new_status": "cancelled",
+                     "context_cancelled": True, "cancelled_at": reply["cancelled_at"]}
+    await wait_event(fake_gpu.closed[held])
+    done = await api.until(job["id"], "completed", "failed", "cancelled")
+    assert done["status"] == "completed"
+    assert [e["status"] for e in done["executions"]] == ["cancelled", "completed"]
+    assert done["cancelled_at"] is None
+    again = await api.call("POST", f"/jobs/{job['id']}/executions/{held}/cancel")
+    assert again[0] == 200 and again[1]["previous_status"] == "cancelled"
+    finished = done["executions"][1]["id"]
+    late = await api.call("POST", f"/jobs/{job['id']}/executions/{finished}/cancel")
+    assert late[0] == 409 and late[1]["status"] == "completed"
+
+
+async def test_cancelling_every_execution_of_a_queued_job_cancels_it(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    async with running_service(settings, "api", dsn=dsn) as front:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
+        job = await api.submit({"backend": "demo"}, {"backend": "demo"})
+        for execution in job["executions"]:
+            status, _ = await api.call("POST", f"/jobs/{job['id']}/executions/{execution['id']}/cancel")
+            assert status == 200
+        final = await api.job(job["id"])
+    assert final["status"] == "cancelled" and final["cancelled_by"] == api.wallet.address  # type: ignore[union-attr]
+
+
+async def test_timeout_cancels_with_reason_timeout(api: Api, fake_gpu: FakeGpu) -> None:
+    job = await api.submit(HOLD, timeout_s=1)
+    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    done = await api.until(job["id"], "cancelled", timeout=10)
+    assert done["cancel_reason"] == "timeout" and done["cancelled_by"] == "system"
+    await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+    stopped = await _until_event(api, job["id"], "task_stopped")
+    assert stopped["detail"]["reason"] == "timeout"
+    events = await _audit(api, job["id"])
+    assert next(e for e in events if e["kind"] == "cancelled")["actor"] == "system"
+
+
+async def test_cancel_all_of_the_callers_active_jobs(api: Api, http: aiohttp.ClientSession,
+                                                     fake_gpu: FakeGpu) -> None:
+    running = await api.submit(HOLD)
+    queued_ids = [(await api.submit({"backend": "demo", "input": {"seconds": 60}},
+                                    {"backend": "demo", "input": {"seconds": 60}}))["id"]
+                  for _ in range(2)]
+    finished = await api.submit({"backend": "demo", "input": {"seconds": 0}})
+    await api.until(finished["id"], "completed")
+    await wait_event(fake_gpu.started[running["executions"][0]["id"]])
+    stranger = await Api.signed_in(http, api.base)
+    theirs = await stranger.submit({"backend": "demo", "input": {"seconds": 60}})
+
+    for bad in ({"statuses": ["completed"]}, {"statuses": []}, {"statuses": "queued"}, {"x": 1}):
+        status, body = await api.call("POST", "/jobs/cancel", json=bad)
+        assert status == 400 and body["error"] == "invalid_request", bad
+    status, reply = await api.call("POST", "/jobs/cancel", json={"reason": "stop everything"})
+    assert status == 200
+    assert sorted(reply["cancelled"]) == sorted([running["id"], *queued_ids])
+    assert reply["count"] == 3 and reply["executions_cancelled"] >= 3
+    await wait_event(fake_gpu.closed[running["executions"][0]["id"]])
+    assert (await api.job(finished["id"]))["status"] == "completed"
+    assert (await stranger.job(theirs["id"]))["status"] != "cancelled"
+    again = await api.call("POST", "/jobs/cancel", json={"statuses": ["queued"]})
+    assert again[1] == {"ok": True, "cancelled": [], "count": 0, "executions_cancelled": 0}
+
+
+async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeGpu) -> None:
+    job = await api.submit(HOLD)
+    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
+    await api.cancel(job["id"])
+    async with api.http.get(f"{api.base}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    lines = set(text.splitlines())
+    assert 'runner_cancel_requests_total{result="cancelled"} 1.0' in lines
+    assert 'runner_cancel_requests_total{result="already_cancelled"} 1.0' in lines
+    assert "runner_cancel_stop_seconds_count 1.0" in lines
+    assert 'runner_jobs_finished_total{status="cancelled"} 1.0' in lines
+    assert 'runner_remote_cancels_total{backend="gpu",outcome="acknowledged"} 1.0' in lines
+    assert "runner_jobs_running 0.0" in lines
+
+
+async def test_cancel_versus_complete_races_stay_consistent(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    """200 jobs whose executions finish at random moments, each cancelled at a random moment."""
+    async with running_service(settings.replace(max_active_jobs_per_wallet=500), dsn=dsn) as rt:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+        await _races(api, db)
+
+
+async def _races(api: Api, db: asyncpg.Connection) -> None:
+    rng = random.Random(4361)
+
+    async def race(i: int) -> tuple[str, int, dict[str, Any]]:
+        job = await api.submit(*({"backend": "demo", "input": {"seconds": rng.uniform(0, 0.03)}}
+                                 for _ in range(2)))
+        await asyncio.sleep(rng.uniform(0, 0.04))  # the race itself: not a synchronisation
+        status, reply = await api.cancel(job["id"])
+        return job["id"], status, reply
+
+    results = await asyncio.gather(*(race(i) for i in range(200)))
+    for job_id, _, _ in results:
+        await api.until(job_id, "completed", "failed", "cancelled")
+    outcomes = {"cancelled": 0, "completed": 0}
+    for job_id, status, reply in results:
+        job = await api.job(job_id)
+        execution_statuses = {e["status"] for e in job["executions"]}
+        if status == 200:
+            assert reply["previous_status"] in ("queued", "running")
+            assert job["status"] == "cancelled" and job["cancelled_at"] is not None
+            assert execution_statuses <= {"cancelled", "completed"}
+            assert reply["executions_cancelled"] == sum(e["status"] == "cancelled" for e in job["executions"])
+            outcomes["cancelled"] += 1
+        else:
+            assert status == 409 and reply["status"] == "completed"
+            assert job["status"] == "completed" and job["cancelled_at"] is None
+            assert execution_statuses == {"completed"}
+            outcomes["completed"] += 1
+    assert sum(outcomes.values()) == 200
+    # Nothing left half-way, in any row.
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') "
+                             "OR worker_id IS NOT NULL OR lease_expires_at IS NOT NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM executions WHERE status IN ('queued', 'running')") == 0
+    assert await db.fetchval(
+        """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
+               SELECT 1 FROM executions e WHERE e.job_id = j.id AND e.status <> 'completed')""") == 0
+    assert await db.fetchval(
+        """SELECT count(*) FROM jobs j WHERE (SELECT count(*) FROM job_events v
+               WHERE v.job_id = j.id AND v.kind IN ('cancelled', 'completed', 'failed')) <> 1""") == 0
+
+
+@pytest.mark.parametrize("via", ["cookie", "ticket", "bearer"])
+async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, via: str) -> None:
+    job = await api.submit(HOLD)
+    headers: dict[str, str] = {}
+    url = f"{api.base}/jobs/{job['id']}/events"
+    if via == "ticket":
+        api.http.cookie_jar.clear()
+        _, body = await api.call("POST", "/auth/ticket")
+        url += f"?ticket={body['ticket']}"
+    elif via == "bearer":
+        api.http.cookie_jar.clear()
+        headers = api.headers
+    seen: list[dict[str, Any]] = []
+    cancel_sent = False
+    async with api.http.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if not line.startswith("data: "):
+                continue
+            seen.append(json.loads(line[len("data: "):]))
+            if not cancel_sent and seen[-1]["executions"][0]["status"] == "running":
+                await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+                assert (await api.cancel(job["id"]))[0] == 200
+                cancel_sent = True
+    # The stream ended by itself after the terminal status.
+    assert seen[0]["id"] == job["id"]
+    assert seen[-1]["status"] == "cancelled"
+    assert [s["status"] for s in seen].count("cancelled") == 1
+    assert len({str(s) for s in seen}) == len(seen)  # each event is a change
