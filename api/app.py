@@ -11,6 +11,7 @@ from api.cors import preflight_middleware, setup_cors
 from api.errors import Unavailable, error_middleware
 from api.events import job_events
 from api.jobs import setup_jobs
+from api.openapi import openapi
 from api.sessions import Sessions
 from api.state import RUNTIME
 from runner.listener import AUTH
@@ -59,6 +60,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/jobs/{job_id}/events", job_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
     if runtime.settings.metrics_port is None:
         app.router.add_get("/metrics", metrics)
     return app

@@ -1,0 +1,192 @@
+"""GET /openapi.json: the OpenAPI 3 document of every route (SPEC §5).
+
+A test compares it with the router, so a route cannot be added without being documented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from runner import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    meaning = {400: "Bad request", 401: "Not signed in / sign-in refused", 403: "Another wallet's job",
+               404: "No such job or route", 409: "Not cancellable / idempotency conflict",
+               413: "Body over 1 MiB", 415: "Not JSON", 429: "Quota or rate limit",
+               503: "Not ready"}
+    return {str(c): _json(_ref("Error"), meaning[c]) for c in codes}
+
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_ID = {"type": "string", "format": "uuid"}
+_SESSION: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}]
+_JOB_PATH = {"name": "job_id", "in": "path", "required": True, "schema": _ID}
+_REASON_BODY = {"required": False, "content": {"application/json": {"schema": {
+    "type": "object", "additionalProperties": False,
+    "properties": {"reason": {"type": "string", "maxLength": 500}}}}}}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["ok", "error", "message"], "properties": {
+        "ok": {"const": False},
+        "error": {"type": "string", "enum": [
+            "invalid_request", "unknown_backend", "unauthenticated", "invalid_message",
+            "invalid_domain", "invalid_nonce", "expired", "invalid_chain", "invalid_signature",
+            "forbidden", "not_found", "method_not_allowed", "not_cancellable",
+            "idempotency_conflict", "payload_too_large", "unsupported_media_type",
+            "quota_exceeded", "rate_limited", "internal_error", "unavailable"]},
+        "message": {"type": "string"},
+        "status": {"type": "string", "description": "with not_cancellable: the job's status"}}},
+    "Execution": {"type": "object", "properties": {
+        "id": _ID, "name": {"type": ["string", "null"]}, "backend": {"type": "string"},
+        "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
+        "remote_id": {"type": ["string", "null"]}, "attempts": {"type": "integer"},
+        "started_at": _TIME, "finished_at": _TIME, "output": {}, "error": {"type": ["string", "null"]},
+        "remote_cancel": {"enum": [None, "pending", "acknowledged", "failed"]}}},
+    "Job": {"type": "object", "properties": {
+        "id": _ID, "owner": {"type": "string"},
+        "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
+        "created_at": _TIME, "started_at": _TIME, "finished_at": _TIME, "cancelled_at": _TIME,
+        "cancelled_by": {"type": ["string", "null"]}, "cancel_reason": {"type": ["string", "null"]},
+        "timeout_s": {"type": ["integer", "null"]}, "metadata": {"type": "object"},
+        "error": {"type": ["string", "null"]},
+        "executions": {"type": "array", "items": _ref("Execution")}}},
+    "Submit": {"type": "object", "required": ["executions"], "additionalProperties": False,
+               "properties": {
+                   "executions": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
+                       "type": "object", "required": ["backend"], "additionalProperties": False,
+                       "properties": {"backend": {"type": "string"}, "input": {},
+                                      "name": {"type": "string", "maxLength": 200}}}},
+                   "timeout_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 86400},
+                   "metadata": {"type": "object", "description": "at most 16 KiB"}}},
+    "CancelReply": {"type": "object", "properties": {
+        "ok": {"const": True}, "job_id": _ID, "previous_status": {"type": "string"},
+        "new_status": {"const": "cancelled"}, "context_cancelled": {"type": "boolean"},
+        "executions_cancelled": {"type": "integer"}, "cancelled_at": _TIME,
+        "stopped": {"type": "boolean", "description": "with ?wait=true"}}},
+    "Event": {"type": "object", "properties": {
+        "at": _TIME, "kind": {"type": "string"}, "actor": {"type": "string"},
+        "detail": {"type": "object"}}},
+}
+
+
+def document() -> dict[str, Any]:
+    jobs_errors = _errors(401, 403, 404)
+    paths: dict[str, Any] = {
+        "/auth/nonce": {"get": {"summary": "A single-use sign-in nonce (10 minutes)", "responses": {
+            "200": _json({"type": "object", "properties": {"nonce": {"type": "string"},
+                                                           "expires_at": _TIME}}),
+            **_errors(429)}}},
+        "/auth/login": {"post": {
+            "summary": "Sign in with an EIP-4361 message and its personal_sign signature",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["message", "signature"],
+                "properties": {"message": {"type": "string"},
+                               "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"}}}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "token": {"type": "string"}, "address": {"type": "string"}, "expires_at": _TIME}}),
+                **_errors(400, 401, 415)}}},
+        "/auth/logout": {"post": {"summary": "Revoke this session everywhere", "security": [{"bearer": []}],
+                                  "responses": {"200": _json({"type": "object"}), **_errors(401)}}},
+        "/auth/me": {"get": {"summary": "The caller's session", "security": _SESSION, "responses": {
+            "200": _json({"type": "object", "properties": {
+                "address": {"type": "string"}, "admin": {"type": "boolean"}, "expires_at": _TIME}}),
+            **_errors(401)}}},
+        "/auth/ticket": {"post": {
+            "summary": "A single-use, 60 s ticket for GET /jobs/{job_id}/events?ticket=",
+            "security": [{"bearer": []}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "ticket": {"type": "string"}, "expires_at": _TIME}}), **_errors(401)}}},
+        "/jobs": {
+            "post": {"summary": "Submit a job", "security": [{"bearer": []}],
+                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                     "schema": {"type": "string", "maxLength": 255}}],
+                     "requestBody": {"required": True,
+                                     "content": {"application/json": {"schema": _ref("Submit")}}},
+                     "responses": {"201": _json(_ref("Job"), "Created (or the original, on a repeated key)"),
+                                   **_errors(400, 401, 409, 413, 415, 429)}},
+            "get": {"summary": "The caller's jobs, newest first", "security": _SESSION,
+                    "parameters": [
+                        {"name": "status", "in": "query", "schema": {"type": "string"},
+                         "description": "one status, or several separated by commas"},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": _json({"type": "object", "properties": {
+                        "jobs": {"type": "array", "items": _ref("Job")},
+                        "next_cursor": {"type": ["string", "null"]}}}), **_errors(400, 401)}}},
+        "/jobs/cancel": {"post": {
+            "summary": "Cancel all of the caller's active jobs", "security": [{"bearer": []}],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "statuses": {"type": "array", "items": {"enum": ["queued", "running"]}},
+                    "reason": {"type": "string", "maxLength": 500}}}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "ok": {"const": True}, "cancelled": {"type": "array", "items": _ID},
+                "count": {"type": "integer"}, "executions_cancelled": {"type": "integer"}}}),
+                **_errors(400, 401)}}},
+        "/jobs/{job_id}": {"get": {"summary": "One job with its executions", "security": _SESSION,
+                                   "parameters": [_JOB_PATH],
+                                   "responses": {"200": _json(_ref("Job")), **jobs_errors}}},
+        "/jobs/{job_id}/audit": {"get": {
+            "summary": "The job's event trail", "security": _SESSION, "parameters": [_JOB_PATH],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "events": {"type": "array", "items": _ref("Event")}}}), **jobs_errors}}},
+        "/jobs/{job_id}/cancel": {"post": {
+            "summary": "Cancel a job: its task, HTTP calls and backend work stop",
+            "security": [{"bearer": []}],
+            "parameters": [_JOB_PATH, {"name": "wait", "in": "query", "schema": {"type": "boolean"},
+                                       "description": "answer once the task has stopped (at most 10 s)"}],
+            "requestBody": _REASON_BODY,
+            "responses": {"200": _json(_ref("CancelReply")), **_errors(400, 401, 403, 404, 409)}}},
+        "/jobs/{job_id}/executions/{execution_id}/cancel": {"post": {
+            "summary": "Cancel one execution; the others go on", "security": [{"bearer": []}],
+            "parameters": [_JOB_PATH, {"name": "execution_id", "in": "path", "required": True,
+                                       "schema": _ID}],
+            "requestBody": _REASON_BODY,
+            "responses": {"200": _json({"type": "object", "properties": {
+                "ok": {"const": True}, "job_id": _ID, "execution_id": _ID,
+                "previous_status": {"type": "string"}, "new_status": {"const": "cancelled"},
+                "context_cancelled": {"type": "boolean"}, "cancelled_at": _TIME}}),
+                **_errors(400, 401, 403, 404, 409)}}},
+        "/jobs/{job_id}/events": {"get": {
+            "summary": "Server-sent events: the job as JSON now and at each change; ends after a "
+                       "terminal status; a comment ping every 15 s",
+            "security": [*_SESSION, {"ticket": []}], "parameters": [_JOB_PATH],
+            "responses": {"200": {"description": "text/event-stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **jobs_errors}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}},
+        "/readyz": {"get": {"summary": "Readiness: database, listener, not draining",
+                            "responses": {"200": _json({"type": "object"}), **_errors(503)}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (on RUNNER_METRICS_PORT when set)",
+                             "responses": {"200": {"description": "text/plain"}}}},
+        "/openapi.json": {"get": {"summary": "This document",
+                                  "responses": {"200": _json({"type": "object"})}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "runner", "version": __version__,
+                 "description": "GPU jobs on serverless backends whose Cancel really stops them."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "runner_session",
+                       "description": "GET routes only"},
+            "ticket": {"type": "apiKey", "in": "query", "name": "ticket",
+                       "description": "single use, GET /jobs/{job_id}/events only"}}},
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
