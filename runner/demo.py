@@ -1,0 +1,182 @@
+"""`runner demo`: the product in one run. Starts the service on the embedded Postgres with a
+simulated GPU endpoint, signs in, submits three executions, cancels them while their HTTP
+calls are in flight, and prints what happened when, in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from aiohttp import web
+from eth_account import Account
+
+from runner.backends.config import BackendSpec
+from runner.client import Client, WalletKey
+from runner.config import Settings
+from runner.service import running_service
+
+EXECUTIONS = 3
+STEP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class SimulatedGpu:
+    """Holds each request as GPU work would, and notes (on this process's clock) when the
+    runner opened it, when its connection closed, and when a cancel_url call came."""
+
+    opened: dict[str, float] = field(default_factory=dict)
+    closed: dict[str, float] = field(default_factory=dict)
+    cancel_calls: dict[str, float] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/infer", self._infer)
+        app.router.add_post("/cancel/{execution_id}", self._cancel)
+        # handler_cancellation: the handler is cancelled when the client hangs up.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _note(self, where: dict[str, float], execution_id: str) -> None:
+        where[execution_id] = time.perf_counter()
+        self.changed.set()
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        execution_id = request.headers["X-Runner-Execution-Id"]
+        self._note(self.opened, execution_id)
+        try:
+            await asyncio.sleep(float(body.get("seconds", 600)))  # the GPU at work
+        except asyncio.CancelledError:
+            self._note(self.closed, execution_id)
+            raise
+        return web.json_response({"image": f"{body.get('prompt', '')}.png"})
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        self._note(self.cancel_calls, request.match_info["execution_id"])
+        return web.json_response({"stopping": True})
+
+    async def until(self, condition: Any) -> None:
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbose: bool = False) -> int:
+    began = time.perf_counter()
+    gpu = SimulatedGpu()
+    gpu_url = await gpu.start()
+    port = _free_port()
+    settings = base.replace(
+        host="127.0.0.1", port=port, siwe_domains=(f"127.0.0.1:{port}",), metrics_port=None,
+        backends={"gpu-sim": BackendSpec(name="gpu-sim", kind="http", url=f"{gpu_url}/infer",
+                                         cancel_url=f"{gpu_url}/cancel/{{execution_id}}")})
+
+    def say(text: str) -> None:
+        if not as_json:
+            print(text, file=out, flush=True)
+
+    try:
+        async with running_service(settings) as runtime:
+            client = Client(f"http://127.0.0.1:{port}", verbose=verbose)
+            try:
+                where = "DATABASE_URL" if settings.database_url else str(settings.data_dir / "pg")
+                say(f"runner demo: service on 127.0.0.1:{port}, Postgres: {where}, "
+                    f"simulated GPU endpoint at {gpu_url}")
+                key = WalletKey("0x" + bytes(Account.create().key).hex(), development=True)
+                await client.login(key)
+                say(f"signed in as {key.address} (a development key made for this demo)")
+                job = await client.call("POST", "/jobs", json_body={
+                    "executions": [{"backend": "gpu-sim", "name": f"frame-{i}",
+                                    "input": {"prompt": f"frame {i}", "seconds": 600}}
+                                   for i in range(1, EXECUTIONS + 1)],
+                    "metadata": {"demo": True}})
+                ids = [e["id"] for e in job["executions"]]
+                say(f"submitted job {job['id']}: {EXECUTIONS} executions of 600 s of simulated GPU work")
+                await gpu.until(lambda: all(i in gpu.opened for i in ids))
+                say(f"all {EXECUTIONS} HTTP calls are in flight at the GPU; cancelling now\n")
+                result = await _cancel_and_watch(client, runtime, gpu, job["id"], ids)
+            finally:
+                await client.close()
+    finally:
+        await gpu.stop()
+    result["total_s"] = round(time.perf_counter() - began, 2)
+    if as_json:
+        print(json.dumps(result), file=out)
+    else:
+        _print_timeline(result, out)
+    return 0 if result["ok"] else 1
+
+
+async def _cancel_and_watch(client: Client, runtime: Any, gpu: SimulatedGpu, job_id: str,
+                            ids: list[str]) -> dict[str, Any]:
+    ctx = runtime.manager.get(uuid.UUID(job_id))
+    stopped_at: dict[str, float] = {}
+
+    async def note_stop() -> None:
+        if ctx is not None:
+            await ctx.stopped.wait()
+            stopped_at["t"] = time.perf_counter()
+
+    watcher = asyncio.create_task(note_stop(), name="demo_stop_watch")
+    t0 = time.perf_counter()
+    reply = await client.call("POST", f"/jobs/{job_id}/cancel",
+                              json_body={"reason": "demo: cancelled while in flight"})
+    answered = time.perf_counter()
+    await gpu.until(lambda: all(i in gpu.closed and i in gpu.cancel_calls for i in ids))
+    await asyncio.wait_for(watcher, STEP_TIMEOUT_S)
+    final = await client.call("GET", f"/jobs/{job_id}")
+    checked = time.perf_counter()
+
+    def ms(t: float) -> float:
+        return round((t - t0) * 1000, 2)
+
+    events: list[dict[str, Any]] = [
+              {"ms": 0.0, "what": "cancel requested", "detail": f"POST /jobs/{job_id}/cancel"},
+              {"ms": ms(answered), "what": "API answered",
+               "detail": f"200 previous_status={reply['previous_status']}, rows updated: job and "
+                         f"{reply['executions_cancelled']} executions cancelled in one transaction"},
+              {"ms": ms(stopped_at["t"]), "what": "task stopped",
+               "detail": "the job's asyncio.Task ended (remote cancels sent first)"},
+              {"ms": ms(checked), "what": "rows checked",
+               "detail": f"job {final['status']}; executions "
+                         + ", ".join(f"{e['status']}/remote_cancel={e['remote_cancel']}"
+                                     for e in final["executions"])}]
+    for n, execution_id in enumerate(ids, 1):
+        events.append({"ms": ms(gpu.closed[execution_id]), "what": "connection closed",
+                       "detail": f"frame-{n}, as the simulated GPU saw it"})
+        events.append({"ms": ms(gpu.cancel_calls[execution_id]), "what": "remote cancel received",
+                       "detail": f"frame-{n}: POST cancel_url at the GPU"})
+    events.sort(key=lambda e: e["ms"])
+    ok = final["status"] == "cancelled" and all(
+        e["status"] == "cancelled" and e["remote_cancel"] == "acknowledged" for e in final["executions"])
+    return {"ok": ok, "job_id": job_id, "timeline": events}
+
+
+def _print_timeline(result: dict[str, Any], out: TextIO) -> None:
+    print("timeline (ms after the cancel request left the client)", file=out)
+    for event in result["timeline"]:
+        print(f"  {event['ms']:8.2f}  {event['what']:<24} {event['detail']}", file=out)
+    verdict = "every GPU call stopped" if result["ok"] else "NOT everything stopped"
+    print(f"\n{verdict}; the demo took {result['total_s']} s and left nothing running.", file=out)

@@ -1,0 +1,258 @@
+"""The CLI against a running server: every exit code, --json, -q, -v, and `runner demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+
+from runner.config import Settings
+from runner.service import Runtime, running_service
+
+
+@dataclass
+class Cli:
+    api_url: str
+    config_dir: Path
+    env_extra: dict[str, str]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "RUNNER_API_URL": self.api_url, "RUNNER_CONFIG_DIR": str(self.config_dir),
+                **self.env_extra, **extra}
+
+    async def start(self, *args: str, **env: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runner.cli", *args, env=self.env(**env),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+
+    async def run(self, *args: str, **env: str) -> tuple[int, str, str]:
+        proc = await self.start(*args, **env)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def json(self, *args: str) -> tuple[int, Any]:
+        code, out, _err = await self.run(*args, "--json")
+        return code, json.loads(out)  # exactly one document, errors included
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def cli_server(dsn: str, settings: Settings) -> AsyncIterator[Runtime]:
+    port = _free_port()  # the CLI signs in for the API URL's host:port
+    cfg = settings.replace(port=port, siwe_domains=(f"127.0.0.1:{port}",))
+    async with running_service(cfg, dsn=dsn) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def cli(cli_server: Runtime, tmp_path: Path) -> Cli:
+    return Cli(f"http://127.0.0.1:{cli_server.port}", tmp_path / "config", {})
+
+
+async def _signed_in(cli: Cli) -> Cli:
+    code, _, err = await cli.run("login")
+    assert code == 0, err
+    return cli
+
+
+async def test_not_signed_in_is_exit_4(cli: Cli) -> None:
+    code, out, err = await cli.run("jobs")
+    assert code == 4 and out == "" and "runner login" in err
+    code, doc = await cli.json("jobs")
+    assert code == 4 and doc["ok"] is False and doc["error"] == "unauthenticated"
+
+
+async def test_login_with_a_development_key(cli: Cli) -> None:
+    code, out, _ = await cli.run("login")
+    assert code == 0 and "development key" in out
+    key_file, sessions = cli.config_dir / "dev-wallet.key", cli.config_dir / "sessions.json"
+    for path in (key_file, sessions):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    address = Account.from_key(key_file.read_text().strip()).address
+    assert address in out
+    stored = json.loads(sessions.read_text())
+    assert list(stored) == [cli.api_url] and stored[cli.api_url]["address"] == address
+    # The same key next time: the same wallet.
+    _, again = await cli.json("login")
+    assert again["address"] == address and again["development_key"] is True
+
+
+async def test_login_with_runner_wallet_key(cli: Cli) -> None:
+    account = Account.create()
+    code, out, _ = await cli.run("login", "--json", RUNNER_WALLET_KEY="0x" + bytes(account.key).hex())
+    doc = json.loads(out)
+    assert code == 0 and doc["address"] == account.address and doc["development_key"] is False
+    assert not (cli.config_dir / "dev-wallet.key").exists()
+    code, out, err = await cli.run("login", RUNNER_WALLET_KEY="not-a-key")
+    assert code == 1 and "RUNNER_WALLET_KEY" in err
+
+
+async def test_submit_wait_json_and_exit_codes(cli: Cli) -> None:
+    await _signed_in(cli)
+    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
+                               "--backend", "demo", "--input", '{"seconds": 0.1}', "--wait")
+    assert code == 0 and job["status"] == "completed" and len(job["executions"]) == 2
+    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0, "fail": true}',
+                               "--wait")
+    assert code == 1 and job["status"] == "failed"
+    code, out, _ = await cli.run("submit", "--backend", "demo", "--input", '{"seconds": 0}', "--wait")
+    assert code == 0 and "completed" in out and "[1] demo" in out  # plain lines when not a TTY
+    code, _, err = await cli.run("submit", "--backend", "demo", "--input", "{}", "--backend", "demo")
+    assert code == 2 and "pairs" in err
+    code, _, err = await cli.run("submit", "--backend", "demo", "--input", "{nope")
+    assert code == 2 and "not JSON" in err
+    code, doc = await cli.json("submit", "--backend", "nope", "--input", "{}")
+    assert code == 1 and doc["error"] == "unknown_backend"
+
+
+async def test_jobs_status_and_quiet(cli: Cli) -> None:
+    await _signed_in(cli)
+    code, out, _ = await cli.run("-q", "submit", "--backend", "demo", "--input", '{"seconds": 60}')
+    assert code == 0 and out == ""
+    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
+    code, listing = await cli.json("jobs")
+    assert code == 0 and job["id"] in [j["id"] for j in listing["jobs"]] and len(listing["jobs"]) == 2
+    code, out, _ = await cli.run("status", job["id"])
+    assert code == 0 and job["id"] in out and "[1] demo" in out
+    code, doc = await cli.json("status", job["id"])
+    assert doc["id"] == job["id"]
+    code, doc = await cli.json("status", str(uuid.uuid4()))
+    assert code == 5 and doc["error"] == "not_found"
+    # Global flags stand before or after the verb.
+    code_before, out_before, _ = await cli.run("--json", "status", job["id"])
+    assert code_before == 0 and json.loads(out_before)["id"] == job["id"]
+
+
+async def test_cancel_verbs_and_exit_codes(cli: Cli, tmp_path: Path) -> None:
+    await _signed_in(cli)
+    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
+    code, out, _ = await cli.run("cancel", job["id"], "--reason", "changed my mind", "--wait")
+    assert code == 0 and "cancelled job" in out and "stopped" in out
+    code, out, _ = await cli.run("cancel", job["id"])
+    assert code == 0 and "already cancelled" in out
+    _, done = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}', "--wait")
+    code, doc = await cli.json("cancel", done["id"])
+    assert code == 3 and doc["error"] == "not_cancellable" and doc["status"] == "completed"
+    code, doc = await cli.json("cancel", str(uuid.uuid4()))
+    assert code == 5
+    # Another wallet's job: forbidden, exit 4.
+    other = Cli(cli.api_url, tmp_path / "other", {})
+    await _signed_in(other)
+    _, theirs = await other.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
+    code, doc = await cli.json("cancel", theirs["id"])
+    assert code == 4 and doc["error"] == "forbidden"
+    for _ in range(2):
+        await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
+    _, before = await cli.json("jobs")
+    running = {j["id"] for j in before["jobs"] if j["status"] == "running"}
+    code, doc = await cli.json("cancel", "--all", "--queued-only")
+    assert code == 0 and not running & set(doc["cancelled"])  # running jobs were left alone
+    code, doc = await cli.json("cancel", "--all")
+    assert code == 0 and running <= set(doc["cancelled"])
+    _, listing = await cli.json("jobs")
+    assert {j["status"] for j in listing["jobs"]} <= {"cancelled", "completed"}
+    code, _, _ = await cli.run("cancel")
+    assert code == 2
+    code, _, _ = await cli.run("cancel", job["id"], "--all")
+    assert code == 2
+
+
+async def test_cancel_all_count_is_exact(cli: Cli) -> None:
+    await _signed_in(cli)
+    for _ in range(3):
+        await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
+    code, out, _ = await cli.run("cancel", "--all")
+    assert code == 0 and out.startswith("cancelled 3 job(s)")
+
+
+async def test_verbose_shows_exchanges_never_the_token(cli: Cli) -> None:
+    await _signed_in(cli)
+    token = json.loads((cli.config_dir / "sessions.json").read_text())[cli.api_url]["token"]
+    code, _, err = await cli.run("-v", "jobs")
+    assert code == 0 and "> GET " in err and "< 200" in err
+    assert token not in err
+    code, _, err = await cli.run("login", "-v")
+    assert code == 0 and "> POST" in err
+
+
+async def test_expired_token_says_run_runner_login(cli: Cli) -> None:
+    await _signed_in(cli)
+    path = cli.config_dir / "sessions.json"
+    data = json.loads(path.read_text())
+    data[cli.api_url]["expires_at"] = "2020-01-01T00:00:00.000Z"
+    path.write_text(json.dumps(data))
+    code, out, err = await cli.run("jobs")
+    assert code == 4 and "runner login" in err
+    # A token the server no longer knows (signed out elsewhere) is exit 4 too.
+    data[cli.api_url]["expires_at"] = "2999-01-01T00:00:00.000Z"
+    data[cli.api_url]["token"] = "revoked"
+    path.write_text(json.dumps(data))
+    code, out, err = await cli.run("jobs")
+    assert code == 4 and out == "" and "runner login" in err
+
+
+async def test_unknown_verb_and_flag_are_usage_errors(cli: Cli) -> None:
+    assert (await cli.run("explode"))[0] == 2
+    assert (await cli.run("jobs", "--frobnicate"))[0] == 2
+    code, out, _ = await cli.run("--json", "explode")
+    assert code == 2 and json.loads(out)["error"] == "usage"
+
+
+async def test_status_watch_follows_to_the_end(cli: Cli) -> None:
+    await _signed_in(cli)
+    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0.3}')
+    code, out, _ = await cli.run("status", job["id"], "--watch")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert any("completed" in line for line in lines)
+    assert lines[-1].startswith("[1] demo") or "completed" in lines[-1]
+
+
+async def test_interrupting_submit_wait_leaves_the_job_running(cli: Cli, cli_server: Runtime) -> None:
+    await _signed_in(cli)
+    proc = await cli.start("submit", "--backend", "demo", "--input", '{"seconds": 60}', "--wait")
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 30)  # "submitted job <id>"
+    job_id = first.decode().split()[-1]
+    while not cli_server.manager.is_running(uuid.UUID(job_id)):  # noqa: ASYNC110 - another process
+        await asyncio.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    # stdin is not a terminal: nothing to ask, so the job is left running.
+    assert proc.returncode == 130 and "job goes on" in err.decode()
+    assert cli_server.manager.is_running(uuid.UUID(job_id))
+
+
+async def test_demo_runs_in_a_clean_environment(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "DATABASE_URL"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runner.cli", "demo", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    for step in ("cancel requested", "connection closed", "remote cancel received", "API answered",
+                 "task stopped", "rows checked", "every GPU call stopped"):
+        assert step in text, text
+    assert text.count("connection closed") == 3
+    assert (tmp_path / ".runner" / "pg" / "PG_VERSION").exists()  # the embedded default
