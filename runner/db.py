@@ -61,9 +61,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
+async def connect(dsn: str, application_name: str = "runner") -> asyncpg.Connection:
     """One connection with the runner's codecs (the listener's, and one-off tools')."""
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": "runner"})
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name})
     await _init_connection(conn)
     return conn
 

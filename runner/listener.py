@@ -105,7 +105,7 @@ class Listener:
                 delay = min(delay * 2, 5.0)
 
     async def _session(self) -> None:
-        conn = await connect(self.dsn)
+        conn = await connect(self.dsn, application_name="runner-listener")  # findable in pg_stat_activity
         self._conn = conn
         self._lost.clear()
         conn.add_termination_listener(lambda _c: self._lost.set())

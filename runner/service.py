@@ -156,6 +156,7 @@ async def running_service(
         if runtime.worker is not None:
             runtime.spawn("worker_claim", runtime.worker.claim_loop())
             stack.push_async_callback(runtime.worker.drain, settings.shutdown_grace_s)
+            log.info("worker_started", concurrency=settings.concurrency)
 
         stack.callback(runtime.draining.set)
         yield runtime

@@ -1,0 +1,252 @@
+"""What the benchmarks share: an embedded Postgres, a fake GPU endpoint that notes when each
+connection closes, service processes, sign-in, and percentiles.
+
+Clocks: time.perf_counter() is CLOCK_MONOTONIC on Linux, one clock for every process on
+the machine, so times noted in different processes compare directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def raise_fd_limit() -> int:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def with_database(dsn: str, name: str, user: str | None = None) -> str:
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if user is not None:
+        netloc = f"{user}@{netloc.split('@', 1)[-1]}"
+    return urlunsplit(parts._replace(path="/" + name, netloc=netloc))
+
+
+@contextlib.contextmanager
+def embedded_postgres() -> Iterator[str]:
+    """A throw-away embedded Postgres (pgserver); yields the admin DSN."""
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # type: ignore[import-untyped]
+    with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
+        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+async def fresh_database(admin_dsn: str, name: str, *, role: str | None = None) -> str:
+    """A new database (owned by `role`, a plain login role, when given); returns its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if role is not None:
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            if not exists:
+                await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+            await conn.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+        else:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_dsn, name, role)
+
+
+@dataclass
+class FakeGpu:
+    """Holds every request open (GPU work) and notes when its connection closes."""
+
+    opened: dict[str, float] = field(default_factory=dict)
+    closed: dict[str, float] = field(default_factory=dict)
+    _waiters: dict[str, asyncio.Future[float]] = field(default_factory=dict)
+    _open_target: int = 0
+    _all_open: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+    url: str = ""
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/hold", self._hold)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=20000)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def key_of(self, request: web.Request) -> str:
+        return request.headers.get("X-Runner-Execution-Id") or request.query.get("key", "")
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        key = self.key_of(request)
+        self.opened[key] = time.perf_counter()
+        if self._open_target and len(self.opened) >= self._open_target:
+            self._all_open.set()
+        try:
+            await asyncio.sleep(86400)
+        except asyncio.CancelledError:
+            now = time.perf_counter()
+            self.closed[key] = now
+            waiter = self._waiters.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(now)
+            raise
+        return web.json_response({})
+
+    async def wait_open(self, count: int, timeout: float = 300) -> None:
+        self._open_target = count
+        if len(self.opened) >= count:
+            return
+        self._all_open.clear()
+        await asyncio.wait_for(self._all_open.wait(), timeout)
+
+    def close_of(self, key: str) -> asyncio.Future[float]:
+        """A future resolved with the time the connection for `key` closed."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if key in self.closed:
+            fut.set_result(self.closed[key])
+        else:
+            self._waiters[key] = fut
+        return fut
+
+    def reset(self) -> None:
+        self.opened.clear()
+        self.closed.clear()
+        self._waiters.clear()
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    port: int | None
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_peak_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def start_service(dsn: str, role: str, env: dict[str, str], logdir: Path) -> Service:
+    port = free_port() if role != "worker" else None
+    log = logdir / f"runner-{role}-{port or os.getpid()}-{time.monotonic_ns()}.log"
+    full_env = {**os.environ, "DATABASE_URL": dsn, "RUNNER_LOG_FORMAT": "json", **env}
+    if port is not None:
+        full_env.update(RUNNER_PORT=str(port), RUNNER_SIWE_DOMAIN=f"127.0.0.1:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "serve", "--role", role],
+                            env=full_env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                            cwd=logdir)
+    service = Service(proc, port, log)
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"runner {role} exited: {log.read_text()[-2000:]}")
+            if port is None:
+                if b'"worker_started"' in log.read_bytes():
+                    return service
+            else:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{service.base}/readyz") as resp:
+                        if resp.status == 200:
+                            return service
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"runner {role} did not become ready: {log.read_text()[-2000:]}")
+
+
+async def sign_in(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
+    """Sign in with a fresh key through the real EIP-4361 flow; returns auth headers."""
+    from eth_account import Account
+
+    from runner.client import Client, WalletKey
+
+    client = Client(base)
+    try:
+        await client.login(WalletKey("0x" + bytes(Account.create().key).hex(), development=True))
+        return {"Authorization": f"Bearer {client.token}"}
+    finally:
+        await client.close()
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    data = sorted(samples_ms)
+
+    def pick(q: float) -> float:
+        return data[min(len(data) - 1, round(q * (len(data) - 1)))]
+
+    return {"n": len(data), "p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99),
+            "max": data[-1], "mean": statistics.fmean(data)}
+
+
+def fmt(stats: dict[str, float]) -> str:
+    return (f"n={int(stats['n'])}  p50={stats['p50']:.3f} ms  p95={stats['p95']:.3f} ms  "
+            f"p99={stats['p99']:.3f} ms  max={stats['max']:.3f} ms")
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+@contextlib.asynccontextmanager
+async def http_session(limit: int = 0) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as http:
+        yield http
+
+
+def summary_line(name: str, value: Any) -> None:
+    print(f"{name:<44} {value}", flush=True)
