@@ -3,6 +3,7 @@ then the local task is cancelled at once, without waiting for our own notificati
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -129,6 +130,14 @@ SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
     (SELECT count(*) FROM notify) AS notified"""
 
 
+async def _let_the_stop_run_first() -> None:
+    """Stopping the work matters more than answering: yield so the cancelled task's cleanup
+    step and then its connections' close run before the reply is built. (Its remote cancels
+    are awaited network calls: they go on after the reply.)"""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 class Canceller:
     def __init__(self, pool: asyncpg.Pool, manager: JobContextManager, metrics: Metrics, *,
                  remote_cancel_backends: list[str], holder_grace_s: float) -> None:
@@ -157,8 +166,8 @@ class Canceller:
                 raise NotCancellable(f"the job is {previous}; only queued or running jobs can be cancelled",
                                      status=previous)
         running = row["changed"] and previous == "running"
-        if running:
-            self.manager.cancel(job_id, stop)
+        if running and self.manager.cancel(job_id, stop):
+            await _let_the_stop_run_first()
         self.metrics.cancel_requests.labels("cancelled" if row["changed"] else "already_cancelled").inc()
         log.info("job_cancelled", job_id=str(job_id), by=actor, previous_status=previous,
                  reason=reason, changed=row["changed"])
@@ -187,8 +196,8 @@ class Canceller:
                     f"the execution is {previous}; only queued or running ones can be cancelled",
                     status=previous)
         running = row["changed"] and previous == "running" and row["job_status"] == "running"
-        if running:
-            self.manager.cancel_execution(job_id, execution_id)
+        if running and self.manager.cancel_execution(job_id, execution_id):
+            await _let_the_stop_run_first()
         self.metrics.cancel_requests.labels("cancelled" if row["changed"] else "already_cancelled").inc()
         log.info("execution_cancelled", job_id=str(job_id), execution_id=str(execution_id), by=actor,
                  previous_status=previous, reason=reason)
@@ -202,8 +211,8 @@ class Canceller:
         row = await self.pool.fetchrow(CANCEL_ALL, owner, statuses, reason,
                                        self.remote_cancel_backends, self.holder_grace_s)
         assert row is not None
-        for job_id in row["running"]:
-            self.manager.cancel(job_id, StopReason.CANCELLED)
+        if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
+            await _let_the_stop_run_first()
         ids = [str(i) for i in row["ids"]]
         self.metrics.cancel_requests.labels("cancelled").inc(len(ids))
         log.info("jobs_cancelled", by=owner, count=len(ids), statuses=statuses, reason=reason)

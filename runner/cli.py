@@ -280,6 +280,13 @@ async def _demo(args: argparse.Namespace) -> int:
     return await run_demo(load_settings(), sys.stdout, as_json=args.json, verbose=args.verbose)
 
 
+def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """The service's loop: uvloop (fewer microseconds per socket event on the cancel path)."""
+    import uvloop
+
+    return uvloop.run(coro)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args)
@@ -289,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = load_settings()
             quiet = args.verb == "demo" and not args.verbose
             configure_logging(settings.log_format, logging.WARNING if quiet else logging.INFO)
-            return asyncio.run(service_verbs[args.verb](args))
+            return _run_loop(service_verbs[args.verb](args))
         return asyncio.run(_client_verb(args, out))
     except ConfigError as exc:
         out.error(ClientError(0, "configuration", f"configuration error: {exc}"))
