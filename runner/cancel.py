@@ -31,7 +31,7 @@ def _exec_cancel_set(backends: str, grace: str) -> str:
 
 def _job_cancel_set(actor: str, reason: str) -> str:
     return f"""status = 'cancelled', cancelled_at = now(), cancelled_by = {actor},
-    cancel_reason = {reason}, finished_at = now(), worker_id = NULL, lease_expires_at = NULL"""
+    cancel_reason = {reason}, finished_at = now(), worker_id = NULL"""
 
 
 # $1 job, $2 actor, $3 reason, $4 actor is admin, $5 remote-cancel backends, $6 grace.

@@ -12,6 +12,11 @@ import asyncpg
 
 from runner.listener import SUBMIT
 
+# A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A
+# running job's lease is its worker's.
+_HEARTBEAT = """INSERT INTO workers (id, lease_expires_at) VALUES ($2, now() + make_interval(secs => $3))
+    ON CONFLICT (id) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at"""
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimedExecution:
@@ -35,12 +40,12 @@ class ClaimedJob:
 async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: float) -> list[ClaimedJob]:
     """Claim up to `limit` queued jobs, oldest first, and mark their open executions running."""
     rows = await pool.fetch(
-        """WITH picked AS (
+        f"""WITH lease AS ({_HEARTBEAT}),
+           picked AS (
                SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id
                LIMIT $1 FOR UPDATE SKIP LOCKED),
            job AS (
                UPDATE jobs j SET status = 'running', worker_id = $2, attempts = j.attempts + 1,
-                   lease_expires_at = now() + make_interval(secs => $3),
                    started_at = coalesce(j.started_at, now())
                FROM picked WHERE j.id = picked.id
                RETURNING j.id, j.owner, j.timeout_s, j.started_at, j.attempts),
@@ -120,7 +125,7 @@ async def finalize(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str) -> str
                 UPDATE jobs j SET
                     status = CASE WHEN agg.all_cancelled THEN 'cancelled'
                                   WHEN agg.any_failed THEN 'failed' ELSE 'completed' END,
-                    finished_at = now(), worker_id = NULL, lease_expires_at = NULL,
+                    finished_at = now(), worker_id = NULL,
                     cancelled_at = CASE WHEN agg.all_cancelled THEN now() END,
                     cancelled_by = CASE WHEN agg.all_cancelled
                                         THEN coalesce((SELECT actor FROM last_cancel), 'system') END,
@@ -141,7 +146,7 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
     """A shutdown interrupted the job: back to queued, keeping remote ids; not an attempt used."""
     done: bool = await pool.fetchval(
         f"""WITH job AS (
-                UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL,
+                UPDATE jobs SET status = 'queued', worker_id = NULL,
                     attempts = greatest(attempts - 1, 0)
                 WHERE id = $1 AND status = 'running' AND worker_id = $2 RETURNING id),
             ex AS (
@@ -158,17 +163,21 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
     return done
 
 
-async def renew_leases(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
-                       lease_s: float) -> dict[uuid.UUID, str]:
-    """Extend our leases; returns the held jobs that are no longer ours, with their status."""
+async def renew_lease(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
+                      lease_s: float) -> dict[uuid.UUID, str]:
+    """Renew this worker's lease (one row); returns the held jobs that are no longer ours,
+    with their status. The check is a plain read: it takes no lock a cancel would wait for."""
     rows = await pool.fetch(
-        """WITH renewed AS (
-               UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-               WHERE id = ANY($1) AND worker_id = $2 AND status = 'running' RETURNING id)
-           SELECT j.id, j.status FROM jobs j
-           WHERE j.id = ANY($1) AND j.id NOT IN (SELECT id FROM renewed)""",
+        f"""WITH lease AS ({_HEARTBEAT})
+            SELECT j.id, j.status FROM jobs j
+            WHERE j.id = ANY($1) AND NOT (j.status = 'running' AND j.worker_id IS NOT DISTINCT FROM $2)""",
         job_ids, worker_id, lease_s)
     return {r["id"]: r["status"] for r in rows}
+
+
+async def end_lease(pool: asyncpg.Pool, worker_id: str) -> None:
+    """A clean shutdown: the worker holds nothing any more."""
+    await pool.execute("DELETE FROM workers WHERE id = $1", worker_id)
 
 
 async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int = 500) -> list[asyncpg.Record]:
@@ -178,9 +187,10 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int =
     """
     rows: list[asyncpg.Record] = await pool.fetch(
         """WITH expired AS (
-                SELECT id, attempts, worker_id FROM jobs
-                WHERE status = 'running' AND lease_expires_at < now()
-                ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+                SELECT j.id, j.attempts, j.worker_id FROM jobs j
+                WHERE j.status = 'running' AND NOT EXISTS (
+                    SELECT 1 FROM workers w WHERE w.id = j.worker_id AND w.lease_expires_at >= now())
+                ORDER BY j.started_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED),
             job AS (
                 UPDATE jobs j SET
                     status = CASE WHEN x.attempts >= $1 THEN 'failed' ELSE 'queued' END,
@@ -188,7 +198,7 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int =
                         THEN format('its worker was lost %s times (RUNNER_MAX_JOB_ATTEMPTS=%s); giving up',
                                     x.attempts, $1) END,
                     finished_at = CASE WHEN x.attempts >= $1 THEN now() END,
-                    worker_id = NULL, lease_expires_at = NULL
+                    worker_id = NULL
                 FROM expired x WHERE j.id = x.id
                 RETURNING j.id, j.status, x.worker_id AS lost_worker, x.attempts),
             ex AS (
@@ -212,6 +222,8 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int =
         max_attempts, limit)
     if any(r["status"] == "queued" for r in rows):
         await pool.execute(f"SELECT pg_notify('{SUBMIT}', '')")
+    # Forget workers long gone (nothing of theirs is left running after the requeue).
+    await pool.execute("DELETE FROM workers WHERE lease_expires_at < now() - interval '1 day'")
     return rows
 
 

@@ -234,9 +234,7 @@ class Worker:
         """Extend our leases. Held jobs that are no longer ours stop here: a cancel whose
         NOTIFY was lost lands within one renewal period."""
         held = self.manager.job_ids()
-        if not held:
-            return
-        lost = await store.renew_leases(self.pool, held, self.instance_id, self.settings.lease_s)
+        lost = await store.renew_lease(self.pool, held, self.instance_id, self.settings.lease_s)
         for job_id, status in lost.items():
             reason = StopReason.CANCELLED if status == "cancelled" else StopReason.LEASE_LOST
             if self.manager.cancel(job_id, reason):
@@ -266,4 +264,8 @@ class Worker:
                 log.info("interrupting_jobs", jobs=interrupted)
                 await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.gather(*self.aux_tasks, return_exceptions=True)
+        try:
+            await store.end_lease(self.pool, self.instance_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.warning("end_lease_failed")  # it simply expires
         log.info("drained")

@@ -358,7 +358,7 @@ async def _races(api: Api, db: asyncpg.Connection) -> None:
     assert sum(outcomes.values()) == 200
     # Nothing left half-way, in any row.
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') "
-                             "OR worker_id IS NOT NULL OR lease_expires_at IS NOT NULL") == 0
+                             "OR worker_id IS NOT NULL") == 0
     assert await db.fetchval("SELECT count(*) FROM executions WHERE status IN ('queued', 'running')") == 0
     assert await db.fetchval(
         """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
