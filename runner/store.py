@@ -90,37 +90,59 @@ async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: 
     return status
 
 
-async def finish_execution(pool: asyncpg.Pool, execution_id: uuid.UUID, *, status: str, output: Any,
-                           error: str | None, attempts: int, owe_remote_cancel: bool = False) -> bool:
-    """Record an execution's result unless it is no longer running (a cancel won the race)."""
-    written: bool = await pool.fetchval(
-        """WITH ex AS (
-               UPDATE executions SET status = $2, output = $3, error = $4, attempts = $5,
-                   finished_at = now(),
-                   remote_cancel = CASE WHEN $6 THEN 'pending' END,
-                   remote_cancel_due = CASE WHEN $6 THEN now() END
-               WHERE id = $1 AND status = 'running' RETURNING id, job_id),
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    execution_id: uuid.UUID
+    status: str  # completed | failed
+    output: Any
+    error: str | None
+    attempts: int
+    owe_remote_cancel: bool = False  # it failed on our side with a remote job still alive
+
+
+async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult]) -> list[bool]:
+    """Record execution results, each unless it is no longer running (a cancel won the race).
+    One statement for the whole batch."""
+    rows = await pool.fetch(
+        """WITH r AS (
+               SELECT * FROM jsonb_to_recordset($1::jsonb)
+                   AS r(id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
+           ex AS (
+               UPDATE executions e SET status = r.status, output = r.output, error = r.error,
+                   attempts = r.attempts, finished_at = now(),
+                   remote_cancel = CASE WHEN r.owe THEN 'pending' END,
+                   remote_cancel_due = CASE WHEN r.owe THEN now() END
+               FROM r WHERE e.id = r.id AND e.status = 'running'
+               RETURNING e.id, e.job_id, e.status, e.error, e.attempts),
            ev AS (
                INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-               SELECT job_id, id, 'execution_' || $2, 'system',
-                   jsonb_strip_nulls(jsonb_build_object('attempts', $5, 'error', $4))
-               FROM ex)
-           SELECT count(*) > 0 FROM ex, runner_notify_job(ex.job_id)""",
-        execution_id, status, output, error, attempts, owe_remote_cancel)
-    return written
+               SELECT job_id, id, 'execution_' || status, 'system',
+                   jsonb_strip_nulls(jsonb_build_object('attempts', attempts, 'error', error))
+               FROM ex),
+           changed AS (SELECT DISTINCT job_id FROM ex)
+           SELECT ex.id FROM ex
+           UNION ALL SELECT NULL FROM changed, runner_notify_job(changed.job_id)""",
+        [{"id": str(r.execution_id), "status": r.status, "output": r.output, "error": r.error,
+          "attempts": r.attempts, "owe": r.owe_remote_cancel} for r in results])
+    written = {row["id"] for row in rows}
+    return [r.execution_id in written for r in results]
 
 
-async def finalize(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str) -> str | None:
-    """Give a running job its final status from its executions (SPEC §3); None if not ours."""
-    status: str | None = await pool.fetchval(
+async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str) -> list[tuple[bool, str]]:
+    """Give running jobs their final status from their executions (SPEC §3), in one statement.
+
+    For each job: (written, status) -- the status written, or the row's status when it was not
+    ours to finish (cancelled meanwhile, requeued elsewhere, or an execution still open).
+    """
+    rows = await pool.fetch(
         """WITH agg AS (
-                SELECT bool_and(status = 'cancelled') AS all_cancelled,
+                SELECT job_id, bool_and(status = 'cancelled') AS all_cancelled,
                        bool_or(status = 'failed') AS any_failed,
                        bool_and(status IN ('completed', 'failed', 'cancelled')) AS all_done
-                FROM executions WHERE job_id = $1),
+                FROM executions WHERE job_id = ANY($1) GROUP BY job_id),
             last_cancel AS (
-                SELECT actor FROM job_events WHERE job_id = $1 AND kind = 'execution_cancelled'
-                ORDER BY id DESC LIMIT 1),
+                SELECT DISTINCT ON (job_id) job_id, actor FROM job_events
+                WHERE job_id = ANY($1) AND kind = 'execution_cancelled' ORDER BY job_id, id DESC),
             job AS (
                 UPDATE jobs j SET
                     status = CASE WHEN agg.all_cancelled THEN 'cancelled'
@@ -128,18 +150,22 @@ async def finalize(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str) -> str
                     finished_at = now(), worker_id = NULL,
                     cancelled_at = CASE WHEN agg.all_cancelled THEN now() END,
                     cancelled_by = CASE WHEN agg.all_cancelled
-                                        THEN coalesce((SELECT actor FROM last_cancel), 'system') END,
+                                        THEN coalesce(last_cancel.actor, 'system') END,
                     cancel_reason = CASE WHEN agg.all_cancelled
                                          THEN 'every execution was cancelled' END
-                FROM agg
-                WHERE j.id = $1 AND j.status = 'running' AND j.worker_id = $2 AND agg.all_done
+                FROM agg LEFT JOIN last_cancel ON last_cancel.job_id = agg.job_id
+                WHERE j.id = agg.job_id AND j.status = 'running' AND j.worker_id = $2 AND agg.all_done
                 RETURNING j.id, j.status),
             ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
                 SELECT id, status, 'system', '{}'::jsonb FROM job)
-            SELECT status FROM job, runner_notify_job($1)""",
-        job_id, worker_id)
-    return status
+            SELECT job.id, job.status, true AS written FROM job, runner_notify_job(job.id)
+            UNION ALL
+            SELECT j.id, j.status, false FROM jobs j
+            WHERE j.id = ANY($1) AND j.id NOT IN (SELECT id FROM job)""",
+        job_ids, worker_id)
+    found = {r["id"]: (r["written"], r["status"]) for r in rows}
+    return [found.get(job_id, (False, "missing")) for job_id in job_ids]
 
 
 async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str) -> bool:

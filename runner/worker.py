@@ -16,6 +16,7 @@ import structlog
 
 from runner import store
 from runner.backends import Backend, ExecutionCall
+from runner.batch import Batcher
 from runner.cancel import Canceller
 from runner.config import Settings
 from runner.context import JobContext, JobContextManager, StopReason
@@ -45,6 +46,14 @@ class Worker:
         self.draining = False
         self.job_tasks: set[asyncio.Task[None]] = set()
         self.aux_tasks: set[asyncio.Task[None]] = set()
+        # Completions are batched: one statement (and one WAL flush) for many jobs.
+        self.results: Batcher[store.ExecutionResult, bool] = Batcher(
+            "execution_results", lambda items: store.write_results(pool, items))
+        self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
+            "finalize", lambda ids: store.finalize(pool, ids, instance_id))
+        # Jobs whose task ended but whose final write did not happen (an execution's result
+        # could not be written): retried with the lease renewal, then requeued.
+        self.unsettled: set[uuid.UUID] = set()
         self._slot_freed = asyncio.Event()
 
     # -- claiming --------------------------------------------------------------------------
@@ -115,10 +124,16 @@ class Worker:
                 # Awaited directly, so cancelling this task cancels every execution and
                 # resumes only once they have all cleaned up (remote cancels sent).
                 await asyncio.gather(*ctx.executions.values(), return_exceptions=True)
-            status = await store.finalize(self.pool, job.id, self.instance_id)
-            if status is not None:
+            written, status = await self.finals.submit(job.id)
+            if written:
                 self.metrics.jobs_finished.labels(status).inc()
                 jlog.info("job_finished", status=status)
+            elif status == "cancelled":
+                # Cancelled just as it finished: the task stopped all the same.
+                ctx.reason = ctx.reason or StopReason.CANCELLED
+            elif status == "running":
+                self.unsettled.add(job.id)
+                jlog.warning("job_unsettled")
         except asyncio.CancelledError:
             await asyncio.shield(self._after_stop(ctx, job, jlog))
             raise
@@ -183,9 +198,9 @@ class Worker:
         xlog = jlog.bind(execution_id=str(execution.id), backend=execution.backend)
         backend = self.backends.get(execution.backend)
         if backend is None:
-            await store.finish_execution(
-                self.pool, execution.id, status="failed", output=None, attempts=execution.attempts,
-                error=f"backend {execution.backend!r} is not configured on this instance")
+            await self.results.submit(store.ExecutionResult(
+                execution.id, "failed", None, attempts=execution.attempts,
+                error=f"backend {execution.backend!r} is not configured on this instance"))
             return
 
         async def on_remote_id(remote_id: str, attempts: int) -> None:
@@ -205,9 +220,9 @@ class Worker:
             raise
         except BackendError as exc:
             owes = self._owes_cancel(backend, call)
-            written = await store.finish_execution(
-                self.pool, execution.id, status="failed", output=None, error=str(exc),
-                attempts=call.attempts, owe_remote_cancel=owes)
+            written = await self.results.submit(store.ExecutionResult(
+                execution.id, "failed", None, error=str(exc), attempts=call.attempts,
+                owe_remote_cancel=owes))
             xlog.info("execution_failed", error=str(exc), written=written)
             if written and owes:
                 # It failed on our side (an answer we cannot use): the GPU may still run.
@@ -215,13 +230,13 @@ class Worker:
             return
         except Exception as exc:
             xlog.exception("execution_crashed")
-            await store.finish_execution(
-                self.pool, execution.id, status="failed", output=None, attempts=call.attempts,
-                error=f"internal error in the runner ({type(exc).__name__}); it has been logged")
+            await self.results.submit(store.ExecutionResult(
+                execution.id, "failed", None, attempts=call.attempts,
+                error=f"internal error in the runner ({type(exc).__name__}); it has been logged"))
             return
-        written = await store.finish_execution(self.pool, execution.id, status="completed",
-                                               output=output, error=None, attempts=call.attempts)
-        xlog.info("execution_completed", written=written)
+        written = await self.results.submit(store.ExecutionResult(
+            execution.id, "completed", output, error=None, attempts=call.attempts))
+        xlog.debug("execution_completed", written=written)
 
     @staticmethod
     def _owes_cancel(backend: Backend, call: ExecutionCall) -> bool:
@@ -239,6 +254,18 @@ class Worker:
             reason = StopReason.CANCELLED if status == "cancelled" else StopReason.LEASE_LOST
             if self.manager.cancel(job_id, reason):
                 log.info("job_stopped_by_lease_check", job_id=str(job_id), status=status)
+        if self.unsettled:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Finish jobs whose final write did not happen; requeue those still open."""
+        job_ids = list(self.unsettled)
+        self.unsettled.clear()
+        for job_id, (written, status) in zip(job_ids, await store.finalize(
+                self.pool, job_ids, self.instance_id), strict=True):
+            if not written and status == "running":
+                await store.requeue_interrupted(self.pool, job_id, self.instance_id)
+                log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
 
     async def requeue_expired(self) -> None:
         rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts)
@@ -264,6 +291,8 @@ class Worker:
                 log.info("interrupting_jobs", jobs=interrupted)
                 await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.gather(*self.aux_tasks, return_exceptions=True)
+        await self.results.close()
+        await self.finals.close()
         try:
             await store.end_lease(self.pool, self.instance_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
