@@ -13,13 +13,11 @@ from typing import Any
 import asyncpg
 
 from runner.errors import IdempotencyConflict, JobError, JobForbidden, JobNotFound, QuotaExceeded
-from runner.listener import SUBMIT
 from runner.timeutil import iso
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 TERMINAL = ("completed", "failed", "cancelled")
-IDEMPOTENCY_WINDOW = "24 hours"
 
 JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,
     j.cancelled_at, j.cancelled_by, j.cancel_reason, j.timeout_s, j.metadata, j.error,
@@ -62,54 +60,30 @@ async def submit(
     metadata: dict[str, Any], max_active: int, idempotency_key: str | None = None,
     body_hash: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Insert a queued job; returns (job, created). A repeated idempotency key returns the original."""
+    """Insert a queued job in one round trip (runner_submit, migration 0003); returns
+    (job, created). A repeated idempotency key returns the original job."""
     job_id = uuid.uuid4()
     rows = [{"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input}
             for e in executions]
-    async with pool.acquire() as conn, conn.transaction():
-        # One submit at a time per wallet: the quota and the idempotency key hold under races.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 42))", owner)
-        if idempotency_key is not None:
-            prior = await conn.fetchrow(
-                f"""SELECT job_id, request_hash FROM idempotency_keys
-                    WHERE owner = $1 AND key = $2
-                      AND created_at > now() - interval '{IDEMPOTENCY_WINDOW}'""",
-                owner, idempotency_key)
-            if prior is not None:
-                if prior["request_hash"] != body_hash:
-                    raise IdempotencyConflict(
-                        "this Idempotency-Key was used with a different body in the last 24 h")
-                return await _read(conn, prior["job_id"]), False
-        active = await conn.fetchval(
-            "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')", owner)
-        if active >= max_active:
-            raise QuotaExceeded(f"this wallet already has {active} active jobs (limit {max_active})",
-                                limit=max_active)
-        row = await conn.fetchrow(
-            f"""WITH job AS (
-                    INSERT INTO jobs (id, owner, timeout_s, metadata) VALUES ($1, $2, $3, $4)
-                    RETURNING *),
-                ex AS (
-                    INSERT INTO executions (id, job_id, position, name, backend, input)
-                    SELECT (x->>'id')::uuid, $1, ord - 1, x->>'name', x->>'backend', x->'input'
-                    FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS t(x, ord)
-                    RETURNING id),
-                ev AS (
-                    INSERT INTO job_events (job_id, kind, actor, detail)
-                    SELECT id, 'submitted', owner, jsonb_build_object('executions', $8::int)
-                    FROM job),
-                idem AS (
-                    INSERT INTO idempotency_keys (owner, key, request_hash, job_id)
-                    SELECT $2, $6, $7, $1 WHERE $6::text IS NOT NULL
-                    ON CONFLICT (owner, key) DO UPDATE
-                    SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id,
-                        created_at = now())
-                SELECT j.*, pg_notify('{SUBMIT}', '') FROM job j""",
-            job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash, len(rows))
+    row = await pool.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)",
+                              job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash,
+                              max_active)
+    assert row is not None
+    if row["outcome"] == "conflict":
+        raise IdempotencyConflict("this Idempotency-Key was used with a different body in the last 24 h")
+    if row["outcome"] == "existing":
+        return await _read(pool, row["job"]), False
+    if row["outcome"] == "quota":
+        raise QuotaExceeded(f"this wallet already has {row['active']} active jobs (limit {max_active})",
+                            limit=max_active)
     fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "status": "queued",
               "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
               "output": None, "error": None, "remote_cancel": None} for r in rows]
-    return job_json({**row, "executions": fresh}), True
+    return job_json({
+        "id": job_id, "owner": owner, "status": "queued", "created_at": row["created"],
+        "started_at": None, "finished_at": None, "cancelled_at": None, "cancelled_by": None,
+        "cancel_reason": None, "timeout_s": timeout_s, "metadata": metadata, "error": None,
+        "executions": fresh}), True
 
 
 async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> dict[str, Any]:

@@ -24,7 +24,7 @@ async def _tables(conn: asyncpg.Connection) -> set[str]:
 async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str) -> None:
     applied = await migrate(empty_dsn)
     assert applied == [m.name for m in load_migrations()]
-    assert applied[:2] == ["0001_init.sql", "0002_worker_leases.sql"]
+    assert applied == ["0001_init.sql", "0002_worker_leases.sql", "0003_submit_function.sql"]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)
     try:
