@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+import asyncpg
 import structlog
 
 log = structlog.get_logger("runner.batch")
@@ -51,7 +52,7 @@ class Batcher(Generic[T, R]):
             if not batch:
                 return
             try:
-                results = await self._flush([item for item, _ in batch])
+                results = await self._flush_retrying([item for item, _ in batch])
             except BaseException as exc:
                 for _, future in batch:
                     if not future.done():
@@ -63,6 +64,18 @@ class Batcher(Generic[T, R]):
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    async def _flush_retrying(self, items: list[T]) -> list[R]:
+        """Flush; once more if Postgres broke a deadlock by aborting it (every write is
+        conditional, so a retry does no harm)."""
+        for attempt in range(3):
+            try:
+                return await self._flush(items)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 2:
+                    raise
+                log.warning("deadlock_retried", batch=self.name, attempt=attempt + 1)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         """Wait for every flush under way (on shutdown, before the pool closes)."""

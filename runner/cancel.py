@@ -37,7 +37,7 @@ def _job_cancel_set(actor: str, reason: str) -> str:
 # $1 job, $2 actor, $3 reason, $4 actor is admin, $5 remote-cancel backends, $6 grace.
 CANCEL_JOB = f"""
 WITH target AS (
-    SELECT id, status, owner, cancelled_at FROM jobs WHERE id = $1 FOR UPDATE),
+    SELECT id, status, owner, cancelled_at FROM jobs WHERE id = $1 FOR NO KEY UPDATE),
 job AS (
     UPDATE jobs j SET {_job_cancel_set("$2", "$3")}
     FROM target t
@@ -65,7 +65,7 @@ CANCEL_EXECUTION = f"""
 WITH target AS (
     SELECT j.status AS job_status, j.owner, e.id AS execution_id, e.status, e.finished_at
     FROM jobs j JOIN executions e ON e.job_id = j.id
-    WHERE j.id = $1 AND e.id = $7 FOR UPDATE OF j, e),
+    WHERE j.id = $1 AND e.id = $7 FOR NO KEY UPDATE OF j, e),
 ex AS (
     UPDATE executions e SET {_exec_cancel_set("$5", "$6")}
     FROM target t
@@ -108,26 +108,35 @@ FROM target t LEFT JOIN ex ON true"""
 CANCEL_ALL = f"""
 WITH targets AS (
     SELECT id, status FROM jobs WHERE owner = $1 AND status = ANY($2::text[])
-    ORDER BY created_at FOR UPDATE),
+    ORDER BY id FOR NO KEY UPDATE),
 job AS (
     UPDATE jobs j SET {_job_cancel_set("$1", "$3")}
     FROM targets t WHERE j.id = t.id
     RETURNING j.id, t.status AS previous_status),
+open_execs AS (
+    SELECT e.id FROM executions e JOIN job ON e.job_id = job.id
+    WHERE e.status IN ('queued', 'running') ORDER BY e.id FOR NO KEY UPDATE OF e),
 execs AS (
     UPDATE executions e SET {_exec_cancel_set("$4", "$5")}
-    FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
+    FROM open_execs o WHERE e.id = o.id
     RETURNING e.id),
 event AS (
     INSERT INTO job_events (job_id, kind, actor, detail)
     SELECT id, 'cancelled', $1, jsonb_build_object(
         'reason', $3::text, 'previous_status', previous_status, 'bulk', true)
     FROM job),
+-- Job ids in chunks of 200 per notification (payloads are limited to 8000 bytes), so
+-- cancelling 10,000 jobs wakes each instance 50 times, not 10,000.
 notify AS (
-    SELECT pg_notify('{CANCEL}', id::text), runner_notify_job(id) FROM job)
+    SELECT pg_notify('{CANCEL}', string_agg(id::text, ',')) FROM (
+        SELECT id, (row_number() OVER ()) / 200 AS chunk FROM job WHERE previous_status = 'running') c
+    GROUP BY chunk),
+watchers AS (
+    SELECT runner_notify_job(id) FROM job)
 SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
     coalesce((SELECT array_agg(id) FROM job WHERE previous_status = 'running'), '{{}}') AS running,
     (SELECT count(*) FROM execs) AS executions_cancelled,
-    (SELECT count(*) FROM notify) AS notified"""
+    (SELECT count(*) FROM notify) + (SELECT count(*) FROM watchers) AS notified"""
 
 
 async def _let_the_stop_run_first() -> None:
@@ -136,6 +145,19 @@ async def _let_the_stop_run_first() -> None:
     are awaited network calls: they go on after the reply.)"""
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+
+
+async def fetch_retrying(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record | None:
+    """One statement, tried again if Postgres broke a deadlock by aborting it. Lock order
+    (jobs before executions, ids ascending) makes that rare; it must never be a 500."""
+    for attempt in range(3):
+        try:
+            return await pool.fetchrow(sql, *args)
+        except asyncpg.DeadlockDetectedError:
+            if attempt == 2:
+                raise
+            log.warning("deadlock_retried", attempt=attempt + 1)
+    return None  # unreachable
 
 
 class Canceller:
@@ -151,7 +173,7 @@ class Canceller:
 
     async def cancel_job(self, job_id: uuid.UUID, *, actor: str, admin: bool, reason: str | None,
                          stop: StopReason = StopReason.CANCELLED) -> dict[str, Any]:
-        row = await self.pool.fetchrow(CANCEL_JOB, job_id, actor, reason, admin,
+        row = await fetch_retrying(self.pool, CANCEL_JOB, job_id, actor, reason, admin,
                                        self.remote_cancel_backends, self.holder_grace_s)
         if row is None:
             self.metrics.cancel_requests.labels("not_found").inc()
@@ -180,7 +202,7 @@ class Canceller:
 
     async def cancel_execution(self, job_id: uuid.UUID, execution_id: uuid.UUID, *, actor: str,
                                admin: bool, reason: str | None) -> dict[str, Any]:
-        row = await self.pool.fetchrow(CANCEL_EXECUTION, job_id, actor, reason, admin,
+        row = await fetch_retrying(self.pool, CANCEL_EXECUTION, job_id, actor, reason, admin,
                                        self.remote_cancel_backends, self.holder_grace_s, execution_id)
         if row is None:
             self.metrics.cancel_requests.labels("not_found").inc()
@@ -208,7 +230,7 @@ class Canceller:
         }
 
     async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> dict[str, Any]:
-        row = await self.pool.fetchrow(CANCEL_ALL, owner, statuses, reason,
+        row = await fetch_retrying(self.pool, CANCEL_ALL, owner, statuses, reason,
                                        self.remote_cancel_backends, self.holder_grace_s)
         assert row is not None
         if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):

@@ -244,9 +244,21 @@ async def _client_verb(args: argparse.Namespace, out: Output) -> int:
         await client.close()
 
 
+def _raise_open_files_limit() -> None:
+    """Each running job holds sockets: lift the soft limit on open files to the hard one
+    (container defaults are often 1024, far below RUNNER_CONCURRENCY's needs)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    structlog.get_logger("runner.cli").info("open_files_limit", soft=hard, was=soft)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from runner.service import serve
 
+    _raise_open_files_limit()
     settings = load_settings()
     if args.host:
         settings = settings.replace(host=args.host)

@@ -66,18 +66,20 @@ class Runtime:
             self.listener.on_reconnect(self.watch.wake_all)
 
     def on_cancel_notification(self, payload: str) -> None:
-        """A cancel committed on some instance: stop the task here if we hold it."""
-        job, _, execution = payload.partition(":")
-        try:
-            job_id = uuid.UUID(job)
-            execution_id = uuid.UUID(execution) if execution else None
-        except ValueError:
-            log.warning("bad_cancel_notification", payload=payload)
-            return
-        if execution_id is None:
-            self.manager.cancel(job_id, StopReason.CANCELLED)
-        else:
-            self.manager.cancel_execution(job_id, execution_id, StopReason.CANCELLED)
+        """A cancel committed on some instance: stop the tasks here that we hold. The payload
+        is "job", "job:execution", or many jobs separated by commas (a bulk cancel)."""
+        for entry in payload.split(","):
+            job, _, execution = entry.partition(":")
+            try:
+                job_id = uuid.UUID(job)
+                execution_id = uuid.UUID(execution) if execution else None
+            except ValueError:
+                log.warning("bad_cancel_notification", payload=entry[:100])
+                continue
+            if execution_id is None:
+                self.manager.cancel(job_id, StopReason.CANCELLED)
+            else:
+                self.manager.cancel_execution(job_id, execution_id, StopReason.CANCELLED)
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Start a named background task; stop_tasks() cancels and awaits it."""

@@ -107,12 +107,15 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult]) -> l
         """WITH r AS (
                SELECT * FROM jsonb_to_recordset($1::jsonb)
                    AS r(id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
+           locked AS (
+               SELECT e.id FROM executions e JOIN r ON r.id = e.id
+               WHERE e.status = 'running' ORDER BY e.id FOR NO KEY UPDATE OF e),
            ex AS (
                UPDATE executions e SET status = r.status, output = r.output, error = r.error,
                    attempts = r.attempts, finished_at = now(),
                    remote_cancel = CASE WHEN r.owe THEN 'pending' END,
                    remote_cancel_due = CASE WHEN r.owe THEN now() END
-               FROM r WHERE e.id = r.id AND e.status = 'running'
+               FROM r JOIN locked ON locked.id = r.id WHERE e.id = r.id AND e.status = 'running'
                RETURNING e.id, e.job_id, e.status, e.error, e.attempts),
            ev AS (
                INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
@@ -143,6 +146,9 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str)
             last_cancel AS (
                 SELECT DISTINCT ON (job_id) job_id, actor FROM job_events
                 WHERE job_id = ANY($1) AND kind = 'execution_cancelled' ORDER BY job_id, id DESC),
+            locked AS (
+                SELECT id FROM jobs WHERE id = ANY($1) AND status = 'running' AND worker_id = $2
+                ORDER BY id FOR NO KEY UPDATE),
             job AS (
                 UPDATE jobs j SET
                     status = CASE WHEN agg.all_cancelled THEN 'cancelled'
@@ -153,8 +159,9 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str)
                                         THEN coalesce(last_cancel.actor, 'system') END,
                     cancel_reason = CASE WHEN agg.all_cancelled
                                          THEN 'every execution was cancelled' END
-                FROM agg LEFT JOIN last_cancel ON last_cancel.job_id = agg.job_id
-                WHERE j.id = agg.job_id AND j.status = 'running' AND j.worker_id = $2 AND agg.all_done
+                FROM locked JOIN agg ON agg.job_id = locked.id
+                    LEFT JOIN last_cancel ON last_cancel.job_id = agg.job_id
+                WHERE j.id = locked.id AND j.status = 'running' AND j.worker_id = $2 AND agg.all_done
                 RETURNING j.id, j.status),
             ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
@@ -253,21 +260,35 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int =
     return rows
 
 
-async def record_stop(pool: asyncpg.Pool, job_id: uuid.UUID, *, worker_id: str, reason: str,
-                      local_latency_ms: float | None, executions: int) -> None:
-    """The task of a cancelled job has stopped: record it with its latency (SPEC §7)."""
+@dataclass(frozen=True, slots=True)
+class StopRecord:
+    job_id: uuid.UUID
+    reason: str
+    local_latency_ms: float | None
+    executions: int
+
+
+async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str) -> list[None]:
+    """Tasks of cancelled jobs have stopped: record each with its latency (SPEC §7); one
+    statement for the batch. The reason comes from the row (a timeout and a user's cancel
+    stop the task alike)."""
     await pool.execute(
-        """WITH ev AS (
-                INSERT INTO job_events (job_id, kind, actor, detail)
-                SELECT j.id, 'task_stopped', $2, jsonb_strip_nulls(jsonb_build_object(
-                    -- The row says why (a timeout and a user's cancel stop the task alike).
-                    'reason', CASE WHEN j.status = 'cancelled' AND j.cancelled_by = 'system'
-                                   THEN coalesce(j.cancel_reason, $3::text)
-                                   WHEN j.status = 'cancelled' THEN 'cancelled' ELSE $3::text END,
-                    'executions', $5::int,
-                    'latency_ms', round((extract(epoch FROM clock_timestamp() - j.cancelled_at)
-                                         * 1000)::numeric, 3),
-                    'local_latency_ms', round($4::numeric, 3)))
-                FROM jobs j WHERE j.id = $1)
-            SELECT runner_notify_job($1)""",
-        job_id, worker_id, reason, local_latency_ms, executions)
+        """WITH s AS (
+               SELECT * FROM jsonb_to_recordset($1::jsonb)
+                   AS s(job_id uuid, reason text, local_latency_ms numeric, executions int)),
+           ev AS (
+               INSERT INTO job_events (job_id, kind, actor, detail)
+               SELECT j.id, 'task_stopped', $2, jsonb_strip_nulls(jsonb_build_object(
+                   'reason', CASE WHEN j.status = 'cancelled' AND j.cancelled_by = 'system'
+                                  THEN coalesce(j.cancel_reason, s.reason)
+                                  WHEN j.status = 'cancelled' THEN 'cancelled' ELSE s.reason END,
+                   'executions', s.executions,
+                   'latency_ms', round((extract(epoch FROM clock_timestamp() - j.cancelled_at)
+                                        * 1000)::numeric, 3),
+                   'local_latency_ms', round(s.local_latency_ms, 3)))
+               FROM s JOIN jobs j ON j.id = s.job_id
+               RETURNING job_id)
+           SELECT count(*) FROM ev, runner_notify_job(ev.job_id)""",
+        [{"job_id": str(r.job_id), "reason": r.reason, "local_latency_ms": r.local_latency_ms,
+          "executions": r.executions} for r in stops], worker_id)
+    return [None] * len(stops)

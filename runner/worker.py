@@ -51,6 +51,8 @@ class Worker:
             "execution_results", lambda items: store.write_results(pool, items))
         self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
             "finalize", lambda ids: store.finalize(pool, ids, instance_id))
+        self.stops: Batcher[store.StopRecord, None] = Batcher(
+            "task_stopped", lambda stops: store.record_stops(pool, stops, instance_id))
         # Jobs whose task ended but whose final write did not happen (an execution's result
         # could not be written): retried with the lease renewal, then requeued.
         self.unsettled: set[uuid.UUID] = set()
@@ -186,8 +188,8 @@ class Worker:
         latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
         self.metrics.cancel_stop_seconds.observe(latency)
         self.metrics.jobs_finished.labels("cancelled").inc()
-        await store.record_stop(self.pool, job_id, worker_id=self.instance_id, reason=reason.value,
-                                local_latency_ms=latency * 1000, executions=len(ctx.executions))
+        await self.stops.submit(store.StopRecord(job_id, reason.value, latency * 1000,
+                                                 len(ctx.executions)))
         log.info("job_task_stopped", job_id=str(job_id), reason=reason.value,
                  latency_ms=round(latency * 1000, 3))
 
@@ -293,6 +295,7 @@ class Worker:
         await asyncio.gather(*self.aux_tasks, return_exceptions=True)
         await self.results.close()
         await self.finals.close()
+        await self.stops.close()
         try:
             await store.end_lease(self.pool, self.instance_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
