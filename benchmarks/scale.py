@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +72,11 @@ async def main() -> None:
                 first = min(done) - t0
                 summary_line("first connection closed after", f"{first * 1000:.0f} ms")
                 summary_line("service peak RSS overall", f"{service.rss_peak_mb():.0f} MB")
+                for line in service.log.read_text().splitlines():
+                    if '"jobs_cancelled"' in line:
+                        event = json.loads(line)
+                        summary_line("  inside: cancel-all statement", f"{event['statement_ms']} ms")
+                        summary_line("  inside: tasks signalled, first closes run", f"{event['signal_ms']} ms")
         finally:
             service.stop()
             await fake.stop()

@@ -4,6 +4,7 @@ then the local task is cancelled at once, without waiting for our own notificati
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -230,13 +231,17 @@ class Canceller:
         }
 
     async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> dict[str, Any]:
+        started = time.perf_counter()
         row = await fetch_retrying(self.pool, CANCEL_ALL, owner, statuses, reason,
-                                       self.remote_cancel_backends, self.holder_grace_s)
+                                   self.remote_cancel_backends, self.holder_grace_s)
         assert row is not None
+        committed = time.perf_counter()
         if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
             await _let_the_stop_run_first()
         ids = [str(i) for i in row["ids"]]
         self.metrics.cancel_requests.labels("cancelled").inc(len(ids))
-        log.info("jobs_cancelled", by=owner, count=len(ids), statuses=statuses, reason=reason)
+        log.info("jobs_cancelled", by=owner, count=len(ids), statuses=statuses, reason=reason,
+                 statement_ms=round((committed - started) * 1000, 1),
+                 signal_ms=round((time.perf_counter() - committed) * 1000, 1))
         return {"ok": True, "cancelled": ids, "count": len(ids),
                 "executions_cancelled": row["executions_cancelled"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -199,8 +200,18 @@ def _bound_port(app_runner: web.AppRunner) -> int | None:
     return None
 
 
+# The cyclic GC's young-generation threshold. With thousands of jobs in flight the heap holds
+# tens of thousands of live tasks, sockets and frames; at the default (700) a burst of
+# allocations, such as a cancel-all, triggers collections that traverse all of them
+# (measured: 40% of a 3,000-job cancel-all). Cycles are still collected, less often.
+GC_GEN0_THRESHOLD = 50_000
+
+
 async def serve(settings: Settings, role: str, stop: asyncio.Event) -> None:
     """Run until `stop` is set (by a signal handler), then shut down gracefully."""
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
     async with running_service(settings, role):
+        gc.freeze()  # what start-up built lives as long as the process: never scan it again
         await stop.wait()
         log.info("shutdown_requested")
