@@ -75,8 +75,8 @@ async def main() -> None:
                 for line in service.log.read_text().splitlines():
                     if '"jobs_cancelled"' in line:
                         event = json.loads(line)
-                        summary_line("  inside: cancel-all statement", f"{event['statement_ms']} ms")
-                        summary_line("  inside: tasks signalled, first closes run", f"{event['signal_ms']} ms")
+                        summary_line("  inside: first chunk committed, tasks signalled", f"{event['first_signal_ms']} ms")
+                        summary_line("  inside: every chunk committed", f"{event['total_ms']} ms")
         finally:
             service.stop()
             await fake.stop()

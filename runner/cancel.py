@@ -105,11 +105,12 @@ SELECT t.job_status, t.owner, t.status AS previous_status,
     (SELECT count(*) FROM notify) AS notified
 FROM target t LEFT JOIN ex ON true"""
 
-# $1 owner (and actor), $2 statuses, $3 reason, $4 remote-cancel backends, $5 grace.
+# $1 owner (and actor), $2 statuses, $3 reason, $4 remote-cancel backends, $5 grace,
+# $6 chunk size: each chunk is one atomic statement (see Canceller.cancel_all).
 CANCEL_ALL = f"""
 WITH targets AS (
     SELECT id, status FROM jobs WHERE owner = $1 AND status = ANY($2::text[])
-    ORDER BY id FOR NO KEY UPDATE),
+    ORDER BY id LIMIT $6 FOR NO KEY UPDATE),
 job AS (
     UPDATE jobs j SET {_job_cancel_set("$1", "$3")}
     FROM targets t WHERE j.id = t.id
@@ -138,6 +139,9 @@ SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
     coalesce((SELECT array_agg(id) FROM job WHERE previous_status = 'running'), '{{}}') AS running,
     (SELECT count(*) FROM execs) AS executions_cancelled,
     (SELECT count(*) FROM notify) + (SELECT count(*) FROM watchers) AS notified"""
+
+
+BULK_CHUNK = 1000
 
 
 async def _let_the_stop_run_first() -> None:
@@ -172,6 +176,20 @@ class Canceller:
         # sweeper on any instance takes over.
         self.holder_grace_s = holder_grace_s
 
+    def _refuse_unless_changed(self, row: asyncpg.Record, actor: str, admin: bool, what: str) -> None:
+        """Nothing was written: another wallet's (403), or already terminal. Cancelled
+        already is fine (idempotent); completed or failed is 409."""
+        if row["changed"]:
+            return
+        if row["owner"] != actor and not admin:
+            self.metrics.cancel_requests.labels("forbidden").inc()
+            raise JobForbidden("this job belongs to another wallet")
+        previous = row["previous_status"]
+        if previous != "cancelled":
+            self.metrics.cancel_requests.labels("not_cancellable").inc()
+            raise NotCancellable(f"the {what} is {previous}; only queued or running ones can be cancelled",
+                                 status=previous)
+
     async def cancel_job(self, job_id: uuid.UUID, *, actor: str, admin: bool, reason: str | None,
                          stop: StopReason = StopReason.CANCELLED) -> dict[str, Any]:
         row = await fetch_retrying(self.pool, CANCEL_JOB, job_id, actor, reason, admin,
@@ -180,14 +198,7 @@ class Canceller:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no job {job_id}")
         previous = row["previous_status"]
-        if not row["changed"]:
-            if row["owner"] != actor and not admin:
-                self.metrics.cancel_requests.labels("forbidden").inc()
-                raise JobForbidden("this job belongs to another wallet")
-            if previous != "cancelled":
-                self.metrics.cancel_requests.labels("not_cancellable").inc()
-                raise NotCancellable(f"the job is {previous}; only queued or running jobs can be cancelled",
-                                     status=previous)
+        self._refuse_unless_changed(row, actor, admin, "job")
         running = row["changed"] and previous == "running"
         if running and self.manager.cancel(job_id, stop):
             await _let_the_stop_run_first()
@@ -209,15 +220,7 @@ class Canceller:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no execution {execution_id} in job {job_id}")
         previous = row["previous_status"]
-        if not row["changed"]:
-            if row["owner"] != actor and not admin:
-                self.metrics.cancel_requests.labels("forbidden").inc()
-                raise JobForbidden("this job belongs to another wallet")
-            if previous != "cancelled":
-                self.metrics.cancel_requests.labels("not_cancellable").inc()
-                raise NotCancellable(
-                    f"the execution is {previous}; only queued or running ones can be cancelled",
-                    status=previous)
+        self._refuse_unless_changed(row, actor, admin, "execution")
         running = row["changed"] and previous == "running" and row["job_status"] == "running"
         if running and self.manager.cancel_execution(job_id, execution_id):
             await _let_the_stop_run_first()
@@ -231,17 +234,26 @@ class Canceller:
         }
 
     async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> dict[str, Any]:
+        """Cancel a wallet's active jobs, BULK_CHUNK at a time: each chunk's tasks are
+        signalled as soon as it commits, so Postgres cancels the next chunk while this
+        process closes the previous one's connections (and no lock is held on them all)."""
         started = time.perf_counter()
-        row = await fetch_retrying(self.pool, CANCEL_ALL, owner, statuses, reason,
-                                   self.remote_cancel_backends, self.holder_grace_s)
-        assert row is not None
-        committed = time.perf_counter()
-        if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
-            await _let_the_stop_run_first()
-        ids = [str(i) for i in row["ids"]]
+        ids: list[str] = []
+        executions = 0
+        first_signal_ms = None
+        while True:
+            row = await fetch_retrying(self.pool, CANCEL_ALL, owner, statuses, reason,
+                                       self.remote_cancel_backends, self.holder_grace_s, BULK_CHUNK)
+            assert row is not None
+            if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
+                first_signal_ms = first_signal_ms or round((time.perf_counter() - started) * 1000, 1)
+                await _let_the_stop_run_first()
+            ids += [str(i) for i in row["ids"]]
+            executions += row["executions_cancelled"]
+            if len(row["ids"]) < BULK_CHUNK:
+                break
         self.metrics.cancel_requests.labels("cancelled").inc(len(ids))
         log.info("jobs_cancelled", by=owner, count=len(ids), statuses=statuses, reason=reason,
-                 statement_ms=round((committed - started) * 1000, 1),
-                 signal_ms=round((time.perf_counter() - committed) * 1000, 1))
-        return {"ok": True, "cancelled": ids, "count": len(ids),
-                "executions_cancelled": row["executions_cancelled"]}
+                 first_signal_ms=first_signal_ms,
+                 total_ms=round((time.perf_counter() - started) * 1000, 1))
+        return {"ok": True, "cancelled": ids, "count": len(ids), "executions_cancelled": executions}

@@ -399,3 +399,17 @@ async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, 
     assert seen[-1]["status"] == "cancelled"
     assert [s["status"] for s in seen].count("cancelled") == 1
     assert len({str(s) for s in seen}) == len(seen)  # each event is a change
+
+
+async def test_cancel_all_works_through_chunks(api: Api, monkeypatch: pytest.MonkeyPatch,
+                                               db: asyncpg.Connection) -> None:
+    import runner.cancel
+
+    monkeypatch.setattr(runner.cancel, "BULK_CHUNK", 2)  # 5 jobs: chunks of 2, 2 and 1
+    ids = [(await api.submit({"backend": "demo", "input": {"seconds": 60}}))["id"] for _ in range(5)]
+    status, reply = await api.call("POST", "/jobs/cancel")
+    assert status == 200
+    assert sorted(reply["cancelled"]) == sorted(ids) and reply["count"] == 5
+    assert reply["executions_cancelled"] == 5
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'cancelled'") == 5
+    assert await db.fetchval("SELECT count(*) FROM job_events WHERE kind = 'cancelled'") == 5
