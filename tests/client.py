@@ -80,6 +80,16 @@ class Api:
             await asyncio.sleep(0.01)
 
 
+def free_port() -> int:
+    """A port nothing listens on now (for a server that must know its port before binding)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 async def wait_event(event: asyncio.Event, timeout: float = 10.0) -> None:
     await asyncio.wait_for(event.wait(), timeout)
 

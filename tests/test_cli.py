@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import stat
 import sys
 import uuid
@@ -20,6 +19,7 @@ from eth_account import Account
 
 from runner.config import Settings
 from runner.service import Runtime, running_service
+from tests.client import free_port
 
 
 @dataclass
@@ -49,16 +49,10 @@ class Cli:
         return code, json.loads(out)  # exactly one document, errors included
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 @pytest.fixture
 async def cli_server(dsn: str, settings: Settings) -> AsyncIterator[Runtime]:
-    port = _free_port()  # the CLI signs in for the API URL's host:port
+    port = free_port()  # the CLI signs in for the API URL's host:port
     cfg = settings.replace(port=port, siwe_domains=(f"127.0.0.1:{port}",))
     async with running_service(cfg, dsn=dsn) as runtime:
         yield runtime

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import socket
-
 import aiohttp
 from aiohttp import web
 
@@ -9,6 +7,7 @@ from api.app import create_app
 from api.openapi import document
 from runner.config import Settings
 from runner.service import Runtime, running_service
+from tests.client import free_port
 
 
 def _routes(app: web.Application) -> set[tuple[str, str]]:
@@ -42,17 +41,11 @@ async def test_openapi_is_served(http: aiohttp.ClientSession, base_url: str) -> 
     assert {"not_cancellable", "invalid_nonce", "quota_exceeded", "payload_too_large"} <= codes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 async def test_metrics_port_keeps_metrics_off_the_main_port(
     dsn: str, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
-    port = _free_port()
+    port = free_port()
     async with running_service(settings.replace(metrics_port=port), dsn=dsn) as rt:
         async with http.get(f"http://127.0.0.1:{rt.port}/metrics") as resp:
             assert resp.status == 404

@@ -6,7 +6,6 @@ import asyncio
 import collections
 import os
 import signal
-import socket
 import sys
 import uuid
 from typing import Any
@@ -15,7 +14,7 @@ import aiohttp
 
 from runner.config import Settings
 from runner.service import running_service
-from tests.client import Api, freeze, wait_event
+from tests.client import Api, free_port, freeze, wait_event
 from tests.fakes import FakeGpu
 
 
@@ -155,17 +154,11 @@ async def test_drain_lets_short_jobs_finish(dsn: str, settings: Settings, http: 
     assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job["id"])) == "completed"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 async def test_sigterm_on_runner_serve_requeues_and_exits_cleanly(
     dsn: str, http: aiohttp.ClientSession, fake_gpu: FakeGpu, db: Any, tmp_path: Any
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": dsn, "RUNNER_PORT": str(port), "RUNNER_LOG_FORMAT": "json",
            "RUNNER_SIWE_DOMAIN": "runner.test", "RUNNER_SHUTDOWN_GRACE_S": "0.2",
            "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake_gpu.base_url}/run"\n'}
