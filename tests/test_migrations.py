@@ -24,7 +24,8 @@ async def _tables(conn: asyncpg.Connection) -> set[str]:
 async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str) -> None:
     applied = await migrate(empty_dsn)
     assert applied == [m.name for m in load_migrations()]
-    assert applied == ["0001_init.sql", "0002_worker_leases.sql", "0003_submit_function.sql"]
+    assert applied == ["0001_init.sql", "0002_worker_leases.sql", "0003_submit_function.sql",
+                       "0004_terminal_guard_in_when.sql"]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)
     try:
@@ -74,6 +75,15 @@ async def test_terminal_status_is_final_in_the_database(db: asyncpg.Connection) 
     )
     with pytest.raises(asyncpg.CheckViolationError, match="terminal"):
         await db.execute("UPDATE jobs SET status = 'completed', cancelled_at = NULL")
+    job_id = await db.fetchval("SELECT id FROM jobs")
+    await db.execute(
+        "INSERT INTO executions (id, job_id, position, backend, input, status) "
+        "VALUES (gen_random_uuid(), $1, 0, 'demo', '{}', 'completed')", job_id)
+    with pytest.raises(asyncpg.CheckViolationError, match=r"executions .* is completed"):
+        await db.execute("UPDATE executions SET status = 'running'")
+    # Writes that do not move the status are not refused (recording a remote cancel's answer).
+    await db.execute("UPDATE executions SET remote_cancel = 'acknowledged'")
+    assert await db.fetchval("SELECT status FROM executions") == "completed"
 
 
 async def test_audit_trail_is_append_only(db: asyncpg.Connection) -> None:
