@@ -217,8 +217,13 @@ class Worker:
         except asyncio.CancelledError:
             reason = ctx.execution_reasons.get(execution.id) or ctx.reason
             if reason is not None and reason.is_cancel and self._owes_cancel(backend, call):
-                await asyncio.shield(
-                    self.remote.send(job.id, execution.id, execution.backend, call.remote_id))
+                try:
+                    await asyncio.shield(
+                        self.remote.send(job.id, execution.id, execution.backend, call.remote_id))
+                except Exception:
+                    # The cancel stays owed ("pending"): the sweeper sends it. Whatever went
+                    # wrong here must not replace the CancelledError.
+                    xlog.exception("remote_cancel_failed")
             raise
         except BackendError as exc:
             owes = self._owes_cancel(backend, call)
