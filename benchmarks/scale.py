@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +30,46 @@ from benchmarks.harness import (
 )
 
 
+def cpu_seconds(service_pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of the service, and of every Postgres process on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: str) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0  # it exited
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    postgres = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "postgres":
+                postgres += of(entry.name)
+    return of(str(service_pid)), postgres
+
+
+def extra_spy_args() -> list[str]:
+    """BENCH_PY_SPY_ARGS="--native" adds C frames (py-spy then pauses the process to sample)."""
+    return os.environ.get("BENCH_PY_SPY_ARGS", "--nonblocking").split()
+
+
+def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "500", "--format",
+                            "speedscope", "--output", out, *extra_spy_args()])
+    time.sleep(1.0)  # py-spy attaches before the clock starts
+    return spy
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the service with py-spy during the cancel (speedscope JSON)")
     args = parser.parse_args()
     n = args.n
     raise_fd_limit()
@@ -60,6 +100,8 @@ async def main() -> None:
                 summary_line("time to submit and start all", f"{time.perf_counter() - started:.1f} s")
                 summary_line("service peak RSS with all in flight", f"{service.rss_peak_mb():.0f} MB")
                 closes = [fake.close_of(key) for key in list(fake.opened)]
+                spy = start_py_spy(service.proc.pid, args.profile) if args.profile else None
+                cpu_before = cpu_seconds(service.proc.pid)
                 t0 = time.perf_counter()
                 async with http.post(f"{service.base}/jobs/cancel", headers=headers,
                                      json={"reason": "scale benchmark"}) as resp:
@@ -67,11 +109,19 @@ async def main() -> None:
                 answered = time.perf_counter() - t0
                 done = await asyncio.wait_for(asyncio.gather(*closes), 120)
                 last = max(done) - t0
+                cpu_after = cpu_seconds(service.proc.pid)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(60)
                 summary_line("POST /jobs/cancel answered after", f"{answered * 1000:.0f} ms ({body['count']} jobs)")
                 summary_line("every connection closed after", f"{last * 1000:.0f} ms")
                 first = min(done) - t0
                 summary_line("first connection closed after", f"{first * 1000:.0f} ms")
                 summary_line("service peak RSS overall", f"{service.rss_peak_mb():.0f} MB")
+                summary_line("CPU during cancel-all: service",
+                             f"{cpu_after[0] - cpu_before[0]:.2f} s")
+                summary_line("CPU during cancel-all: all Postgres processes",
+                             f"{cpu_after[1] - cpu_before[1]:.2f} s")
                 for line in service.log.read_text().splitlines():
                     if '"jobs_cancelled"' in line:
                         event = json.loads(line)

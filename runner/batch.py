@@ -28,17 +28,23 @@ class Batcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
-    async def submit(self, item: T) -> R:
-        """Queue `item` and wait for its batch to commit; returns its result."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+    def put(self, item: T) -> asyncio.Future[R]:
+        """Queue `item` without waiting: the batcher owns the write from here (close()
+        waits for it). The future resolves with its result once its batch commits."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if not self._scheduled:
             self._scheduled = True
-            task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
+            task = loop.create_task(self._run(), name=f"batch-{self.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def submit(self, item: T) -> R:
+        """Queue `item` and wait for its batch to commit; returns its result."""
         # Shielded: if the submitter is cancelled, the write still happens (it is conditional).
-        return await asyncio.shield(future)
+        return await asyncio.shield(self.put(item))
 
     async def _run(self) -> None:
         async with self._semaphore:

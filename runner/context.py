@@ -38,7 +38,10 @@ class JobContext:
     reason: StopReason | None = None
     cancel_requested_at: float | None = None  # time.perf_counter() of the first cancel
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    stop_recorded: bool = False
+    stop_write: asyncio.Future[None] | None = None  # the stop's audit row, once handed over
+    # The thread running `loop` when it was registered there: a cancel from that thread
+    # calls the task directly (asking asyncio for the running loop costs a getpid() call).
+    loop_thread: int | None = None
 
     def _request(self, reason: StopReason) -> bool:
         """Record why; True when the task must be cancelled now (first request only).
@@ -76,6 +79,8 @@ class JobContextManager:
     def register(self, job_id: UUID, task: asyncio.Task[Any],
                  loop: asyncio.AbstractEventLoop | None = None) -> JobContext:
         ctx = JobContext(job_id, task, loop or task.get_loop())
+        if _on_loop(ctx.loop):
+            ctx.loop_thread = threading.get_ident()
         with self._lock:
             if job_id in self._jobs:
                 raise RuntimeError(f"job {job_id} is already registered")
@@ -128,7 +133,7 @@ class JobContextManager:
                 return False
             first = ctx._request(reason)
         if first:
-            self._call(ctx.loop, ctx.task.cancel, reason.value)
+            self._call(ctx, ctx.task.cancel, reason.value)
         return True
 
     def cancel_execution(self, job_id: UUID, execution_id: UUID,
@@ -146,7 +151,7 @@ class JobContextManager:
             task = ctx.executions.get(execution_id)
             if task is None:
                 return True
-        self._call(ctx.loop, task.cancel, reason.value)
+        self._call(ctx, task.cancel, reason.value)
         return True
 
     def cancel_all(self, reason: StopReason) -> int:
@@ -155,8 +160,8 @@ class JobContextManager:
         return sum(self.cancel(job_id, reason) for job_id in ids)
 
     @staticmethod
-    def _call(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-        if _on_loop(loop):
+    def _call(ctx: JobContext, fn: Any, *args: Any) -> None:
+        if ctx.loop_thread == threading.get_ident():
             fn(*args)  # the fast path: no hop through the loop's queue
         else:
-            loop.call_soon_threadsafe(fn, *args)
+            ctx.loop.call_soon_threadsafe(fn, *args)

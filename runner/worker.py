@@ -30,6 +30,12 @@ CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
 
 
+def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
+    if not write.cancelled():
+        write.exception()  # a failed batch is logged by the batcher; this marks it seen
+    ctx.stopped.set()
+
+
 class Worker:
     def __init__(self, *, pool: asyncpg.Pool, settings: Settings, instance_id: str,
                  manager: JobContextManager, backends: Mapping[str, Backend],
@@ -98,11 +104,15 @@ class Worker:
     def _job_done(self, job_id: uuid.UUID, ctx: JobContext, task: asyncio.Task[None]) -> None:
         self.manager.unregister(job_id)
         self.job_tasks.discard(task)
-        ctx.stopped.set()
         self._slot_freed.set()
-        if ctx.reason is not None and ctx.reason.is_cancel and not ctx.stop_recorded:
+        if ctx.reason is not None and ctx.reason.is_cancel and ctx.stop_write is None:
             # Cancelled as it was finishing (or before it began): record the stop all the same.
-            self._spawn_aux(self._record_stop(ctx, job_id, ctx.reason), f"stop-{job_id}")
+            self._record_stop(ctx, job_id, ctx.reason)
+        if ctx.stop_write is None:
+            ctx.stopped.set()
+        else:
+            # "Stopped" is reported once the stop is on record, as on any other instance.
+            ctx.stop_write.add_done_callback(lambda write: _stop_recorded(ctx, write))
         if not task.cancelled() and task.exception() is not None:
             log.error("job_task_crashed", job_id=str(job_id), error=repr(task.exception()))
 
@@ -137,7 +147,15 @@ class Worker:
                 self.unsettled.add(job.id)
                 jlog.warning("job_unsettled")
         except asyncio.CancelledError:
-            await asyncio.shield(self._after_stop(ctx, job, jlog))
+            reason = ctx.reason or StopReason.SHUTDOWN
+            if reason is StopReason.SHUTDOWN:
+                await asyncio.shield(self._requeue(job, jlog))
+            elif reason is StopReason.LEASE_LOST:
+                jlog.warning("job_lease_lost")
+            else:
+                # Handed to the stops batcher, which owns the write (and drain awaits it):
+                # no await here, so thousands of cancelled tasks end at once.
+                self._record_stop(ctx, job.id, reason)
             raise
         finally:
             if timer is not None:
@@ -169,27 +187,20 @@ class Worker:
         elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
         return max(job.timeout_s - elapsed, 0.0)
 
-    async def _after_stop(self, ctx: JobContext, job: store.ClaimedJob, jlog: Any) -> None:
-        """The task was interrupted: requeue (shutdown), record the stop (cancel), or nothing."""
-        reason = ctx.reason or StopReason.SHUTDOWN
+    async def _requeue(self, job: store.ClaimedJob, jlog: Any) -> None:
+        """This instance is stopping: the job goes back to the queue for another."""
         try:
-            if reason is StopReason.SHUTDOWN:
-                requeued = await store.requeue_interrupted(self.pool, job.id, self.instance_id)
-                jlog.info("job_requeued", reason="shutdown", requeued=requeued)
-            elif reason is StopReason.LEASE_LOST:
-                jlog.warning("job_lease_lost")
-            else:
-                await self._record_stop(ctx, job.id, reason)
+            requeued = await store.requeue_interrupted(self.pool, job.id, self.instance_id)
+            jlog.info("job_requeued", reason="shutdown", requeued=requeued)
         except Exception:
-            jlog.exception("job_stop_record_failed", reason=reason.value)
+            jlog.exception("job_requeue_failed")
 
-    async def _record_stop(self, ctx: JobContext, job_id: uuid.UUID, reason: StopReason) -> None:
-        ctx.stop_recorded = True
+    def _record_stop(self, ctx: JobContext, job_id: uuid.UUID, reason: StopReason) -> None:
         latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
         self.metrics.cancel_stop_seconds.observe(latency)
         self.metrics.jobs_finished.labels("cancelled").inc()
-        await self.stops.submit(store.StopRecord(job_id, reason.value, latency * 1000,
-                                                 len(ctx.executions)))
+        ctx.stop_write = self.stops.put(store.StopRecord(job_id, reason.value, latency * 1000,
+                                                         len(ctx.executions)))
         log.info("job_task_stopped", job_id=str(job_id), reason=reason.value,
                  latency_ms=round(latency * 1000, 3))
 

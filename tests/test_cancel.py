@@ -81,6 +81,7 @@ async def test_cancel_running_job_closes_http_call_and_cancels_at_runpod(
                                    "executions_cancelled": 2}
     stopped = await _until_event(api, job["id"], "task_stopped")
     assert stopped["detail"]["reason"] == "cancelled" and stopped["detail"]["latency_ms"] >= 0
+    assert stopped["detail"]["executions"] == 3 and stopped["detail"]["local_latency_ms"] >= 0
     remote = [e for e in events if e["kind"] == "remote_cancel"]
     assert {e["detail"]["execution_id"] for e in remote} == {http_id, rp_id}
     assert {e["detail"]["outcome"] for e in remote} == {"acknowledged"}
