@@ -54,12 +54,13 @@ def cpu_seconds(service_pid: int) -> tuple[float, float]:
 
 
 def extra_spy_args() -> list[str]:
-    """BENCH_PY_SPY_ARGS="--native" adds C frames (py-spy then pauses the process to sample)."""
-    return os.environ.get("BENCH_PY_SPY_ARGS", "--nonblocking").split()
+    """BENCH_PY_SPY_ARGS="--native --rate 40" adds C frames (py-spy then pauses the process
+    for each sample: keep the rate low)."""
+    return os.environ.get("BENCH_PY_SPY_ARGS", "--rate 500 --nonblocking").split()
 
 
 def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "500", "--format",
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format",
                             "speedscope", "--output", out, *extra_spy_args()])
     time.sleep(1.0)  # py-spy attaches before the clock starts
     return spy
@@ -102,6 +103,7 @@ async def main() -> None:
                 closes = [fake.close_of(key) for key in list(fake.opened)]
                 spy = start_py_spy(service.proc.pid, args.profile) if args.profile else None
                 cpu_before = cpu_seconds(service.proc.pid)
+                own_before = time.process_time()
                 t0 = time.perf_counter()
                 async with http.post(f"{service.base}/jobs/cancel", headers=headers,
                                      json={"reason": "scale benchmark"}) as resp:
@@ -110,6 +112,7 @@ async def main() -> None:
                 done = await asyncio.wait_for(asyncio.gather(*closes), 120)
                 last = max(done) - t0
                 cpu_after = cpu_seconds(service.proc.pid)
+                own_cpu = time.process_time() - own_before
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(60)
@@ -122,11 +125,13 @@ async def main() -> None:
                              f"{cpu_after[0] - cpu_before[0]:.2f} s")
                 summary_line("CPU during cancel-all: all Postgres processes",
                              f"{cpu_after[1] - cpu_before[1]:.2f} s")
+                summary_line("CPU during cancel-all: this client + fake GPU", f"{own_cpu:.2f} s")
                 for line in service.log.read_text().splitlines():
                     if '"jobs_cancelled"' in line:
                         event = json.loads(line)
                         summary_line("  inside: first chunk committed, tasks signalled", f"{event['first_signal_ms']} ms")
                         summary_line("  inside: every chunk committed", f"{event['total_ms']} ms")
+                        summary_line("  inside: waiting for statements", f"{event['waited_for_statements_ms']} ms")
         finally:
             service.stop()
             await fake.stop()

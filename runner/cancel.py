@@ -106,7 +106,8 @@ SELECT t.job_status, t.owner, t.status AS previous_status,
 FROM target t LEFT JOIN ex ON true"""
 
 # $1 owner (and actor), $2 statuses, $3 reason, $4 remote-cancel backends, $5 grace,
-# $6 chunk size: each chunk is one atomic statement (see Canceller.cancel_all).
+# $6 chunk size: each chunk is one atomic statement (see Canceller.cancel_all); $7 the
+# sending instance, which signals its own tasks itself and so skips these notifications.
 CANCEL_ALL = f"""
 WITH targets AS (
     SELECT id, status FROM jobs WHERE owner = $1 AND status = ANY($2::text[])
@@ -127,10 +128,10 @@ event AS (
     SELECT id, 'cancelled', $1, jsonb_build_object(
         'reason', $3::text, 'previous_status', previous_status, 'bulk', true)
     FROM job),
--- Job ids in chunks of 200 per notification (payloads are limited to 8000 bytes), so
--- cancelling 10,000 jobs wakes each instance 50 times, not 10,000.
+-- "instance;id,id,...": job ids in chunks of 200 per notification (payloads are limited
+-- to 8000 bytes), so cancelling 10,000 jobs wakes each instance 50 times, not 10,000.
 notify AS (
-    SELECT pg_notify('{CANCEL}', string_agg(id::text, ',')) FROM (
+    SELECT pg_notify('{CANCEL}', $7 || ';' || string_agg(id::text, ',')) FROM (
         SELECT id, (row_number() OVER ()) / 200 AS chunk FROM job WHERE previous_status = 'running') c
     GROUP BY chunk),
 watchers AS (
@@ -167,8 +168,9 @@ async def fetch_retrying(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Re
 
 class Canceller:
     def __init__(self, pool: asyncpg.Pool, manager: JobContextManager, metrics: Metrics, *,
-                 remote_cancel_backends: list[str], holder_grace_s: float) -> None:
+                 remote_cancel_backends: list[str], holder_grace_s: float, instance_id: str) -> None:
         self.pool = pool
+        self.instance_id = instance_id
         self.manager = manager
         self.metrics = metrics
         self.remote_cancel_backends = remote_cancel_backends
@@ -234,26 +236,47 @@ class Canceller:
         }
 
     async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> dict[str, Any]:
-        """Cancel a wallet's active jobs, BULK_CHUNK at a time: each chunk's tasks are
-        signalled as soon as it commits, so Postgres cancels the next chunk while this
-        process closes the previous one's connections (and no lock is held on them all)."""
+        """Cancel a wallet's active jobs, BULK_CHUNK at a time (no lock is held on them all).
+        As soon as a chunk commits, the next chunk's statement is sent and then this chunk's
+        tasks are signalled: Postgres cancels the next chunk while this process closes the
+        previous one's connections."""
         started = time.perf_counter()
         ids: list[str] = []
         executions = 0
         first_signal_ms = None
-        while True:
-            row = await fetch_retrying(self.pool, CANCEL_ALL, owner, statuses, reason,
-                                       self.remote_cancel_backends, self.holder_grace_s, BULK_CHUNK)
-            assert row is not None
-            if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
-                first_signal_ms = first_signal_ms or round((time.perf_counter() - started) * 1000, 1)
-                await _let_the_stop_run_first()
-            ids += [str(i) for i in row["ids"]]
-            executions += row["executions_cancelled"]
-            if len(row["ids"]) < BULK_CHUNK:
-                break
+        waited_s = 0.0
+        chunk: asyncio.Task[asyncpg.Record] | None = self._cancel_chunk(owner, statuses, reason)
+        try:
+            while chunk is not None:
+                waiting = time.perf_counter()
+                row = await chunk
+                waited_s += time.perf_counter() - waiting
+                # A full chunk may have more behind it; the next statement starts on the next
+                # loop turn, ahead of the task steps the signals below schedule.
+                chunk = self._cancel_chunk(owner, statuses, reason) if len(row["ids"]) == BULK_CHUNK else None
+                if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
+                    first_signal_ms = first_signal_ms or round((time.perf_counter() - started) * 1000, 1)
+                    await _let_the_stop_run_first()
+                ids += [str(i) for i in row["ids"]]
+                executions += row["executions_cancelled"]
+        finally:
+            if chunk is not None and not chunk.done():
+                # Interrupted: a statement still under way commits or rolls back whole.
+                chunk.cancel()
+                await asyncio.gather(chunk, return_exceptions=True)
         self.metrics.cancel_requests.labels("cancelled").inc(len(ids))
         log.info("jobs_cancelled", by=owner, count=len(ids), statuses=statuses, reason=reason,
-                 first_signal_ms=first_signal_ms,
+                 first_signal_ms=first_signal_ms, waited_for_statements_ms=round(waited_s * 1000, 1),
                  total_ms=round((time.perf_counter() - started) * 1000, 1))
         return {"ok": True, "cancelled": ids, "count": len(ids), "executions_cancelled": executions}
+
+    def _cancel_chunk(self, owner: str, statuses: list[str],
+                      reason: str | None) -> asyncio.Task[asyncpg.Record]:
+        async def run() -> asyncpg.Record:
+            row = await fetch_retrying(self.pool, CANCEL_ALL, owner, statuses, reason,
+                                       self.remote_cancel_backends, self.holder_grace_s, BULK_CHUNK,
+                                       self.instance_id)
+            assert row is not None  # the statement always returns its one row
+            return row
+
+        return asyncio.create_task(run(), name="cancel-all-chunk")

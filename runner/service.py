@@ -60,7 +60,8 @@ class Runtime:
         url_cancels = [n for n, s in self.settings.backends.items() if s.cancels_without_remote_id]
         self.canceller = Canceller(self.pool, self.manager, self.metrics,
                                    remote_cancel_backends=url_cancels,
-                                   holder_grace_s=self.settings.lease_renew_s)
+                                   holder_grace_s=self.settings.lease_renew_s,
+                                   instance_id=self.instance_id)
         self.watch = JobWatch(self.listener)
         if self.listener is not None:
             self.listener.subscribe(CANCEL, self.on_cancel_notification)
@@ -68,7 +69,13 @@ class Runtime:
 
     def on_cancel_notification(self, payload: str) -> None:
         """A cancel committed on some instance: stop the tasks here that we hold. The payload
-        is "job", "job:execution", or many jobs separated by commas (a bulk cancel)."""
+        is "job", "job:execution", or "instance;job,job,..." (a bulk cancel, which the sending
+        instance has already signalled locally)."""
+        origin, bulk, jobs = payload.partition(";")
+        if bulk:
+            if origin == self.instance_id:
+                return
+            payload = jobs
         for entry in payload.split(","):
             job, _, execution = entry.partition(":")
             try:

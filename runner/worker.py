@@ -269,6 +269,9 @@ class Worker:
         held = self.manager.job_ids()
         lost = await store.renew_lease(self.pool, held, self.instance_id, self.settings.lease_s)
         for job_id, status in lost.items():
+            ctx = self.manager.get(job_id)
+            if ctx is None or ctx.reason is not None:
+                continue  # gone, or already stopping (its NOTIFY came first, as it should)
             reason = StopReason.CANCELLED if status == "cancelled" else StopReason.LEASE_LOST
             if self.manager.cancel(job_id, reason):
                 log.info("job_stopped_by_lease_check", job_id=str(job_id), status=status)

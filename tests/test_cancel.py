@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from runner.config import Settings
+from runner.listener import CANCEL
 from runner.service import running_service
 from tests.client import Api, freeze, wait_event
 from tests.fakes import FakeGpu
@@ -164,6 +165,50 @@ async def test_cancel_on_one_instance_stops_a_job_running_on_another(
         stopped = await _until_event(api, job["id"], "task_stopped")
         assert stopped["actor"] == b.instance_id
         assert b.listener is not None and b.listener.reconnects == 0  # it came by NOTIFY
+
+
+async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runner.cancel
+
+    monkeypatch.setattr(runner.cancel, "BULK_CHUNK", 2)  # 3 jobs: two statements, two NOTIFYs
+    async with running_service(settings, "api", dsn=dsn) as a, \
+            running_service(settings, "worker", dsn=dsn) as b:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+        a_heard: list[str] = []
+        assert a.listener is not None
+        a.listener.subscribe(CANCEL, a_heard.append)
+        jobs = [await api.submit(HOLD) for _ in range(3)]
+        for job in jobs:
+            await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+        assert all(b.manager.is_running(uuid.UUID(j["id"])) for j in jobs) and a.manager.count() == 0
+        status, reply = await api.call("POST", "/jobs/cancel")
+        assert status == 200 and reply["count"] == 3
+        for job in jobs:
+            await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+            stopped = await _until_event(api, job["id"], "task_stopped")
+            assert stopped["actor"] == b.instance_id
+        # Bulk notifications name their sender, which has signalled its own tasks already.
+        assert len(a_heard) == 2 and all(p.startswith(f"{a.instance_id};") for p in a_heard)
+        assert sorted(",".join(p.split(";", 1)[1] for p in a_heard).split(",")) == sorted(j["id"] for j in jobs)
+
+
+async def test_a_bulk_notification_is_skipped_only_by_its_sender(dsn: str, settings: Settings) -> None:
+    async with running_service(settings, "api", dsn=dsn) as a:
+        mine, theirs = uuid.uuid4(), uuid.uuid4()
+        tasks = {job_id: asyncio.create_task(asyncio.Event().wait()) for job_id in (mine, theirs)}
+        for job_id, task in tasks.items():
+            a.manager.register(job_id, task)
+        a.on_cancel_notification(f"{a.instance_id};{mine}")  # signalled by its sender already
+        a.on_cancel_notification(f"some-other-instance;{uuid.uuid4()},{theirs}")
+        await asyncio.wait([tasks[theirs]])
+        assert tasks[theirs].cancelled() and not tasks[mine].done()
+        tasks[mine].cancel()
+        await asyncio.wait([tasks[mine]])
+        for job_id in tasks:
+            a.manager.unregister(job_id)
 
 
 async def _listener_pid(runtime: Any) -> int:
@@ -402,15 +447,16 @@ async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, 
     assert len({str(s) for s in seen}) == len(seen)  # each event is a change
 
 
+@pytest.mark.parametrize("n", [4, 5])  # chunks of 2, 2 and an empty one; of 2, 2 and 1
 async def test_cancel_all_works_through_chunks(api: Api, monkeypatch: pytest.MonkeyPatch,
-                                               db: asyncpg.Connection) -> None:
+                                               db: asyncpg.Connection, n: int) -> None:
     import runner.cancel
 
-    monkeypatch.setattr(runner.cancel, "BULK_CHUNK", 2)  # 5 jobs: chunks of 2, 2 and 1
-    ids = [(await api.submit({"backend": "demo", "input": {"seconds": 60}}))["id"] for _ in range(5)]
+    monkeypatch.setattr(runner.cancel, "BULK_CHUNK", 2)
+    ids = [(await api.submit({"backend": "demo", "input": {"seconds": 60}}))["id"] for _ in range(n)]
     status, reply = await api.call("POST", "/jobs/cancel")
     assert status == 200
-    assert sorted(reply["cancelled"]) == sorted(ids) and reply["count"] == 5
-    assert reply["executions_cancelled"] == 5
-    assert await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'cancelled'") == 5
-    assert await db.fetchval("SELECT count(*) FROM job_events WHERE kind = 'cancelled'") == 5
+    assert sorted(reply["cancelled"]) == sorted(ids) and reply["count"] == n
+    assert reply["executions_cancelled"] == n
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'cancelled'") == n
+    assert await db.fetchval("SELECT count(*) FROM job_events WHERE kind = 'cancelled'") == n
