@@ -2,7 +2,13 @@
 endpoint; cancel them one at a time through the API and measure from the cancel request
 leaving the client to the fake endpoint seeing its connection close.
 
-    python -m benchmarks.cancel_latency [--n 1000] [--cross] [--listener-down] [--no-peers] [--repeat K]
+    python -m benchmarks.cancel_latency [--n 1000] [--cross] [--listener-down] [--no-peers]
+        [--sequential] [--repeat K] [--logs DIR] [--profile FILE] [--json FILE]
+
+The peers (benchmarks/peers) run in the same invocation. By default the three systems hold
+their N jobs at the same time and their cancels are interleaved (job i of each in turn, the
+order rotating), so the machine's noise at any moment falls on all three alike; with
+--sequential, ours runs first, then each peer.
 
 --cross:          the API on one instance, the worker on another (the NOTIFY path).
 --listener-down:  (implies --cross) the worker's listener connection is terminated and kept
@@ -13,27 +19,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import tempfile
+import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvloop
 
 from benchmarks.harness import (
     FakeGpu,
+    cpu_seconds,
     embedded_postgres,
     fmt,
     fresh_database,
     http_session,
+    log_directory,
     machine,
     percentiles,
     raise_fd_limit,
     sign_in,
+    start_py_spy,
     start_service,
     summary_line,
 )
+from benchmarks.peers import CancelOne
 
 ROLE = "runner_bench"  # a plain login role: its connections can be refused (--listener-down)
 
@@ -62,8 +75,11 @@ async def _floor(http: Any, base: str, headers: dict[str, str], job_id: str, cou
     return percentiles(samples)["p50"]
 
 
-async def measure_ours(admin_dsn: str, n: int, *, cross: bool, listener_down: bool,
-                       lease_s: float, logdir: Path) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bool, lease_s: float,
+                       logdir: Path, results: dict[str, Any]) -> AsyncIterator[CancelOne]:
+    """Our service(s) with N jobs in flight; yields `cancel(i)` (ms until job i's connection
+    closed) and puts the floor (p50 of GET /jobs/{id}) in `results`."""
     fake = FakeGpu()
     await fake.start()
     dsn = await fresh_database(admin_dsn, f"bench_cancel_{int(cross)}{int(listener_down)}", role=ROLE)
@@ -79,11 +95,12 @@ async def measure_ours(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
         else:
             api = await start_service(dsn, "all", env, logdir)
             services.append(api)
+        results["holder_pid"] = services[-1].proc.pid
         async with http_session() as http:
             headers = await sign_in(http, api.base)
             jobs = await _submit_all(http, api.base, headers, n)
             await fake.wait_open(n)
-            floor = await _floor(http, api.base, headers, jobs[0]["id"])
+            results["floor_p50_ms"] = await _floor(http, api.base, headers, jobs[0]["id"])
             if listener_down:
                 admin = await asyncpg.connect(admin_dsn)
                 try:
@@ -94,15 +111,17 @@ async def measure_ours(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
                 finally:
                     await admin.close()
                 summary_line("listener connections terminated", killed)
-            samples = []
-            for job in jobs:
+
+            async def cancel(i: int) -> float:
+                job = jobs[i]
                 closed = fake.close_of(job["executions"][0]["id"])
                 t0 = time.perf_counter()
                 async with http.post(f"{api.base}/jobs/{job['id']}/cancel", headers=headers) as resp:
                     assert resp.status == 200, await resp.text()
                     await resp.read()
-                samples.append((await asyncio.wait_for(closed, 60) - t0) * 1000)
-        return {"samples": samples, "floor_p50_ms": floor}
+                return (await asyncio.wait_for(closed, 60) - t0) * 1000
+
+            yield cancel
     finally:
         if listener_down:
             admin = await asyncpg.connect(admin_dsn)
@@ -111,6 +130,44 @@ async def measure_ours(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
         for service in services:
             service.stop()
         await fake.stop()
+
+
+async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: bool, lease_s: float,
+                    logdir: Path) -> tuple[dict[str, list[float]], float]:
+    """One round: ours and (unless told otherwise) the peers. Returns the samples by system
+    and our floor. Interleaved: all three hold N jobs at once and job i of each is cancelled
+    in turn (the order rotating), so a moment of machine noise falls on all of them alike."""
+    from benchmarks.peers import PEER_RUNNERS, run_peers
+
+    with_peers = not args.no_peers and not args.listener_down
+    extra: dict[str, Any] = {}
+    samples: dict[str, list[float]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        systems = {"runner": await stack.enter_async_context(ours_running(
+            admin_dsn, n, cross=cross, listener_down=args.listener_down, lease_s=lease_s,
+            logdir=logdir, results=extra))}
+        if with_peers and not args.sequential:
+            for name, running in PEER_RUNNERS.items():
+                systems[name] = await stack.enter_async_context(running(admin_dsn, n, logdir))
+        spy = start_py_spy(extra["holder_pid"], args.profile) if args.profile else None
+        names = list(systems)
+        for name in names:
+            samples[name] = []
+        cpu_before = cpu_seconds(extra["holder_pid"])
+        for i in range(n):
+            for k in range(len(names)):
+                name = names[(i + k) % len(names)]
+                samples[name].append(await systems[name](i))
+        cpu_after = cpu_seconds(extra["holder_pid"])
+        summary_line("runner: CPU per cancel, the job's service", f"{(cpu_after[0] - cpu_before[0]) / n * 1e6:.0f} us")
+        if len(names) == 1:
+            summary_line("runner: CPU per cancel, Postgres", f"{(cpu_after[1] - cpu_before[1]) / n * 1e6:.0f} us")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+    if with_peers and args.sequential:
+        samples.update(await run_peers(admin_dsn, n, logdir))
+    return samples, extra["floor_p50_ms"]
 
 
 async def main() -> None:
@@ -122,7 +179,12 @@ async def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds (ours, then the peers) in one invocation; noise on a small VM is large")
+    parser.add_argument("--sequential", action="store_true",
+                        help="measure ours, then each peer, instead of interleaving their cancels")
     parser.add_argument("--json", type=Path, help="also write the samples to this file")
+    parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record our service with py-spy while it cancels (speedscope JSON)")
     args = parser.parse_args()
     cross = args.cross or args.listener_down
     n = args.n or (100 if args.listener_down else 1000)
@@ -134,26 +196,23 @@ async def main() -> None:
     print(machine())
     results: dict[str, Any] = {}
     ratios = []
-    with embedded_postgres() as admin_dsn, tempfile.TemporaryDirectory() as logs:
+    with embedded_postgres() as admin_dsn, log_directory(args.logs) as logs:
         for round_ in range(1, args.repeat + 1):
             if args.repeat > 1:
                 print(f"-- round {round_} of {args.repeat}")
-            ours = await measure_ours(admin_dsn, n, cross=cross, listener_down=args.listener_down,
-                                      lease_s=lease_s, logdir=Path(logs))
-            results.setdefault("runner", []).extend(ours["samples"])
-            summary_line("runner: request -> connection closed", fmt(percentiles(ours["samples"])))
-            summary_line("runner: floor, GET /jobs/{id} p50", f"{ours['floor_p50_ms']:.3f} ms")
+            samples, floor = await one_round(admin_dsn, n, args, cross, lease_s, Path(logs))
+            for name, values in samples.items():
+                results.setdefault(name, []).extend(values)
+            summary_line("runner: request -> connection closed", fmt(percentiles(samples["runner"])))
+            summary_line("runner: floor, GET /jobs/{id} p50", f"{floor:.3f} ms")
             if args.listener_down:
                 summary_line("lease renewal period", f"{lease_s / 3:.3f} s (RUNNER_LEASE_S={lease_s})")
-            if not args.no_peers and not args.listener_down:
-                from benchmarks.peers import run_peers
-
-                peers = await run_peers(admin_dsn, n, Path(logs))
-                for name, samples in peers.items():
-                    results.setdefault(name, []).extend(samples)
-                    summary_line(f"{name}: cancel call -> connection closed", fmt(percentiles(samples)))
-                best = min(percentiles(s)["p99"] for s in peers.values())
-                ratios.append(percentiles(ours["samples"])["p99"] / best)
+            peers = {name: values for name, values in samples.items() if name != "runner"}
+            for name, values in peers.items():
+                summary_line(f"{name}: cancel call -> connection closed", fmt(percentiles(values)))
+            if peers:
+                best = min(percentiles(values)["p99"] for values in peers.values())
+                ratios.append(percentiles(samples["runner"])["p99"] / best)
                 summary_line("p99 ratio runner / best peer", f"{ratios[-1]:.2f}")
     if len(ratios) > 1:
         summary_line("p99 ratios per round", ", ".join(f"{r:.2f}" for r in ratios))
@@ -163,4 +222,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # the measuring client costs less; the same for every system measured

@@ -174,6 +174,17 @@ class FakeGpu:
         return fut
 
 
+@contextlib.contextmanager
+def log_directory(keep: Path | None) -> Iterator[str]:
+    """Where the services write their logs: `keep` (created if need be), else a temporary one."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield str(keep)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+
+
 @dataclass
 class Service:
     proc: subprocess.Popen[bytes]
@@ -265,6 +276,42 @@ def machine() -> str:
 async def http_session(limit: int = 0) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as http:
         yield http
+
+
+def cpu_seconds(service_pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of the service, and of every Postgres process on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: str) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0  # it exited
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    postgres = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "postgres":
+                postgres += of(entry.name)
+    return of(str(service_pid)), postgres
+
+
+def extra_spy_args() -> list[str]:
+    """BENCH_PY_SPY_ARGS="--native --rate 40" adds C frames (py-spy then pauses the process
+    for each sample: keep the rate low)."""
+    return os.environ.get("BENCH_PY_SPY_ARGS", "--rate 500 --nonblocking").split()
+
+
+def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format",
+                            "speedscope", "--output", out, *extra_spy_args()])
+    time.sleep(1.0)  # py-spy attaches before the clock starts
+    return spy
 
 
 def summary_line(name: str, value: Any) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvloop
 
 from benchmarks.harness import (
     embedded_postgres,
@@ -153,4 +154,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # the measuring client costs less; the same for every system measured

@@ -68,12 +68,21 @@ async def connect(dsn: str, application_name: str = "runner") -> asyncpg.Connect
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections carry no session state: no SET, LISTEN, session-level advisory lock
+    or cursor outside a transaction (the listener and migrations have their own
+    connections). So a release needs no RESET ALL / UNLISTEN * round trip, which would
+    otherwise follow every query before its result reaches the caller. (asyncpg still rolls
+    back a transaction left open.)"""
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
         min_size=min(size, 2),
         max_size=size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings={"application_name": "runner"},
     )
 

@@ -98,3 +98,25 @@ async def test_audit_trail_is_append_only(db: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute("DELETE FROM job_events")
     assert await db.fetchval("SELECT actor FROM job_events") == "0xabc"
+
+
+async def test_pool_release_sends_no_reset_round_trip(dsn: str, db: asyncpg.Connection) -> None:
+    """A pool connection's last statement is the caller's own: nothing (RESET ALL, UNLISTEN *)
+    is sent on release. A transaction left open is still rolled back by asyncpg."""
+    from runner.db import create_pool
+
+    pool = await create_pool(dsn, 1)
+    try:
+        assert await pool.fetchval("SELECT 'released-without-reset'") == "released-without-reset"
+        async with pool.acquire() as conn:
+            pid = conn.get_server_pid()
+        assert await db.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid) \
+            == "SELECT 'released-without-reset'"
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO workers (id, lease_expires_at) VALUES ('left-open', now())")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+        assert await db.fetchval("SELECT count(*) FROM workers WHERE id = 'left-open'") == 0
+    finally:
+        await pool.close()
