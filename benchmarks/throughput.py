@@ -125,7 +125,7 @@ async def submit_rate(admin_dsn: str, requests: int, clients: int, logdir: Path)
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--submit-requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--no-peers", action="store_true")
