@@ -111,6 +111,8 @@ async def wait_stopped(runtime: Runtime, job_id: uuid.UUID, limit_s: float) -> b
     try:
         async with asyncio.timeout(limit_s):
             if ctx is not None:
+                if runtime.worker is not None:
+                    runtime.worker.hurry_stop_record(ctx)
                 await ctx.stopped.wait()
                 return True
             async with runtime.watch.watching(job_id) as changed:

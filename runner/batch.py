@@ -18,28 +18,44 @@ R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
+    """`linger_s` > 0: the first item waits that long for others to join it (unless the
+    batch fills up, an item is urgent, or flush_soon() is called), for writes nobody waits
+    on: a stream of them then costs one statement per interval, not one per item."""
+
     def __init__(self, name: str, flush: Callable[[list[T]], Awaitable[list[R]]], *,
-                 max_items: int = 500, max_in_flight: int = 2) -> None:
+                 max_items: int = 500, max_in_flight: int = 2, linger_s: float = 0.0) -> None:
         self.name = name
         self._flush = flush
         self.max_items = max_items
+        self.linger_s = linger_s
         self._semaphore = asyncio.Semaphore(max_in_flight)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
+        self._lingering: asyncio.TimerHandle | None = None
 
-    def put(self, item: T) -> asyncio.Future[R]:
+    def put(self, item: T, *, urgent: bool = False) -> asyncio.Future[R]:
         """Queue `item` without waiting: the batcher owns the write from here (close()
         waits for it). The future resolves with its result once its batch commits."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if not self._scheduled:
+        if urgent or not self.linger_s or len(self._pending) >= self.max_items:
+            self.flush_soon()
+        elif self._lingering is None and not self._scheduled:
+            self._lingering = loop.call_later(self.linger_s, self.flush_soon)
+        return future
+
+    def flush_soon(self) -> None:
+        """Flush what is pending on the next loop turn, lingering no more."""
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+        if self._pending and not self._scheduled:
             self._scheduled = True
-            task = loop.create_task(self._run(), name=f"batch-{self.name}")
+            task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return future
 
     async def submit(self, item: T) -> R:
         """Queue `item` and wait for its batch to commit; returns its result."""
@@ -50,11 +66,8 @@ class Batcher(Generic[T, R]):
         async with self._semaphore:
             self._scheduled = False
             batch, self._pending = self._pending[: self.max_items], self._pending[self.max_items:]
-            if self._pending and not self._scheduled:
-                self._scheduled = True
-                task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if self._pending:
+                self.flush_soon()  # they have waited already
             if not batch:
                 return
             try:
@@ -84,6 +97,8 @@ class Batcher(Generic[T, R]):
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        """Wait for every flush under way (on shutdown, before the pool closes)."""
+        """Flush what is pending and wait for every flush under way (on shutdown, before the
+        pool closes)."""
+        self.flush_soon()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

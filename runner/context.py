@@ -39,6 +39,7 @@ class JobContext:
     cancel_requested_at: float | None = None  # time.perf_counter() of the first cancel
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     stop_write: asyncio.Future[None] | None = None  # the stop's audit row, once handed over
+    stop_awaited: bool = False  # someone waits for that row: it is written without lingering
     # The thread running `loop` when it was registered there: a cancel from that thread
     # calls the task directly (asking asyncio for the running loop costs a getpid() call).
     loop_thread: int | None = None

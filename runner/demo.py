@@ -136,6 +136,8 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: SimulatedGpu, job
 
     async def note_stop() -> None:
         if ctx is not None:
+            if runtime.worker is not None:
+                runtime.worker.hurry_stop_record(ctx)
             await ctx.stopped.wait()
             stopped_at["t"] = time.perf_counter()
 

@@ -28,6 +28,7 @@ log = structlog.get_logger("runner.worker")
 
 CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
+STOP_RECORD_LINGER_S = 0.02
 
 
 def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
@@ -57,8 +58,11 @@ class Worker:
             "execution_results", lambda items: store.write_results(pool, items))
         self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
             "finalize", lambda ids: store.finalize(pool, ids, instance_id))
+        # Stop records linger: cancels one after another then share a statement and a
+        # commit. Someone waiting on the stop (?wait=true) has it written at once.
         self.stops: Batcher[store.StopRecord, None] = Batcher(
-            "task_stopped", lambda stops: store.record_stops(pool, stops, instance_id))
+            "task_stopped", lambda stops: store.record_stops(pool, stops, instance_id),
+            linger_s=STOP_RECORD_LINGER_S)
         # Jobs whose task ended but whose final write did not happen (an execution's result
         # could not be written): retried with the lease renewal, then requeued.
         self.unsettled: set[uuid.UUID] = set()
@@ -200,7 +204,8 @@ class Worker:
         self.metrics.cancel_stop_seconds.observe(latency)
         self.metrics.jobs_finished.labels("cancelled").inc()
         ctx.stop_write = self.stops.put(store.StopRecord(job_id, reason.value, latency * 1000,
-                                                         len(ctx.executions)))
+                                                         len(ctx.executions)),
+                                        urgent=ctx.stop_awaited)
         log.info("job_task_stopped", job_id=str(job_id), reason=reason.value,
                  latency_ms=round(latency * 1000, 3))
 
@@ -292,6 +297,12 @@ class Worker:
         rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts)
         for row in rows:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
+
+    def hurry_stop_record(self, ctx: JobContext) -> None:
+        """Someone waits for this job's stop to be on record: do not let it linger."""
+        ctx.stop_awaited = True
+        if ctx.stop_write is not None and not ctx.stop_write.done():
+            self.stops.flush_soon()
 
     def recheck(self) -> None:
         """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
