@@ -160,7 +160,7 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: SimulatedGpu, job
                "detail": f"200 previous_status={reply['previous_status']}, rows updated: job and "
                          f"{reply['executions_cancelled']} executions cancelled in one transaction"},
               {"ms": ms(stopped_at["t"]), "what": "task stopped",
-               "detail": "the job's asyncio.Task ended (remote cancels sent first)"},
+               "detail": "the job's asyncio.Task ended (remote cancels sent first), its stop on record"},
               {"ms": ms(checked), "what": "rows checked",
                "detail": f"job {final['status']}; executions "
                          + ", ".join(f"{e['status']}/remote_cancel={e['remote_cancel']}"
