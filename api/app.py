@@ -54,6 +54,7 @@ def create_app(runtime: Runtime) -> web.Application:
         runtime.listener.subscribe(AUTH, sessions.evict)
         runtime.listener.on_reconnect(sessions.clear)
         runtime.every("auth_cleanup", AUTH_CLEANUP_INTERVAL_S, sessions.cleanup)
+    app.on_cleanup.append(lambda _app: sessions.close())
     setup_cors(app, runtime.settings.cors_origins)
     setup_auth(app, sessions)
     setup_jobs(app)

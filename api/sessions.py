@@ -1,11 +1,15 @@
 """Wallet sessions: nonces, tokens and tickets, stored only as hashes.
 
 Looking a token up is on every request's path, so results are cached in memory for less
-than a second; a logout also NOTIFYs every instance to drop the entry at once.
+than a second; a logout also NOTIFYs every instance to drop the entry at once. A token in
+use is re-read in the background once its entry is half-way to expiry, so requests rarely
+wait for the database; an entry is never trusted longer than CACHE_TTL_S after the look-up
+that produced it began.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import secrets
@@ -15,13 +19,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+import structlog
 
 from runner.config import Settings
 from runner.listener import AUTH
 
+log = structlog.get_logger("api.sessions")
+
 NONCE_TTL_S = 600
 TICKET_TTL_S = 60
 CACHE_TTL_S = 0.8  # a revoked token is refused everywhere within a second, even unnotified
+REFRESH_AFTER_S = 0.4
 CACHE_MAX = 50_000
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
@@ -38,11 +46,21 @@ class Identity:
     token_hash: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    identity: Identity
+    valid_until: float  # time.monotonic()
+    refresh_after: float
+
+
 class Sessions:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
-        self._cache: dict[bytes, tuple[Identity, float]] = {}
+        self._cache: dict[bytes, _Cached] = {}
+        self._refreshing: dict[bytes, asyncio.Task[None]] = {}
+        # Bumped by every eviction: a look-up that began before one is not cached.
+        self._generation = 0
 
     def _identity(self, address: str, expires_at: datetime, hashed: bytes) -> Identity:
         return Identity(address, address in self.settings.admin_wallets, expires_at, hashed)
@@ -73,8 +91,15 @@ class Sessions:
         hashed = token_hash(token)
         now = time.monotonic()
         cached = self._cache.get(hashed)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None and cached.valid_until > now:
+            if cached.refresh_after <= now and hashed not in self._refreshing:
+                self._refresh_in_background(hashed)
+            return cached.identity
+        return await self._look_up(hashed)
+
+    async def _look_up(self, hashed: bytes) -> Identity | None:
+        began = time.monotonic()
+        generation = self._generation
         row = await self.pool.fetchrow(
             "SELECT address, expires_at FROM sessions "
             "WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
@@ -84,14 +109,35 @@ class Sessions:
             self._cache.pop(hashed, None)
             return None
         identity = self._identity(row["address"], row["expires_at"], hashed)
-        if len(self._cache) >= CACHE_MAX:
-            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-        # Never cached past the session's own expiry.
-        left_s = (row["expires_at"] - datetime.now(UTC)).total_seconds()
-        self._cache[hashed] = (identity, now + min(CACHE_TTL_S, left_s))
+        if generation == self._generation:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache = {k: v for k, v in self._cache.items() if v.valid_until > began}
+            # Never cached past the session's own expiry.
+            ttl = min(CACHE_TTL_S, (row["expires_at"] - datetime.now(UTC)).total_seconds())
+            self._cache[hashed] = _Cached(identity, began + ttl, began + min(REFRESH_AFTER_S, ttl))
         return identity
 
+    def _refresh_in_background(self, hashed: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._refresh(hashed), name="session_refresh")
+        self._refreshing[hashed] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(hashed, None))
+
+    async def _refresh(self, hashed: bytes) -> None:
+        try:
+            await self._look_up(hashed)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The entry still expires on time; the request after that looks up itself.
+            log.warning("session_refresh_failed", error=repr(exc))
+
+    async def close(self) -> None:
+        """Stop the background refreshes (the API is stopping, before the pool closes)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def revoke(self, identity: Identity) -> None:
+        self._generation += 1
         self._cache.pop(identity.token_hash, None)
         await self.pool.execute(
             """WITH revoked AS (
@@ -103,11 +149,13 @@ class Sessions:
 
     def evict(self, hashed_hex: str) -> None:
         """NOTIFY handler: another instance revoked this token."""
+        self._generation += 1
         with contextlib.suppress(ValueError):
             self._cache.pop(bytes.fromhex(hashed_hex), None)
 
     def clear(self) -> None:
         """After the listener reconnects: revocations may have been missed."""
+        self._generation += 1
         self._cache.clear()
 
     async def issue_ticket(self, identity: Identity) -> tuple[str, datetime]:

@@ -201,6 +201,45 @@ async def test_logout_is_seen_by_another_instance_within_a_second(
             await asyncio.sleep(0.01)
 
 
+async def test_a_token_in_use_is_re_read_in_the_background_never_trusted_longer(
+    http: aiohttp.ClientSession, base_url: str, service: Runtime, db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.sessions
+    from api.sessions import CACHE_TTL_S, REFRESH_AFTER_S, Sessions
+
+    clock = [1000.0]
+    monkeypatch.setattr(api.sessions.time, "monotonic", lambda: clock[0])
+    token = await sign_in(http, base_url, Wallet())
+    sessions = Sessions(service.pool, service.settings)
+    try:
+        assert await sessions.authenticate(token) is not None  # looked up, cached
+        clock[0] += REFRESH_AFTER_S / 2
+        assert await sessions.authenticate(token) is not None and not sessions._refreshing
+        # Revoked behind the cache's back (no NOTIFY). Past half its life the entry still
+        # answers at once, and a re-read starts beside the request.
+        await db.execute("UPDATE sessions SET revoked_at = now()")
+        clock[0] += REFRESH_AFTER_S / 2
+        assert await sessions.authenticate(token) is not None
+        refresh = list(sessions._refreshing.values())
+        assert len(refresh) == 1
+        await refresh[0]
+        assert await sessions.authenticate(token) is None  # the re-read saw the revocation
+    finally:
+        await sessions.close()
+
+    # Without any request in between, an entry dies CACHE_TTL_S after its look-up began.
+    token = await sign_in(http, base_url, Wallet())
+    sessions = Sessions(service.pool, service.settings)
+    try:
+        assert await sessions.authenticate(token) is not None
+        await db.execute("UPDATE sessions SET revoked_at = now() WHERE revoked_at IS NULL")
+        clock[0] += CACHE_TTL_S
+        assert await sessions.authenticate(token) is None
+    finally:
+        await sessions.close()
+
+
 async def test_expired_session_is_refused(
     http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
 ) -> None:
