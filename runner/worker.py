@@ -275,8 +275,8 @@ class Worker:
         lost = await store.renew_lease(self.pool, held, self.instance_id, self.settings.lease_s)
         for job_id, status in lost.items():
             ctx = self.manager.get(job_id)
-            if ctx is None or ctx.reason is not None:
-                continue  # gone, or already stopping (its NOTIFY came first, as it should)
+            if ctx is None or (ctx.reason is not None and ctx.reason.is_cancel):
+                continue  # gone, or already stopping for a cancel (its NOTIFY came first)
             reason = StopReason.CANCELLED if status == "cancelled" else StopReason.LEASE_LOST
             if self.manager.cancel(job_id, reason):
                 log.info("job_stopped_by_lease_check", job_id=str(job_id), status=status)
