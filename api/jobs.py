@@ -110,10 +110,8 @@ async def wait_stopped(runtime: Runtime, job_id: uuid.UUID, limit_s: float) -> b
     ctx = runtime.manager.get(job_id)
     try:
         async with asyncio.timeout(limit_s):
-            if ctx is not None:
-                if runtime.worker is not None:
-                    runtime.worker.hurry_stop_record(ctx)
-                await ctx.stopped.wait()
+            if ctx is not None and runtime.worker is not None:  # only a worker holds tasks
+                await runtime.worker.until_stopped(ctx)
                 return True
             async with runtime.watch.watching(job_id) as changed:
                 while True:

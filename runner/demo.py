@@ -135,10 +135,8 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: SimulatedGpu, job
     stopped_at: dict[str, float] = {}
 
     async def note_stop() -> None:
-        if ctx is not None:
-            if runtime.worker is not None:
-                runtime.worker.hurry_stop_record(ctx)
-            await ctx.stopped.wait()
+        if ctx is not None and runtime.worker is not None:
+            await runtime.worker.until_stopped(ctx)
             stopped_at["t"] = time.perf_counter()
 
     watcher = asyncio.create_task(note_stop(), name="demo_stop_watch")

@@ -298,11 +298,13 @@ class Worker:
         for row in rows:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
 
-    def hurry_stop_record(self, ctx: JobContext) -> None:
-        """Someone waits for this job's stop to be on record: do not let it linger."""
+    async def until_stopped(self, ctx: JobContext) -> None:
+        """Wait until the job's task has stopped and its stop is on record; being waited
+        for, that record does not linger."""
         ctx.stop_awaited = True
         if ctx.stop_write is not None and not ctx.stop_write.done():
             self.stops.flush_soon()
+        await ctx.stopped.wait()
 
     def recheck(self) -> None:
         """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
