@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -85,6 +86,12 @@ _HTTP_CODES = {
 }
 
 
+# The database is unreachable, restarting or was cut off mid-statement: not a bug, and the
+# client may retry (every write is a single conditional transaction).
+_DATABASE_DOWN = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                  asyncpg.exceptions.OperatorInterventionError)
+
+
 def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
     """The JSON error shape of SPEC §5; `extra` fields (such as "status") are added to it."""
     body = {"ok": False, "error": code, "message": message, **extra}
@@ -112,6 +119,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except _DATABASE_DOWN as exc:
+        log.warning("database_unavailable", method=request.method, path=request.path, error=repr(exc))
+        response = error_response(503, "unavailable", "the database did not answer; try again")
     except Exception:
         log.exception("unhandled_error", method=request.method, path=request.path)
         response = error_response(500, "internal_error", "internal error; it has been logged")

@@ -21,6 +21,7 @@ from api.validation import (
     parse_submission,
 )
 from runner import jobs
+from runner.context import JobContext
 from runner.service import Runtime
 
 log = structlog.get_logger("api.jobs")
@@ -79,10 +80,12 @@ async def cancel_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     wait = parse_bool("wait", request.query.get("wait"))
     reason = parse_reason(await read_json_object(request, required=False))
+    # Taken before the cancel: a task held here may be gone from the map by its reply.
+    ctx = runtime.manager.get(job_id) if wait else None
     reply = await runtime.canceller.cancel_job(job_id, actor=identity.address,
                                                admin=identity.admin, reason=reason)
     if wait:
-        reply["stopped"] = await wait_stopped(runtime, job_id, WAIT_LIMIT_S)
+        reply["stopped"] = await wait_stopped(runtime, job_id, WAIT_LIMIT_S, ctx)
     return web.json_response(reply)
 
 
@@ -105,9 +108,10 @@ async def cancel_all(request: web.Request) -> web.Response:
     return web.json_response(reply)
 
 
-async def wait_stopped(runtime: Runtime, job_id: uuid.UUID, limit_s: float) -> bool:
-    """True once the job's task has stopped, wherever it ran; False after `limit_s`."""
-    ctx = runtime.manager.get(job_id)
+async def wait_stopped(runtime: Runtime, job_id: uuid.UUID, limit_s: float,
+                       ctx: JobContext | None) -> bool:
+    """True once the job's task has stopped, wherever it ran (`ctx`: it runs here); False
+    after `limit_s`."""
     try:
         async with asyncio.timeout(limit_s):
             if ctx is not None and runtime.worker is not None:  # only a worker holds tasks

@@ -1,5 +1,6 @@
-"""Cancellation: one statement does the job, its executions, the audit row and the NOTIFY;
-then the local task is cancelled at once, without waiting for our own notification."""
+"""Cancellation: one statement does the job, its executions, the audit row and the NOTIFY.
+A task held here is signalled as soon as that statement is sent (the commit and the
+connections' close overlap); one held elsewhere hears the NOTIFY."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from runner.context import JobContextManager, StopReason
+from runner.context import JobContextManager, PendingCancel, StopReason
 from runner.errors import JobForbidden, JobNotFound, NotCancellable
 from runner.listener import CANCEL
 from runner.metrics import Metrics
@@ -145,6 +146,11 @@ SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
 BULK_CHUNK = 1000
 
 
+def cancel_applied(row: asyncpg.Record | None) -> bool:
+    """The job is cancelled after CANCEL_JOB: by this statement, or by one before it."""
+    return row is not None and (row["changed"] or row["previous_status"] == "cancelled")
+
+
 async def _let_the_stop_run_first() -> None:
     """Stopping the work matters more than answering: yield so the cancelled task's cleanup
     step and then its connections' close run before the reply is built. (Its remote cancels
@@ -194,22 +200,29 @@ class Canceller:
 
     async def cancel_job(self, job_id: uuid.UUID, *, actor: str, admin: bool, reason: str | None,
                          stop: StopReason = StopReason.CANCELLED) -> dict[str, Any]:
-        row = await fetch_retrying(self.pool, CANCEL_JOB, job_id, actor, reason, admin,
-                                       self.remote_cancel_backends, self.holder_grace_s)
+        statement = asyncio.create_task(fetch_retrying(
+            self.pool, CANCEL_JOB, job_id, actor, reason, admin, self.remote_cancel_backends,
+            self.holder_grace_s), name=f"cancel-{job_id}")
+        # Held here: stop it now, while Postgres commits (see runner.context).
+        ahead = self.manager.cancel_ahead(job_id, stop, PendingCancel(actor, admin, reason, statement))
+        if ahead:
+            await _let_the_stop_run_first()
+        # The signalled task waits on this statement: it runs to its end even if we do not.
+        row = await (asyncio.shield(statement) if ahead else statement)
         if row is None:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no job {job_id}")
         previous = row["previous_status"]
         self._refuse_unless_changed(row, actor, admin, "job")
         running = row["changed"] and previous == "running"
-        if running and self.manager.cancel(job_id, stop):
+        if running and not ahead and self.manager.cancel(job_id, stop):
             await _let_the_stop_run_first()
         self.metrics.cancel_requests.labels("cancelled" if row["changed"] else "already_cancelled").inc()
         log.info("job_cancelled", job_id=str(job_id), by=actor, previous_status=previous,
                  reason=reason, changed=row["changed"])
         return {
             "ok": True, "job_id": str(job_id), "previous_status": previous,
-            "new_status": "cancelled", "context_cancelled": running,
+            "new_status": "cancelled", "context_cancelled": running or ahead,
             "executions_cancelled": row["executions_cancelled"],
             "cancelled_at": iso(row["cancelled_at"]),
         }

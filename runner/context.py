@@ -3,6 +3,11 @@
 `cancel` may be called from any thread: it reaches the task through the task's own loop.
 Each task is cancelled at most once, so its cleanup (remote cancels under a shield) is not
 cut short by a second notification of the same cancel.
+
+A cancel made on the instance that holds the job signals the task as soon as its statement
+has been sent (`cancel_ahead`): the task's HTTP calls close while Postgres commits. What
+depends on the commit -- the remote cancel, the stop record -- waits for the statement
+(`PendingCancel`), and does not happen if the job had finished first.
 """
 
 from __future__ import annotations
@@ -28,6 +33,16 @@ class StopReason(StrEnum):
         return self in (StopReason.CANCELLED, StopReason.TIMEOUT)
 
 
+@dataclass(frozen=True)
+class PendingCancel:
+    """A cancel whose statement was under way when the task was signalled."""
+
+    actor: str
+    admin: bool
+    reason: str | None
+    statement: asyncio.Future[Any]  # resolves to the cancel statement's row
+
+
 @dataclass
 class JobContext:
     job_id: UUID
@@ -43,6 +58,8 @@ class JobContext:
     # The thread running `loop` when it was registered there: a cancel from that thread
     # calls the task directly (asking asyncio for the running loop costs a getpid() call).
     loop_thread: int | None = None
+    owner: str | None = None  # the wallet that submitted the job
+    pending_cancel: PendingCancel | None = None  # set by cancel_ahead
 
     def _request(self, reason: StopReason) -> bool:
         """Record why; True when the task must be cancelled now (first request only).
@@ -78,8 +95,8 @@ class JobContextManager:
         self._early: dict[tuple[UUID, UUID | None], tuple[StopReason, float]] = {}
 
     def register(self, job_id: UUID, task: asyncio.Task[Any],
-                 loop: asyncio.AbstractEventLoop | None = None) -> JobContext:
-        ctx = JobContext(job_id, task, loop or task.get_loop())
+                 loop: asyncio.AbstractEventLoop | None = None, *, owner: str | None = None) -> JobContext:
+        ctx = JobContext(job_id, task, loop or task.get_loop(), owner=owner)
         if _on_loop(ctx.loop):
             ctx.loop_thread = threading.get_ident()
         with self._lock:
@@ -136,6 +153,22 @@ class JobContextManager:
         if first:
             self._call(ctx, ctx.task.cancel, reason.value)
         return True
+
+    def cancel_ahead(self, job_id: UUID, reason: StopReason, pending: PendingCancel) -> bool:
+        """Signal the job's task before the cancel has committed, if this instance holds it,
+        on the calling thread's loop, and the caller may cancel it (the owner, or an admin);
+        True if it did. The task's cleanup waits for `pending.statement` where it must."""
+        with self._lock:
+            ctx = self._jobs.get(job_id)
+            if (ctx is None or ctx.loop_thread != threading.get_ident()
+                    or not (pending.admin or ctx.owner == pending.actor)):
+                return False
+            first = ctx._request(reason)
+            if first:
+                ctx.pending_cancel = pending
+        if first:
+            ctx.task.cancel(reason.value)
+        return first
 
     def cancel_execution(self, job_id: UUID, execution_id: UUID,
                          reason: StopReason = StopReason.CANCELLED) -> bool:

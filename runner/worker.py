@@ -17,9 +17,9 @@ import structlog
 from runner import store
 from runner.backends import Backend, ExecutionCall
 from runner.batch import Batcher
-from runner.cancel import Canceller
+from runner.cancel import Canceller, cancel_applied
 from runner.config import Settings
-from runner.context import JobContext, JobContextManager, StopReason
+from runner.context import JobContext, JobContextManager, PendingCancel, StopReason
 from runner.errors import BackendError, JobError
 from runner.metrics import Metrics
 from runner.remote_cancel import RemoteCanceller
@@ -29,6 +29,7 @@ log = structlog.get_logger("runner.worker")
 CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
 STOP_RECORD_LINGER_S = 0.02
+OWED_CANCEL_RETRY_MAX_S = 2.0
 
 
 def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
@@ -101,7 +102,7 @@ class Worker:
 
     def _start(self, job: store.ClaimedJob) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
-        ctx = self.manager.register(job.id, task)
+        ctx = self.manager.register(job.id, task, owner=job.owner)
         self.job_tasks.add(task)
         task.add_done_callback(lambda t: self._job_done(job.id, ctx, t))
 
@@ -179,11 +180,12 @@ class Worker:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.exception("timeout_cancel_failed", job_id=str(job_id))
 
-    def _spawn_aux(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn_aux(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Short tasks beside the jobs (timeouts, re-checks): tracked and awaited on drain."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self.aux_tasks.add(task)
         task.add_done_callback(self.aux_tasks.discard)
+        return task
 
     def _remaining(self, job: store.ClaimedJob) -> float | None:
         if job.timeout_s is None:
@@ -201,13 +203,61 @@ class Worker:
 
     def _record_stop(self, ctx: JobContext, job_id: uuid.UUID, reason: StopReason) -> None:
         latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
-        self.metrics.cancel_stop_seconds.observe(latency)
-        self.metrics.jobs_finished.labels("cancelled").inc()
-        ctx.stop_write = self.stops.put(store.StopRecord(job_id, reason.value, latency * 1000,
-                                                         len(ctx.executions)),
-                                        urgent=ctx.stop_awaited)
+        record = store.StopRecord(job_id, reason.value, latency * 1000, len(ctx.executions))
+        if ctx.pending_cancel is None:
+            ctx.stop_write = self._put_stop(ctx, record)
+        else:
+            ctx.stop_write = self._spawn_aux(
+                self._record_stop_once_cancelled(ctx, record, ctx.pending_cancel, reason),
+                f"stop-{job_id}")
         log.info("job_task_stopped", job_id=str(job_id), reason=reason.value,
                  latency_ms=round(latency * 1000, 3))
+
+    def _put_stop(self, ctx: JobContext, record: store.StopRecord) -> asyncio.Future[None]:
+        self.metrics.cancel_stop_seconds.observe((record.local_latency_ms or 0.0) / 1000)
+        self.metrics.jobs_finished.labels("cancelled").inc()
+        return self.stops.put(record, urgent=ctx.stop_awaited)
+
+    async def _record_stop_once_cancelled(self, ctx: JobContext, record: store.StopRecord,
+                                          pending: PendingCancel, reason: StopReason) -> None:
+        """The task was signalled before its cancel committed: the stop goes on record once
+        the job is cancelled in Postgres, and not at all if it had finished first."""
+        if await self._cancel_committed(pending, owe=(record.job_id, reason)):
+            await self._put_stop(ctx, record)
+
+    async def _cancel_committed(self, pending: PendingCancel,
+                                owe: tuple[uuid.UUID, StopReason] | None = None) -> bool:
+        """Whether the cancel sent ahead left the job cancelled. If its statement failed, the
+        work has stopped but the row does not say so: with `owe`, the cancel is retried
+        until Postgres has it (the job stays leased to this instance meanwhile); without,
+        the answer is True (stop the GPU: the cancel was the caller's intent)."""
+        try:
+            return cancel_applied(await asyncio.shield(pending.statement))
+        except asyncio.CancelledError:
+            if not pending.statement.cancelled():
+                raise  # this task is being cancelled, not the statement
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass
+        if owe is None:
+            return True
+        job_id, reason = owe
+        delay = 0.05
+        while True:
+            try:
+                await self.canceller.cancel_job(job_id, actor=pending.actor, admin=pending.admin,
+                                                reason=pending.reason, stop=reason)
+                log.info("owed_cancel_recorded", job_id=str(job_id), by=pending.actor)
+                return True
+            except JobError:
+                return False  # it finished first after all
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if self.draining:
+                    # Stopping: the job's lease ends with this instance, so it is requeued.
+                    log.error("owed_cancel_abandoned", job_id=str(job_id), error=repr(exc))
+                    return False
+                log.warning("owed_cancel_retry", job_id=str(job_id), error=repr(exc))
+            delay = min(delay * 2, OWED_CANCEL_RETRY_MAX_S)
+            await asyncio.sleep(delay)
 
     # -- one execution -----------------------------------------------------------------------
 
@@ -231,8 +281,11 @@ class Worker:
         try:
             output = await backend.run(call)
         except asyncio.CancelledError:
-            reason = ctx.execution_reasons.get(execution.id) or ctx.reason
-            if reason is not None and reason.is_cancel and self._owes_cancel(backend, call):
+            own_reason = ctx.execution_reasons.get(execution.id)
+            reason = own_reason or ctx.reason
+            if (reason is not None and reason.is_cancel and self._owes_cancel(backend, call)
+                    and (own_reason is not None or ctx.pending_cancel is None
+                         or await self._cancel_committed(ctx.pending_cancel))):
                 try:
                     await asyncio.shield(
                         self.remote.send(job.id, execution.id, execution.backend, call.remote_id))

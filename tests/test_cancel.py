@@ -412,6 +412,10 @@ async def _races(api: Api, db: asyncpg.Connection) -> None:
     assert await db.fetchval(
         """SELECT count(*) FROM jobs j WHERE (SELECT count(*) FROM job_events v
                WHERE v.job_id = j.id AND v.kind IN ('cancelled', 'completed', 'failed')) <> 1""") == 0
+    # A task signalled ahead of a cancel that lost to the completion records no stop.
+    assert await db.fetchval(
+        """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
+               SELECT 1 FROM job_events v WHERE v.job_id = j.id AND v.kind = 'task_stopped')""") == 0
 
 
 @pytest.mark.parametrize("via", ["cookie", "ticket", "bearer"])

@@ -4,7 +4,7 @@ import asyncio
 import threading
 import uuid
 
-from runner.context import JobContextManager, StopReason
+from runner.context import JobContextManager, PendingCancel, StopReason
 
 
 async def _forever(started: asyncio.Event | None = None) -> None:
@@ -146,3 +146,29 @@ async def test_cancel_from_other_threads_while_tasks_come_and_go() -> None:
     for job_id in ids:
         manager.unregister(job_id)
     assert manager.count() == 0
+
+
+async def test_cancel_ahead_only_for_the_owner_or_an_admin_and_only_on_the_tasks_loop() -> None:
+    manager = JobContextManager()
+    job_id = uuid.uuid4()
+    task = asyncio.create_task(_forever())
+    ctx = manager.register(job_id, task, owner="0xOwner")
+    statement: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pending(actor: str, admin: bool = False) -> PendingCancel:
+        return PendingCancel(actor, admin, None, statement)
+
+    assert manager.cancel_ahead(uuid.uuid4(), StopReason.CANCELLED, pending("0xOwner")) is False
+    assert manager.cancel_ahead(job_id, StopReason.CANCELLED, pending("0xStranger")) is False
+    # Another thread: its futures could not be awaited by the task, so it waits for the commit.
+    assert await asyncio.to_thread(manager.cancel_ahead, job_id, StopReason.CANCELLED,
+                                   pending("0xOwner")) is False
+    assert ctx.reason is None and ctx.pending_cancel is None and not task.done()
+
+    admin = pending("0xAdmin", admin=True)
+    assert manager.cancel_ahead(job_id, StopReason.CANCELLED, admin) is True
+    assert ctx.pending_cancel is admin and ctx.reason is StopReason.CANCELLED
+    assert manager.cancel_ahead(job_id, StopReason.CANCELLED, pending("0xOwner")) is False  # once
+    assert ctx.pending_cancel is admin
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()

@@ -1,0 +1,142 @@
+"""A cancel on the instance that holds the job signals the task as its statement is sent, so
+the HTTP calls close while Postgres commits (runner.context.cancel_ahead). Here the commit is
+held back by a row lock taken from another connection, to see each order of events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import asyncpg
+
+from runner.context import JobContext
+from runner.service import Runtime
+from tests.client import Api, wait_event
+from tests.fakes import FakeGpu
+
+HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
+
+
+@asynccontextmanager
+async def job_row_locked(db: asyncpg.Connection, job_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """Hold the job's row lock: a cancel statement waits behind it, uncommitted. The body may
+    COMMIT what it wrote in the same transaction; otherwise it is rolled back."""
+    await db.execute("BEGIN")
+    try:
+        await db.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", uuid.UUID(job_id))
+        yield db
+    finally:
+        if db.is_in_transaction():
+            await db.execute("ROLLBACK")
+
+
+async def _running(api: Api, service: Runtime, fake: FakeGpu) -> tuple[dict[str, str], str, JobContext]:
+    job = await api.submit(HOLD)
+    execution_id = job["executions"][0]["id"]
+    await wait_event(fake.started[execution_id])
+    ctx = service.manager.get(uuid.UUID(job["id"]))
+    assert ctx is not None
+    return job, execution_id, ctx
+
+
+async def _kinds(db: asyncpg.Connection, job_id: str) -> list[str]:
+    return [r["kind"] for r in await db.fetch(
+        "SELECT kind FROM job_events WHERE job_id = $1 ORDER BY id", uuid.UUID(job_id))]
+
+
+async def test_the_task_stops_before_the_cancel_commits(
+    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str
+) -> None:
+    job, execution_id, ctx = await _running(api, service, fake_gpu)
+    async with job_row_locked(db, job["id"]):
+        cancel = asyncio.create_task(api.cancel(job["id"]))
+        await wait_event(fake_gpu.closed[execution_id])  # closed while the commit waits
+        assert not cancel.done()
+        other = await asyncpg.connect(dsn)
+        try:  # nothing is committed yet
+            assert await other.fetchval("SELECT status FROM jobs WHERE id = $1",
+                                        uuid.UUID(job["id"])) == "running"
+        finally:
+            await other.close()
+    status, reply = await cancel
+    assert status == 200 and reply["previous_status"] == "running"
+    assert reply["context_cancelled"] is True
+    await asyncio.wait_for(ctx.stopped.wait(), 10)
+    # The remote cancel waited for the commit, so its one call was recorded as answered (sent
+    # before, it would find no cancel owed, and the sweeper would send a second one).
+    done = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] == "acknowledged")
+    assert done["status"] == "cancelled" and fake_gpu.url_cancels == [execution_id]
+    kinds = await _kinds(db, job["id"])
+    assert kinds.index("cancelled") < kinds.index("task_stopped")
+    assert kinds.count("task_stopped") == 1
+
+
+async def test_a_job_that_finished_first_stays_finished_with_no_stop_recorded(
+    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection
+) -> None:
+    job, execution_id, ctx = await _running(api, service, fake_gpu)
+    async with job_row_locked(db, job["id"]) as tx:
+        cancel = asyncio.create_task(api.cancel(job["id"]))
+        await wait_event(fake_gpu.closed[execution_id])
+        # Its completion commits first (as the worker's final write would).
+        await tx.execute("UPDATE executions SET status = 'completed', finished_at = now() "
+                         "WHERE job_id = $1", uuid.UUID(job["id"]))
+        await tx.execute("UPDATE jobs SET status = 'completed', finished_at = now(), worker_id = NULL "
+                         "WHERE id = $1", uuid.UUID(job["id"]))
+        await tx.execute("COMMIT")
+    status, reply = await cancel
+    assert status == 409 and reply["error"] == "not_cancellable" and reply["status"] == "completed"
+    await asyncio.wait_for(ctx.stopped.wait(), 10)
+    assert (await api.job(job["id"]))["status"] == "completed"
+    assert "task_stopped" not in await _kinds(db, job["id"])
+    assert fake_gpu.url_cancels == []  # nothing was left running to cancel remotely
+
+
+async def test_a_cancel_whose_statement_failed_is_retried_until_recorded(
+    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str
+) -> None:
+    job, execution_id, ctx = await _running(api, service, fake_gpu)
+    async with job_row_locked(db, job["id"]):
+        cancel = asyncio.create_task(api.cancel(job["id"], reason="too slow"))
+        await wait_event(fake_gpu.closed[execution_id])
+        # The connection carrying the cancel is cut while it waits for the lock.
+        pid = await _waiting_on_a_lock(db)
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        status, reply = await cancel
+        assert status == 503 and reply["error"] == "unavailable"
+        # The work stopped all the same, and the GPU was told at once.
+        await wait_event(fake_gpu.url_cancelled[execution_id])
+    # The lock is gone: the worker's retry records the cancel, then the stop.
+    await asyncio.wait_for(ctx.stopped.wait(), 10)
+    done = await api.job(job["id"])
+    assert done["status"] == "cancelled" and done["cancel_reason"] == "too slow"
+    assert done["cancelled_by"] == api.wallet.address  # type: ignore[union-attr]
+    kinds = await _kinds(db, job["id"])
+    assert kinds.count("cancelled") == 1 and kinds.count("task_stopped") == 1
+
+
+async def _waiting_on_a_lock(db: asyncpg.Connection, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = await db.fetchval("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                "AND query LIKE '%FOR NO KEY UPDATE%' LIMIT 1")
+        if pid is not None:
+            return int(pid)
+        assert time.monotonic() < deadline, "no cancel statement is waiting on the row lock"
+        await asyncio.sleep(0.01)
+
+
+async def test_another_wallets_cancel_does_not_touch_the_task(
+    api: Api, service: Runtime, fake_gpu: FakeGpu, http: aiohttp.ClientSession
+) -> None:
+    job, execution_id, ctx = await _running(api, service, fake_gpu)
+    stranger = await Api.signed_in(http, api.base)
+    status, body = await stranger.cancel(job["id"])
+    assert status == 403 and body["error"] == "forbidden"
+    assert ctx.reason is None and not ctx.task.done()
+    assert not fake_gpu.closed[execution_id].is_set()
+    assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
