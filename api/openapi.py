@@ -24,7 +24,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     meaning = {400: "Bad request", 401: "Not signed in / sign-in refused", 403: "Another wallet's job",
                404: "No such job or route", 409: "Not cancellable / idempotency conflict",
                413: "Body over 1 MiB", 415: "Not JSON", 429: "Quota or rate limit",
-               503: "Not ready"}
+               503: "Not ready, or the database did not answer (retry)"}
     return {str(c): _json(_ref("Error"), meaning[c]) for c in codes}
 
 
@@ -114,7 +114,7 @@ def document() -> dict[str, Any]:
                      "requestBody": {"required": True,
                                      "content": {"application/json": {"schema": _ref("Submit")}}},
                      "responses": {"201": _json(_ref("Job"), "Created (or the original, on a repeated key)"),
-                                   **_errors(400, 401, 409, 413, 415, 429)}},
+                                   **_errors(400, 401, 409, 413, 415, 429, 503)}},
             "get": {"summary": "The caller's jobs, newest first", "security": _SESSION,
                     "parameters": [
                         {"name": "status", "in": "query", "schema": {"type": "string"},
@@ -148,7 +148,7 @@ def document() -> dict[str, Any]:
             "parameters": [_JOB_PATH, {"name": "wait", "in": "query", "schema": {"type": "boolean"},
                                        "description": "answer once the task has stopped (at most 10 s)"}],
             "requestBody": _REASON_BODY,
-            "responses": {"200": _json(_ref("CancelReply")), **_errors(400, 401, 403, 404, 409)}}},
+            "responses": {"200": _json(_ref("CancelReply")), **_errors(400, 401, 403, 404, 409, 503)}}},
         "/jobs/{job_id}/executions/{execution_id}/cancel": {"post": {
             "summary": "Cancel one execution; the others go on", "security": [{"bearer": []}],
             "parameters": [_JOB_PATH, {"name": "execution_id", "in": "path", "required": True,
@@ -158,7 +158,7 @@ def document() -> dict[str, Any]:
                 "ok": {"const": True}, "job_id": _ID, "execution_id": _ID,
                 "previous_status": {"type": "string"}, "new_status": {"const": "cancelled"},
                 "context_cancelled": {"type": "boolean"}, "cancelled_at": _TIME}}),
-                **_errors(400, 401, 403, 404, 409)}}},
+                **_errors(400, 401, 403, 404, 409, 503)}}},
         "/jobs/{job_id}/events": {"get": {
             "summary": "Server-sent events: the job as JSON now and at each change; ends after a "
                        "terminal status; a comment ping every 15 s",
