@@ -1,23 +1,19 @@
 """Cancellation: one statement does the job, its executions, the audit row and the NOTIFY.
 A task held here is signalled as soon as that statement is sent (the commit and the
-connections' close overlap); one held elsewhere is signalled by runner.ahead, and in any
-case hears the NOTIFY."""
+connections' close overlap); one held elsewhere hears the NOTIFY."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import structlog
 
 from runner.context import JobContextManager, PendingCancel, StopReason
-
-if TYPE_CHECKING:
-    from runner.ahead import AheadSignals
-from runner.errors import CancelNotRecorded, JobForbidden, JobNotFound, NotCancellable
+from runner.errors import JobForbidden, JobNotFound, NotCancellable
 from runner.listener import CANCEL
 from runner.metrics import Metrics
 from runner.timeutil import iso
@@ -150,21 +146,9 @@ SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
 BULK_CHUNK = 1000
 
 
-def _outcome_of(statement: asyncio.Task[asyncpg.Record | None]) -> asyncio.Future[bool]:
-    """What a task signalled ahead of CANCEL_JOB's commit waits for (see PendingCancel)."""
-    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def settle(done: asyncio.Task[asyncpg.Record | None]) -> None:
-        if done.cancelled():
-            outcome.set_exception(CancelNotRecorded("the cancel statement was interrupted"))
-        elif (exc := done.exception()) is not None:
-            outcome.set_exception(exc)
-        else:
-            row = done.result()  # cancelled by this statement, or by one before it
-            outcome.set_result(row is not None and (row["changed"] or row["previous_status"] == "cancelled"))
-
-    statement.add_done_callback(settle)
-    return outcome
+def cancel_applied(row: asyncpg.Record | None) -> bool:
+    """The job is cancelled after CANCEL_JOB: by this statement, or by one before it."""
+    return row is not None and (row["changed"] or row["previous_status"] == "cancelled")
 
 
 async def _let_the_stop_run_first() -> None:
@@ -190,10 +174,8 @@ async def fetch_retrying(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Re
 
 class Canceller:
     def __init__(self, pool: asyncpg.Pool, manager: JobContextManager, metrics: Metrics, *,
-                 remote_cancel_backends: list[str], holder_grace_s: float, instance_id: str,
-                 signals: AheadSignals | None = None) -> None:
+                 remote_cancel_backends: list[str], holder_grace_s: float, instance_id: str) -> None:
         self.pool = pool
-        self.signals = signals
         self.instance_id = instance_id
         self.manager = manager
         self.metrics = metrics
@@ -221,22 +203,12 @@ class Canceller:
         statement = asyncio.create_task(fetch_retrying(
             self.pool, CANCEL_JOB, job_id, actor, reason, admin, self.remote_cancel_backends,
             self.holder_grace_s), name=f"cancel-{job_id}")
-        # Held here: stop it now, while Postgres commits (see runner.context). Held elsewhere,
-        # perhaps: tell the holder, on a notify-only transaction that needs no WAL flush.
-        ahead = self.manager.cancel_ahead(job_id, stop,
-                                          PendingCancel(actor, admin, reason, _outcome_of(statement)))
-        signal = None
+        # Held here: stop it now, while Postgres commits (see runner.context).
+        ahead = self.manager.cancel_ahead(job_id, stop, PendingCancel(actor, admin, reason, statement))
         if ahead:
             await _let_the_stop_run_first()
-        elif self.signals is not None and not self.manager.is_running(job_id):
-            signal = asyncio.create_task(self.signals.send(job_id, actor=actor, admin=admin, reason=reason),
-                                         name=f"cancel-ahead-{job_id}")
-        try:
-            # The signalled task waits on this statement: it runs to its end even if we do not.
-            row = await (asyncio.shield(statement) if ahead else statement)
-        finally:
-            if signal is not None:
-                await signal  # quick, and it never raises
+        # The signalled task waits on this statement: it runs to its end even if we do not.
+        row = await (asyncio.shield(statement) if ahead else statement)
         if row is None:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no job {job_id}")

@@ -4,10 +4,10 @@
 Each task is cancelled at most once, so its cleanup (remote cancels under a shield) is not
 cut short by a second notification of the same cancel.
 
-A cancel may signal the task before it has committed (`cancel_ahead`: on the instance that
-took the request, or on the holder when told by runner.ahead): the task's HTTP calls close
-while Postgres commits. What depends on the commit -- the remote cancel, the stop record --
-waits for `PendingCancel.outcome`, and does not happen if the job had finished first.
+A cancel made on the instance that holds the job signals the task as soon as its statement
+has been sent (`cancel_ahead`): the task's HTTP calls close while Postgres commits. What
+depends on the commit -- the remote cancel, the stop record -- waits for the statement
+(`PendingCancel`), and does not happen if the job had finished first.
 """
 
 from __future__ import annotations
@@ -35,14 +35,12 @@ class StopReason(StrEnum):
 
 @dataclass(frozen=True)
 class PendingCancel:
-    """A cancel that was not yet committed when the task was signalled."""
+    """A cancel whose statement was under way when the task was signalled."""
 
     actor: str
     admin: bool
     reason: str | None
-    # True: Postgres has the job cancelled. False: it had finished first. An exception: the
-    # cancel is not on record (its statement failed), so the holder records it itself.
-    outcome: asyncio.Future[bool]
+    statement: asyncio.Future[Any]  # resolves to the cancel statement's row
 
 
 @dataclass
@@ -159,7 +157,7 @@ class JobContextManager:
     def cancel_ahead(self, job_id: UUID, reason: StopReason, pending: PendingCancel) -> bool:
         """Signal the job's task before the cancel has committed, if this instance holds it,
         on the calling thread's loop, and the caller may cancel it (the owner, or an admin);
-        True if it did. The task's cleanup waits for `pending.outcome` where it must."""
+        True if it did. The task's cleanup waits for `pending.statement` where it must."""
         with self._lock:
             ctx = self._jobs.get(job_id)
             if (ctx is None or ctx.loop_thread != threading.get_ident()

@@ -52,11 +52,6 @@ class UnknownBackend(JobError):
     code = "unknown_backend"
 
 
-class CancelNotRecorded(RunnerError):
-    """A task was signalled ahead of its cancel's commit, and the row does not show the
-    cancel: the holder records it itself."""
-
-
 class BackendError(RunnerError):
     """A backend answered something other than a result."""
 

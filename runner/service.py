@@ -16,7 +16,6 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from runner.ahead import CANCEL_AHEAD, AheadSignals
 from runner.backends import build_backends, new_http_session
 from runner.cancel import Canceller
 from runner.config import Settings
@@ -54,21 +53,18 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     worker: Worker | None = None
     canceller: Canceller = field(init=False)
-    signals: AheadSignals = field(init=False)
     watch: JobWatch = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics.track_running(self.manager.count)
         url_cancels = [n for n, s in self.settings.backends.items() if s.cancels_without_remote_id]
-        self.signals = AheadSignals(self.pool, self.manager, self.instance_id)
         self.canceller = Canceller(self.pool, self.manager, self.metrics,
                                    remote_cancel_backends=url_cancels,
                                    holder_grace_s=self.settings.lease_renew_s,
-                                   instance_id=self.instance_id, signals=self.signals)
+                                   instance_id=self.instance_id)
         self.watch = JobWatch(self.listener)
         if self.listener is not None:
             self.listener.subscribe(CANCEL, self.on_cancel_notification)
-            self.listener.subscribe(CANCEL_AHEAD, self.signals.on_signal)
             self.listener.on_reconnect(self.watch.wake_all)
 
     def on_cancel_notification(self, payload: str) -> None:
@@ -89,7 +85,6 @@ class Runtime:
                 log.warning("bad_cancel_notification", payload=entry[:100])
                 continue
             if execution_id is None:
-                self.signals.on_committed(job_id)
                 self.manager.cancel(job_id, StopReason.CANCELLED)
             else:
                 self.manager.cancel_execution(job_id, execution_id, StopReason.CANCELLED)
@@ -151,7 +146,6 @@ async def running_service(
         pool = await create_pool(dsn, settings.db_pool_size)
         stack.push_async_callback(pool.close)
         runtime = Runtime(settings=settings, dsn=dsn, pool=pool, role=role, listener=Listener(dsn))
-        stack.push_async_callback(runtime.signals.close)
         structlog.contextvars.bind_contextvars(instance=runtime.instance_id)
         stack.push_async_callback(runtime.stop_tasks)
 

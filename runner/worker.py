@@ -17,7 +17,7 @@ import structlog
 from runner import store
 from runner.backends import Backend, ExecutionCall
 from runner.batch import Batcher
-from runner.cancel import Canceller
+from runner.cancel import Canceller, cancel_applied
 from runner.config import Settings
 from runner.context import JobContext, JobContextManager, PendingCancel, StopReason
 from runner.errors import BackendError, JobError
@@ -222,29 +222,30 @@ class Worker:
                                           pending: PendingCancel, reason: StopReason) -> None:
         """The task was signalled before its cancel committed: the stop goes on record once
         the job is cancelled in Postgres, and not at all if it had finished first."""
-        if await self._cancel_committed(record.job_id, pending, owe=reason):
+        if await self._cancel_committed(pending, owe=(record.job_id, reason)):
             await self._put_stop(ctx, record)
 
-    async def _cancel_committed(self, job_id: uuid.UUID, pending: PendingCancel,
-                                owe: StopReason | None = None) -> bool:
-        """Whether the cancel signalled ahead left the job cancelled. If it is not on record,
-        the work has stopped but the row does not say so: with `owe`, the cancel is retried
+    async def _cancel_committed(self, pending: PendingCancel,
+                                owe: tuple[uuid.UUID, StopReason] | None = None) -> bool:
+        """Whether the cancel sent ahead left the job cancelled. If its statement failed, the
+        work has stopped but the row does not say so: with `owe`, the cancel is retried
         until Postgres has it (the job stays leased to this instance meanwhile); without,
         the answer is True (stop the GPU: the cancel was the caller's intent)."""
         try:
-            return await asyncio.shield(pending.outcome)
+            return cancel_applied(await asyncio.shield(pending.statement))
         except asyncio.CancelledError:
-            if not pending.outcome.cancelled():
-                raise  # this task is being cancelled, not the outcome
-        except Exception as exc:  # the statement failed, or the row did not show the cancel
-            log.warning("cancel_not_recorded", job_id=str(job_id), error=repr(exc))
+            if not pending.statement.cancelled():
+                raise  # this task is being cancelled, not the statement
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass
         if owe is None:
             return True
+        job_id, reason = owe
         delay = 0.05
         while True:
             try:
                 await self.canceller.cancel_job(job_id, actor=pending.actor, admin=pending.admin,
-                                                reason=pending.reason, stop=owe)
+                                                reason=pending.reason, stop=reason)
                 log.info("owed_cancel_recorded", job_id=str(job_id), by=pending.actor)
                 return True
             except JobError:
@@ -284,7 +285,7 @@ class Worker:
             reason = own_reason or ctx.reason
             if (reason is not None and reason.is_cancel and self._owes_cancel(backend, call)
                     and (own_reason is not None or ctx.pending_cancel is None
-                         or await self._cancel_committed(job.id, ctx.pending_cancel))):
+                         or await self._cancel_committed(ctx.pending_cancel))):
                 try:
                     await asyncio.shield(
                         self.remote.send(job.id, execution.id, execution.backend, call.remote_id))

@@ -1,12 +1,10 @@
-"""A cancel signals the job's task before it commits, so the HTTP calls close while Postgres
-commits: directly on the instance that holds the job (runner.context.cancel_ahead), through
-a notify-only signal on another (runner.ahead). Here the commit is held back by a row lock
-taken from another connection, to see each order of events."""
+"""A cancel on the instance that holds the job signals the task as its statement is sent, so
+the HTTP calls close while Postgres commits (runner.context.cancel_ahead). Here the commit is
+held back by a row lock taken from another connection, to see each order of events."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,15 +12,11 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import asyncpg
-import pytest
 
-import runner.ahead
-from runner.config import Settings
 from runner.context import JobContext
-from runner.service import Runtime, running_service
+from runner.service import Runtime
 from tests.client import Api, wait_event
 from tests.fakes import FakeGpu
-from tests.wallets import Wallet
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 
@@ -146,91 +140,3 @@ async def test_another_wallets_cancel_does_not_touch_the_task(
     assert ctx.reason is None and not ctx.task.done()
     assert not fake_gpu.closed[execution_id].is_set()
     assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
-
-
-# -- across instances: the API on one, the job on another (runner.ahead) -----------------------
-
-@asynccontextmanager
-async def two_instances(dsn: str, settings: Settings, http: aiohttp.ClientSession
-                        ) -> AsyncIterator[tuple[Api, Runtime]]:
-    """The API on one instance (A), the worker on another: yields A's client and the worker."""
-    async with running_service(settings, "api", dsn=dsn) as a, \
-            running_service(settings, "worker", dsn=dsn) as b:
-        yield await Api.signed_in(http, f"http://127.0.0.1:{a.port}"), b
-
-
-async def test_a_task_on_another_instance_stops_before_the_cancel_commits(
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu,
-    db: asyncpg.Connection
-) -> None:
-    async with two_instances(dsn, settings, http) as (api, b):
-        job, execution_id, ctx = await _running(api, b, fake_gpu)
-        async with job_row_locked(db, job["id"]):
-            cancel = asyncio.create_task(api.cancel(job["id"]))
-            await wait_event(fake_gpu.closed[execution_id])  # B heard the signal, not the commit
-            assert not cancel.done() and ctx.pending_cancel is not None
-            assert not ctx.pending_cancel.outcome.done()
-        status, reply = await cancel
-        assert status == 200 and reply["previous_status"] == "running"
-        await asyncio.wait_for(ctx.stopped.wait(), 10)
-        assert ctx.pending_cancel.outcome.result() is True
-        done = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] == "acknowledged")
-        assert done["status"] == "cancelled" and fake_gpu.url_cancels == [execution_id]
-        kinds = await _kinds(db, job["id"])
-        assert kinds.index("cancelled") < kinds.index("task_stopped")
-        assert kinds.count("cancelled") == 1 and kinds.count("task_stopped") == 1
-
-
-async def test_a_signal_is_honoured_only_for_the_jobs_wallet_and_the_row_decides(
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu,
-    db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Signals with no cancel behind them: another wallet's is ignored; the owner's stops
-    the task, and with no commit to confirm it the holder reads the row and records the
-    cancel itself."""
-    monkeypatch.setattr(runner.ahead, "CONFIRM_S", 0.2)
-    async with two_instances(dsn, settings, http) as (api, b):
-        job, execution_id, ctx = await _running(api, b, fake_gpu)
-
-        async def signal(actor: str, admin: bool = False) -> None:
-            payload = json.dumps({"job": job["id"], "actor": actor, "admin": admin,
-                                  "reason": "signal only", "from": "a-test"})
-            await db.execute("SELECT pg_notify($1, $2)", runner.ahead.CANCEL_AHEAD, payload)
-
-        stranger = Wallet().address
-        await signal(stranger)
-        await db.execute("SELECT pg_notify($1, 'not json')", runner.ahead.CANCEL_AHEAD)
-        # A later signal is delivered after these on the same connection: once it has acted,
-        # the earlier ones have been handled.
-        await signal(api.wallet.address)  # type: ignore[union-attr]
-        await wait_event(fake_gpu.closed[execution_id])
-        assert ctx.pending_cancel is not None and ctx.pending_cancel.actor == api.wallet.address  # type: ignore[union-attr]
-        await asyncio.wait_for(ctx.stopped.wait(), 10)
-        done = await api.job(job["id"])
-        assert done["status"] == "cancelled" and done["cancel_reason"] == "signal only"
-        assert done["cancelled_by"] == api.wallet.address  # type: ignore[union-attr]
-        kinds = await _kinds(db, job["id"])
-        assert kinds.count("cancelled") == 1 and kinds.count("task_stopped") == 1
-
-
-async def test_a_signalled_job_that_finished_first_records_no_stop(
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu,
-    db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(runner.ahead, "CONFIRM_S", 0.2)
-    async with two_instances(dsn, settings, http) as (api, b):
-        job, execution_id, ctx = await _running(api, b, fake_gpu)
-        async with job_row_locked(db, job["id"]) as tx:
-            cancel = asyncio.create_task(api.cancel(job["id"]))
-            await wait_event(fake_gpu.closed[execution_id])
-            await tx.execute("UPDATE executions SET status = 'completed', finished_at = now() "
-                             "WHERE job_id = $1", uuid.UUID(job["id"]))
-            await tx.execute("UPDATE jobs SET status = 'completed', finished_at = now(), worker_id = NULL "
-                             "WHERE id = $1", uuid.UUID(job["id"]))
-            await tx.execute("COMMIT")
-        status, reply = await cancel
-        assert status == 409 and reply["status"] == "completed"
-        await asyncio.wait_for(ctx.stopped.wait(), 10)  # the row, read after CONFIRM_S, said so
-        assert ctx.pending_cancel is not None and ctx.pending_cancel.outcome.result() is False
-        assert "task_stopped" not in await _kinds(db, job["id"])
-        assert fake_gpu.url_cancels == []
