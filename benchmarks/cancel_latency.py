@@ -37,6 +37,7 @@ from benchmarks.harness import (
     embedded_postgres,
     fmt,
     fresh_database,
+    host_cpu,
     http_session,
     log_directory,
     machine,
@@ -45,6 +46,7 @@ from benchmarks.harness import (
     sign_in,
     start_py_spy,
     start_service,
+    steal_line,
     summary_line,
 )
 from benchmarks.peers import CancelOne
@@ -154,12 +156,13 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
         names = list(systems)
         for name in names:
             samples[name] = []
-        cpu_before = cpu_seconds(extra["holder_pid"])
+        cpu_before, host_before = cpu_seconds(extra["holder_pid"]), host_cpu()
         for i in range(n):
             for k in range(len(names)):
                 name = names[(i + k) % len(names)]
                 samples[name].append(await systems[name](i))
         cpu_after = cpu_seconds(extra["holder_pid"])
+        summary_line("vm: CPU stolen by the host meanwhile", steal_line(host_before, host_cpu()))
         summary_line("runner: CPU per cancel, the job's service", f"{(cpu_after[0] - cpu_before[0]) / n * 1e6:.0f} us")
         if len(names) == 1:
             summary_line("runner: CPU per cancel, Postgres", f"{(cpu_after[1] - cpu_before[1]) / n * 1e6:.0f} us")

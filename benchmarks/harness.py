@@ -307,6 +307,22 @@ def extra_spy_args() -> list[str]:
     return os.environ.get("BENCH_PY_SPY_ARGS", "--rate 500 --nonblocking").split()
 
 
+def host_cpu() -> tuple[int, int]:
+    """(all CPU time, time stolen by the hypervisor) since boot, in ticks (/proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def steal_line(before: tuple[int, int], after: tuple[int, int]) -> str:
+    """The share of the machine's CPU time the host took back in between: noise we cannot see
+    in our own processes' CPU time."""
+    total = after[0] - before[0]
+    return f"{(after[1] - before[1]) / total * 100:.1f}%" if total > 0 else "unknown"
+
+
 def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format",
                             "speedscope", "--output", out, *extra_spy_args()])
