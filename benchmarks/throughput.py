@@ -1,10 +1,12 @@
 """Throughput: the worker's processing rate on N no-op jobs already queued (inserted before
 the clock starts), from the first claim to the last completion, read from the database's own
-timestamps; with 1 and 2 worker processes; then the same workload through pgqueuer's
-QueueManager (default batch settings) on the same Postgres. Separately, the submit path:
-POST /jobs requests/s with concurrent clients.
+timestamps; and the same workload through pgqueuer's QueueManager (default batch settings)
+on the same Postgres. The two alternate for --repeat rounds (ours first in odd rounds,
+pgqueuer first in even ones), as the machine's speed drifts; then ours with 2 worker
+processes. Separately, the submit path: POST /jobs requests/s with concurrent clients.
 
-    python -m benchmarks.throughput [--n 5000] [--submit-requests 2000] [--clients 32] [--no-peers]
+    python -m benchmarks.throughput [--n 20000] [--repeat 3] [--submit-requests 2000]
+        [--clients 32] [--no-peers] [--json FILE]
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +26,14 @@ import uvloop
 from benchmarks.harness import (
     embedded_postgres,
     fresh_database,
+    host_cpu,
     http_session,
     machine,
     percentiles,
     raise_fd_limit,
     sign_in,
     start_service,
+    steal_line,
     summary_line,
 )
 from runner.db import migrate
@@ -128,23 +133,35 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--submit-requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     raise_fd_limit()
     print(f"throughput: {args.n} no-op jobs queued before the clock starts")
     print(machine())
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"runner_1_worker": [], "pgqueuer": []}
     with embedded_postgres() as admin_dsn, tempfile.TemporaryDirectory() as logs:
-        for workers in (1, 2):
-            rate = await runner_rate(admin_dsn, args.n, workers, Path(logs))
-            results[f"runner_{workers}_workers"] = rate
-            summary_line(f"runner, {workers} worker process(es)", f"{rate:,.0f} jobs/s")
+        for round_no in range(args.repeat):
+            print(f"-- round {round_no + 1} of {args.repeat}")
+            order = ["runner_1_worker"] if args.no_peers else ["runner_1_worker", "pgqueuer"]
+            for name in order if round_no % 2 == 0 else order[::-1]:
+                host = host_cpu()
+                rate = await (runner_rate(admin_dsn, args.n, 1, Path(logs)) if name == "runner_1_worker"
+                              else pgqueuer_rate(admin_dsn, args.n, Path(logs)))
+                results[name].append(rate)
+                label = "runner, 1 worker process" if name == "runner_1_worker" else \
+                    "pgqueuer QueueManager (defaults), 1 process"
+                summary_line(label, f"{rate:,.0f} jobs/s  (CPU stolen by the host: {steal_line(host, host_cpu())})")
+            if not args.no_peers:
+                summary_line("ratio runner / pgqueuer", f"{results['runner_1_worker'][-1] / results['pgqueuer'][-1]:.2f}")
         if not args.no_peers:
-            rate = await pgqueuer_rate(admin_dsn, args.n, Path(logs))
-            results["pgqueuer"] = rate
-            summary_line("pgqueuer QueueManager (defaults), 1 process", f"{rate:,.0f} jobs/s")
-            summary_line("ratio runner (1 worker) / pgqueuer", f"{results['runner_1_workers'] / rate:.2f}")
+            ratios = [ours / theirs for ours, theirs in zip(results["runner_1_worker"], results["pgqueuer"], strict=True)]
+            summary_line("ratios per round", ", ".join(f"{r:.2f}" for r in ratios))
+            summary_line("median ratio", f"{statistics.median(ratios):.2f}")
+        rate = await runner_rate(admin_dsn, args.n, 2, Path(logs))
+        results["runner_2_workers"] = rate
+        summary_line("runner, 2 worker processes", f"{rate:,.0f} jobs/s")
         submit = await submit_rate(admin_dsn, args.submit_requests, args.clients, Path(logs))
         results["submit"] = submit
         summary_line(f"POST /jobs, {args.clients} concurrent clients", f"{submit['rps']:,.0f} requests/s")
