@@ -60,6 +60,7 @@ class JobContext:
     loop_thread: int | None = None
     owner: str | None = None  # the wallet that submitted the job
     pending_cancel: PendingCancel | None = None  # set by cancel_ahead
+    final_status: str | None = None  # the job was finished with its last execution's result
 
     def _request(self, reason: StopReason) -> bool:
         """Record why; True when the task must be cancelled now (first request only).

@@ -92,6 +92,7 @@ async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: 
 
 @dataclass(frozen=True, slots=True)
 class ExecutionResult:
+    job_id: uuid.UUID
     execution_id: uuid.UUID
     status: str  # completed | failed
     output: Any
@@ -100,13 +101,23 @@ class ExecutionResult:
     owe_remote_cancel: bool = False  # it failed on our side with a remote job still alive
 
 
-async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult]) -> list[bool]:
-    """Record execution results, each unless it is no longer running (a cancel won the race).
-    One statement for the whole batch."""
+async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
+                        worker_id: str) -> list[tuple[bool, str | None]]:
+    """Record execution results, each unless it is no longer running (a cancel won the race),
+    and finish the jobs whose last open execution this was -- what `finalize` would do next,
+    in the same statement and commit. One statement for the whole batch.
+
+    For each result: (written, the job's final status if this batch finished the job). A job
+    it could not finish (its executions completing in two batches at once, each seeing the
+    other still running) is finished by `finalize`, which its task calls then."""
     rows = await pool.fetch(
         """WITH r AS (
-               SELECT * FROM jsonb_to_recordset($1::jsonb)
-                   AS r(id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
+               SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
+                   id uuid, job_id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
+           -- Lock order as everywhere: jobs before executions, ids ascending.
+           locked_jobs AS (
+               SELECT id FROM jobs WHERE id IN (SELECT job_id FROM r) AND status = 'running'
+                   AND worker_id = $2 ORDER BY id FOR NO KEY UPDATE),
            locked AS (
                SELECT e.id FROM executions e JOIN r ON r.id = e.id
                WHERE e.status = 'running' ORDER BY e.id FOR NO KEY UPDATE OF e),
@@ -117,18 +128,36 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult]) -> l
                    remote_cancel_due = CASE WHEN r.owe THEN now() END
                FROM r JOIN locked ON locked.id = r.id WHERE e.id = r.id AND e.status = 'running'
                RETURNING e.id, e.job_id, e.status, e.error, e.attempts),
+           -- Jobs with every execution now terminal, counting the rows just written (which
+           -- this statement's snapshot does not show). What was written is completed or
+           -- failed, so such a job is not "all cancelled" (SPEC section 3).
+           done AS (
+               SELECT e.job_id, bool_or(coalesce(ex.status, e.status) = 'failed') AS any_failed
+               FROM executions e LEFT JOIN ex ON ex.id = e.id
+               WHERE e.job_id IN (SELECT id FROM locked_jobs) AND e.job_id IN (SELECT job_id FROM ex)
+               GROUP BY e.job_id
+               HAVING bool_and(coalesce(ex.status, e.status) IN ('completed', 'failed', 'cancelled'))),
+           job AS (
+               UPDATE jobs j SET status = CASE WHEN done.any_failed THEN 'failed' ELSE 'completed' END,
+                   finished_at = now(), worker_id = NULL
+               FROM done WHERE j.id = done.job_id AND j.status = 'running' AND j.worker_id = $2
+               RETURNING j.id, j.status),
+           -- One INSERT, executions first: the trail reads in the order things happened.
            ev AS (
                INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
                SELECT job_id, id, 'execution_' || status, 'system',
                    jsonb_strip_nulls(jsonb_build_object('attempts', attempts, 'error', error))
-               FROM ex),
+               FROM ex
+               UNION ALL
+               SELECT id, NULL, status, 'system', '{}'::jsonb FROM job),
            changed AS (SELECT DISTINCT job_id FROM ex)
-           SELECT ex.id FROM ex
-           UNION ALL SELECT NULL FROM changed, runner_notify_job(changed.job_id)""",
-        [{"id": str(r.execution_id), "status": r.status, "output": r.output, "error": r.error,
-          "attempts": r.attempts, "owe": r.owe_remote_cancel} for r in results])
-    written = {row["id"] for row in rows}
-    return [r.execution_id in written for r in results]
+           SELECT ex.id, job.status AS job_status FROM ex LEFT JOIN job ON job.id = ex.job_id
+           UNION ALL SELECT NULL, NULL FROM changed, runner_notify_job(changed.job_id)""",
+        [{"id": str(r.execution_id), "job_id": str(r.job_id), "status": r.status, "output": r.output,
+          "error": r.error, "attempts": r.attempts, "owe": r.owe_remote_cancel} for r in results],
+        worker_id)
+    written = {row["id"]: row["job_status"] for row in rows if row["id"] is not None}
+    return [(r.execution_id in written, written.get(r.execution_id)) for r in results]
 
 
 async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str) -> list[tuple[bool, str]]:

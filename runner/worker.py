@@ -54,9 +54,10 @@ class Worker:
         self.draining = False
         self.job_tasks: set[asyncio.Task[None]] = set()
         self.aux_tasks: set[asyncio.Task[None]] = set()
-        # Completions are batched: one statement (and one WAL flush) for many jobs.
-        self.results: Batcher[store.ExecutionResult, bool] = Batcher(
-            "execution_results", lambda items: store.write_results(pool, items))
+        # Completions are batched: one statement (and one WAL flush) for many jobs; it also
+        # finishes the jobs whose last execution it records.
+        self.results: Batcher[store.ExecutionResult, tuple[bool, str | None]] = Batcher(
+            "execution_results", lambda items: store.write_results(pool, items, instance_id))
         self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
             "finalize", lambda ids: store.finalize(pool, ids, instance_id))
         # Stop records linger: cancels one after another then share a statement and a
@@ -141,7 +142,10 @@ class Worker:
                 # Awaited directly, so cancelling this task cancels every execution and
                 # resumes only once they have all cleaned up (remote cancels sent).
                 await asyncio.gather(*ctx.executions.values(), return_exceptions=True)
-            written, status = await self.finals.submit(job.id)
+            if ctx.final_status is not None:  # written with its last execution's result
+                written, status = True, ctx.final_status
+            else:
+                written, status = await self.finals.submit(job.id)
             if written:
                 self.metrics.jobs_finished.labels(status).inc()
                 jlog.info("job_finished", status=status)
@@ -266,8 +270,8 @@ class Worker:
         xlog = jlog.bind(execution_id=str(execution.id), backend=execution.backend)
         backend = self.backends.get(execution.backend)
         if backend is None:
-            await self.results.submit(store.ExecutionResult(
-                execution.id, "failed", None, attempts=execution.attempts,
+            await self._write_result(ctx, store.ExecutionResult(
+                job.id, execution.id, "failed", None, attempts=execution.attempts,
                 error=f"backend {execution.backend!r} is not configured on this instance"))
             return
 
@@ -296,8 +300,8 @@ class Worker:
             raise
         except BackendError as exc:
             owes = self._owes_cancel(backend, call)
-            written = await self.results.submit(store.ExecutionResult(
-                execution.id, "failed", None, error=str(exc), attempts=call.attempts,
+            written = await self._write_result(ctx, store.ExecutionResult(
+                job.id, execution.id, "failed", None, error=str(exc), attempts=call.attempts,
                 owe_remote_cancel=owes))
             xlog.info("execution_failed", error=str(exc), written=written)
             if written and owes:
@@ -306,13 +310,21 @@ class Worker:
             return
         except Exception as exc:
             xlog.exception("execution_crashed")
-            await self.results.submit(store.ExecutionResult(
-                execution.id, "failed", None, attempts=call.attempts,
+            await self._write_result(ctx, store.ExecutionResult(
+                job.id, execution.id, "failed", None, attempts=call.attempts,
                 error=f"internal error in the runner ({type(exc).__name__}); it has been logged"))
             return
-        written = await self.results.submit(store.ExecutionResult(
-            execution.id, "completed", output, error=None, attempts=call.attempts))
+        written = await self._write_result(ctx, store.ExecutionResult(
+            job.id, execution.id, "completed", output, error=None, attempts=call.attempts))
         xlog.debug("execution_completed", written=written)
+
+    async def _write_result(self, ctx: JobContext, result: store.ExecutionResult) -> bool:
+        """Record an execution's result; True if written. Noted on the job when the same
+        statement finished the job."""
+        written, final_status = await self.results.submit(result)
+        if final_status is not None:
+            ctx.final_status = final_status
+        return written
 
     @staticmethod
     def _owes_cancel(backend: Backend, call: ExecutionCall) -> bool:

@@ -122,7 +122,10 @@ async def test_a_cancel_whose_statement_failed_is_retried_until_recorded(
 async def _waiting_on_a_lock(db: asyncpg.Connection, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
+        # Inside a transaction the activity view is read once and kept: read it afresh.
+        await db.execute("SELECT pg_stat_clear_snapshot()")
         pid = await db.fetchval("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                "AND datname = current_database() "
                                 "AND query LIKE '%FOR NO KEY UPDATE%' LIMIT 1")
         if pid is not None:
             return int(pid)

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from runner.config import Settings
 from runner.service import running_service
@@ -39,6 +40,28 @@ async def test_http_job_runs_to_completion_with_output_stored(api: Api, fake_gpu
     kinds = [e["kind"] for e in await _events(api, job["id"])]
     assert kinds[:2] == ["submitted", "started"] and kinds[-1] == "completed"
     assert kinds.count("execution_completed") == 2
+
+
+async def test_the_result_write_finishes_the_job_and_its_task_counts_it(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    job = await api.submit({"backend": "plain", "input": {"mode": "echo"}})
+    await api.until(job["id"], "completed")
+    rows = await db.fetch("SELECT kind, xmin::text AS tx FROM job_events WHERE job_id = $1 ORDER BY id",
+                          uuid.UUID(job["id"]))
+    assert [r["kind"] for r in rows][-2:] == ["execution_completed", "completed"]
+    assert rows[-1]["tx"] == rows[-2]["tx"]  # one statement, one commit
+    # The job's task learns its final status from that write (no finalize after it).
+    await _until_metric(api, 'runner_jobs_finished_total{status="completed"} 1.0')
+
+
+async def _until_metric(api: Api, line: str, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            async with api.http.get(f"{api.base}/metrics") as resp:
+                if line in (await resp.text()).splitlines():
+                    return
+            await asyncio.sleep(0.02)
 
 
 async def test_one_failed_execution_fails_the_job_and_keeps_the_other_result(api: Api) -> None:
