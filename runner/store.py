@@ -113,14 +113,16 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
     rows = await pool.fetch(
         """WITH r AS (
                SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
-                   id uuid, job_id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
-           -- Lock order as everywhere: jobs before executions, ids ascending.
+                   id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
+           -- Lock order as everywhere: jobs before executions, ids ascending. (The count
+           -- below makes Postgres take every job lock before the first execution lock.)
            locked_jobs AS (
-               SELECT id FROM jobs WHERE id IN (SELECT job_id FROM r) AND status = 'running'
-                   AND worker_id = $2 ORDER BY id FOR NO KEY UPDATE),
+               SELECT id FROM jobs WHERE id = ANY($3::uuid[]) AND status = 'running' AND worker_id = $2
+               ORDER BY id FOR NO KEY UPDATE),
            locked AS (
                SELECT e.id FROM executions e JOIN r ON r.id = e.id
-               WHERE e.status = 'running' ORDER BY e.id FOR NO KEY UPDATE OF e),
+               WHERE e.status = 'running' AND (SELECT count(*) FROM locked_jobs) >= 0
+               ORDER BY e.id FOR NO KEY UPDATE OF e),
            ex AS (
                UPDATE executions e SET status = r.status, output = r.output, error = r.error,
                    attempts = r.attempts, finished_at = now(),
@@ -128,19 +130,23 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
                    remote_cancel_due = CASE WHEN r.owe THEN now() END
                FROM r JOIN locked ON locked.id = r.id WHERE e.id = r.id AND e.status = 'running'
                RETURNING e.id, e.job_id, e.status, e.error, e.attempts),
-           -- Jobs with every execution now terminal, counting the rows just written (which
-           -- this statement's snapshot does not show). What was written is completed or
-           -- failed, so such a job is not "all cancelled" (SPEC section 3).
-           done AS (
-               SELECT e.job_id, bool_or(coalesce(ex.status, e.status) = 'failed') AS any_failed
-               FROM executions e LEFT JOIN ex ON ex.id = e.id
-               WHERE e.job_id IN (SELECT id FROM locked_jobs) AND e.job_id IN (SELECT job_id FROM ex)
-               GROUP BY e.job_id
-               HAVING bool_and(coalesce(ex.status, e.status) IN ('completed', 'failed', 'cancelled'))),
+           -- Each execution of these jobs as it is now: the rows just written win over this
+           -- statement's snapshot, which does not show them.
+           latest AS MATERIALIZED (
+               SELECT DISTINCT ON (id) id, job_id, status, written FROM (
+                   SELECT id, job_id, status, true AS written FROM ex
+                   UNION ALL
+                   SELECT id, job_id, status, false FROM executions WHERE job_id = ANY($3::uuid[])) s
+               ORDER BY id, written DESC),
+           -- Finished: every execution terminal, one of them written here (so completed or
+           -- failed: such a job is not "all cancelled", SPEC section 3).
            job AS (
-               UPDATE jobs j SET status = CASE WHEN done.any_failed THEN 'failed' ELSE 'completed' END,
+               UPDATE jobs j SET status = CASE WHEN d.any_failed THEN 'failed' ELSE 'completed' END,
                    finished_at = now(), worker_id = NULL
-               FROM done WHERE j.id = done.job_id AND j.status = 'running' AND j.worker_id = $2
+               FROM (SELECT job_id, bool_or(status = 'failed') AS any_failed FROM latest
+                     GROUP BY job_id
+                     HAVING bool_and(status IN ('completed', 'failed', 'cancelled')) AND bool_or(written)) d
+               WHERE j.id = d.job_id AND j.status = 'running' AND j.worker_id = $2
                RETURNING j.id, j.status),
            -- One INSERT, executions first: the trail reads in the order things happened.
            ev AS (
@@ -151,13 +157,16 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
                UNION ALL
                SELECT id, NULL, status, 'system', '{}'::jsonb FROM job),
            changed AS (SELECT DISTINCT job_id FROM ex)
-           SELECT ex.id, job.status AS job_status FROM ex LEFT JOIN job ON job.id = ex.job_id
-           UNION ALL SELECT NULL, NULL FROM changed, runner_notify_job(changed.job_id)""",
-        [{"id": str(r.execution_id), "job_id": str(r.job_id), "status": r.status, "output": r.output,
-          "error": r.error, "attempts": r.attempts, "owe": r.owe_remote_cancel} for r in results],
-        worker_id)
-    written = {row["id"]: row["job_status"] for row in rows if row["id"] is not None}
-    return [(r.execution_id in written, written.get(r.execution_id)) for r in results]
+           SELECT 'execution' AS kind, id, NULL AS status FROM ex
+           UNION ALL SELECT 'job', id, status FROM job
+           UNION ALL SELECT 'notified', NULL, NULL FROM changed, runner_notify_job(changed.job_id)""",
+        [{"id": str(r.execution_id), "status": r.status, "output": r.output, "error": r.error,
+          "attempts": r.attempts, "owe": r.owe_remote_cancel} for r in results],
+        worker_id, list({r.job_id for r in results}))
+    written = {row["id"] for row in rows if row["kind"] == "execution"}
+    finished = {row["id"]: row["status"] for row in rows if row["kind"] == "job"}
+    return [(r.execution_id in written, finished.get(r.job_id) if r.execution_id in written else None)
+            for r in results]
 
 
 async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str) -> list[tuple[bool, str]]:

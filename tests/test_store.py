@@ -100,3 +100,24 @@ async def _until_waiting_on_locks(db: asyncpg.Connection, count: int) -> None:
                                 "AND datname = current_database()") >= count:
                 return
             await asyncio.sleep(0.01)
+
+
+async def test_the_result_write_locks_the_job_before_its_executions(
+    pool: asyncpg.Pool, db: asyncpg.Connection, dsn: str
+) -> None:
+    """Jobs before executions, as the cancel statements lock them: the opposite order could
+    deadlock against a cancel of the same job."""
+    job = await _claimed(pool, 1)
+    other = await asyncpg.connect(dsn)
+    try:
+        async with db.transaction():
+            await db.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+            write = asyncio.create_task(store.write_results(pool, [_result(job, 0)], WORKER))
+            await _until_waiting_on_locks(db, 1)
+            # Waiting for the job's lock, it holds none of its executions' yet.
+            async with other.transaction():
+                await other.execute("SELECT 1 FROM executions WHERE id = $1 FOR NO KEY UPDATE NOWAIT",
+                                    job.executions[0].id)
+        assert await write == [(True, "completed")]
+    finally:
+        await other.close()
