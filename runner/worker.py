@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
@@ -17,25 +16,18 @@ import structlog
 from runner import store
 from runner.backends import Backend, ExecutionCall
 from runner.batch import Batcher
-from runner.cancel import Canceller, cancel_applied
+from runner.cancel import Canceller
 from runner.config import Settings
-from runner.context import JobContext, JobContextManager, PendingCancel, StopReason
+from runner.context import JobContext, JobContextManager, StopReason
 from runner.errors import BackendError, JobError
 from runner.metrics import Metrics
 from runner.remote_cancel import RemoteCanceller
+from runner.stops import StopRecorder
 
 log = structlog.get_logger("runner.worker")
 
 CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
-STOP_RECORD_LINGER_S = 0.02
-OWED_CANCEL_RETRY_MAX_S = 2.0
-
-
-def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
-    if not write.cancelled():
-        write.exception()  # a failed batch is logged by the batcher; this marks it seen
-    ctx.stopped.set()
 
 
 class Worker:
@@ -60,11 +52,7 @@ class Worker:
             "execution_results", lambda items: store.write_results(pool, items, instance_id))
         self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
             "finalize", lambda ids: store.finalize(pool, ids, instance_id))
-        # Stop records linger: cancels one after another then share a statement and a
-        # commit. Someone waiting on the stop (?wait=true) has it written at once.
-        self.stops: Batcher[store.StopRecord, None] = Batcher(
-            "task_stopped", lambda stops: store.record_stops(pool, stops, instance_id),
-            linger_s=STOP_RECORD_LINGER_S)
+        self.stops = StopRecorder(pool, instance_id, canceller, metrics, self._spawn_aux)
         # Jobs whose task ended but whose final write did not happen (an execution's result
         # could not be written): retried with the lease renewal, then requeued.
         self.unsettled: set[uuid.UUID] = set()
@@ -111,14 +99,7 @@ class Worker:
         self.manager.unregister(job_id)
         self.job_tasks.discard(task)
         self._slot_freed.set()
-        if ctx.reason is not None and ctx.reason.is_cancel and ctx.stop_write is None:
-            # Cancelled as it was finishing (or before it began): record the stop all the same.
-            self._record_stop(ctx, job_id, ctx.reason)
-        if ctx.stop_write is None:
-            ctx.stopped.set()
-        else:
-            # "Stopped" is reported once the stop is on record, as on any other instance.
-            ctx.stop_write.add_done_callback(lambda write: _stop_recorded(ctx, write))
+        self.stops.on_task_done(ctx)
         if not task.cancelled() and task.exception() is not None:
             log.error("job_task_crashed", job_id=str(job_id), error=repr(task.exception()))
 
@@ -164,7 +145,7 @@ class Worker:
             else:
                 # Handed to the stops batcher, which owns the write (and drain awaits it):
                 # no await here, so thousands of cancelled tasks end at once.
-                self._record_stop(ctx, job.id, reason)
+                self.stops.record(ctx, reason)
             raise
         finally:
             if timer is not None:
@@ -205,64 +186,6 @@ class Worker:
         except Exception:
             jlog.exception("job_requeue_failed")
 
-    def _record_stop(self, ctx: JobContext, job_id: uuid.UUID, reason: StopReason) -> None:
-        latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
-        record = store.StopRecord(job_id, reason.value, latency * 1000, len(ctx.executions))
-        if ctx.pending_cancel is None:
-            ctx.stop_write = self._put_stop(ctx, record)
-        else:
-            ctx.stop_write = self._spawn_aux(
-                self._record_stop_once_cancelled(ctx, record, ctx.pending_cancel, reason),
-                f"stop-{job_id}")
-        log.info("job_task_stopped", job_id=str(job_id), reason=reason.value,
-                 latency_ms=round(latency * 1000, 3))
-
-    def _put_stop(self, ctx: JobContext, record: store.StopRecord) -> asyncio.Future[None]:
-        self.metrics.cancel_stop_seconds.observe((record.local_latency_ms or 0.0) / 1000)
-        self.metrics.jobs_finished.labels("cancelled").inc()
-        return self.stops.put(record, urgent=ctx.stop_awaited)
-
-    async def _record_stop_once_cancelled(self, ctx: JobContext, record: store.StopRecord,
-                                          pending: PendingCancel, reason: StopReason) -> None:
-        """The task was signalled before its cancel committed: the stop goes on record once
-        the job is cancelled in Postgres, and not at all if it had finished first."""
-        if await self._cancel_committed(pending, owe=(record.job_id, reason)):
-            await self._put_stop(ctx, record)
-
-    async def _cancel_committed(self, pending: PendingCancel,
-                                owe: tuple[uuid.UUID, StopReason] | None = None) -> bool:
-        """Whether the cancel sent ahead left the job cancelled. If its statement failed, the
-        work has stopped but the row does not say so: with `owe`, the cancel is retried
-        until Postgres has it (the job stays leased to this instance meanwhile); without,
-        the answer is True (stop the GPU: the cancel was the caller's intent)."""
-        try:
-            return cancel_applied(await asyncio.shield(pending.statement))
-        except asyncio.CancelledError:
-            if not pending.statement.cancelled():
-                raise  # this task is being cancelled, not the statement
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            pass
-        if owe is None:
-            return True
-        job_id, reason = owe
-        delay = 0.05
-        while True:
-            try:
-                await self.canceller.cancel_job(job_id, actor=pending.actor, admin=pending.admin,
-                                                reason=pending.reason, stop=reason)
-                log.info("owed_cancel_recorded", job_id=str(job_id), by=pending.actor)
-                return True
-            except JobError:
-                return False  # it finished first after all
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if self.draining:
-                    # Stopping: the job's lease ends with this instance, so it is requeued.
-                    log.error("owed_cancel_abandoned", job_id=str(job_id), error=repr(exc))
-                    return False
-                log.warning("owed_cancel_retry", job_id=str(job_id), error=repr(exc))
-            delay = min(delay * 2, OWED_CANCEL_RETRY_MAX_S)
-            await asyncio.sleep(delay)
-
     # -- one execution -----------------------------------------------------------------------
 
     async def _run_execution(self, ctx: JobContext, job: store.ClaimedJob,
@@ -289,7 +212,7 @@ class Worker:
             reason = own_reason or ctx.reason
             if (reason is not None and reason.is_cancel and self._owes_cancel(backend, call)
                     and (own_reason is not None or ctx.pending_cancel is None
-                         or await self._cancel_committed(ctx.pending_cancel))):
+                         or await self.stops.cancel_committed(ctx.pending_cancel))):
                 try:
                     await asyncio.shield(
                         self.remote.send(job.id, execution.id, execution.backend, call.remote_id))
@@ -364,12 +287,8 @@ class Worker:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
 
     async def until_stopped(self, ctx: JobContext) -> None:
-        """Wait until the job's task has stopped and its stop is on record; being waited
-        for, that record does not linger."""
-        ctx.stop_awaited = True
-        if ctx.stop_write is not None and not ctx.stop_write.done():
-            self.stops.flush_soon()
-        await ctx.stopped.wait()
+        """Wait until the job's task has stopped and its stop is on record."""
+        await self.stops.until_stopped(ctx)
 
     def recheck(self) -> None:
         """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
@@ -379,7 +298,7 @@ class Worker:
 
     async def drain(self, grace_s: float) -> None:
         """Stop claiming, let running jobs finish for `grace_s`, then interrupt and requeue."""
-        self.draining = True
+        self.draining = self.stops.draining = True
         self.wake.set()
         self._slot_freed.set()
         if self.job_tasks:
@@ -392,7 +311,7 @@ class Worker:
         await asyncio.gather(*self.aux_tasks, return_exceptions=True)
         await self.results.close()
         await self.finals.close()
-        await self.stops.close()
+        await self.stops.batch.close()
         try:
             await store.end_lease(self.pool, self.instance_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):

@@ -1,0 +1,125 @@
+"""Stop records (SPEC §7): a cancelled job's task leaves an audit row with its latency.
+
+They are written in batches that linger briefly, so that cancels one after another share a
+statement and a commit; someone waiting on a stop (`?wait=true`) has it written at once. A
+task signalled ahead of its cancel's commit (runner.context) records its stop only once
+Postgres has the job cancelled -- not at all if the job had finished first -- and, should the
+cancel's statement have failed, retries the cancel itself until it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import structlog
+
+from runner import store
+from runner.batch import Batcher
+from runner.cancel import Canceller, cancel_applied
+from runner.context import JobContext, PendingCancel, StopReason
+from runner.errors import JobError
+from runner.metrics import Metrics
+
+log = structlog.get_logger("runner.stops")
+
+LINGER_S = 0.02
+OWED_CANCEL_RETRY_MAX_S = 2.0
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
+
+
+def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
+    if not write.cancelled():
+        write.exception()  # a failed batch is logged by the batcher; this marks it seen
+    ctx.stopped.set()
+
+
+class StopRecorder:
+    def __init__(self, pool: asyncpg.Pool, instance_id: str, canceller: Canceller, metrics: Metrics,
+                 spawn: Spawn) -> None:
+        self.canceller = canceller
+        self.metrics = metrics
+        self._spawn = spawn  # the worker's tracked tasks, awaited when it drains
+        self.draining = False
+        self.batch: Batcher[store.StopRecord, None] = Batcher(
+            "task_stopped", lambda stops: store.record_stops(pool, stops, instance_id),
+            linger_s=LINGER_S)
+
+    def record(self, ctx: JobContext, reason: StopReason) -> None:
+        """The task stopped for a cancel: hand its record over (the batcher owns the write)."""
+        latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
+        record = store.StopRecord(ctx.job_id, reason.value, latency * 1000, len(ctx.executions))
+        if ctx.pending_cancel is None:
+            ctx.stop_write = self._put(ctx, record)
+        else:
+            ctx.stop_write = self._spawn(self._record_once_cancelled(ctx, record, ctx.pending_cancel, reason),
+                                         f"stop-{ctx.job_id}")
+        log.info("job_task_stopped", job_id=str(ctx.job_id), reason=reason.value,
+                 latency_ms=round(latency * 1000, 3))
+
+    def on_task_done(self, ctx: JobContext) -> None:
+        """The job's task has ended: "stopped" is reported once its stop is on record."""
+        if ctx.reason is not None and ctx.reason.is_cancel and ctx.stop_write is None:
+            # Cancelled as it was finishing (or before it began): record the stop all the same.
+            self.record(ctx, ctx.reason)
+        if ctx.stop_write is None:
+            ctx.stopped.set()
+        else:
+            ctx.stop_write.add_done_callback(lambda write: _stop_recorded(ctx, write))
+
+    async def until_stopped(self, ctx: JobContext) -> None:
+        """Wait until the job's task has stopped and its stop is on record; being waited
+        for, that record does not linger."""
+        ctx.stop_awaited = True
+        if ctx.stop_write is not None and not ctx.stop_write.done():
+            self.batch.flush_soon()
+        await ctx.stopped.wait()
+
+    def _put(self, ctx: JobContext, record: store.StopRecord) -> asyncio.Future[None]:
+        self.metrics.cancel_stop_seconds.observe((record.local_latency_ms or 0.0) / 1000)
+        self.metrics.jobs_finished.labels("cancelled").inc()
+        return self.batch.put(record, urgent=ctx.stop_awaited)
+
+    async def _record_once_cancelled(self, ctx: JobContext, record: store.StopRecord,
+                                     pending: PendingCancel, reason: StopReason) -> None:
+        if await self.cancel_committed(pending, owe=(record.job_id, reason)):
+            await self._put(ctx, record)
+
+    async def cancel_committed(self, pending: PendingCancel,
+                               owe: tuple[uuid.UUID, StopReason] | None = None) -> bool:
+        """Whether the cancel sent ahead left the job cancelled. If its statement failed, the
+        work has stopped but the row does not say so: with `owe`, the cancel is retried
+        until Postgres has it (the job stays leased to this instance meanwhile); without,
+        the answer is True (stop the GPU: the cancel was the caller's intent)."""
+        try:
+            return cancel_applied(await asyncio.shield(pending.statement))
+        except asyncio.CancelledError:
+            if not pending.statement.cancelled():
+                raise  # this task is being cancelled, not the statement
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass
+        if owe is None:
+            return True
+        job_id, reason = owe
+        delay = 0.05
+        while True:
+            try:
+                await self.canceller.cancel_job(job_id, actor=pending.actor, admin=pending.admin,
+                                                reason=pending.reason, stop=reason)
+                log.info("owed_cancel_recorded", job_id=str(job_id), by=pending.actor)
+                return True
+            except JobError:
+                return False  # it finished first after all
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if self.draining:
+                    # Stopping: the job's lease ends with this instance, so it is requeued.
+                    log.error("owed_cancel_abandoned", job_id=str(job_id), error=repr(exc))
+                    return False
+                log.warning("owed_cancel_retry", job_id=str(job_id), error=repr(exc))
+            delay = min(delay * 2, OWED_CANCEL_RETRY_MAX_S)
+            await asyncio.sleep(delay)
