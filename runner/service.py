@@ -64,7 +64,10 @@ class Runtime:
                                    instance_id=self.instance_id)
         self.watch = JobWatch(self.listener)
         if self.listener is not None:
-            self.listener.subscribe(CANCEL, self.on_cancel_notification)
+            if self.role != "api":
+                # Only instances that run jobs act on cancels; an API instance does not even
+                # wake for them (every listener is woken at each cancel's commit).
+                self.listener.subscribe(CANCEL, self.on_cancel_notification)
             self.listener.on_reconnect(self.watch.wake_all)
 
     def on_cancel_notification(self, payload: str) -> None:

@@ -179,7 +179,7 @@ async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
         a_heard: list[str] = []
         assert a.listener is not None
-        a.listener.subscribe(CANCEL, a_heard.append)
+        await a.listener.watch(CANCEL, a_heard.append)  # an API instance does not listen for cancels
         jobs = [await api.submit(HOLD) for _ in range(3)]
         for job in jobs:
             await wait_event(fake_gpu.started[job["executions"][0]["id"]])
