@@ -99,8 +99,9 @@ class StopRecorder:
         try:
             return cancel_applied(await asyncio.shield(pending.statement))
         except asyncio.CancelledError:
-            if not pending.statement.cancelled():
-                raise  # this task is being cancelled, not the statement
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task is being cancelled (the statement may have been too)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pass
         if owe is None:
