@@ -99,6 +99,7 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
             api = await start_service(dsn, "all", env, logdir)
             services.append(api)
         results["holder_pid"] = services[-1].proc.pid
+        results["api_pid"] = api.proc.pid
         async with http_session() as http:
             headers = await sign_in(http, api.base)
             jobs = await _submit_all(http, api.base, headers, n)
@@ -157,11 +158,15 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
         for name in names:
             samples[name] = []
         cpu_before, host_before = cpu_seconds(extra["holder_pid"]), host_cpu()
+        api_before = cpu_seconds(extra["api_pid"])[0]
         for i in range(n):
             for k in range(len(names)):
                 name = names[(i + k) % len(names)]
                 samples[name].append(await systems[name](i))
         cpu_after = cpu_seconds(extra["holder_pid"])
+        if cross:
+            api_cpu = cpu_seconds(extra["api_pid"])[0] - api_before
+            summary_line("runner: CPU per cancel, the API instance", f"{api_cpu / n * 1e6:.0f} us")
         summary_line("vm: CPU stolen by the host meanwhile", steal_line(host_before, host_cpu()))
         summary_line("runner: CPU per cancel, the job's service", f"{(cpu_after[0] - cpu_before[0]) / n * 1e6:.0f} us")
         if len(names) == 1:
