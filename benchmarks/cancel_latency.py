@@ -3,7 +3,7 @@ endpoint; cancel them one at a time through the API and measure from the cancel 
 leaving the client to the fake endpoint seeing its connection close.
 
     python -m benchmarks.cancel_latency [--n 1000] [--cross] [--listener-down] [--no-peers]
-        [--sequential] [--repeat K] [--logs DIR] [--profile FILE] [--json FILE]
+        [--sequential] [--repeat K] [--logs DIR] [--profile FILE [--profile-api]] [--json FILE]
 
 The peers (benchmarks/peers) run in the same invocation. By default the three systems hold
 their N jobs at the same time and their cancels are interleaved (job i of each in turn, the
@@ -153,7 +153,8 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
         if with_peers and not args.sequential:
             for name, running in PEER_RUNNERS.items():
                 systems[name] = await stack.enter_async_context(running(admin_dsn, n, logdir))
-        spy = start_py_spy(extra["holder_pid"], args.profile) if args.profile else None
+        profiled = extra["api_pid"] if args.profile_api else extra["holder_pid"]
+        spy = start_py_spy(profiled, args.profile) if args.profile else None
         names = list(systems)
         for name in names:
             samples[name] = []
@@ -194,6 +195,8 @@ async def main() -> None:
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
     parser.add_argument("--profile", metavar="FILE",
                         help="record our service with py-spy while it cancels (speedscope JSON)")
+    parser.add_argument("--profile-api", action="store_true",
+                        help="with --cross: record the API instance, not the job's")
     args = parser.parse_args()
     cross = args.cross or args.listener_down
     n = args.n or (100 if args.listener_down else 1000)

@@ -1,4 +1,5 @@
-"""What one commit costs on this machine's disk, whatever the service: a one-row UPDATE
+"""What one statement and one commit cost on this machine, whatever the service: a round trip
+that commits nothing (and the client CPU it takes, asyncpg on uvloop), a one-row UPDATE
 committed with synchronous_commit on (what a cancel does: it waits for the WAL flush) and
 off, and a transaction that only sends a NOTIFY (no WAL to flush). A cancel that crosses
 instances waits for a commit before its NOTIFY is delivered; the disk's fsync is in that
@@ -18,6 +19,7 @@ import uvloop
 from benchmarks.harness import embedded_postgres, fmt, fresh_database, machine, percentiles, summary_line
 
 CASES = {
+    "SELECT 1 (a round trip, no commit)": ("on", "SELECT 1"),
     "UPDATE, synchronous_commit on": ("on", "UPDATE floor SET v = v + 1 WHERE id = 1"),
     "UPDATE, synchronous_commit off": ("off", "UPDATE floor SET v = v + 1 WHERE id = 1"),
     "NOTIFY only": ("on", "SELECT pg_notify('floor', 'x')"),
@@ -34,11 +36,14 @@ async def measure(admin_dsn: str, n: int, rounds: int) -> None:
             for name, (sync, statement) in CASES.items():  # alternated: the disk's mood moves
                 await conn.execute(f"SET synchronous_commit = {sync}")
                 samples = []
+                cpu = time.process_time()
                 for _ in range(n):
                     t0 = time.perf_counter()
                     await conn.execute(statement)
                     samples.append((time.perf_counter() - t0) * 1000)
+                cpu = time.process_time() - cpu
                 summary_line(name, fmt(percentiles(samples)))
+                summary_line("  this client's CPU per statement", f"{cpu / n * 1e6:.0f} us")
     finally:
         await conn.close()
 
