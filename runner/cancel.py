@@ -200,15 +200,19 @@ class Canceller:
 
     async def cancel_job(self, job_id: uuid.UUID, *, actor: str, admin: bool, reason: str | None,
                          stop: StopReason = StopReason.CANCELLED) -> dict[str, Any]:
-        statement = asyncio.create_task(fetch_retrying(
-            self.pool, CANCEL_JOB, job_id, actor, reason, admin, self.remote_cancel_backends,
-            self.holder_grace_s), name=f"cancel-{job_id}")
-        # Held here: stop it now, while Postgres commits (see runner.context).
-        ahead = self.manager.cancel_ahead(job_id, stop, PendingCancel(actor, admin, reason, statement))
-        if ahead:
-            await _let_the_stop_run_first()
-        # The signalled task waits on this statement: it runs to its end even if we do not.
-        row = await (asyncio.shield(statement) if ahead else statement)
+        sent = fetch_retrying(self.pool, CANCEL_JOB, job_id, actor, reason, admin,
+                              self.remote_cancel_backends, self.holder_grace_s)
+        ahead = False
+        if not self.manager.is_running(job_id):
+            row = await sent  # held elsewhere, or by nobody: the NOTIFY reaches the holder
+        else:
+            # Held here: stop it now, while Postgres commits (see runner.context).
+            statement = asyncio.create_task(sent, name=f"cancel-{job_id}")
+            ahead = self.manager.cancel_ahead(job_id, stop, PendingCancel(actor, admin, reason, statement))
+            if ahead:
+                await _let_the_stop_run_first()
+            # The signalled task waits on this statement: it runs to its end even if we do not.
+            row = await (asyncio.shield(statement) if ahead else statement)
         if row is None:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no job {job_id}")
