@@ -3,7 +3,8 @@ endpoint; cancel them one at a time through the API and measure from the cancel 
 leaving the client to the fake endpoint seeing its connection close.
 
     python -m benchmarks.cancel_latency [--n 1000] [--cross] [--listener-down] [--no-peers]
-        [--sequential] [--repeat K] [--logs DIR] [--profile FILE [--profile-api]] [--json FILE]
+        [--sequential] [--repeat K] [--client raw|aiohttp] [--logs DIR]
+        [--profile FILE [--profile-api]] [--during CMD] [--json FILE]
 
 The peers (benchmarks/peers) run in the same invocation. By default the three systems hold
 their N jobs at the same time and their cancels are interleaved (job i of each in turn, the
@@ -21,8 +22,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shlex
 import signal
 import statistics
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +36,7 @@ import uvloop
 
 from benchmarks.harness import (
     FakeGpu,
+    RawHttp,
     cpu_seconds,
     embedded_postgres,
     fmt,
@@ -67,9 +71,19 @@ async def _submit_all(http: Any, base: str, headers: dict[str, str], n: int) -> 
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def _floor(http: Any, base: str, headers: dict[str, str], job_id: str, count: int = 300) -> float:
+async def _floor(http: Any, base: str, headers: dict[str, str], job_id: str, client: str,
+                 count: int = 300) -> float:
     """p50 of an authenticated GET /jobs/{id}: what any API round trip costs here."""
     samples = []
+    if client == "raw":
+        async with RawHttp(base, headers) as raw:
+            request = raw.prepare("GET", f"/jobs/{job_id}")
+            for _ in range(count):
+                t0 = time.perf_counter()
+                status, _body = await raw.send(request)
+                samples.append((time.perf_counter() - t0) * 1000)
+                assert status == 200, status
+        return percentiles(samples)["p50"]
     for _ in range(count):
         t0 = time.perf_counter()
         async with http.get(f"{base}/jobs/{job_id}", headers=headers) as resp:
@@ -80,7 +94,7 @@ async def _floor(http: Any, base: str, headers: dict[str, str], job_id: str, cou
 
 @contextlib.asynccontextmanager
 async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bool, lease_s: float,
-                       logdir: Path, results: dict[str, Any]) -> AsyncIterator[CancelOne]:
+                       logdir: Path, results: dict[str, Any], client: str) -> AsyncIterator[CancelOne]:
     """Our service(s) with N jobs in flight; yields `cancel(i)` (ms until job i's connection
     closed) and puts the floor (p50 of GET /jobs/{id}) in `results`."""
     fake = FakeGpu()
@@ -90,6 +104,7 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
            "RUNNER_LEASE_S": str(lease_s), "RUNNER_SHUTDOWN_GRACE_S": "0",
            "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake.url}/hold"\n'}
     services = []
+    results["answered_ms"], results["close_after_answer_ms"] = [], []
     try:
         if cross:
             api = await start_service(dsn, "api", env, logdir)
@@ -100,11 +115,12 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
             services.append(api)
         results["holder_pid"] = services[-1].proc.pid
         results["api_pid"] = api.proc.pid
-        async with http_session() as http:
+        async with http_session() as http, contextlib.AsyncExitStack() as stack:
             headers = await sign_in(http, api.base)
             jobs = await _submit_all(http, api.base, headers, n)
             await fake.wait_open(n)
-            results["floor_p50_ms"] = await _floor(http, api.base, headers, jobs[0]["id"])
+            results["floor_p50_ms"] = await _floor(http, api.base, headers, jobs[0]["id"], client)
+            raw = await stack.enter_async_context(RawHttp(api.base, headers)) if client == "raw" else None
             if listener_down:
                 admin = await asyncpg.connect(admin_dsn)
                 try:
@@ -119,11 +135,22 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
             async def cancel(i: int) -> float:
                 job = jobs[i]
                 closed = fake.close_of(job["executions"][0]["id"])
-                t0 = time.perf_counter()
-                async with http.post(f"{api.base}/jobs/{job['id']}/cancel", headers=headers) as resp:
-                    assert resp.status == 200, await resp.text()
-                    await resp.read()
-                return (await asyncio.wait_for(closed, 60) - t0) * 1000
+                path = f"/jobs/{job['id']}/cancel"
+                if raw is not None:
+                    request = raw.prepare("POST", path)
+                    t0 = time.perf_counter()
+                    status, body = await raw.send(request)
+                    assert status == 200, body
+                else:
+                    t0 = time.perf_counter()
+                    async with http.post(f"{api.base}{path}", headers=headers) as resp:
+                        assert resp.status == 200, await resp.text()
+                        await resp.read()
+                answered = time.perf_counter()
+                closed_at = closed.result() if closed.done() else await asyncio.wait_for(closed, 60)
+                results["answered_ms"].append((answered - t0) * 1000)
+                results["close_after_answer_ms"].append((closed_at - answered) * 1000)
+                return (closed_at - t0) * 1000
 
             yield cancel
     finally:
@@ -149,17 +176,21 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
     async with contextlib.AsyncExitStack() as stack:
         systems = {"runner": await stack.enter_async_context(ours_running(
             admin_dsn, n, cross=cross, listener_down=args.listener_down, lease_s=lease_s,
-            logdir=logdir, results=extra))}
+            logdir=logdir, results=extra, client=args.client))}
         if with_peers and not args.sequential:
             for name, running in PEER_RUNNERS.items():
                 systems[name] = await stack.enter_async_context(running(admin_dsn, n, logdir))
         profiled = extra["api_pid"] if args.profile_api else extra["holder_pid"]
         spy = start_py_spy(profiled, args.profile) if args.profile else None
+        tracer = subprocess.Popen(shlex.split(args.during)) if args.during else None
+        if tracer is not None:
+            await asyncio.sleep(1)  # attached before the clock starts
         names = list(systems)
         for name in names:
             samples[name] = []
         cpu_before, host_before = cpu_seconds(extra["holder_pid"]), host_cpu()
         api_before = cpu_seconds(extra["api_pid"])[0]
+        client_before = time.process_time()
         for i in range(n):
             for k in range(len(names)):
                 name = names[(i + k) % len(names)]
@@ -171,7 +202,14 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
         summary_line("vm: CPU stolen by the host meanwhile", steal_line(host_before, host_cpu()))
         summary_line("runner: CPU per cancel, the job's service", f"{(cpu_after[0] - cpu_before[0]) / n * 1e6:.0f} us")
         if len(names) == 1:
+            summary_line("the measuring client and fake: CPU per cancel",
+                         f"{(time.process_time() - client_before) / n * 1e6:.0f} us ({args.client})")
             summary_line("runner: CPU per cancel, Postgres", f"{(cpu_after[1] - cpu_before[1]) / n * 1e6:.0f} us")
+        summary_line("runner: request -> answer read", fmt(percentiles(extra["answered_ms"])))
+        summary_line("runner: answer read -> connection closed", fmt(percentiles(extra["close_after_answer_ms"])))
+        if tracer is not None:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(60)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -195,6 +233,10 @@ async def main() -> None:
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
     parser.add_argument("--profile", metavar="FILE",
                         help="record our service with py-spy while it cancels (speedscope JSON)")
+    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                        help="the measuring HTTP client (raw: see harness.RawHttp)")
+    parser.add_argument("--during", metavar="CMD",
+                        help="run CMD while our cancels go on, interrupted after (e.g. 'perf sched record -a')")
     parser.add_argument("--profile-api", action="store_true",
                         help="with --cross: record the API instance, not the job's")
     args = parser.parse_args()
