@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,11 @@ from aiohttp import web
 from runner import errors as runner_errors
 
 log = structlog.get_logger("api")
+
+# Request ids: this process's random prefix and a counter (unique without a getrandom()
+# call and a UUID per request).
+_REQUEST_ID_PREFIX = secrets.token_hex(6)
+_request_numbers = itertools.count(1)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -101,7 +107,7 @@ def error_response(http_status: int, code: str, message: str, /, **extra: Any) -
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as JSON; an unexpected one is logged with its trace, never shown."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or f"{_REQUEST_ID_PREFIX}-{next(_request_numbers):x}"
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         response = await handler(request)

@@ -57,6 +57,8 @@ async def test_unexpected_exception_is_json_500_without_trace(
     assert "secret" not in await resp.text()
     [entry] = [e for e in logs if e["event"] == "unhandled_error"]
     assert entry["log_level"] == "error" and entry["path"] == "/boom"
+    again = await client.get("/boom")
+    assert again.headers["X-Request-Id"] != resp.headers["X-Request-Id"]
     assert isinstance(entry["exc_info"], tuple) or entry["exc_info"] is True
 
 

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from runner.config import Settings
+from runner.listener import AUTH
 from runner.service import Runtime, running_service
 from tests.wallets import Wallet, _ts, get_nonce, login, sign_in
 
@@ -199,6 +200,32 @@ async def test_logout_is_seen_by_another_instance_within_a_second(
         while await _me(http, b, token) == 200:
             assert time.monotonic() - revoked_at < 1.0, "B still accepts a revoked token"
             await asyncio.sleep(0.01)
+
+
+async def test_logout_evicts_the_token_elsewhere_through_its_notify(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, service: Runtime,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With cache entries that would stay valid for a minute, another instance still refuses
+    a revoked token: the logout's NOTIFY evicted it there."""
+    import api.sessions
+
+    monkeypatch.setattr(api.sessions, "CACHE_TTL_S", 60.0)
+    monkeypatch.setattr(api.sessions, "REFRESH_AFTER_S", 60.0)
+    async with running_service(settings, "api", dsn=dsn) as other:
+        a = f"http://127.0.0.1:{service.port}"
+        b = f"http://127.0.0.1:{other.port}"
+        token = await sign_in(http, a, Wallet())
+        assert await _me(http, b, token) == 200  # now cached on B, for a minute
+        heard = asyncio.Event()
+        assert other.listener is not None
+        other.listener.subscribe(AUTH, lambda _payload: heard.set())  # after B's own handler
+        async with http.post(f"{a}/auth/logout",
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+        async with asyncio.timeout(10):
+            await heard.wait()
+        assert await _me(http, b, token) == 401
 
 
 async def test_a_token_in_use_is_re_read_in_the_background_never_trusted_longer(
