@@ -23,9 +23,7 @@ import asyncio
 import contextlib
 import json
 import shlex
-import signal
 import statistics
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,6 +35,8 @@ import uvloop
 from benchmarks.harness import (
     FakeGpu,
     RawHttp,
+    Requests,
+    aiohttp_requests,
     cpu_seconds,
     embedded_postgres,
     fmt,
@@ -49,8 +49,10 @@ from benchmarks.harness import (
     raise_fd_limit,
     sign_in,
     start_py_spy,
+    start_recorder,
     start_service,
     steal_line,
+    stop_recorder,
     summary_line,
 )
 from benchmarks.peers import CancelOne
@@ -71,24 +73,15 @@ async def _submit_all(http: Any, base: str, headers: dict[str, str], n: int) -> 
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def _floor(http: Any, base: str, headers: dict[str, str], job_id: str, client: str,
-                 count: int = 300) -> float:
+async def _floor(request: Requests, job_id: str, count: int = 300) -> float:
     """p50 of an authenticated GET /jobs/{id}: what any API round trip costs here."""
+    get = request("GET", f"/jobs/{job_id}")
     samples = []
-    if client == "raw":
-        async with RawHttp(base, headers) as raw:
-            request = raw.prepare("GET", f"/jobs/{job_id}")
-            for _ in range(count):
-                t0 = time.perf_counter()
-                status, _body = await raw.send(request)
-                samples.append((time.perf_counter() - t0) * 1000)
-                assert status == 200, status
-        return percentiles(samples)["p50"]
     for _ in range(count):
         t0 = time.perf_counter()
-        async with http.get(f"{base}/jobs/{job_id}", headers=headers) as resp:
-            await resp.read()
+        status, _body = await get()
         samples.append((time.perf_counter() - t0) * 1000)
+        assert status == 200, status
     return percentiles(samples)["p50"]
 
 
@@ -119,8 +112,9 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
             headers = await sign_in(http, api.base)
             jobs = await _submit_all(http, api.base, headers, n)
             await fake.wait_open(n)
-            results["floor_p50_ms"] = await _floor(http, api.base, headers, jobs[0]["id"], client)
-            raw = await stack.enter_async_context(RawHttp(api.base, headers)) if client == "raw" else None
+            request = ((await stack.enter_async_context(RawHttp(api.base, headers))).request
+                       if client == "raw" else aiohttp_requests(http, api.base, headers))
+            results["floor_p50_ms"] = await _floor(request, jobs[0]["id"])
             if listener_down:
                 admin = await asyncpg.connect(admin_dsn)
                 try:
@@ -135,17 +129,10 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
             async def cancel(i: int) -> float:
                 job = jobs[i]
                 closed = fake.close_of(job["executions"][0]["id"])
-                path = f"/jobs/{job['id']}/cancel"
-                if raw is not None:
-                    request = raw.prepare("POST", path)
-                    t0 = time.perf_counter()
-                    status, body = await raw.send(request)
-                    assert status == 200, body
-                else:
-                    t0 = time.perf_counter()
-                    async with http.post(f"{api.base}{path}", headers=headers) as resp:
-                        assert resp.status == 200, await resp.text()
-                        await resp.read()
+                post = request("POST", f"/jobs/{job['id']}/cancel")
+                t0 = time.perf_counter()
+                status, body = await post()
+                assert status == 200, body
                 answered = time.perf_counter()
                 closed_at = closed.result() if closed.done() else await asyncio.wait_for(closed, 60)
                 results["answered_ms"].append((answered - t0) * 1000)
@@ -182,9 +169,7 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
                 systems[name] = await stack.enter_async_context(running(admin_dsn, n, logdir))
         profiled = extra["api_pid"] if args.profile_api else extra["holder_pid"]
         spy = start_py_spy(profiled, args.profile) if args.profile else None
-        tracer = subprocess.Popen(shlex.split(args.during)) if args.during else None
-        if tracer is not None:
-            await asyncio.sleep(1)  # attached before the clock starts
+        tracer = start_recorder(shlex.split(args.during)) if args.during else None
         names = list(systems)
         for name in names:
             samples[name] = []
@@ -207,12 +192,8 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
             summary_line("runner: CPU per cancel, Postgres", f"{(cpu_after[1] - cpu_before[1]) / n * 1e6:.0f} us")
         summary_line("runner: request -> answer read", fmt(percentiles(extra["answered_ms"])))
         summary_line("runner: answer read -> connection closed", fmt(percentiles(extra["close_after_answer_ms"])))
-        if tracer is not None:
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(60)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
+        stop_recorder(tracer)
+        stop_recorder(spy)
     if with_peers and args.sequential:
         samples.update(await run_peers(admin_dsn, n, logdir))
     return samples, extra["floor_p50_ms"]

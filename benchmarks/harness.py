@@ -12,6 +12,7 @@ import contextlib
 import os
 import platform
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,10 @@ async def http_session(limit: int = 0) -> AsyncIterator[aiohttp.ClientSession]:
         yield http
 
 
+Request = Callable[[], Awaitable[tuple[int, bytes]]]  # sends one prepared request: (status, body)
+Requests = Callable[[str, str], Request]  # (method, path) -> a prepared request
+
+
 class _RawHttpProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -338,19 +343,32 @@ class RawHttp:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
 
-    def prepare(self, method: str, path: str) -> bytes:
-        """The request's bytes, built before the clock starts."""
-        return f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._fixed + b"Content-Length: 0\r\n\r\n"
+    def request(self, method: str, path: str) -> Request:
+        """The request, its bytes built now (before the clock starts); calling it sends it."""
+        data = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._fixed + b"Content-Length: 0\r\n\r\n"
+        return lambda: self._send(data)
 
-    async def send(self, request: bytes) -> tuple[int, bytes]:
-        """Write the request; (status, body) of the reply."""
+    async def _send(self, data: bytes) -> tuple[int, bytes]:
         protocol = self._protocol
         assert protocol is not None and protocol.transport is not None
         if protocol.lost is not None:
             raise protocol.lost
         protocol.waiter = asyncio.get_running_loop().create_future()
-        protocol.transport.write(request)
+        protocol.transport.write(data)
         return await protocol.waiter
+
+
+def aiohttp_requests(http: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> Requests:
+    """The same as RawHttp.request, through aiohttp's client."""
+
+    def request(method: str, path: str) -> Request:
+        async def send() -> tuple[int, bytes]:
+            async with http.request(method, base + path, headers=headers) as resp:
+                return resp.status, await resp.read()
+
+        return send
+
+    return request
 
 
 def cpu_seconds(service_pid: int) -> tuple[float, float]:
@@ -398,11 +416,23 @@ def steal_line(before: tuple[int, int], after: tuple[int, int]) -> str:
     return f"{(after[1] - before[1]) / total * 100:.1f}%" if total > 0 else "unknown"
 
 
+def start_recorder(argv: list[str]) -> subprocess.Popen[bytes]:
+    """A recorder (py-spy, perf) running beside the measurement; stop it with stop_recorder."""
+    recorder = subprocess.Popen(argv)
+    time.sleep(1.0)  # it attaches before the clock starts
+    return recorder
+
+
+def stop_recorder(recorder: subprocess.Popen[bytes] | None) -> None:
+    """Interrupt it, so that it writes what it recorded, and wait for it."""
+    if recorder is not None:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(60)
+
+
 def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format",
-                            "speedscope", "--output", out, *extra_spy_args()])
-    time.sleep(1.0)  # py-spy attaches before the clock starts
-    return spy
+    return start_recorder(["py-spy", "record", "--pid", str(pid), "--format",
+                           "speedscope", "--output", out, *extra_spy_args()])
 
 
 def summary_line(name: str, value: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from benchmarks.harness import (
     sign_in,
     start_py_spy,
     start_service,
+    stop_recorder,
     summary_line,
 )
 
@@ -79,9 +79,7 @@ async def main() -> None:
                 last = max(done) - t0
                 cpu_after = cpu_seconds(service.proc.pid)
                 own_cpu = time.process_time() - own_before
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)
-                    spy.wait(60)
+                stop_recorder(spy)
                 summary_line("POST /jobs/cancel answered after", f"{answered * 1000:.0f} ms ({body['count']} jobs)")
                 summary_line("every connection closed after", f"{last * 1000:.0f} ms")
                 first = min(done) - t0
