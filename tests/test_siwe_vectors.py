@@ -1,4 +1,4 @@
-"""The official EIP-4361 test vectors (../shared/eip4361-vectors), every one of them."""
+"""The official EIP-4361 test vectors (a copy under tests/data/eip4361-vectors, with its licence), every one of them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from api import siwe
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "eip4361-vectors"
+VECTORS = Path(__file__).resolve().parent / "data" / "eip4361-vectors"
 
 
 def _load(name: str) -> dict[str, Any]:
