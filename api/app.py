@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from api.auth import auth_middleware, setup_auth
+from api.bodies import READ_TIMEOUT_S
 from api.cors import preflight_middleware, setup_cors
 from api.errors import Unavailable, error_middleware
 from api.events import job_events
@@ -49,6 +50,7 @@ def create_app(runtime: Runtime) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime
+    app[READ_TIMEOUT_S] = runtime.settings.read_timeout_s
     sessions = Sessions(runtime.pool, runtime.settings)
     if runtime.listener is not None:
         runtime.listener.subscribe(AUTH, sessions.evict)

@@ -79,7 +79,9 @@ async def nonce(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    body = await read_json_object(request)
+    # Nothing of the message is stored but what parsing it checks (nonce, address): a message
+    # with a NUL in it is malformed, the login's own 401 invalid_message.
+    body = await read_json_object(request, stored=False)
     message, signature = body.get("message"), body.get("signature")
     if not isinstance(message, str) or not isinstance(signature, str):
         raise BadRequest("the body must have string fields 'message' and 'signature'")

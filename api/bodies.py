@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from api.errors import BadRequest, UnsupportedMediaType
+from runner import storable
+from runner.errors import InvalidJson, Unstorable
 from runner.timeutil import iso
 
-__all__ = ["iso", "read_json_object"]
+__all__ = ["READ_TIMEOUT_S", "iso", "read_json_object"]
+
+READ_TIMEOUT_S = web.AppKey("read_timeout_s", float)
 
 
-async def read_json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    """The body as a JSON object; 415 for another media type, 400 for anything malformed."""
-    raw = await request.read()  # over client_max_size: 413, rendered by the error middleware
+async def read_json_object(request: web.Request, *, required: bool = True,
+                           stored: bool = True) -> dict[str, Any]:
+    """The body as a JSON object, its nesting bounded before parsing; with `stored` (what the
+    body says will be written), one that Postgres can store (runner.storable). 415 for
+    another media type, 400 for anything malformed, unstorable, or not sent in time."""
+    limit_s = request.app[READ_TIMEOUT_S]
+    try:
+        async with asyncio.timeout(limit_s):
+            raw = await request.read()  # over client_max_size: 413, rendered by the error middleware
+    except TimeoutError:
+        raise BadRequest(f"the request body did not arrive within {limit_s:g} s") from None
     if not raw.strip():
         if required:
             raise BadRequest("the request body is empty; expected a JSON object")
@@ -24,9 +36,11 @@ async def read_json_object(request: web.Request, *, required: bool = True) -> di
     if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
         raise UnsupportedMediaType(f"expected Content-Type application/json, got {ctype}")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = storable.loads(raw) if stored else storable.parse(raw)
+    except InvalidJson as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except Unstorable as exc:
+        raise BadRequest(f"the body cannot be stored: {exc} ({storable.RULE})") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

@@ -9,11 +9,11 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 
 from runner import errors as runner_errors
+from runner.db import is_transient
 
 log = structlog.get_logger("api")
 
@@ -92,10 +92,6 @@ _HTTP_CODES = {
 }
 
 
-# The database is unreachable, restarting or was cut off mid-statement: not a bug, and the
-# client may retry (every write is a single conditional transaction).
-_DATABASE_DOWN = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                  asyncpg.exceptions.OperatorInterventionError)
 
 
 def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
@@ -125,12 +121,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except _DATABASE_DOWN as exc:
-        log.warning("database_unavailable", method=request.method, path=request.path, error=repr(exc))
-        response = error_response(503, "unavailable", "the database did not answer; try again")
-    except Exception:
-        log.exception("unhandled_error", method=request.method, path=request.path)
-        response = error_response(500, "internal_error", "internal error; it has been logged")
+    except Exception as exc:
+        if is_transient(exc):
+            # Unreachable, restarting, or cut off mid-statement: not a bug, and the client may
+            # retry (every write is a single conditional transaction).
+            log.warning("database_unavailable", method=request.method, path=request.path, error=repr(exc))
+            response = error_response(503, "unavailable", "the database did not answer; try again")
+        else:
+            log.exception("unhandled_error", method=request.method, path=request.path)
+            response = error_response(500, "internal_error", "internal error; it has been logged")
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
     return response

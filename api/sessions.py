@@ -35,7 +35,9 @@ _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
 def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # A header or cookie of bytes that are not UTF-8 reaches us with surrogates in it: it
+    # hashes to a token nobody holds (401), never to an error.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(frozen=True, slots=True)

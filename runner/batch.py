@@ -8,13 +8,16 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-import asyncpg
 import structlog
+
+from runner.db import backoff_s, is_database_error, is_transient
 
 log = structlog.get_logger("runner.batch")
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+CLOSING_RETRY_S = 10.0
 
 
 class Batcher(Generic[T, R]):
@@ -33,6 +36,7 @@ class Batcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
         self._lingering: asyncio.TimerHandle | None = None
+        self._closing_at: float | None = None
 
     def put(self, item: T, *, urgent: bool = False) -> asyncio.Future[R]:
         """Queue `item` without waiting: the batcher owns the write from here (close()
@@ -71,34 +75,63 @@ class Batcher(Generic[T, R]):
             if not batch:
                 return
             try:
-                results = await self._flush_retrying([item for item, _ in batch])
+                outcomes = await self._flush_classified([item for item, _ in batch])
             except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                outcomes = [exc if isinstance(exc, Exception) else RuntimeError(repr(exc))] * len(batch)
                 if not isinstance(exc, Exception):
+                    self._settle(batch, outcomes)
                     raise
                 log.warning("batch_flush_failed", batch=self.name, items=len(batch), error=repr(exc))
-                return
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            self._settle(batch, outcomes)
 
-    async def _flush_retrying(self, items: list[T]) -> list[R]:
-        """Flush; once more if Postgres broke a deadlock by aborting it (every write is
-        conditional, so a retry does no harm)."""
-        for attempt in range(3):
+    @staticmethod
+    def _settle(batch: list[tuple[T, asyncio.Future[R]]], outcomes: list[R | Exception]) -> None:
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def _flush_classified(self, items: list[T]) -> list[R | Exception]:
+        """Flush, telling failures apart (runner.db.is_transient). A transient one is tried
+        again with backoff until Postgres is back (every write is conditional, so a retry
+        does no harm) -- for a bounded time once the batcher is closing. A permanent one is
+        a data problem in some item: the items are written apart, so that only that item
+        fails and its neighbours (other jobs, other wallets) are written as usual."""
+        attempt = 0
+        while True:
             try:
-                return await self._flush(items)
-            except asyncpg.DeadlockDetectedError:
-                if attempt == 2:
+                return list(await self._flush(items))
+            except Exception as exc:
+                if not is_database_error(exc):
                     raise
-                log.warning("deadlock_retried", batch=self.name, attempt=attempt + 1)
-        raise AssertionError("unreachable")
+                if not is_transient(exc):
+                    if len(items) == 1:
+                        raise
+                    log.warning("batch_split", batch=self.name, items=len(items), error=repr(exc))
+                    return [await self._flush_one(item) for item in items]
+                attempt += 1
+                loop = asyncio.get_running_loop()
+                if self._closing_at is not None and loop.time() - self._closing_at > CLOSING_RETRY_S:
+                    raise
+                log.warning("batch_flush_retry", batch=self.name, items=len(items), attempt=attempt,
+                            error=repr(exc))
+            await asyncio.sleep(backoff_s(attempt))
+
+    async def _flush_one(self, item: T) -> R | Exception:
+        try:
+            [outcome] = await self._flush_classified([item])
+        except Exception as exc:
+            log.error("batch_item_failed", batch=self.name, error=repr(exc))
+            return exc
+        return outcome
 
     async def close(self) -> None:
         """Flush what is pending and wait for every flush under way (on shutdown, before the
-        pool closes)."""
+        pool closes); a database that stays away is given CLOSING_RETRY_S more."""
+        self._closing_at = asyncio.get_running_loop().time()
         self.flush_soon()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

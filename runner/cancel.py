@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from runner.context import JobContextManager, PendingCancel, StopReason
+from runner.db import backoff_s
 from runner.errors import JobForbidden, JobNotFound, NotCancellable
 from runner.listener import CANCEL
 from runner.metrics import Metrics
@@ -160,16 +161,19 @@ async def _let_the_stop_run_first() -> None:
 
 
 async def fetch_retrying(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record | None:
-    """One statement, tried again if Postgres broke a deadlock by aborting it. Lock order
-    (jobs before executions, ids ascending) makes that rare; it must never be a 500."""
-    for attempt in range(3):
+    """One statement, tried again (with backoff, twice at most) if Postgres aborted it to
+    break a deadlock. Lock order (jobs before executions, ids ascending) makes that rare; it
+    must never be a 500. Other failures go to the caller: someone is waiting for an answer."""
+    attempt = 0
+    while True:
         try:
             return await pool.fetchrow(sql, *args)
-        except asyncpg.DeadlockDetectedError:
-            if attempt == 2:
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            attempt += 1
+            if attempt == 3:
                 raise
-            log.warning("deadlock_retried", attempt=attempt + 1)
-    return None  # unreachable
+            log.warning("deadlock_retried", attempt=attempt)
+        await asyncio.sleep(backoff_s(attempt, base_s=0.005))
 
 
 class Canceller:

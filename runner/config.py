@@ -74,6 +74,9 @@ class Settings:
     db_pool_size: int = 20
     metrics_port: int | None = None
     log_format: str = "json"
+    # A client has this long to send a request's headers, and again its body; an idle
+    # keep-alive connection is closed after it too.
+    read_timeout_s: float = 15.0
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
@@ -145,4 +148,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=get(
             "RUNNER_LOG_FORMAT", log_format, "console" if sys.stderr.isatty() else "json"
         ),
+        read_timeout_s=get("RUNNER_READ_TIMEOUT_S", _seconds, 15.0),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import re
 import warnings
 from dataclasses import dataclass
@@ -52,6 +53,32 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+# Postgres errors, classified once. Transient: the connection or the server went away, or
+# Postgres aborted the statement for a reason of its own (deadlock, serialization, a
+# cancelled query, no room) -- the same statement may succeed later. Everything else (data
+# exceptions, constraints, syntax) is permanent: retrying it only repeats the failure.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+    asyncpg.InsufficientResourcesError,
+)
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, asyncpg.PostgresError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the database failure `exc` may go away by itself (worth another try)."""
+    return isinstance(exc, _TRANSIENT)
+
+
+def is_database_error(exc: BaseException) -> bool:
+    return isinstance(exc, DATABASE_ERRORS)
+
+
+def backoff_s(attempt: int, *, base_s: float = 0.05, cap_s: float = 5.0) -> float:
+    """Exponential backoff with full jitter for the `attempt`-th retry (1-based)."""
+    return random.uniform(base_s, min(cap_s, base_s * 2 ** attempt))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

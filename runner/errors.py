@@ -70,3 +70,16 @@ class TransientBackendError(BackendError):
 
 class PermanentBackendError(BackendError):
     """Not worth another try: a 4xx, an unexpected answer, a failed job."""
+
+
+class InvalidJson(RunnerError):
+    """Text that is not JSON."""
+
+
+class Unstorable(RunnerError):
+    """A value Postgres would refuse (runner.storable), and where it is."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{problem} at {path}")
+        self.path = path
+        self.problem = problem

@@ -7,7 +7,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -112,8 +112,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at = datetime.fromisoformat(stamp)
         if created_at.tzinfo is None:
             raise ValueError("naive time")
-        return created_at, uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError):
+        return created_at.astimezone(UTC), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise JobError("the cursor is not one this service issued") from None
 
 

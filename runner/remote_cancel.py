@@ -13,6 +13,7 @@ import structlog
 
 from runner.backends import Backend, CancelOutcome, CancelResult
 from runner.metrics import Metrics
+from runner.storable import readable
 
 log = structlog.get_logger("runner.remote_cancel")
 
@@ -61,8 +62,8 @@ class RemoteCanceller:
                     result = await backend.cancel_remote(job_id, execution_id, remote_id)
             except TimeoutError:
                 result = CancelResult(CancelOutcome.RETRY, f"no answer within {SEND_TIMEOUT_S} s")
-        await self.pool.execute(_RECORD, job_id, execution_id, result.outcome.value, result.detail,
-                                self.instance_id, MAX_BACKOFF_S)
+        await self.pool.execute(_RECORD, job_id, execution_id, result.outcome.value,
+                                readable(result.detail), self.instance_id, MAX_BACKOFF_S)
         self.metrics.remote_cancels.labels(backend_name, result.outcome.value).inc()
         log.info("remote_cancel", job_id=str(job_id), execution_id=str(execution_id),
                  backend=backend_name, remote_id=remote_id, outcome=result.outcome.value,

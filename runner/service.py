@@ -162,10 +162,10 @@ async def running_service(
         await runtime.listener.wait_connected()
 
         if app is not None:
-            runtime.port = await _serve_app(stack, app, settings.host, settings.port)
+            runtime.port = await _serve_app(stack, app, settings)
             log.info("api_listening", host=settings.host, port=runtime.port)
         if settings.metrics_port is not None:
-            await _serve_app(stack, create_metrics_app(runtime), settings.host, settings.metrics_port)
+            await _serve_app(stack, create_metrics_app(runtime), settings, settings.metrics_port)
         if runtime.worker is not None:
             runtime.spawn("worker_claim", runtime.worker.claim_loop())
             stack.push_async_callback(runtime.worker.drain, settings.shutdown_grace_s)
@@ -193,12 +193,16 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     return worker
 
 
-async def _serve_app(stack: contextlib.AsyncExitStack, app: web.Application, host: str,
-                     port: int) -> int | None:
-    app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+async def _serve_app(stack: contextlib.AsyncExitStack, app: web.Application, settings: Settings,
+                     port: int | None = None) -> int | None:
+    # aiohttp's keep-alive timer also runs from the moment a connection opens until its first
+    # request is whole, so it bounds how long a client may take to send its headers.
+    app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1,
+                               keepalive_timeout=settings.read_timeout_s)
     await app_runner.setup()
     stack.push_async_callback(app_runner.cleanup)
-    site = web.TCPSite(app_runner, host, port, reuse_address=True)
+    site = web.TCPSite(app_runner, settings.host, settings.port if port is None else port,
+                       reuse_address=True)
     await site.start()
     return _bound_port(app_runner)
 

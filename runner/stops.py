@@ -22,6 +22,7 @@ from runner import store
 from runner.batch import Batcher
 from runner.cancel import Canceller, cancel_applied
 from runner.context import JobContext, PendingCancel, StopReason
+from runner.db import DATABASE_ERRORS, backoff_s, is_transient
 from runner.errors import JobError
 from runner.metrics import Metrics
 
@@ -102,12 +103,12 @@ class StopRecorder:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # this task is being cancelled (the statement may have been too)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             pass
         if owe is None:
             return True
         job_id, reason = owe
-        delay = 0.05
+        attempt = 0
         while True:
             try:
                 await self.canceller.cancel_job(job_id, actor=pending.actor, admin=pending.admin,
@@ -116,11 +117,16 @@ class StopRecorder:
                 return True
             except JobError:
                 return False  # it finished first after all
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
+                if not is_transient(exc):
+                    # Retrying would repeat the refusal. The job's lease check finds it held
+                    # by no task and requeues it; the work itself has stopped.
+                    log.error("owed_cancel_refused", job_id=str(job_id), error=repr(exc))
+                    return False
                 if self.draining:
                     # Stopping: the job's lease ends with this instance, so it is requeued.
                     log.error("owed_cancel_abandoned", job_id=str(job_id), error=repr(exc))
                     return False
                 log.warning("owed_cancel_retry", job_id=str(job_id), error=repr(exc))
-            delay = min(delay * 2, OWED_CANCEL_RETRY_MAX_S)
-            await asyncio.sleep(delay)
+            attempt += 1
+            await asyncio.sleep(backoff_s(attempt, cap_s=OWED_CANCEL_RETRY_MAX_S))

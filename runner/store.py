@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from runner.listener import SUBMIT
+from runner.storable import readable
 
 # A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A
 # running job's lease is its worker's.
@@ -160,7 +161,8 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
            SELECT 'execution' AS kind, id, NULL AS status FROM ex
            UNION ALL SELECT 'job', id, status FROM job
            UNION ALL SELECT 'notified', NULL, NULL FROM changed, runner_notify_job(changed.job_id)""",
-        [{"id": str(r.execution_id), "status": r.status, "output": r.output, "error": r.error,
+        [{"id": str(r.execution_id), "status": r.status, "output": r.output,
+          "error": None if r.error is None else readable(r.error),
           "attempts": r.attempts, "owe": r.owe_remote_cancel} for r in results],
         worker_id, list({r.job_id for r in results}))
     written = {row["id"] for row in rows if row["kind"] == "execution"}
@@ -213,12 +215,15 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str)
     return [found.get(job_id, (False, "missing")) for job_id in job_ids]
 
 
-async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str) -> bool:
-    """A shutdown interrupted the job: back to queued, keeping remote ids; not an attempt used."""
+async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str, *,
+                              reason: str = "shutdown") -> bool:
+    """The job goes back to queued, keeping remote ids. Only a clean shutdown hands back the
+    attempt it used: anything else that interrupts a job again and again must end in
+    RUNNER_MAX_JOB_ATTEMPTS, never in a loop."""
     done: bool = await pool.fetchval(
         f"""WITH job AS (
                 UPDATE jobs SET status = 'queued', worker_id = NULL,
-                    attempts = greatest(attempts - 1, 0)
+                    attempts = CASE WHEN $3 = 'shutdown' THEN greatest(attempts - 1, 0) ELSE attempts END
                 WHERE id = $1 AND status = 'running' AND worker_id = $2 RETURNING id),
             ex AS (
                 UPDATE executions e SET status = 'queued'
@@ -226,11 +231,11 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
             ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
                 SELECT id, 'requeued', 'system',
-                    jsonb_build_object('reason', 'shutdown', 'worker', $2::text,
+                    jsonb_build_object('reason', $3::text, 'worker', $2::text,
                                        'executions', (SELECT count(*) FROM ex))
                 FROM job)
             SELECT count(*) > 0 FROM job, pg_notify('{SUBMIT}', ''), runner_notify_job($1)""",
-        job_id, worker_id)
+        job_id, worker_id, reason)
     return done
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
@@ -13,13 +14,14 @@ from typing import Any
 import asyncpg
 import structlog
 
-from runner import store
+from runner import storable, store
 from runner.backends import Backend, ExecutionCall
 from runner.batch import Batcher
 from runner.cancel import Canceller
 from runner.config import Settings
 from runner.context import JobContext, JobContextManager, StopReason
-from runner.errors import BackendError, JobError
+from runner.db import DATABASE_ERRORS, backoff_s, is_database_error, is_transient
+from runner.errors import BackendError, JobError, Unstorable
 from runner.metrics import Metrics
 from runner.remote_cancel import RemoteCanceller
 from runner.stops import StopRecorder
@@ -77,10 +79,14 @@ class Worker:
                 jobs = await store.claim(self.pool, worker_id=self.instance_id, limit=want,
                                          lease_s=self.settings.lease_s)
                 failures = 0
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 failures += 1
-                log.warning("claim_failed", error=repr(exc))
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                if is_transient(exc):
+                    log.warning("claim_failed", error=repr(exc), attempt=failures)
+                    await asyncio.sleep(backoff_s(failures))
+                else:  # a bug in the statement: say so loudly, and keep the process up
+                    log.error("claim_refused", error=repr(exc), attempt=failures)
+                    await asyncio.sleep(backoff_s(failures, cap_s=60.0))
                 continue
             for job in jobs:
                 self._start(job)
@@ -162,7 +168,7 @@ class Worker:
                                             stop=StopReason.TIMEOUT)
         except JobError:
             pass  # it finished in the meantime
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             log.exception("timeout_cancel_failed", job_id=str(job_id))
 
     def _spawn_aux(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -237,14 +243,32 @@ class Worker:
                 job.id, execution.id, "failed", None, attempts=call.attempts,
                 error=f"internal error in the runner ({type(exc).__name__}); it has been logged"))
             return
+        try:
+            storable.check(output)
+        except Unstorable as exc:
+            written = await self._write_result(ctx, store.ExecutionResult(
+                job.id, execution.id, "failed", None, attempts=call.attempts,
+                error=f"the backend's reply cannot be stored: {exc}"))
+            xlog.warning("execution_reply_unstorable", error=str(exc), written=written)
+            return
         written = await self._write_result(ctx, store.ExecutionResult(
             job.id, execution.id, "completed", output, error=None, attempts=call.attempts))
         xlog.debug("execution_completed", written=written)
 
     async def _write_result(self, ctx: JobContext, result: store.ExecutionResult) -> bool:
         """Record an execution's result; True if written. Noted on the job when the same
-        statement finished the job."""
-        written, final_status = await self.results.submit(result)
+        statement finished the job. A result Postgres refuses for good is recorded as the
+        execution's failure, saying why: the work is never done again for it."""
+        try:
+            written, final_status = await self.results.submit(result)
+        except Exception as exc:
+            if not is_database_error(exc) or is_transient(exc):
+                raise
+            log.error("result_refused", job_id=str(result.job_id), execution_id=str(result.execution_id),
+                      error=repr(exc))
+            written, final_status = await self.results.submit(dataclasses.replace(
+                result, status="failed", output=None,
+                error=f"the runner could not store this execution's result: {exc}"))
         if final_status is not None:
             ctx.final_status = final_status
         return written
@@ -278,7 +302,7 @@ class Worker:
         for job_id, (written, status) in zip(job_ids, await store.finalize(
                 self.pool, job_ids, self.instance_id), strict=True):
             if not written and status == "running":
-                await store.requeue_interrupted(self.pool, job_id, self.instance_id)
+                await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="unsettled")
                 log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
 
     async def requeue_expired(self) -> None:
@@ -314,6 +338,6 @@ class Worker:
         await self.stops.batch.close()
         try:
             await store.end_lease(self.pool, self.instance_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             log.warning("end_lease_failed")  # it simply expires
         log.info("drained")

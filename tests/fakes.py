@@ -30,6 +30,7 @@ class FakeGpu:
     closed: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     closed_at: dict[str, float] = field(default_factory=dict)
     url_cancels: list[str] = field(default_factory=list)
+    url_cancel_reply: tuple[int, bytes] | None = None  # the cancel_url's status and raw body
     url_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     runpod: dict[str, RunPodJob] = field(default_factory=dict)
     runpod_submits: list[Any] = field(default_factory=list)
@@ -79,6 +80,9 @@ class FakeGpu:
         if mode == "status":
             headers = {"Retry-After": str(body["retry_after"])} if "retry_after" in body else {}
             return web.Response(status=body["status"], text="nope", headers=headers)
+        if mode == "raw":  # exactly these bytes, as a careless endpoint might send them
+            raw = body["raw"].encode("latin-1").replace(b"<NUL>", b"\x00").replace(b"<FF>", b"\xff")
+            return web.Response(status=body.get("status", 200), body=raw, content_type="application/json")
         if mode == "text":
             return web.Response(text="<html>surprise</html>", content_type="text/html")
         if mode == "redirect":
@@ -97,7 +101,14 @@ class FakeGpu:
         execution_id = request.match_info["execution_id"]
         self.url_cancels.append(execution_id)
         self.url_cancelled[execution_id].set()
+        if self.url_cancel_reply is not None:
+            status, raw = self.url_cancel_reply
+            return web.Response(status=status, body=raw, content_type="application/json")
         return web.json_response({"cancelled": execution_id})
+
+    def calls_for(self, execution_id: str) -> int:
+        """How many times the http endpoint was called for this execution."""
+        return sum(1 for c in self.http_calls if c["headers"].get("X-Runner-Execution-Id") == execution_id)
 
     # -- a RunPod API ------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+
 from runner.batch import Batcher
 
 
@@ -58,3 +60,34 @@ async def test_a_full_batch_and_flush_soon_and_close_do_not_wait_for_the_interva
     await asyncio.wait_for(batcher.close(), 5)
     assert left.result() == 40
     assert rec.batches == [[1, 2], [3], [4]]
+
+
+async def test_a_permanent_failure_is_split_so_only_the_bad_item_fails(db: asyncpg.Connection) -> None:
+    """A data error in one item (a real Postgres refusal): the items are written apart, and
+    only the bad one fails."""
+    batches: list[list[str]] = []
+
+    async def flush(items: list[str]) -> list[int]:
+        batches.append(items)
+        return [r["n"] for r in await db.fetch("SELECT v::int AS n FROM unnest($1::text[]) v", items)]
+
+    batcher: Batcher[str, int] = Batcher("t", flush)
+    results = await asyncio.gather(*(batcher.submit(v) for v in ["1", "two", "3"]), return_exceptions=True)
+    assert results[0] == 1 and results[2] == 3
+    assert isinstance(results[1], asyncpg.InvalidTextRepresentationError)
+    assert batches == [["1", "two", "3"], ["1"], ["two"], ["3"]]
+
+
+async def test_a_transient_failure_is_retried_until_it_goes_away() -> None:
+    failures = [asyncpg.DeadlockDetectedError("deadlock"), ConnectionRefusedError("down"),
+                asyncpg.CannotConnectNowError("starting up")]
+    rec = Recorder()
+
+    async def flush(items: list[int]) -> list[int]:
+        if failures:
+            raise failures.pop(0)
+        return await rec.flush(items)
+
+    batcher: Batcher[int, int] = Batcher("t", flush)
+    assert await asyncio.wait_for(asyncio.gather(batcher.submit(1), batcher.submit(2)), 10) == [10, 20]
+    assert rec.batches == [[1, 2]] and not failures

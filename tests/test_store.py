@@ -121,3 +121,15 @@ async def test_the_result_write_locks_the_job_before_its_executions(
         assert await write == [(True, "completed")]
     finally:
         await other.close()
+
+
+async def test_only_a_clean_shutdown_hands_back_the_attempt(pool: asyncpg.Pool) -> None:
+    """A job requeued for any other reason keeps the attempt it used, so that whatever keeps
+    interrupting it ends in RUNNER_MAX_JOB_ATTEMPTS, not in a loop of GPU calls."""
+    job = await _claimed(pool, 1)
+    assert await store.requeue_interrupted(pool, job.id, WORKER, reason="unsettled")
+    assert await pool.fetchval("SELECT attempts FROM jobs WHERE id = $1", job.id) == 1
+    (again,) = await store.claim(pool, worker_id=WORKER, limit=1, lease_s=60)
+    assert again.attempts == 2
+    assert await store.requeue_interrupted(pool, job.id, WORKER)  # a shutdown
+    assert await pool.fetchval("SELECT attempts FROM jobs WHERE id = $1", job.id) == 1

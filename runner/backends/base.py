@@ -13,8 +13,15 @@ from uuid import UUID
 
 import aiohttp
 
+from runner import storable
 from runner.backends.config import BackendSpec
-from runner.errors import BackendError, PermanentBackendError, TransientBackendError
+from runner.errors import (
+    BackendError,
+    InvalidJson,
+    PermanentBackendError,
+    TransientBackendError,
+    Unstorable,
+)
 
 MAX_RETRY_AFTER_S = 60.0
 CANCEL_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -81,8 +88,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 async def classify(resp: aiohttp.ClientResponse, what: str) -> Any:
-    """The reply's JSON body, or the BackendError it amounts to."""
-    text = await resp.text(errors="replace")
+    """The reply's JSON body, or the BackendError it amounts to. The body is parsed with its
+    nesting bounded; whether the output can be stored is the worker's check, made once for
+    every kind."""
+    raw = await resp.read()
+    text = raw.decode("utf-8", "replace")
     if resp.status == 429 or resp.status >= 500:
         raise TransientBackendError(
             f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}",
@@ -90,12 +100,18 @@ async def classify(resp: aiohttp.ClientResponse, what: str) -> Any:
         )
     if resp.status >= 400:
         raise PermanentBackendError(f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}")
+    return parse_reply(raw, f"{what}: HTTP {resp.status}")
+
+
+def parse_reply(raw: bytes, what: str, noun: str = "body") -> Any:
+    """A backend's JSON reply, or a PermanentBackendError saying why it is not one."""
     try:
-        return json.loads(text)
-    except ValueError:
-        raise PermanentBackendError(
-            f"{what}: HTTP {resp.status} with a non-JSON body: {text[:ERROR_TEXT_LIMIT]!r}"
-        ) from None
+        return storable.parse(raw)
+    except InvalidJson:
+        text = raw.decode("utf-8", "replace")[:ERROR_TEXT_LIMIT]
+        raise PermanentBackendError(f"{what} with a non-JSON {noun}: {text!r}") from None
+    except Unstorable as exc:
+        raise PermanentBackendError(f"{what}: the reply cannot be stored: {exc}") from None
 
 
 @dataclass

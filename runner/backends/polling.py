@@ -9,6 +9,9 @@ from typing import Any
 
 from runner.backends.base import ExecutionCall, HttpBackendBase
 from runner.errors import PermanentBackendError
+from runner.storable import text_problem
+
+MAX_REMOTE_ID = 500
 
 
 class State(StrEnum):
@@ -55,6 +58,8 @@ def remote_id_from(body: Any, key: str, what: str) -> str:
     value = body.get(key) if isinstance(body, dict) else None
     if not isinstance(value, str) or not value:
         raise PermanentBackendError(f"{what}: the reply has no {key!r}: {str(body)[:200]}")
+    if len(value) > MAX_REMOTE_ID or text_problem(value):
+        raise PermanentBackendError(f"{what}: the reply's {key!r} is not an id we can store: {value[:100]!r}")
     return value
 
 

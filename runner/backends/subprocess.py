@@ -16,7 +16,13 @@ from uuid import UUID
 
 import structlog
 
-from runner.backends.base import ERROR_TEXT_LIMIT, CancelOutcome, CancelResult, ExecutionCall
+from runner.backends.base import (
+    ERROR_TEXT_LIMIT,
+    CancelOutcome,
+    CancelResult,
+    ExecutionCall,
+    parse_reply,
+)
 from runner.backends.config import BackendSpec
 from runner.errors import PermanentBackendError
 
@@ -50,11 +56,7 @@ class SubprocessBackend:
         if proc.returncode != 0:
             tail = err.decode(errors="replace")[-ERROR_TEXT_LIMIT:]
             raise PermanentBackendError(f"the process exited with {proc.returncode}: {tail}")
-        try:
-            return json.loads(out)
-        except ValueError:
-            text = out.decode(errors="replace")[:ERROR_TEXT_LIMIT]
-            raise PermanentBackendError(f"the process printed non-JSON output: {text!r}") from None
+        return parse_reply(out, "the process exited 0", "output")
 
     async def stop(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the process group, SIGKILL it after grace_s."""

@@ -1,0 +1,143 @@
+"""The request and reply parser (runner.storable): properties over generated input, and
+Postgres itself as the judge of what "storable" means."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runner import storable
+from runner.errors import InvalidJson, Unstorable
+
+# Text as it may arrive: any code point, lone surrogates and NUL included.
+texts = st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF,
+                                       categories=None), max_size=12)
+numbers = st.one_of(st.integers(min_value=-(10**30), max_value=10**30),
+                    st.floats(allow_nan=True, allow_infinity=True))
+values = st.recursive(st.none() | st.booleans() | numbers | texts,
+                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+                      max_leaves=30)
+
+
+def _at(value: Any, path: str) -> Any:
+    """The value a path of check()'s names (the JSON text re-parsed by the standard library)."""
+    tokens = json.loads("[" + ",".join(_tokens(path[1:])) + "]")
+    for token in tokens:
+        value = value[token]
+    return value
+
+
+def _tokens(rest: str) -> list[str]:
+    out = []
+    while rest:
+        if rest.startswith("."):
+            name = rest[1:].split(".")[0].split("[")[0]
+            out.append(json.dumps(name))
+            rest = rest[1 + len(name):]
+        else:  # [n] or ["key"]
+            end = rest.index("]", 1) if rest[1] != '"' else rest.index('"]', 1) + 1
+            out.append(rest[1:end])
+            rest = rest[end + 1:]
+    return out
+
+
+def _bad(value: Any) -> bool:
+    if isinstance(value, str):
+        return storable.text_problem(value) is not None
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(values)
+def test_accepted_values_are_storable_and_refusals_name_a_bad_place(value: Any) -> None:
+    raw = json.dumps(value, ensure_ascii=True).encode()  # NaN, surrogates: what careless clients send
+    try:
+        parsed = storable.loads(raw)
+    except Unstorable as exc:
+        refused: Unstorable | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        if refused.path == "$" and "nested" in refused.problem:
+            return
+        target = _at(json.loads(raw), refused.path)
+        if "key" in refused.problem:
+            assert any(storable.text_problem(k) for k in target), (refused, target)
+        else:
+            assert _bad(target), (refused, target)
+        return
+    assert parsed == value or json.dumps(parsed) == json.dumps(value)
+    json.dumps(parsed, allow_nan=False).encode("utf-8")  # finite, and encodable as UTF-8
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_either_parse_or_are_refused_cleanly(raw: bytes) -> None:
+    with contextlib.suppress(InvalidJson, Unstorable):
+        storable.loads(raw)
+
+
+@given(st.integers(min_value=0, max_value=300), st.sampled_from(["[", "{\"a\":"]))
+def test_nesting_is_measured_before_parsing(depth: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    raw = (opener * depth + "1" + closer * depth).encode()
+    if depth > storable.MAX_DEPTH:
+        with pytest.raises(Unstorable, match="nested deeper than 64"):
+            storable.loads(raw)
+    else:
+        storable.loads(raw)
+    assert storable.nesting(raw) == depth
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    raw = json.dumps({"s": "[" * 1000, "t": "\\\"[[[", "u": [["]]]]"]]}).encode()
+    assert storable.nesting(raw) == 3
+    storable.loads(raw)
+
+
+async def test_postgres_accepts_whatever_the_parser_accepts(db: asyncpg.Connection) -> None:
+    """Postgres is the judge: 2,000 seeded random texts, everything loads() accepts is stored
+    as jsonb, and every string in it as text."""
+    rng = random.Random(4361)
+    atoms = ['"a\\u0000"', '"\\ud800"', '"\\udc00x"', '"\\ud83d\\ude00"', "NaN", "-Infinity", "1e309",
+             "1e308", "-0.0", "123456789012345678901234567890", '"é"', '"\\u2028"', "true", "null", '""']
+    accepted = 0
+    for _ in range(2000):
+        def build(depth: int) -> str:
+            roll = rng.random()
+            if depth > 3 or roll < 0.4:
+                return rng.choice(atoms)
+            if roll < 0.7:
+                return "[" + ",".join(build(depth + 1) for _ in range(rng.randint(0, 3))) + "]"
+            return "{" + ",".join(f"{rng.choice(atoms[:4] + atoms[10:11] + atoms[14:])}:{build(depth + 1)}"
+                                  for _ in range(rng.randint(0, 3))) + "}"
+
+        raw = build(0).encode()
+        try:
+            value = storable.loads(raw)
+        except (InvalidJson, Unstorable):
+            continue
+        accepted += 1
+        assert await db.fetchval("SELECT jsonb_typeof(jsonb_build_array($1::jsonb))", value) == "array"
+        for text in _strings(value):
+            assert await db.fetchval("SELECT length($1::text) >= 0", text)
+    assert accepted > 100  # the generator does reach the accepting side
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    return []
