@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from api.errors import BadRequest, UnsupportedMediaType
 from runner import storable
@@ -28,6 +29,8 @@ async def read_json_object(request: web.Request, *, required: bool = True,
             raw = await request.read()  # over client_max_size: 413, rendered by the error middleware
     except TimeoutError:
         raise BadRequest(f"the request body did not arrive within {limit_s:g} s") from None
+    except RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not follow
+        raise BadRequest(f"the request body could not be read: {exc.__cause__ or exc}") from None
     if not raw.strip():
         if required:
             raise BadRequest("the request body is empty; expected a JSON object")

@@ -271,3 +271,18 @@ async def test_a_body_that_never_arrives_is_refused(dsn: str, settings: Settings
             assert b"did not arrive" in reply
         finally:
             writer.close()
+
+
+async def test_bodies_that_are_not_what_their_encoding_says_are_400(api: Api) -> None:
+    import gzip
+
+    # Connection: close -- aiohttp drops a connection whose body it could not decode.
+    headers = {**api.headers, "Content-Encoding": "gzip", "Content-Type": "application/json",
+               "Connection": "close"}
+    async with api.http.post(api.base + "/jobs", data=b'{"executions": []}', headers=headers) as resp:
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
+    # A small gzip that inflates past the body limit: refused without inflating it all.
+    bomb = gzip.compress(b'{"metadata": {"a": "' + b"x" * 20_000_000 + b'"}}')
+    async with api.http.post(api.base + "/jobs", data=bomb, headers=headers) as resp:
+        assert resp.status in (400, 413), await resp.text()
+    assert (await api.call("GET", "/auth/me"))[0] == 200  # the instance is fine
