@@ -12,6 +12,7 @@ from api.bodies import iso, read_json_object
 from api.errors import BadRequest, Handler, TooManyRequests, Unauthenticated
 from api.ratelimit import RateLimiter
 from api.sessions import Identity, Sessions
+from runner.db import is_transient
 
 log = structlog.get_logger("api.auth")
 
@@ -20,12 +21,17 @@ NONCE_LIMITER = web.AppKey("nonce_limiter", RateLimiter)
 IDENTITY = web.RequestKey("identity", Identity)
 COOKIE = "runner_session"
 _EVENTS_PATH = re.compile(r"/jobs/[^/]+/events")
+_CANCEL_PATH = re.compile(r"/jobs/[^/]+/cancel")
 _SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket"})
 
 
 def identity_of(request: web.Request) -> Identity:
     identity: Identity = request[IDENTITY]
     return identity
+
+
+def _is_job_cancel(request: web.Request) -> bool:
+    return request.method == "POST" and _CANCEL_PATH.fullmatch(request.path) is not None
 
 
 def _needs_session(path: str) -> bool:
@@ -39,7 +45,17 @@ async def _identify(request: web.Request) -> Identity:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
-        identity = await sessions.authenticate(token.strip())
+        try:
+            identity = await sessions.authenticate(token.strip())
+        except Exception as exc:
+            # Postgres is away. A job's cancel must still stop the work this instance holds:
+            # a token verified here before, and not seen revoked, is enough for that alone.
+            remembered = (sessions.remembered(token.strip())
+                          if is_transient(exc) and _is_job_cancel(request) else None)
+            if remembered is None:
+                raise
+            log.warning("session_remembered_in_outage", wallet=remembered.address, error=repr(exc))
+            return remembered
         if identity is None:
             raise Unauthenticated("the session is unknown, expired or signed out; sign in again")
         return identity

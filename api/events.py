@@ -5,14 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
+from typing import Any
 
+import asyncpg
+import structlog
 from aiohttp import web
 
 from api.auth import identity_of
+from api.sessions import Identity
 from api.state import RUNTIME
 from runner import jobs
+from runner.db import is_transient
+
+log = structlog.get_logger("api.events")
 
 PING_S = 15.0
+
+
+async def _reread(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity,
+                  response: web.StreamResponse) -> dict[str, Any] | None:
+    """The job as it is now; None while the database is away (the stream goes on, pinging,
+    and re-reads once it is back: a short outage does not cut it)."""
+    try:
+        return await jobs.get_job(pool, job_id, caller=identity.address, admin=identity.admin)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.info("event_stream_waiting_for_database", job_id=str(job_id), error=repr(exc))
+        await response.write(b": database unavailable\n\n")
+        return None
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -41,8 +63,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": ping\n\n")
             changed.clear()
             # Re-read on every wake and every ping: NOTIFY is a hint, the row is the truth.
-            job = await jobs.get_job(runtime.pool, job_id, caller=identity.address,
-                                     admin=identity.admin)
+            job = await _reread(runtime.pool, job_id, identity, response) or job
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response

@@ -63,6 +63,9 @@ class Sessions:
         self._refreshing: dict[bytes, asyncio.Task[None]] = {}
         # Bumped by every eviction: a look-up that began before one is not cached.
         self._generation = 0
+        # Every token this instance has verified and not seen revoked, until it expires:
+        # consulted only while Postgres cannot be reached, for a cancel (remembered()).
+        self._verified: dict[bytes, Identity] = {}
 
     def _identity(self, address: str, expires_at: datetime, hashed: bytes) -> Identity:
         return Identity(address, address in self.settings.admin_wallets, expires_at, hashed)
@@ -112,11 +115,28 @@ class Sessions:
             return None
         identity = self._identity(row["address"], row["expires_at"], hashed)
         if generation == self._generation:
+            self._remember(identity)
             if len(self._cache) >= CACHE_MAX:
                 self._cache = {k: v for k, v in self._cache.items() if v.valid_until > began}
             # Never cached past the session's own expiry.
             ttl = min(CACHE_TTL_S, (row["expires_at"] - datetime.now(UTC)).total_seconds())
             self._cache[hashed] = _Cached(identity, began + ttl, began + min(REFRESH_AFTER_S, ttl))
+        return identity
+
+    def _remember(self, identity: Identity) -> None:
+        if identity.token_hash not in self._verified and len(self._verified) >= CACHE_MAX:
+            now = datetime.now(UTC)
+            self._verified = {k: v for k, v in self._verified.items() if v.expires_at > now}
+            if len(self._verified) >= CACHE_MAX:
+                self._verified.pop(next(iter(self._verified)))
+        self._verified[identity.token_hash] = identity
+
+    def remembered(self, token: str) -> Identity | None:
+        """The session of a token this instance verified earlier and has not seen revoked,
+        if it has not expired -- for a cancel while Postgres cannot be reached, never else."""
+        identity = self._verified.get(token_hash(token))
+        if identity is None or identity.expires_at <= datetime.now(UTC):
+            return None
         return identity
 
     def _refresh_in_background(self, hashed: bytes) -> None:
@@ -141,6 +161,7 @@ class Sessions:
     async def revoke(self, identity: Identity) -> None:
         self._generation += 1
         self._cache.pop(identity.token_hash, None)
+        self._verified.pop(identity.token_hash, None)
         await self.pool.execute(
             """WITH revoked AS (
                    UPDATE sessions SET revoked_at = now()
@@ -154,6 +175,7 @@ class Sessions:
         self._generation += 1
         with contextlib.suppress(ValueError):
             self._cache.pop(bytes.fromhex(hashed_hex), None)
+            self._verified.pop(bytes.fromhex(hashed_hex), None)
 
     def clear(self) -> None:
         """After the listener reconnects: revocations may have been missed."""

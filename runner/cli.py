@@ -264,11 +264,15 @@ async def _serve(args: argparse.Namespace) -> int:
         settings = settings.replace(host=args.host)
     if args.port is not None:
         settings = settings.replace(port=args.port)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # handlers only set an Event: the first stops, a second hurries
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)  # handlers only set the Event
-    await serve(settings, args.role, stop)
+        loop.add_signal_handler(sig, on_signal)
+    await serve(settings, args.role, stop, hurry)
     return EXIT_OK
 
 

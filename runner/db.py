@@ -40,6 +40,7 @@ class EmbeddedPostgres:
             from pgserver import get_server  # type: ignore[attr-defined]
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_handles()
         try:
             self._server = get_server(self.pgdata, cleanup_mode="stop")
         except Exception as exc:  # pgserver raises bare exceptions with the server's log
@@ -47,6 +48,26 @@ class EmbeddedPostgres:
         dsn: str = self._server.get_uri()
         log.info("embedded_postgres_started", pgdata=str(self.pgdata))
         return dsn
+
+    def _forget_dead_handles(self) -> None:
+        """pgserver counts the processes using a server in a file and stops it when the last
+        one exits; a process that was killed never takes itself off, and the server would
+        then outlive every later run. Take off the ones that are gone (under pgserver's own
+        inter-process lock), so the next clean stop of the last live user stops it."""
+        import psutil
+        from pgserver.postgres_server import PostgresServer
+        from pgserver.utils import DiskList
+
+        handles = self.pgdata / ".handle_pids.json"
+        if not handles.exists():
+            return
+        with PostgresServer._lock:
+            listed = DiskList(handles)
+            pids = listed.get()
+            alive = [pid for pid in pids if psutil.pid_exists(pid)]
+            if alive != pids:
+                listed.put(alive)
+                log.info("embedded_postgres_handles_pruned", gone=sorted(set(pids) - set(alive)))
 
     def stop(self) -> None:
         """Release our handle: the server stops when no other process holds one."""
@@ -90,7 +111,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(dsn: str, application_name: str = "runner") -> asyncpg.Connection:
     """One connection with the runner's codecs (the listener's, and one-off tools')."""
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name})
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name},
+                                 timeout=CONNECT_TIMEOUT_S)
     await _init_connection(conn)
     return conn
 
@@ -103,11 +125,20 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     back a transaction left open.)"""
 
 
+# No wait on the pool is unbounded: a statement (the longest are a cancel-all chunk and a
+# retention batch, about a second each) gives up after COMMAND_TIMEOUT_S, and opening a
+# connection after CONNECT_TIMEOUT_S -- a wedged or half-open server fails like a down one.
+COMMAND_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
         min_size=min(size, 2),
         max_size=size,
+        command_timeout=COMMAND_TIMEOUT_S,
+        timeout=CONNECT_TIMEOUT_S,
         init=_init_connection,
         reset=_keep_session,
         server_settings={"application_name": "runner"},

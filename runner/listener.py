@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -59,23 +59,31 @@ class Listener:
         self._handlers.setdefault(channel, []).append(callback)
 
     async def watch(self, channel: str, callback: Callback) -> None:
-        """Subscribe while running (per-job channels): LISTEN now if connected."""
-        async with self._lock:
-            callbacks = self._handlers.setdefault(channel, [])
-            callbacks.append(callback)
-            if len(callbacks) == 1 and self._conn is not None and self.connected:
-                await self._conn.add_listener(channel, self._dispatch)
+        """Subscribe while running (per-job channels): LISTEN now if connected, or at the
+        next connection (which LISTENs every subscribed channel). Bounded in time."""
+        callbacks = self._handlers.setdefault(channel, [])
+        callbacks.append(callback)
+        if len(callbacks) == 1:
+            await self._bounded(lambda conn: conn.add_listener(channel, self._dispatch))
 
     async def unwatch(self, channel: str, callback: Callback) -> None:
-        async with self._lock:
-            callbacks = self._handlers.get(channel, [])
-            if callback in callbacks:
-                callbacks.remove(callback)
-            if not callbacks:
-                self._handlers.pop(channel, None)
+        callbacks = self._handlers.get(channel, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks and self._handlers.pop(channel, None) is not None:
+            await self._bounded(lambda conn: conn.remove_listener(channel, self._dispatch))
+
+    async def _bounded(self, statement: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+        """One statement on the connection, waiting at most a health interval (for the lock
+        too). A connection that does not answer in time, or fails, is dropped: the session
+        reconnects and LISTENs every subscribed channel again, so nothing is lost."""
+        try:
+            async with asyncio.timeout(self.health_interval_s), self._lock:
                 if self._conn is not None and self.connected:
-                    with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-                        await self._conn.remove_listener(channel, self._dispatch)
+                    await statement(self._conn)
+        except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            log.warning("listener_statement_failed", error=repr(exc))
+            self._lost.set()
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._on_reconnect.append(callback)
@@ -110,7 +118,7 @@ class Listener:
         self._lost.clear()
         conn.add_termination_listener(lambda _c: self._lost.set())
         try:
-            async with self._lock:
+            async with asyncio.timeout(2 * self.health_interval_s), self._lock:
                 for channel in list(self._handlers):
                     await conn.add_listener(channel, self._dispatch)
                 self._connected.set()
@@ -126,8 +134,9 @@ class Listener:
                     async with asyncio.timeout(self.health_interval_s):
                         await self._lost.wait()
                 if not self._lost.is_set():
-                    # A half-open socket raises nothing until used: probe it.
-                    async with self._lock, asyncio.timeout(self.health_interval_s):
+                    # A half-open socket raises nothing until used: probe it (the wait for
+                    # the lock counts: a statement stuck on the connection is as bad).
+                    async with asyncio.timeout(self.health_interval_s), self._lock:
                         await conn.fetchval("SELECT 1")
             log.warning("listener_connection_lost")
         finally:

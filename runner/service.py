@@ -20,7 +20,7 @@ from runner.backends import build_backends, new_http_session
 from runner.cancel import Canceller
 from runner.config import Settings
 from runner.context import JobContextManager, StopReason
-from runner.db import create_pool, migrate, resolve_dsn
+from runner.db import create_pool, is_transient, migrate, resolve_dsn
 from runner.listener import CANCEL, SUBMIT, Listener
 from runner.metrics import Metrics
 from runner.remote_cancel import RemoteCanceller
@@ -112,8 +112,11 @@ class Runtime:
                     await fn()
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    log.exception("periodic_task_failed", task=name)
+                except Exception as exc:
+                    if is_transient(exc):  # the database is away: the next round tries again
+                        log.warning("periodic_task_failed", task=name, error=repr(exc))
+                    else:
+                        log.exception("periodic_task_failed", task=name)
 
         self.spawn(name, loop())
 
@@ -131,7 +134,8 @@ class Runtime:
 
 @contextlib.asynccontextmanager
 async def running_service(
-    settings: Settings, role: str = "all", *, dsn: str | None = None
+    settings: Settings, role: str = "all", *, dsn: str | None = None,
+    hurry: asyncio.Event | None = None,
 ) -> AsyncIterator[Runtime]:
     """Start an instance (migrations first). On exit, in this order: /readyz turns 503, the
     worker drains (jobs get the grace period, then are requeued), the API stops, the HTTP
@@ -168,7 +172,7 @@ async def running_service(
             await _serve_app(stack, create_metrics_app(runtime), settings, settings.metrics_port)
         if runtime.worker is not None:
             runtime.spawn("worker_claim", runtime.worker.claim_loop())
-            stack.push_async_callback(runtime.worker.drain, settings.shutdown_grace_s)
+            stack.push_async_callback(runtime.worker.drain, settings.shutdown_grace_s, hurry)
             log.info("worker_started", concurrency=settings.concurrency)
 
         stack.callback(runtime.draining.set)
@@ -221,11 +225,13 @@ def _bound_port(app_runner: web.AppRunner) -> int | None:
 GC_GEN0_THRESHOLD = 50_000
 
 
-async def serve(settings: Settings, role: str, stop: asyncio.Event) -> None:
-    """Run until `stop` is set (by a signal handler), then shut down gracefully."""
+async def serve(settings: Settings, role: str, stop: asyncio.Event,
+                hurry: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (by a signal handler), then shut down gracefully; `hurry` (a
+    second signal) cuts the grace period short."""
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
-    async with running_service(settings, role):
+    async with running_service(settings, role, hurry=hurry):
         gc.freeze()  # what start-up built lives as long as the process: never scan it again
         await stop.wait()
         log.info("shutdown_requested")

@@ -47,6 +47,9 @@ class StopRecorder:
         self.metrics = metrics
         self._spawn = spawn  # the worker's tracked tasks, awaited when it drains
         self.draining = False
+        # Jobs whose task has stopped for a cancel not yet on record: their rows still say
+        # `running` here, and must not be taken for orphans.
+        self.in_progress: set[uuid.UUID] = set()
         self.batch: Batcher[store.StopRecord, None] = Batcher(
             "task_stopped", lambda stops: store.record_stops(pool, stops, instance_id),
             linger_s=LINGER_S)
@@ -58,6 +61,7 @@ class StopRecorder:
         if ctx.pending_cancel is None:
             ctx.stop_write = self._put(ctx, record)
         else:
+            self.in_progress.add(ctx.job_id)
             ctx.stop_write = self._spawn(self._record_once_cancelled(ctx, record, ctx.pending_cancel, reason),
                                          f"stop-{ctx.job_id}")
         log.info("job_task_stopped", job_id=str(ctx.job_id), reason=reason.value,
@@ -88,8 +92,11 @@ class StopRecorder:
 
     async def _record_once_cancelled(self, ctx: JobContext, record: store.StopRecord,
                                      pending: PendingCancel, reason: StopReason) -> None:
-        if await self.cancel_committed(pending, owe=(record.job_id, reason)):
-            await self._put(ctx, record)
+        try:
+            if await self.cancel_committed(pending, owe=(record.job_id, reason)):
+                await self._put(ctx, record)
+        finally:
+            self.in_progress.discard(record.job_id)
 
     async def cancel_committed(self, pending: PendingCancel,
                                owe: tuple[uuid.UUID, StopReason] | None = None) -> bool:

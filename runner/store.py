@@ -240,15 +240,20 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
 
 
 async def renew_lease(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
-                      lease_s: float) -> dict[uuid.UUID, str]:
-    """Renew this worker's lease (one row); returns the held jobs that are no longer ours,
-    with their status. The check is a plain read: it takes no lock a cancel would wait for."""
+                      lease_s: float) -> tuple[dict[uuid.UUID, str], list[uuid.UUID]]:
+    """Renew this worker's lease (one row) and compare what Postgres says it holds with what
+    it holds: returns the held jobs that are no longer ours (with their status), and the jobs
+    Postgres says run here that are not among `job_ids`. A plain read: it takes no lock a
+    cancel would wait for."""
     rows = await pool.fetch(
         f"""WITH lease AS ({_HEARTBEAT})
-            SELECT j.id, j.status FROM jobs j
-            WHERE j.id = ANY($1) AND NOT (j.status = 'running' AND j.worker_id IS NOT DISTINCT FROM $2)""",
+            SELECT j.id, j.status, true AS held FROM jobs j
+            WHERE j.id = ANY($1) AND NOT (j.status = 'running' AND j.worker_id IS NOT DISTINCT FROM $2)
+            UNION ALL
+            SELECT j.id, j.status, false FROM jobs j
+            WHERE j.status = 'running' AND j.worker_id = $2 AND NOT j.id = ANY($1)""",
         job_ids, worker_id, lease_s)
-    return {r["id"]: r["status"] for r in rows}
+    return ({r["id"]: r["status"] for r in rows if r["held"]}, [r["id"] for r in rows if not r["held"]])
 
 
 async def end_lease(pool: asyncpg.Pool, worker_id: str) -> None:
@@ -256,15 +261,22 @@ async def end_lease(pool: asyncpg.Pool, worker_id: str) -> None:
     await pool.execute("DELETE FROM workers WHERE id = $1", worker_id)
 
 
-async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int = 500) -> list[asyncpg.Record]:
+async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: float,
+                          limit: int = 500) -> list[asyncpg.Record]:
     """Requeue running jobs whose lease expired (their instance died); fail those out of attempts.
+
+    A lease is judged on time Postgres has been up: it has expired only if its worker failed
+    to renew it for a whole lease since the server started, so a database restart never
+    makes live instances look dead (they renew as soon as it is back).
 
     A failed job's executions that hold a remote id owe the backend a cancel: the GPU may run on.
     """
     rows: list[asyncpg.Record] = await pool.fetch(
         """WITH expired AS (
                 SELECT j.id, j.attempts, j.worker_id FROM jobs j
-                WHERE j.status = 'running' AND NOT EXISTS (
+                WHERE j.status = 'running'
+                  AND pg_postmaster_start_time() + make_interval(secs => $3) < now()
+                  AND NOT EXISTS (
                     SELECT 1 FROM workers w WHERE w.id = j.worker_id AND w.lease_expires_at >= now())
                 ORDER BY j.started_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED),
             job AS (
@@ -295,7 +307,7 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, limit: int =
                                        'attempts', attempts)
                 FROM job)
             SELECT id, status, runner_notify_job(id) FROM job""",
-        max_attempts, limit)
+        max_attempts, limit, lease_s)
     if any(r["status"] == "queued" for r in rows):
         await pool.execute(f"SELECT pg_notify('{SUBMIT}', '')")
     # Forget workers long gone (nothing of theirs is left running after the requeue).

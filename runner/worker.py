@@ -59,6 +59,11 @@ class Worker:
         # could not be written): retried with the lease renewal, then requeued.
         self.unsettled: set[uuid.UUID] = set()
         self._slot_freed = asyncio.Event()
+        # For the lease check: claims under way (their jobs may not be registered yet), and
+        # since when this instance has reached Postgres without a failure (loop time).
+        self._claiming = False
+        self._claims_started = 0
+        self._db_ok_since: float | None = None
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -75,11 +80,14 @@ class Worker:
                 continue
             self.wake.clear()
             want = min(free, CLAIM_BATCH)
+            self._claiming = True
+            self._claims_started += 1
             try:
                 jobs = await store.claim(self.pool, worker_id=self.instance_id, limit=want,
                                          lease_s=self.settings.lease_s)
                 failures = 0
             except DATABASE_ERRORS as exc:
+                self._claiming = False
                 failures += 1
                 if is_transient(exc):
                     log.warning("claim_failed", error=repr(exc), attempt=failures)
@@ -90,6 +98,7 @@ class Worker:
                 continue
             for job in jobs:
                 self._start(job)
+            self._claiming = False
             if len(jobs) < want and not self.draining:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_INTERVAL_S):
@@ -281,10 +290,18 @@ class Worker:
     # -- leases ----------------------------------------------------------------------------
 
     async def renew_leases(self) -> None:
-        """Extend our leases. Held jobs that are no longer ours stop here: a cancel whose
-        NOTIFY was lost lands within one renewal period."""
-        held = self.manager.job_ids()
-        lost = await store.renew_lease(self.pool, held, self.instance_id, self.settings.lease_s)
+        """Extend our lease, and hold Postgres and memory to each other both ways: held jobs
+        that are no longer ours stop here (a cancel whose NOTIFY was lost lands within one
+        renewal period); jobs Postgres says run here that no task holds go back to the queue."""
+        claims_before, claiming_before = self._claims_started, self._claiming
+        try:
+            lost, unheld = await store.renew_lease(self.pool, self.manager.job_ids(), self.instance_id,
+                                                   self.settings.lease_s)
+        except BaseException:
+            self._db_ok_since = None
+            raise
+        loop = asyncio.get_running_loop()
+        self._db_ok_since = self._db_ok_since or loop.time()
         for job_id, status in lost.items():
             ctx = self.manager.get(job_id)
             if ctx is None or (ctx.reason is not None and ctx.reason.is_cancel):
@@ -292,8 +309,22 @@ class Worker:
             reason = StopReason.CANCELLED if status == "cancelled" else StopReason.LEASE_LOST
             if self.manager.cancel(job_id, reason):
                 log.info("job_stopped_by_lease_check", job_id=str(job_id), status=status)
+        # A claim under way may hold jobs not registered yet: judge them at the next renewal.
+        if not claiming_before and not self._claiming and self._claims_started == claims_before:
+            await self._requeue_unheld(unheld)
         if self.unsettled:
             await self._settle()
+
+    async def _requeue_unheld(self, unheld: list[uuid.UUID]) -> None:
+        """Jobs left `running` under this instance with no task (their task ended without its
+        final write): back to the queue at once, keeping the attempt they used. Jobs whose
+        final write or owed cancel is still being retried here are not orphans."""
+        busy = self.unsettled | self.stops.in_progress
+        for job_id in unheld:
+            if job_id in busy or self.manager.is_running(job_id):
+                continue
+            if await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="not_held"):
+                log.warning("job_requeued", job_id=str(job_id), reason="not_held")
 
     async def _settle(self) -> None:
         """Finish jobs whose final write did not happen; requeue those still open."""
@@ -306,7 +337,13 @@ class Worker:
                 log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
 
     async def requeue_expired(self) -> None:
-        rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts)
+        """Requeue the jobs of instances that are gone. An instance that has itself just got
+        its database back waits a lease first: the others may be getting theirs back too."""
+        loop = asyncio.get_running_loop()
+        if self._db_ok_since is None or loop.time() - self._db_ok_since < self.settings.lease_s:
+            return
+        rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts,
+                                           lease_s=self.settings.lease_s)
         for row in rows:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
 
@@ -320,14 +357,27 @@ class Worker:
 
     # -- shutdown --------------------------------------------------------------------------
 
-    async def drain(self, grace_s: float) -> None:
-        """Stop claiming, let running jobs finish for `grace_s`, then interrupt and requeue."""
+    async def _grace(self, grace_s: float, hurry: asyncio.Event) -> None:
+        """Until every job task has ended, `grace_s` has passed, or `hurry` is set."""
+        jobs_done = asyncio.ensure_future(asyncio.wait(set(self.job_tasks)))
+        hurried = asyncio.ensure_future(hurry.wait())
+        try:
+            await asyncio.wait({jobs_done, hurried}, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            jobs_done.cancel()  # the wait, not the jobs
+            hurried.cancel()
+            await asyncio.gather(jobs_done, hurried, return_exceptions=True)
+
+    async def drain(self, grace_s: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop claiming, let running jobs finish for `grace_s` (or until `hurry` is set: a
+        second signal), then interrupt and requeue."""
         self.draining = self.stops.draining = True
         self.wake.set()
         self._slot_freed.set()
         if self.job_tasks:
             log.info("draining", jobs=len(self.job_tasks), grace_s=grace_s)
-            _done, pending = await asyncio.wait(set(self.job_tasks), timeout=grace_s)
+            await self._grace(grace_s, hurry or asyncio.Event())
+            pending = {t for t in self.job_tasks if not t.done()}
             if pending:
                 interrupted = self.manager.cancel_all(StopReason.SHUTDOWN)
                 log.info("interrupting_jobs", jobs=interrupted)

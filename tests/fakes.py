@@ -29,6 +29,7 @@ class FakeGpu:
     started: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     closed: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     closed_at: dict[str, float] = field(default_factory=dict)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # ends the "until_released" calls
     url_cancels: list[str] = field(default_factory=list)
     url_cancel_reply: tuple[int, bytes] | None = None  # the cancel_url's status and raw body
     url_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
@@ -77,6 +78,14 @@ class FakeGpu:
                 self.closed_at[execution_id] = time.perf_counter()
                 self.closed[execution_id].set()
                 raise
+        if mode == "until_released":  # GPU work that ends when the test says so
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.closed_at[execution_id] = time.perf_counter()
+                self.closed[execution_id].set()
+                raise
+            return web.json_response({"released": body.get("n")})
         if mode == "status":
             headers = {"Retry-After": str(body["retry_after"])} if "retry_after" in body else {}
             return web.Response(status=body["status"], text="nope", headers=headers)

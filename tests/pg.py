@@ -66,3 +66,44 @@ class TestPostgres:
 
     async def drop_database(self, name: str) -> None:
         await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class StoppablePostgres:
+    """A Postgres server of a test's own, which the test stops and starts (an outage) without
+    disturbing the session's shared one. Its DSN stays the same across restarts (the same
+    Unix socket directory), as a real database's address would."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.pgdata = workdir / "pg"
+        self._server: Any = None
+        self.dsn = ""
+
+    def start(self) -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+        if self._server is None:
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode="delete")
+        else:
+            with self._server._lock:
+                self._server.ensure_postgres_running()
+        self.dsn = self._server.get_uri()
+        return self.dsn
+
+    def stop(self) -> None:
+        """Stop the server now (fast shutdown: connections are cut, as in a crash or failover)."""
+        from pgserver import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+
+    def backend_pids(self, application_name: str) -> list[int]:
+        """Server processes of connections with this application_name (from their titles)."""
+        import psutil
+
+        return [p.pid for p in psutil.process_iter(attrs=["cmdline"])
+                if p.info["cmdline"] and any(application_name in part for part in p.info["cmdline"])
+                and any(str(self.pgdata) in " ".join(q.cmdline()) for q in [p.parent()] if q)]
+
+    def cleanup(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
