@@ -8,10 +8,11 @@ import json
 import random
 import re
 import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -19,6 +20,8 @@ import structlog
 from runner.errors import ConfigError, MigrationError
 
 log = structlog.get_logger("runner.db")
+
+T = TypeVar("T")
 
 # pg_advisory_lock key held while migrating, so instances may start together.
 MIGRATION_LOCK_KEY = 0x72756E6E65720001
@@ -100,6 +103,21 @@ def is_database_error(exc: BaseException) -> bool:
 def backoff_s(attempt: int, *, base_s: float = 0.05, cap_s: float = 5.0) -> float:
     """Exponential backoff with full jitter for the `attempt`-th retry (1-based)."""
     return random.uniform(base_s, min(cap_s, base_s * 2 ** attempt))
+
+
+async def until_written(write: Callable[[], Awaitable[T]], what: str, **context: Any) -> T:
+    """Run `write` until Postgres takes it: transient failures are retried with backoff (the
+    caller keeps what it holds meanwhile), a permanent one is raised at once."""
+    attempt = 0
+    while True:
+        try:
+            return await write()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            attempt += 1
+            log.warning("write_retry", what=what, attempt=attempt, error=repr(exc), **context)
+        await asyncio.sleep(backoff_s(attempt))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -20,7 +20,7 @@ from runner.batch import Batcher
 from runner.cancel import Canceller
 from runner.config import Settings
 from runner.context import JobContext, JobContextManager, StopReason
-from runner.db import DATABASE_ERRORS, backoff_s, is_database_error, is_transient
+from runner.db import DATABASE_ERRORS, backoff_s, is_database_error, is_transient, until_written
 from runner.errors import BackendError, JobError, Unstorable
 from runner.metrics import Metrics
 from runner.remote_cancel import RemoteCanceller
@@ -214,8 +214,11 @@ class Worker:
             return
 
         async def on_remote_id(remote_id: str, attempts: int) -> None:
-            await store.set_remote_id(self.pool, execution.id, remote_id, attempts,
-                                      cancel_grace_s=self.settings.lease_renew_s)
+            # Kept until Postgres has it: without it, only this task could cancel the work.
+            await until_written(
+                lambda: store.set_remote_id(self.pool, execution.id, remote_id, attempts,
+                                            cancel_grace_s=self.settings.lease_renew_s),
+                "remote_id", execution_id=str(execution.id))
             xlog.info("remote_id_stored", remote_id=remote_id)
 
         call = ExecutionCall(job.id, execution.id, execution.input, remote_id=execution.remote_id,

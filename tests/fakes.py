@@ -38,6 +38,7 @@ class FakeGpu:
     runpod_cancels: list[str] = field(default_factory=list)
     runpod_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     runpod_submitted: asyncio.Event = field(default_factory=asyncio.Event)
+    runpod_answer_gate: asyncio.Event | None = None  # when set: /run answers only once it is set
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _runner: web.AppRunner | None = None
 
@@ -127,6 +128,8 @@ class FakeGpu:
         self.runpod[job.id] = job
         self.runpod_submits.append(body)
         self.runpod_submitted.set()
+        if self.runpod_answer_gate is not None:
+            await self.runpod_answer_gate.wait()
         return web.json_response({"id": job.id, "status": "IN_QUEUE"})
 
     async def _rp_status(self, request: web.Request) -> web.Response:

@@ -324,3 +324,22 @@ async def test_a_second_sigint_skips_the_grace_period(
     async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
         row = await pool.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1::uuid", job["id"])
     assert row["status"] == "queued" and row["attempts"] == 0  # requeued, the attempt handed back
+
+
+async def test_a_remote_id_that_arrives_during_an_outage_is_kept_until_stored(
+        own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+    """The provider accepted the work while Postgres was away: its id is stored once Postgres
+    is back (never lost, never submitted again), and the job finishes."""
+    fake_gpu.runpod_answer_gate = asyncio.Event()
+    async with running_service(settings, dsn=own_pg.dsn) as runtime:
+        client = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
+        job = await client.submit({"backend": "rp", "input": {"polls": 2}})
+        await asyncio.wait_for(fake_gpu.runpod_submitted.wait(), 10)
+        own_pg.stop()
+        fake_gpu.runpod_answer_gate.set()
+        await asyncio.sleep(OUTAGE_S)
+        own_pg.start()
+        done = await client.until(job["id"], "completed", "failed", timeout=30)
+        assert done["status"] == "completed", done
+        assert done["executions"][0]["remote_id"] == "rp-0"
+        assert len(fake_gpu.runpod_submits) == 1
