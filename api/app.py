@@ -15,7 +15,7 @@ from api.jobs import setup_jobs
 from api.openapi import openapi
 from api.sessions import Sessions
 from api.state import RUNTIME
-from runner.listener import AUTH
+from runner.db.listener import AUTH
 from runner.service import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024  # SPEC §5: a submit body of at most 1 MiB

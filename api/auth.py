@@ -7,11 +7,11 @@ import re
 import structlog
 from aiohttp import web
 
-from api import siwe
 from api.bodies import iso, read_json_object
 from api.errors import BadRequest, Handler, TooManyRequests, Unauthenticated
 from api.ratelimit import RateLimiter
 from api.sessions import Identity, Sessions
+from runner import siwe
 from runner.db import is_transient
 
 log = structlog.get_logger("api.auth")

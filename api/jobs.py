@@ -21,7 +21,7 @@ from api.validation import (
     parse_submission,
 )
 from runner import jobs
-from runner.context import JobContext
+from runner.cancel.registry import JobContext
 from runner.service import Runtime
 
 log = structlog.get_logger("api.jobs")

@@ -217,7 +217,7 @@ async def start_service(dsn: str, role: str, env: dict[str, str], logdir: Path) 
     full_env = {**os.environ, "DATABASE_URL": dsn, "RUNNER_LOG_FORMAT": "json", **env}
     if port is not None:
         full_env.update(RUNNER_PORT=str(port), RUNNER_SIWE_DOMAIN=f"127.0.0.1:{port}")
-    proc = subprocess.Popen([os.path.abspath(sys.executable), "-m", "runner.cli", "serve", "--role", role],
+    proc = subprocess.Popen([os.path.abspath(sys.executable), "-m", "runner", "serve", "--role", role],
                             env=full_env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
                             cwd=logdir)
     service = Service(proc, port, log)
@@ -242,7 +242,7 @@ async def sign_in(http: aiohttp.ClientSession, base: str) -> dict[str, str]:
     """Sign in with a fresh key through the real EIP-4361 flow; returns auth headers."""
     from eth_account import Account
 
-    from runner.client import Client, WalletKey
+    from runner.client.http import Client, WalletKey
 
     client = Client(base)
     try:

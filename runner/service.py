@@ -17,15 +17,15 @@ import structlog
 from aiohttp import web
 
 from runner.backends import build_backends, new_http_session
-from runner.cancel import Canceller
+from runner.cancel.canceller import Canceller
+from runner.cancel.registry import JobContextManager, StopReason
+from runner.cancel.remote import RemoteCanceller
 from runner.config import Settings
-from runner.context import JobContextManager, StopReason
 from runner.db import create_pool, is_transient, migrate, resolve_dsn
-from runner.listener import CANCEL, SUBMIT, Listener
+from runner.db.listener import CANCEL, SUBMIT, Listener
 from runner.metrics import Metrics
-from runner.remote_cancel import RemoteCanceller
 from runner.watch import JobWatch
-from runner.worker import Worker
+from runner.worker.worker import Worker
 
 log = structlog.get_logger("runner.service")
 

@@ -8,7 +8,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-from runner.listener import Listener, job_channel
+from runner.db.listener import Listener, job_channel
 
 
 class JobWatch:

@@ -97,7 +97,7 @@ async def wait_event(event: asyncio.Event, timeout: float = 10.0) -> None:
 def freeze(runtime: Any) -> None:
     """Make an instance behave as if its process died: no more lease renewals, claims,
     notifications or sweeps, and its job tasks stop without writing anything."""
-    from runner.context import StopReason
+    from runner.cancel.registry import StopReason
 
     runtime.worker.draining = True
     for name in ("lease_renewal", "lease_expiry", "remote_cancel_sweep", "listener", "worker_claim"):

@@ -52,7 +52,7 @@ class ServeProcess:
 
     async def start(self, *, ready_event: str | None = "api_listening", timeout: float = 60) -> ServeProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner.cli", "serve", "--role", self.role, env=self.env(),
+            sys.executable, "-m", "runner", "serve", "--role", self.role, env=self.env(),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         self._reader = asyncio.create_task(self._read(), name=f"serve-log-{self.port}")

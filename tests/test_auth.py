@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from runner.config import Settings
-from runner.listener import AUTH
+from runner.db.listener import AUTH
 from runner.service import Runtime, running_service
 from tests.wallets import Wallet, _ts, get_nonce, login, sign_in
 

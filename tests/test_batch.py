@@ -8,7 +8,7 @@ import asyncio
 
 import asyncpg
 
-from runner.batch import Batcher
+from runner.worker.batch import Batcher
 
 
 class Recorder:

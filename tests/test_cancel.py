@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from runner.config import Settings
-from runner.listener import CANCEL
+from runner.db.listener import CANCEL
 from runner.service import running_service
 from tests.client import Api, freeze, wait_event
 from tests.fakes import FakeGpu
@@ -171,9 +171,9 @@ async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runner.cancel
+    import runner.cancel.canceller
 
-    monkeypatch.setattr(runner.cancel, "BULK_CHUNK", 2)  # 3 jobs: two statements, two NOTIFYs
+    monkeypatch.setattr(runner.cancel.canceller, "BULK_CHUNK", 2)  # 3 jobs: two statements, two NOTIFYs
     async with running_service(settings, "api", dsn=dsn) as a, \
             running_service(settings, "worker", dsn=dsn) as b:
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
@@ -454,9 +454,9 @@ async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, 
 @pytest.mark.parametrize("n", [4, 5])  # chunks of 2, 2 and an empty one; of 2, 2 and 1
 async def test_cancel_all_works_through_chunks(api: Api, monkeypatch: pytest.MonkeyPatch,
                                                db: asyncpg.Connection, n: int) -> None:
-    import runner.cancel
+    import runner.cancel.canceller
 
-    monkeypatch.setattr(runner.cancel, "BULK_CHUNK", 2)
+    monkeypatch.setattr(runner.cancel.canceller, "BULK_CHUNK", 2)
     ids = [(await api.submit({"backend": "demo", "input": {"seconds": 60}}))["id"] for _ in range(n)]
     status, reply = await api.call("POST", "/jobs/cancel")
     assert status == 200

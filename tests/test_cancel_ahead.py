@@ -1,5 +1,5 @@
 """A cancel on the instance that holds the job signals the task as its statement is sent, so
-the HTTP calls close while Postgres commits (runner.context.cancel_ahead). Here the commit is
+the HTTP calls close while Postgres commits (runner.cancel.registry.cancel_ahead). Here the commit is
 held back by a row lock taken from another connection, to see each order of events."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import asyncpg
 
-from runner.context import JobContext
+from runner.cancel.registry import JobContext
 from runner.service import Runtime
 from tests.client import Api, wait_event
 from tests.fakes import FakeGpu

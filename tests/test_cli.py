@@ -34,7 +34,7 @@ class Cli:
 
     async def start(self, *args: str, **env: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner.cli", *args, env=self.env(**env),
+            sys.executable, "-m", "runner", *args, env=self.env(**env),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
 
@@ -240,7 +240,7 @@ async def test_interrupting_submit_wait_leaves_the_job_running(cli: Cli, cli_ser
 async def test_demo_runs_in_a_clean_environment(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "DATABASE_URL"))}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runner.cli", "demo", cwd=tmp_path, env=env,
+        sys.executable, "-m", "runner", "demo", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     text = out.decode()

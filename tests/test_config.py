@@ -51,7 +51,7 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
 
 def test_bad_value_stops_startup_with_exit_2() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "migrate"],
+        [sys.executable, "-m", "runner", "migrate"],
         env={"RUNNER_PORT": "abc", "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=60,
     )

@@ -4,7 +4,7 @@ import asyncio
 import threading
 import uuid
 
-from runner.context import JobContextManager, PendingCancel, StopReason
+from runner.cancel.registry import JobContextManager, PendingCancel, StopReason
 
 
 async def _forever(started: asyncio.Event | None = None) -> None:

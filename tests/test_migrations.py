@@ -40,7 +40,7 @@ async def test_two_migrate_processes_at_once_give_one_schema(empty_dsn: str) -> 
     env = {**os.environ, "DATABASE_URL": empty_dsn, "RUNNER_LOG_FORMAT": "json"}
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner.cli", "migrate", env=env,
+            sys.executable, "-m", "runner", "migrate", env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(2)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from api import siwe
+from runner import siwe
 
 VECTORS = Path(__file__).resolve().parent / "data" / "eip4361-vectors"
 

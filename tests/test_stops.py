@@ -1,4 +1,4 @@
-"""runner.stops: waiting for a cancel that was signalled ahead of its commit."""
+"""runner.cancel.stops: waiting for a cancel that was signalled ahead of its commit."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import cast
 import asyncpg
 import pytest
 
-from runner.cancel import Canceller
-from runner.context import PendingCancel
+from runner.cancel.canceller import Canceller
+from runner.cancel.registry import PendingCancel
+from runner.cancel.stops import StopRecorder
 from runner.metrics import Metrics
-from runner.stops import StopRecorder
 
 
 def _recorder() -> StopRecorder:

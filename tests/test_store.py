@@ -1,4 +1,4 @@
-"""The worker's batched writes (runner.store) on real Postgres: the result write that also
+"""The worker's batched writes (runner.worker.store) on real Postgres: the result write that also
 finishes the job, and the `finalize` that covers what it cannot see."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from runner import jobs, store
+from runner import jobs
 from runner.db import create_pool
+from runner.worker import store
 
 WORKER = "test-worker"
 OWNER = "0x" + "ab" * 20

@@ -186,7 +186,7 @@ async def test_sigterm_on_runner_serve_requeues_and_exits_cleanly(
            "RUNNER_SIWE_DOMAIN": "runner.test", "RUNNER_SHUTDOWN_GRACE_S": "0.2",
            "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake_gpu.base_url}/run"\n'}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runner.cli", "serve", env=env, cwd=tmp_path,
+        sys.executable, "-m", "runner", "serve", env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -11,7 +11,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
-from api.siwe import SiweMessage
+from runner.siwe import SiweMessage
 
 
 def _ts(at: datetime) -> str:

@@ -14,19 +14,20 @@ from typing import Any
 import asyncpg
 import structlog
 
-from runner import storable, store
+from runner import storable
 from runner.backends import Backend, ExecutionCall
-from runner.batch import Batcher
-from runner.cancel import Canceller
+from runner.cancel.canceller import Canceller
+from runner.cancel.registry import JobContext, JobContextManager, StopReason
+from runner.cancel.remote import RemoteCanceller
+from runner.cancel.stops import StopRecorder
 from runner.config import Settings
-from runner.context import JobContext, JobContextManager, StopReason
 from runner.db import DATABASE_ERRORS, backoff_s, is_database_error, is_transient, until_written
 from runner.errors import BackendError, JobError, Unstorable
 from runner.metrics import Metrics
-from runner.remote_cancel import RemoteCanceller
-from runner.stops import StopRecorder
+from runner.worker import store
+from runner.worker.batch import Batcher
 
-log = structlog.get_logger("runner.worker")
+log = structlog.get_logger("runner.worker.worker")
 
 CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost

@@ -12,7 +12,7 @@ import structlog
 
 from runner.db import backoff_s, is_database_error, is_transient
 
-log = structlog.get_logger("runner.batch")
+log = structlog.get_logger("runner.worker.batch")
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -17,7 +17,7 @@ import structlog
 
 from runner.db import connect
 
-log = structlog.get_logger("runner.listener")
+log = structlog.get_logger("runner.db.listener")
 
 # Channels (SPEC §7): payloads are short text.
 CANCEL = "runner_cancel"  # "<job_id>" or "<job_id>:<execution_id>"

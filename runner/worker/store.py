@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from runner.listener import SUBMIT
+from runner.db.listener import SUBMIT
 from runner.storable import readable
 
 # A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A

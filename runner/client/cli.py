@@ -14,11 +14,11 @@ from typing import Any, NoReturn
 
 import structlog
 
-from runner.client import Client, ClientError, NotSignedIn, TokenStore, config_dir, wallet_key
+from runner.client.http import Client, ClientError, NotSignedIn, TokenStore, config_dir, wallet_key
+from runner.client.progress import Progress, execution_line, follow, job_line
 from runner.config import load_settings
 from runner.errors import ConfigError, RunnerError
 from runner.logs import configure_logging
-from runner.progress import Progress, execution_line, follow, job_line
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_CANCELLABLE, EXIT_AUTH, EXIT_NOT_FOUND = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -252,7 +252,7 @@ def _raise_open_files_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    structlog.get_logger("runner.cli").info("open_files_limit", soft=hard, was=soft)
+    structlog.get_logger("runner.client.cli").info("open_files_limit", soft=hard, was=soft)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -286,12 +286,12 @@ async def _migrate(args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-    structlog.get_logger("runner.cli").info("migrations_done", applied=applied)
+    structlog.get_logger("runner.client.cli").info("migrations_done", applied=applied)
     return EXIT_OK
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from runner.demo import run_demo
+    from runner.client.demo import run_demo
 
     return await run_demo(load_settings(), sys.stdout, as_json=args.json, verbose=args.verbose)
 

@@ -12,14 +12,14 @@ from typing import Any
 import asyncpg
 import structlog
 
-from runner.context import JobContextManager, PendingCancel, StopReason
+from runner.cancel.registry import JobContextManager, PendingCancel, StopReason
 from runner.db import backoff_s
+from runner.db.listener import CANCEL
 from runner.errors import JobForbidden, JobNotFound, NotCancellable
-from runner.listener import CANCEL
 from runner.metrics import Metrics
 from runner.timeutil import iso
 
-log = structlog.get_logger("runner.cancel")
+log = structlog.get_logger("runner.cancel.canceller")
 
 
 
@@ -210,7 +210,7 @@ class Canceller:
         if not self.manager.is_running(job_id):
             row = await sent  # held elsewhere, or by nobody: the NOTIFY reaches the holder
         else:
-            # Held here: stop it now, while Postgres commits (see runner.context).
+            # Held here: stop it now, while Postgres commits (see runner.cancel.registry).
             statement = asyncio.create_task(sent, name=f"cancel-{job_id}")
             ahead = self.manager.cancel_ahead(job_id, stop, PendingCancel(actor, admin, reason, statement))
             if ahead:

@@ -16,7 +16,7 @@ from aiohttp import web
 from eth_account import Account
 
 from runner.backends.config import BackendSpec
-from runner.client import Client, WalletKey
+from runner.client.http import Client, WalletKey
 from runner.config import Settings
 from runner.service import running_service
 

@@ -17,7 +17,7 @@ import aiohttp
 
 from runner.timeutil import iso
 
-# eth-account (and api.siwe, which uses it) are imported only where a key is used: they take
+# eth-account (and runner.siwe, which uses it) are imported only where a key is used: they take
 # half a second to import, which every other verb would otherwise pay.
 
 
@@ -172,7 +172,7 @@ class Client:
         from eth_account import Account
         from eth_account.messages import encode_defunct
 
-        from api.siwe import SiweMessage
+        from runner.siwe import SiweMessage
 
         parts = urlsplit(self.api_url)
         domain = parts.netloc

@@ -2,7 +2,7 @@
 
 They are written in batches that linger briefly, so that cancels one after another share a
 statement and a commit; someone waiting on a stop (`?wait=true`) has it written at once. A
-task signalled ahead of its cancel's commit (runner.context) records its stop only once
+task signalled ahead of its cancel's commit (runner.cancel.registry) records its stop only once
 Postgres has the job cancelled -- not at all if the job had finished first -- and, should the
 cancel's statement have failed, retries the cancel itself until it lands.
 """
@@ -18,15 +18,15 @@ from typing import Any
 import asyncpg
 import structlog
 
-from runner import store
-from runner.batch import Batcher
-from runner.cancel import Canceller, cancel_applied
-from runner.context import JobContext, PendingCancel, StopReason
+from runner.cancel.canceller import Canceller, cancel_applied
+from runner.cancel.registry import JobContext, PendingCancel, StopReason
 from runner.db import DATABASE_ERRORS, backoff_s, is_transient
 from runner.errors import JobError
 from runner.metrics import Metrics
+from runner.worker import store
+from runner.worker.batch import Batcher
 
-log = structlog.get_logger("runner.stops")
+log = structlog.get_logger("runner.cancel.stops")
 
 LINGER_S = 0.02
 OWED_CANCEL_RETRY_MAX_S = 2.0

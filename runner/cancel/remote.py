@@ -15,7 +15,7 @@ from runner.backends import Backend, CancelOutcome, CancelResult
 from runner.metrics import Metrics
 from runner.storable import readable
 
-log = structlog.get_logger("runner.remote_cancel")
+log = structlog.get_logger("runner.cancel.remote")
 
 SEND_TIMEOUT_S = 5.0
 SWEEP_BATCH = 100

@@ -1,0 +1,5 @@
+"""`python -m runner`: the command line (runner.client.cli)."""
+
+from runner.client.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""Postgres: the pool (pool), the embedded server (embedded), migrations, the LISTEN
+connection (listener), and the one classification of database errors (errors)."""
+
+from runner.db.embedded import EmbeddedPostgres, resolve_dsn
+from runner.db.errors import (
+    DATABASE_ERRORS,
+    backoff_s,
+    is_database_error,
+    is_transient,
+    until_written,
+)
+from runner.db.migrations import apply_migrations, load_migrations, migrate
+from runner.db.pool import connect, create_pool
+
+__all__ = ["DATABASE_ERRORS", "EmbeddedPostgres", "apply_migrations", "backoff_s", "connect", "create_pool",
+           "is_database_error", "is_transient", "load_migrations", "migrate", "resolve_dsn", "until_written"]

@@ -1,0 +1,55 @@
+"""Postgres errors, classified once, and the retries built on that classification."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("runner.db")
+
+T = TypeVar("T")
+
+# Postgres errors, classified once. Transient: the connection or the server went away, or
+# Postgres aborted the statement for a reason of its own (deadlock, serialization, a
+# cancelled query, no room) -- the same statement may succeed later. Everything else (data
+# exceptions, constraints, syntax) is permanent: retrying it only repeats the failure.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+    asyncpg.InsufficientResourcesError,
+)
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, asyncpg.PostgresError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the database failure `exc` may go away by itself (worth another try)."""
+    return isinstance(exc, _TRANSIENT)
+
+
+def is_database_error(exc: BaseException) -> bool:
+    return isinstance(exc, DATABASE_ERRORS)
+
+
+def backoff_s(attempt: int, *, base_s: float = 0.05, cap_s: float = 5.0) -> float:
+    """Exponential backoff with full jitter for the `attempt`-th retry (1-based)."""
+    return random.uniform(base_s, min(cap_s, base_s * 2 ** attempt))
+
+
+async def until_written(write: Callable[[], Awaitable[T]], what: str, **context: Any) -> T:
+    """Run `write` until Postgres takes it: transient failures are retried with backoff (the
+    caller keeps what it holds meanwhile), a permanent one is raised at once."""
+    attempt = 0
+    while True:
+        try:
+            return await write()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            attempt += 1
+            log.warning("write_retry", what=what, attempt=attempt, error=repr(exc), **context)
+        await asyncio.sleep(backoff_s(attempt))
