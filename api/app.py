@@ -16,7 +16,7 @@ from api.openapi import openapi
 from api.sessions import Sessions
 from api.state import RUNTIME
 from runner.db.listener import AUTH
-from runner.service import Runtime
+from runner.runtime import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024  # SPEC §5: a submit body of at most 1 MiB
 AUTH_CLEANUP_INTERVAL_S = 300.0
@@ -55,7 +55,7 @@ def create_app(runtime: Runtime) -> web.Application:
     if runtime.listener is not None:
         runtime.listener.subscribe(AUTH, sessions.evict)
         runtime.listener.on_reconnect(sessions.clear)
-        runtime.every("auth_cleanup", AUTH_CLEANUP_INTERVAL_S, sessions.cleanup)
+        runtime.supervisor.every("auth_cleanup", AUTH_CLEANUP_INTERVAL_S, sessions.cleanup)
     app.on_cleanup.append(lambda _app: sessions.close())
     setup_cors(app, runtime.settings.cors_origins)
     setup_auth(app, sessions)
@@ -79,4 +79,16 @@ def create_metrics_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[RUNTIME] = runtime
     app.router.add_get("/metrics", metrics)
+    return app
+
+
+def create_probe_app(runtime: Runtime) -> web.Application:
+    """A worker-only instance: /healthz, /readyz and /metrics (unless RUNNER_METRICS_PORT
+    takes it), nothing else -- so health checks and Prometheus see every role."""
+    app = web.Application(middlewares=[error_middleware])
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if runtime.settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics)
     return app

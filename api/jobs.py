@@ -22,7 +22,7 @@ from api.validation import (
 )
 from runner import jobs
 from runner.cancel.registry import JobContext
-from runner.service import Runtime
+from runner.runtime import Runtime
 
 log = structlog.get_logger("api.jobs")
 

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runner.service import Runtime
+from runner.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -100,7 +100,5 @@ def freeze(runtime: Any) -> None:
     from runner.cancel.registry import StopReason
 
     runtime.worker.draining = True
-    for name in ("lease_renewal", "lease_expiry", "remote_cancel_sweep", "listener", "worker_claim"):
-        if name in runtime.tasks:
-            runtime.tasks[name].cancel()
+    runtime.supervisor.halt()
     runtime.manager.cancel_all(StopReason.LEASE_LOST)

@@ -10,7 +10,8 @@ import pytest
 from runner.backends.config import BackendSpec
 from runner.config import Settings
 from runner.db import connect
-from runner.service import Runtime, running_service
+from runner.runtime import Runtime
+from runner.service import running_service
 from tests.client import Api
 from tests.fakes import FakeGpu
 from tests.pg import TestPostgres

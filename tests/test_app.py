@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from api.app import create_app
 from runner.config import Settings
 from runner.db import create_pool
-from runner.service import Runtime, running_service
+from runner.runtime import Runtime
+from runner.service import running_service
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 
 from runner.config import Settings
 from runner.db.listener import AUTH
-from runner.service import Runtime, running_service
+from runner.runtime import Runtime
+from runner.service import running_service
 from tests.wallets import Wallet, _ts, get_nonce, login, sign_in
 
 

@@ -241,8 +241,8 @@ async def test_cancel_lands_within_one_lease_renewal_without_the_listener(
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
         job = await api.submit(HOLD)
         await wait_event(fake_gpu.started[job["executions"][0]["id"]])
-        b.tasks["listener"].cancel()  # B hears no notification at all from here on
-        await asyncio.gather(b.tasks["listener"], return_exceptions=True)
+        b.supervisor.tasks["listener"].cancel()  # B hears no notification at all from here on
+        await asyncio.gather(b.supervisor.tasks["listener"], return_exceptions=True)
         status, _ = await api.cancel(job["id"])
         assert status == 200
         await wait_event(fake_gpu.closed[job["executions"][0]["id"]])

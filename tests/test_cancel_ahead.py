@@ -14,7 +14,7 @@ import aiohttp
 import asyncpg
 
 from runner.cancel.registry import JobContext
-from runner.service import Runtime
+from runner.runtime import Runtime
 from tests.client import Api, wait_event
 from tests.fakes import FakeGpu
 

@@ -18,7 +18,8 @@ import pytest
 from eth_account import Account
 
 from runner.config import Settings
-from runner.service import Runtime, running_service
+from runner.runtime import Runtime
+from runner.service import running_service
 from tests.client import free_port
 
 

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from runner.config import Settings
-from runner.service import Runtime, running_service
+from runner.runtime import Runtime
+from runner.service import running_service
 from tests.client import Api
 from tests.fakes import FakeGpu
 from tests.procs import ServeProcess

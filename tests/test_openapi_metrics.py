@@ -6,7 +6,8 @@ from aiohttp import web
 from api.app import create_app
 from api.openapi import document
 from runner.config import Settings
-from runner.service import Runtime, running_service
+from runner.runtime import Runtime
+from runner.service import running_service
 from tests.client import free_port
 
 

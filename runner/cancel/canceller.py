@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import structlog
 
+from runner.cancel import notifications
 from runner.cancel.registry import JobContextManager, PendingCancel, StopReason
 from runner.db import backoff_s
-from runner.db.listener import CANCEL
 from runner.errors import JobForbidden, JobNotFound, NotCancellable
 from runner.metrics import Metrics
 from runner.timeutil import iso
@@ -57,7 +57,7 @@ event AS (
         'executions_cancelled', (SELECT count(*) FROM execs))
     FROM job, target t),
 notify AS (
-    SELECT pg_notify('{CANCEL}', job.id::text), runner_notify_job(job.id) FROM job)
+    SELECT {notifications.job_sql("job.id")}, runner_notify_job(job.id) FROM job)
 SELECT t.status AS previous_status, t.owner, coalesce(job.cancelled_at, t.cancelled_at) AS cancelled_at,
     job.id IS NOT NULL AS changed, (SELECT count(*) FROM execs) AS executions_cancelled,
     (SELECT count(*) FROM notify) AS notified
@@ -101,7 +101,7 @@ event AS (
     SELECT $1, NULL, fin.status, $2, jsonb_build_object('reason', 'its last execution was cancelled')
     FROM fin),
 notify AS (
-    SELECT pg_notify('{CANCEL}', $1::text || ':' || ex.id::text), runner_notify_job($1) FROM ex)
+    SELECT {notifications.execution_sql("$1", "ex.id")}, runner_notify_job($1) FROM ex)
 SELECT t.job_status, t.owner, t.status AS previous_status,
     coalesce(ex.finished_at, t.finished_at) AS cancelled_at, ex.id IS NOT NULL AS changed,
     (SELECT count(*) FROM notify) AS notified
@@ -130,12 +130,10 @@ event AS (
     SELECT id, 'cancelled', $1, jsonb_build_object(
         'reason', $3::text, 'previous_status', previous_status, 'bulk', true)
     FROM job),
--- "instance;id,id,...": job ids in chunks of 200 per notification (payloads are limited
--- to 8000 bytes), so cancelling 10,000 jobs wakes each instance 50 times, not 10,000.
+-- Running jobs' notifications in chunks (runner.cancel.notifications): cancelling 10,000
+-- jobs wakes each instance 50 times, not 10,000.
 notify AS (
-    SELECT pg_notify('{CANCEL}', $7 || ';' || string_agg(id::text, ',')) FROM (
-        SELECT id, (row_number() OVER ()) / 200 AS chunk FROM job WHERE previous_status = 'running') c
-    GROUP BY chunk),
+    {notifications.bulk_sql("$7", "SELECT id FROM job WHERE previous_status = 'running'")}),
 watchers AS (
     SELECT runner_notify_job(id) FROM job)
 SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,

@@ -31,7 +31,7 @@ log = structlog.get_logger("runner.cancel.stops")
 LINGER_S = 0.02
 OWED_CANCEL_RETRY_MAX_S = 2.0
 
-Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
+Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[Any]]
 
 
 def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
@@ -45,7 +45,7 @@ class StopRecorder:
                  spawn: Spawn) -> None:
         self.canceller = canceller
         self.metrics = metrics
-        self._spawn = spawn  # the worker's tracked tasks, awaited when it drains
+        self._spawn = spawn  # the supervisor's short tasks, awaited when the worker drains
         self.draining = False
         # Jobs whose task has stopped for a cancel not yet on record: their rows still say
         # `running` here, and must not be taken for orphans.

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from runner.config import Settings
 from runner.db import DATABASE_ERRORS, backoff_s, is_database_error, is_transient, until_written
 from runner.errors import BackendError, JobError, Unstorable
 from runner.metrics import Metrics
+from runner.supervisor import Supervisor
 from runner.worker import store
 from runner.worker.batch import Batcher
 
@@ -36,7 +37,8 @@ POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
 class Worker:
     def __init__(self, *, pool: asyncpg.Pool, settings: Settings, instance_id: str,
                  manager: JobContextManager, backends: Mapping[str, Backend],
-                 canceller: Canceller, remote: RemoteCanceller, metrics: Metrics) -> None:
+                 canceller: Canceller, remote: RemoteCanceller, metrics: Metrics,
+                 supervisor: Supervisor) -> None:
         self.pool = pool
         self.settings = settings
         self.instance_id = instance_id
@@ -48,14 +50,14 @@ class Worker:
         self.wake = asyncio.Event()
         self.draining = False
         self.job_tasks: set[asyncio.Task[None]] = set()
-        self.aux_tasks: set[asyncio.Task[None]] = set()
+        self.supervisor = supervisor  # owns the short tasks beside the jobs (timeouts, re-checks)
         # Completions are batched: one statement (and one WAL flush) for many jobs; it also
         # finishes the jobs whose last execution it records.
         self.results: Batcher[store.ExecutionResult, tuple[bool, str | None]] = Batcher(
             "execution_results", lambda items: store.write_results(pool, items, instance_id))
         self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
             "finalize", lambda ids: store.finalize(pool, ids, instance_id))
-        self.stops = StopRecorder(pool, instance_id, canceller, metrics, self._spawn_aux)
+        self.stops = StopRecorder(pool, instance_id, canceller, metrics, supervisor.track)
         # Jobs whose task ended but whose final write did not happen (an execution's result
         # could not be written): retried with the lease renewal, then requeued.
         self.unsettled: set[uuid.UUID] = set()
@@ -168,7 +170,7 @@ class Worker:
                 timer.cancel()
 
     def _time_out(self, job_id: uuid.UUID) -> None:
-        self._spawn_aux(self._cancel_for_timeout(job_id), f"timeout-{job_id}")
+        self.supervisor.track(self._cancel_for_timeout(job_id), f"timeout-{job_id}")
 
     async def _cancel_for_timeout(self, job_id: uuid.UUID) -> None:
         """timeout_s ran out: the same path as a user's cancel (row, audit, NOTIFY, task)."""
@@ -180,13 +182,6 @@ class Worker:
             pass  # it finished in the meantime
         except DATABASE_ERRORS:
             log.exception("timeout_cancel_failed", job_id=str(job_id))
-
-    def _spawn_aux(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Short tasks beside the jobs (timeouts, re-checks): tracked and awaited on drain."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.aux_tasks.add(task)
-        task.add_done_callback(self.aux_tasks.discard)
-        return task
 
     def _remaining(self, job: store.ClaimedJob) -> float | None:
         if job.timeout_s is None:
@@ -357,7 +352,7 @@ class Worker:
 
     def recheck(self) -> None:
         """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
-        self._spawn_aux(self.renew_leases(), "lease_recheck")
+        self.supervisor.track(self.renew_leases(), "lease_recheck")
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -386,7 +381,7 @@ class Worker:
                 interrupted = self.manager.cancel_all(StopReason.SHUTDOWN)
                 log.info("interrupting_jobs", jobs=interrupted)
                 await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.gather(*self.aux_tasks, return_exceptions=True)
+        await self.supervisor.wait_short()
         await self.results.close()
         await self.finals.close()
         await self.stops.batch.close()

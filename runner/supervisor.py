@@ -1,0 +1,79 @@
+"""The one owner of an instance's background tasks (pgqueuer's TaskManager idea): long-lived
+named tasks (the listener, the claim loop, periodic work) and short ones (a timeout's cancel,
+a stop record). Every task is named; stop() cancels and awaits them all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from runner.db import is_transient
+
+log = structlog.get_logger("runner.supervisor")
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self._short: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Start a long-lived named task; stop() cancels and awaits it."""
+        if name in self.tasks:
+            coro.close()
+            raise RuntimeError(f"a background task named {name} is already running")
+        task = asyncio.create_task(coro, name=name)
+        self.tasks[name] = task
+        task.add_done_callback(self._done)
+        return task
+
+    def every(self, name: str, interval_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        """Run `fn` periodically in a named task; an error is logged and the loop goes on
+        (a database that is away is only a warning: the next round tries again)."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await fn()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if is_transient(exc):
+                        log.warning("periodic_task_failed", task=name, error=repr(exc))
+                    else:
+                        log.exception("periodic_task_failed", task=name)
+
+        self.spawn(name, loop())
+
+    def track(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A short task beside the jobs (a timeout's cancel, a stop record, a re-check):
+        awaited by wait_short() when the worker drains, cancelled by stop()."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._short.add(task)
+        task.add_done_callback(self._short.discard)
+        return task
+
+    async def wait_short(self) -> None:
+        while self._short:
+            await asyncio.gather(*list(self._short), return_exceptions=True)
+
+    def halt(self) -> None:
+        """Cancel every long-lived task at once without waiting: the instance stops acting
+        (no renewals, claims, notifications or sweeps), as if its process had died."""
+        for task in self.tasks.values():
+            task.cancel()
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_died", task=task.get_name(), error=repr(task.exception()))
+
+    async def stop(self) -> None:
+        tasks = [*self.tasks.values(), *self._short]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
