@@ -12,11 +12,14 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from api import render
 from api.auth import identity_of
 from api.sessions import Identity
 from api.state import RUNTIME
+from api.validation import parse_id
 from runner import jobs
 from runner.db import is_transient
+from runner.statuses import TERMINAL
 
 log = structlog.get_logger("api.events")
 
@@ -28,7 +31,7 @@ async def _reread(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity,
     """The job as it is now; None while the database is away (the stream goes on, pinging,
     and re-reads once it is back: a short outage does not cut it)."""
     try:
-        return await jobs.get_job(pool, job_id, caller=identity.address, admin=identity.admin)
+        return render.job(await jobs.get_job(pool, job_id, caller=identity.address, admin=identity.admin))
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -39,7 +42,7 @@ async def _reread(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity,
 
 async def job_events(request: web.Request) -> web.StreamResponse:
     runtime, identity = request.app[RUNTIME], identity_of(request)
-    job_id = jobs.parse_uuid(request.match_info["job_id"])
+    job_id = parse_id(request.match_info["job_id"])
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
@@ -47,14 +50,15 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     # Listen before reading, so no change can fall between the read and the LISTEN.
     async with runtime.watch.watching(job_id) as changed:
         # Ownership and existence are checked before the stream starts: they get JSON errors.
-        job = await jobs.get_job(runtime.pool, job_id, caller=identity.address, admin=identity.admin)
+        job = render.job(await jobs.get_job(runtime.pool, job_id, caller=identity.address,
+                                            admin=identity.admin))
         await response.prepare(request)
         sent = None
         while True:
             if job != sent:
                 await response.write(f"data: {json.dumps(job)}\n\n".encode())
                 sent = job
-            if job["status"] in jobs.TERMINAL:
+            if job["status"] in TERMINAL:
                 break  # clients close on it (an EventSource would otherwise reconnect)
             try:
                 async with asyncio.timeout(PING_S):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from api.errors import BadRequest
 from runner.backends.config import BackendSpec
-from runner.errors import UnknownBackend
-from runner.jobs import ACTIVE, STATUSES, NewExecution
+from runner.errors import JobNotFound, UnknownBackend
+from runner.jobs import NewExecution
+from runner.statuses import ACTIVE, STATUSES
 
 MAX_EXECUTIONS = 64
 MAX_METADATA_BYTES = 16 * 1024
@@ -36,6 +38,14 @@ def _only(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_id(value: str, what: str = "job") -> uuid.UUID:
+    """An id from a URL; one that is not a UUID names nothing (404)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise JobNotFound(f"no {what} {value!r}") from None
 
 
 def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec]) -> Submission:

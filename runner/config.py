@@ -1,4 +1,4 @@
-"""Settings: every environment variable of SPEC §2, parsed once into a frozen object."""
+"""Settings: every environment variable, parsed once into a frozen object."""
 
 from __future__ import annotations
 
@@ -92,61 +92,74 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def _text(_name: str, raw: str) -> str:
+    return raw
+
+
+def _port(name: str, raw: str) -> int:
+    return _int(name, raw, 1, 65535)
+
+
+def _positive(name: str, raw: str) -> int:
+    return _int(name, raw, 1)
+
+
+def _chain_ids(name: str, raw: str) -> frozenset[int]:
+    return frozenset(_int(name, part, 1) for part in _split(raw))
+
+
+def _log_format(name: str, raw: str) -> str:
+    if raw not in ("json", "console"):
+        raise ConfigError(f"{name}={raw!r}: expected 'json' or 'console'")
+    return raw
+
+
+# Each variable, the setting it fills and how it is parsed. A variable that is unset (or
+# blank) leaves the setting at its default, written once, on the Settings class above.
+_VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "DATABASE_URL": ("database_url", _text),
+    "RUNNER_DATA_DIR": ("data_dir", lambda _n, raw: Path(raw)),
+    "RUNNER_HOST": ("host", _text),
+    "RUNNER_PORT": ("port", _port),
+    "RUNNER_SIWE_DOMAIN": ("siwe_domains", lambda _n, raw: _split(raw)),
+    "RUNNER_SIWE_CHAIN_IDS": ("siwe_chain_ids", _chain_ids),
+    "RUNNER_SESSION_TTL_S": ("session_ttl_s", _seconds),
+    "RUNNER_ADMIN_WALLETS": ("admin_wallets", _addresses),
+    "RUNNER_CORS_ORIGINS": ("cors_origins", lambda _n, raw: _split(raw)),
+    "RUNNER_CONCURRENCY": ("concurrency", _positive),
+    "RUNNER_LEASE_S": ("lease_s", _seconds),
+    "RUNNER_SHUTDOWN_GRACE_S": ("shutdown_grace_s", lambda n, raw: _seconds(n, raw, allow_zero=True)),
+    "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": ("max_active_jobs_per_wallet", _positive),
+    "RUNNER_MAX_JOB_ATTEMPTS": ("max_job_attempts", _positive),
+    "RUNNER_DB_POOL_SIZE": ("db_pool_size", _positive),
+    "RUNNER_METRICS_PORT": ("metrics_port", _port),
+    "RUNNER_LOG_FORMAT": ("log_format", _log_format),
+    "RUNNER_READ_TIMEOUT_S": ("read_timeout_s", _seconds),
+}
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the environment; a bad value raises ConfigError naming the variable."""
     env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for name, (setting, parse) in _VARIABLES.items():
+        raw = (env.get(name) or "").strip()
+        if raw:
+            values[setting] = parse(name, raw)
+    values.setdefault("log_format", "console" if sys.stderr.isatty() else "json")
+    values["backends"] = _backends(env)
+    return Settings(**values)  # type: ignore[arg-type]
 
-    def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
-        raw = env.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        return parse(name, raw.strip())
 
-    def chain_ids(name: str, raw: str) -> frozenset[int]:
-        return frozenset(_int(name, part, 1) for part in _split(raw))
-
-    def log_format(name: str, raw: str) -> str:
-        if raw not in ("json", "console"):
-            raise ConfigError(f"{name}={raw!r}: expected 'json' or 'console'")
-        return raw
-
+def _backends(env: Mapping[str, str]) -> Mapping[str, BackendSpec]:
     backends_toml = env.get("RUNNER_BACKENDS_TOML")
     backends_file = env.get("RUNNER_BACKENDS_FILE")
     if backends_toml:
-        backends = load_backends(backends_toml, env, source="RUNNER_BACKENDS_TOML")
-    elif backends_file:
+        return load_backends(backends_toml, env, source="RUNNER_BACKENDS_TOML")
+    if backends_file:
         try:
             text = Path(backends_file).read_text()
         except OSError as exc:
             raise ConfigError(f"RUNNER_BACKENDS_FILE={backends_file!r}: {exc.strerror}") from None
-        backends = load_backends(text, env, source=backends_file)
-    else:
-        backends = default_backends()
-
-    return Settings(
-        database_url=env.get("DATABASE_URL") or None,
-        data_dir=Path(env.get("RUNNER_DATA_DIR") or ".runner"),
-        host=get("RUNNER_HOST", lambda _n, raw: raw, "127.0.0.1"),
-        port=get("RUNNER_PORT", lambda n, raw: _int(n, raw, 1, 65535), 8080),
-        siwe_domains=get("RUNNER_SIWE_DOMAIN", lambda _n, raw: _split(raw), None),
-        siwe_chain_ids=get("RUNNER_SIWE_CHAIN_IDS", chain_ids, None),
-        session_ttl_s=get("RUNNER_SESSION_TTL_S", _seconds, 86400.0),
-        backends=backends,
-        admin_wallets=get("RUNNER_ADMIN_WALLETS", _addresses, frozenset()),
-        cors_origins=get("RUNNER_CORS_ORIGINS", lambda _n, raw: _split(raw), ()),
-        concurrency=get("RUNNER_CONCURRENCY", lambda n, raw: _int(n, raw, 1), 1000),
-        lease_s=get("RUNNER_LEASE_S", _seconds, 15.0),
-        shutdown_grace_s=get(
-            "RUNNER_SHUTDOWN_GRACE_S", lambda n, raw: _seconds(n, raw, allow_zero=True), 20.0
-        ),
-        max_active_jobs_per_wallet=get(
-            "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET", lambda n, raw: _int(n, raw, 1), 100
-        ),
-        max_job_attempts=get("RUNNER_MAX_JOB_ATTEMPTS", lambda n, raw: _int(n, raw, 1), 3),
-        db_pool_size=get("RUNNER_DB_POOL_SIZE", lambda n, raw: _int(n, raw, 1), 20),
-        metrics_port=get("RUNNER_METRICS_PORT", lambda n, raw: _int(n, raw, 1, 65535), None),
-        log_format=get(
-            "RUNNER_LOG_FORMAT", log_format, "console" if sys.stderr.isatty() else "json"
-        ),
-        read_timeout_s=get("RUNNER_READ_TIMEOUT_S", _seconds, 15.0),
-    )
+        return load_backends(text, env, source=backends_file)
+    return default_backends()

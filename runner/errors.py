@@ -55,8 +55,6 @@ class UnknownBackend(JobError):
 class BackendError(RunnerError):
     """A backend answered something other than a result."""
 
-    transient = False
-
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
@@ -64,8 +62,6 @@ class BackendError(RunnerError):
 
 class TransientBackendError(BackendError):
     """Worth another try: connection errors, timeouts, 5xx, 429."""
-
-    transient = True
 
 
 class PermanentBackendError(BackendError):

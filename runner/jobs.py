@@ -1,4 +1,5 @@
-"""Jobs in Postgres: submit, read, list, audit. Every status write elsewhere is conditional."""
+"""Jobs in Postgres: submit, read, list, audit. They return rows (mappings of the stored
+values); the API renders them. Every status write elsewhere is conditional."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,11 +15,8 @@ from typing import Any
 import asyncpg
 
 from runner.errors import IdempotencyConflict, JobError, JobForbidden, JobNotFound, QuotaExceeded
-from runner.timeutil import iso
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-ACTIVE = ("queued", "running")
-TERMINAL = ("completed", "failed", "cancelled")
+JobRow = Mapping[str, Any]
 
 JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,
     j.cancelled_at, j.cancelled_by, j.cancel_reason, j.timeout_s, j.metadata, j.error,
@@ -31,35 +30,15 @@ class NewExecution:
     name: str | None = None
 
 
-def job_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """A job as the API shows it (SPEC §5)."""
-    return {
-        "id": str(row["id"]), "owner": row["owner"], "status": row["status"],
-        "created_at": iso(row["created_at"]), "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]), "cancelled_at": iso(row["cancelled_at"]),
-        "cancelled_by": row["cancelled_by"], "cancel_reason": row["cancel_reason"],
-        "timeout_s": row["timeout_s"], "metadata": row["metadata"], "error": row["error"],
-        "executions": row["executions"],
-    }
-
-
 def request_hash(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def parse_uuid(value: str, what: str = "job") -> uuid.UUID:
-    """An id from a URL; one that is not a UUID names nothing (404, SPEC §5)."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise JobNotFound(f"no {what} {value!r}") from None
 
 
 async def submit(
     pool: asyncpg.Pool, *, owner: str, executions: list[NewExecution], timeout_s: int | None,
     metadata: dict[str, Any], max_active: int, idempotency_key: str | None = None,
     body_hash: str | None = None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[JobRow, bool]:
     """Insert a queued job in one round trip (runner_submit, migration 0003); returns
     (job, created). A repeated idempotency key returns the original job."""
     job_id = uuid.uuid4()
@@ -79,21 +58,21 @@ async def submit(
     fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "status": "queued",
               "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
               "output": None, "error": None, "remote_cancel": None} for r in rows]
-    return job_json({
+    return ({
         "id": job_id, "owner": owner, "status": "queued", "created_at": row["created"],
         "started_at": None, "finished_at": None, "cancelled_at": None, "cancelled_by": None,
         "cancel_reason": None, "timeout_s": timeout_s, "metadata": metadata, "error": None,
-        "executions": fresh}), True
+        "executions": fresh}, True)
 
 
-async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> dict[str, Any]:
-    row = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1", job_id)
+async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> JobRow:
+    row: JobRow | None = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1", job_id)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
-    return job_json(row)
+    return row
 
 
-async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> dict[str, Any]:
+async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> JobRow:
     job = await _read(pool, job_id)
     if job["owner"] != caller and not admin:
         raise JobForbidden("this job belongs to another wallet")
@@ -118,7 +97,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_jobs(pool: asyncpg.Pool, *, owner: str, statuses: list[str] | None, limit: int,
-                    cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+                    cursor: str | None) -> tuple[list[JobRow], str | None]:
     """The wallet's jobs, newest first. Keyset pagination: new jobs never shift a page."""
     after = decode_cursor(cursor) if cursor else None
     rows = await pool.fetch(
@@ -129,10 +108,10 @@ async def list_jobs(pool: asyncpg.Pool, *, owner: str, statuses: list[str] | Non
         owner, statuses, after[0] if after else None, after[1] if after else None, limit + 1)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
-    return [job_json(r) for r in page], next_cursor
+    return page, next_cursor
 
 
-async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> list[dict[str, Any]]:
+async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> list[JobRow]:
     rows = await pool.fetch(
         """SELECT j.owner, e.at, e.kind, e.actor, e.detail, e.execution_id
            FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id
@@ -141,9 +120,4 @@ async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bo
         raise JobNotFound(f"no job {job_id}")
     if rows[0]["owner"] != caller and not admin:
         raise JobForbidden("this job belongs to another wallet")
-    return [
-        {"at": iso(r["at"]), "kind": r["kind"], "actor": r["actor"],
-         "detail": {**r["detail"], **({"execution_id": str(r["execution_id"])}
-                                      if r["execution_id"] else {})}}
-        for r in rows if r["kind"] is not None
-    ]
+    return [r for r in rows if r["kind"] is not None]

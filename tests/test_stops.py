@@ -27,11 +27,12 @@ async def test_a_cancelled_statement_is_not_taken_for_this_tasks_own_cancellatio
     loop = asyncio.get_running_loop()
     interrupted: asyncio.Future[None] = loop.create_future()
     interrupted.cancel()
-    # The cancel is not known to be on record: the GPU is to be told to stop all the same.
-    assert await recorder.cancel_committed(PendingCancel("0xA", False, None, interrupted)) is True
+    # The cancel is not known to be on record (None, not False): the GPU is to be told to stop
+    # all the same.
+    assert await recorder.cancel_landed(PendingCancel("0xA", False, None, interrupted)) is None
 
     under_way: asyncio.Future[None] = loop.create_future()
-    waiter = asyncio.create_task(recorder.cancel_committed(PendingCancel("0xA", False, None, under_way)))
+    waiter = asyncio.create_task(recorder.cancel_landed(PendingCancel("0xA", False, None, under_way)))
     await asyncio.sleep(0)  # one loop turn: the waiter is now awaiting the statement
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 from uuid import UUID
@@ -50,14 +50,10 @@ class ExecutionCall:
     remote_id: str | None = None
     attempts: int = 0
     on_remote_id: Callable[[str, int], Awaitable[None]] | None = None
-    on_attempt: Callable[[int], Awaitable[None]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    async def submitted(self) -> None:
+    def submitted(self) -> None:
         """Count a submission to the backend (SPEC §6: `attempts`)."""
         self.attempts += 1
-        if self.on_attempt is not None:
-            await self.on_attempt(self.attempts)
 
     async def set_remote_id(self, remote_id: str) -> None:
         """Store the remote id before anything else, so a cancel can always reach it."""
@@ -170,7 +166,7 @@ class HttpBackendBase:
         while True:
             attempt += 1
             if submits is not None:
-                await submits.submitted()
+                submits.submitted()
             try:
                 return await what()
             except TransientBackendError as exc:

@@ -57,6 +57,12 @@ class BackendSpec:
         """An http backend's cancel_url needs only our ids, not one from the backend."""
         return bool(self.cancel_url)
 
+    def can_cancel(self, remote_id: str | None) -> bool:
+        """Whether a cancel can reach work of this backend that has `remote_id` (or none yet):
+        the rule for owing one. (The cancel statements apply the same rule in SQL, with the
+        names of the backends that cancel without a remote id.)"""
+        return self.cancels_remotely and (remote_id is not None or self.cancels_without_remote_id)
+
 
 def default_backends() -> dict[str, BackendSpec]:
     return {"demo": BackendSpec(name="demo", kind="demo")}

@@ -31,7 +31,7 @@ class DemoBackend:
             raise PermanentBackendError(
                 f'demo input must be {{"seconds": 0-{MAX_SECONDS}, "fail": true|false}}'
             )
-        await call.submitted()
+        call.submitted()
         await asyncio.sleep(seconds)
         if fail:
             raise PermanentBackendError("simulated failure (input had fail: true)")

@@ -34,7 +34,7 @@ class SubprocessBackend:
     spec: BackendSpec
 
     async def run(self, call: ExecutionCall) -> Any:
-        await call.submitted()
+        call.submitted()
         env = {**os.environ, "RUNNER_JOB_ID": str(call.job_id),
                "RUNNER_EXECUTION_ID": str(call.execution_id)}
         try:

@@ -54,7 +54,7 @@ class RemoteCanceller:
         backend = self.backends.get(backend_name)
         if backend is None:
             result = CancelResult(CancelOutcome.FAILED, f"backend {backend_name!r} is not configured here")
-        elif remote_id is None and not backend.spec.cancel_url:
+        elif not backend.spec.can_cancel(remote_id):
             result = CancelResult(CancelOutcome.FAILED, "no remote id is known to cancel")
         else:
             try:

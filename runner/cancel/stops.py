@@ -93,17 +93,17 @@ class StopRecorder:
     async def _record_once_cancelled(self, ctx: JobContext, record: store.StopRecord,
                                      pending: PendingCancel, reason: StopReason) -> None:
         try:
-            if await self.cancel_committed(pending, owe=(record.job_id, reason)):
+            landed = await self.cancel_landed(pending)
+            if landed is None:  # the statement failed: the work has stopped, the row does not say so
+                landed = await self._record_owed_cancel(record.job_id, pending, reason)
+            if landed:
                 await self._put(ctx, record)
         finally:
             self.in_progress.discard(record.job_id)
 
-    async def cancel_committed(self, pending: PendingCancel,
-                               owe: tuple[uuid.UUID, StopReason] | None = None) -> bool:
-        """Whether the cancel sent ahead left the job cancelled. If its statement failed, the
-        work has stopped but the row does not say so: with `owe`, the cancel is retried
-        until Postgres has it (the job stays leased to this instance meanwhile); without,
-        the answer is True (stop the GPU: the cancel was the caller's intent)."""
+    async def cancel_landed(self, pending: PendingCancel) -> bool | None:
+        """Whether the cancel sent ahead left the job cancelled (False: it had finished
+        first), or None when its statement failed and the row says nothing yet."""
         try:
             return cancel_applied(await asyncio.shield(pending.statement))
         except asyncio.CancelledError:
@@ -112,9 +112,13 @@ class StopRecorder:
                 raise  # this task is being cancelled (the statement may have been too)
         except DATABASE_ERRORS:
             pass
-        if owe is None:
-            return True
-        job_id, reason = owe
+        return None
+
+    async def _record_owed_cancel(self, job_id: uuid.UUID, pending: PendingCancel,
+                                  reason: StopReason) -> bool:
+        """Retry the cancel until Postgres has it (the job stays leased to this instance
+        meanwhile); False if the job turned out to have finished first, or the write is
+        refused for good."""
         attempt = 0
         while True:
             try:

@@ -8,7 +8,7 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-TERMINAL = ("completed", "failed", "cancelled")
+from runner.statuses import TERMINAL
 
 
 def _elapsed(started: str | None, finished: str | None) -> str:

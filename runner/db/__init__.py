@@ -5,6 +5,7 @@ from runner.db.embedded import EmbeddedPostgres, resolve_dsn
 from runner.db.errors import (
     DATABASE_ERRORS,
     backoff_s,
+    fetchrow_retrying_aborts,
     is_database_error,
     is_transient,
     until_written,
@@ -13,4 +14,5 @@ from runner.db.migrations import apply_migrations, load_migrations, migrate
 from runner.db.pool import connect, create_pool
 
 __all__ = ["DATABASE_ERRORS", "EmbeddedPostgres", "apply_migrations", "backoff_s", "connect", "create_pool",
+           "fetchrow_retrying_aborts",
            "is_database_error", "is_transient", "load_migrations", "migrate", "resolve_dsn", "until_written"]

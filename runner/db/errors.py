@@ -53,3 +53,20 @@ async def until_written(write: Callable[[], Awaitable[T]], what: str, **context:
             attempt += 1
             log.warning("write_retry", what=what, attempt=attempt, error=repr(exc), **context)
         await asyncio.sleep(backoff_s(attempt))
+
+
+async def fetchrow_retrying_aborts(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record | None:
+    """One statement, tried again (with backoff, twice at most) if Postgres aborted it to
+    break a deadlock or a serialization conflict. Lock order (jobs before executions, ids
+    ascending) makes that rare; it must never be a 500. Other failures go to the caller:
+    someone is waiting for an answer."""
+    attempt = 0
+    while True:
+        try:
+            return await pool.fetchrow(sql, *args)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            attempt += 1
+            if attempt == 3:
+                raise
+            log.warning("deadlock_retried", attempt=attempt)
+        await asyncio.sleep(backoff_s(attempt, base_s=0.005))

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from runner.cancel.statements import owe_remote_cancel
 from runner.db.listener import SUBMIT
 from runner.storable import readable
 
@@ -79,13 +80,10 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
 async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: str, attempts: int,
                         *, cancel_grace_s: float) -> str:
     """Store the remote id at once. If the execution was cancelled meanwhile, a cancel is owed."""
+    owed = "status = 'cancelled' AND remote_cancel IS NULL"
     status: str = await pool.fetchval(
-        """UPDATE executions SET remote_id = $2, attempts = $3,
-               remote_cancel = CASE WHEN status = 'cancelled' AND remote_cancel IS NULL
-                                    THEN 'pending' ELSE remote_cancel END,
-               remote_cancel_due = CASE WHEN status = 'cancelled' AND remote_cancel IS NULL
-                                        THEN now() + make_interval(secs => $4)
-                                        ELSE remote_cancel_due END
+        f"""UPDATE executions SET remote_id = $2, attempts = $3,
+               {owe_remote_cancel(owed, "now() + make_interval(secs => $4)")}
            WHERE id = $1 RETURNING status, runner_notify_job(job_id)""",
         execution_id, remote_id, attempts, cancel_grace_s)
     return status
@@ -112,7 +110,7 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
     it could not finish (its executions completing in two batches at once, each seeing the
     other still running) is finished by `finalize`, which its task calls then."""
     rows = await pool.fetch(
-        """WITH r AS (
+        f"""WITH r AS (
                SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
                    id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
            -- Lock order as everywhere: jobs before executions, ids ascending. (The count
@@ -126,9 +124,7 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
                ORDER BY e.id FOR NO KEY UPDATE OF e),
            ex AS (
                UPDATE executions e SET status = r.status, output = r.output, error = r.error,
-                   attempts = r.attempts, finished_at = now(),
-                   remote_cancel = CASE WHEN r.owe THEN 'pending' END,
-                   remote_cancel_due = CASE WHEN r.owe THEN now() END
+                   attempts = r.attempts, finished_at = now(), {owe_remote_cancel("r.owe")}
                FROM r JOIN locked ON locked.id = r.id WHERE e.id = r.id AND e.status = 'running'
                RETURNING e.id, e.job_id, e.status, e.error, e.attempts),
            -- Each execution of these jobs as it is now: the rows just written win over this
@@ -142,12 +138,10 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
            -- Finished: every execution terminal, one of them written here (so completed or
            -- failed: such a job is not "all cancelled", SPEC section 3).
            job AS (
-               UPDATE jobs j SET status = CASE WHEN d.any_failed THEN 'failed' ELSE 'completed' END,
-                   finished_at = now(), worker_id = NULL
-               FROM (SELECT job_id, bool_or(status = 'failed') AS any_failed FROM latest
-                     GROUP BY job_id
-                     HAVING bool_and(status IN ('completed', 'failed', 'cancelled')) AND bool_or(written)) d
-               WHERE j.id = d.job_id AND j.status = 'running' AND j.worker_id = $2
+               UPDATE jobs j SET status = d.final, finished_at = now(), worker_id = NULL
+               FROM (SELECT job_id, runner_final_status(array_agg(status)) AS final FROM latest
+                     GROUP BY job_id HAVING bool_or(written)) d
+               WHERE j.id = d.job_id AND d.final IS NOT NULL AND j.status = 'running' AND j.worker_id = $2
                RETURNING j.id, j.status),
            -- One INSERT, executions first: the trail reads in the order things happened.
            ev AS (
@@ -156,7 +150,7 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
                    jsonb_strip_nulls(jsonb_build_object('attempts', attempts, 'error', error))
                FROM ex
                UNION ALL
-               SELECT id, NULL, status, 'system', '{}'::jsonb FROM job),
+               SELECT id, NULL, status, 'system', '{{}}'::jsonb FROM job),
            changed AS (SELECT DISTINCT job_id FROM ex)
            SELECT 'execution' AS kind, id, NULL AS status FROM ex
            UNION ALL SELECT 'job', id, status FROM job
@@ -179,9 +173,7 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str)
     """
     rows = await pool.fetch(
         """WITH agg AS (
-                SELECT job_id, bool_and(status = 'cancelled') AS all_cancelled,
-                       bool_or(status = 'failed') AS any_failed,
-                       bool_and(status IN ('completed', 'failed', 'cancelled')) AS all_done
+                SELECT job_id, runner_final_status(array_agg(status)) AS final
                 FROM executions WHERE job_id = ANY($1) GROUP BY job_id),
             last_cancel AS (
                 SELECT DISTINCT ON (job_id) job_id, actor FROM job_events
@@ -191,17 +183,16 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str)
                 ORDER BY id FOR NO KEY UPDATE),
             job AS (
                 UPDATE jobs j SET
-                    status = CASE WHEN agg.all_cancelled THEN 'cancelled'
-                                  WHEN agg.any_failed THEN 'failed' ELSE 'completed' END,
-                    finished_at = now(), worker_id = NULL,
-                    cancelled_at = CASE WHEN agg.all_cancelled THEN now() END,
-                    cancelled_by = CASE WHEN agg.all_cancelled
+                    status = agg.final, finished_at = now(), worker_id = NULL,
+                    cancelled_at = CASE WHEN agg.final = 'cancelled' THEN now() END,
+                    cancelled_by = CASE WHEN agg.final = 'cancelled'
                                         THEN coalesce(last_cancel.actor, 'system') END,
-                    cancel_reason = CASE WHEN agg.all_cancelled
+                    cancel_reason = CASE WHEN agg.final = 'cancelled'
                                          THEN 'every execution was cancelled' END
                 FROM locked JOIN agg ON agg.job_id = locked.id
                     LEFT JOIN last_cancel ON last_cancel.job_id = agg.job_id
-                WHERE j.id = locked.id AND j.status = 'running' AND j.worker_id = $2 AND agg.all_done
+                WHERE j.id = locked.id AND j.status = 'running' AND j.worker_id = $2
+                  AND agg.final IS NOT NULL
                 RETURNING j.id, j.status),
             ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
@@ -272,7 +263,7 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
     A failed job's executions that hold a remote id owe the backend a cancel: the GPU may run on.
     """
     rows: list[asyncpg.Record] = await pool.fetch(
-        """WITH expired AS (
+        f"""WITH expired AS (
                 SELECT j.id, j.attempts, j.worker_id FROM jobs j
                 WHERE j.status = 'running'
                   AND pg_postmaster_start_time() + make_interval(secs => $3) < now()
@@ -294,10 +285,7 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
                     status = CASE WHEN job.status = 'failed' THEN 'failed' ELSE 'queued' END,
                     error = CASE WHEN job.status = 'failed' THEN 'the job ran out of attempts' END,
                     finished_at = CASE WHEN job.status = 'failed' THEN now() END,
-                    remote_cancel = CASE WHEN job.status = 'failed' AND e.remote_id IS NOT NULL
-                                         THEN 'pending' END,
-                    remote_cancel_due = CASE WHEN job.status = 'failed' AND e.remote_id IS NOT NULL
-                                             THEN now() END
+                    {owe_remote_cancel("job.status = 'failed' AND e.remote_id IS NOT NULL")}
                 FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
                 RETURNING e.id),
             ev AS (

@@ -224,9 +224,9 @@ class Worker:
         except asyncio.CancelledError:
             own_reason = ctx.execution_reasons.get(execution.id)
             reason = own_reason or ctx.reason
-            if (reason is not None and reason.is_cancel and self._owes_cancel(backend, call)
+            if (reason is not None and reason.is_cancel and backend.spec.can_cancel(call.remote_id)
                     and (own_reason is not None or ctx.pending_cancel is None
-                         or await self.stops.cancel_committed(ctx.pending_cancel))):
+                         or await self.stops.cancel_landed(ctx.pending_cancel) is not False)):
                 try:
                     await asyncio.shield(
                         self.remote.send(job.id, execution.id, execution.backend, call.remote_id))
@@ -236,7 +236,7 @@ class Worker:
                     xlog.exception("remote_cancel_failed")
             raise
         except BackendError as exc:
-            owes = self._owes_cancel(backend, call)
+            owes = backend.spec.can_cancel(call.remote_id)
             written = await self._write_result(ctx, store.ExecutionResult(
                 job.id, execution.id, "failed", None, error=str(exc), attempts=call.attempts,
                 owe_remote_cancel=owes))
@@ -280,11 +280,6 @@ class Worker:
         if final_status is not None:
             ctx.final_status = final_status
         return written
-
-    @staticmethod
-    def _owes_cancel(backend: Backend, call: ExecutionCall) -> bool:
-        spec = backend.spec
-        return spec.cancels_remotely and (call.remote_id is not None or spec.cancels_without_remote_id)
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -1,0 +1,33 @@
+"""Waiting for a cancelled job's task to stop, wherever it runs (`?wait=true`)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from runner.cancel.registry import JobContext
+from runner.cancel.statements import NO_TASK_LEFT
+from runner.watch import JobWatch
+from runner.worker.worker import Worker
+
+
+async def wait_stopped(pool: asyncpg.Pool, watch: JobWatch, worker: Worker | None, job_id: uuid.UUID,
+                       limit_s: float, ctx: JobContext | None) -> bool:
+    """True once the job's task has stopped and its stop is on record; False after
+    `limit_s`. Held here (`ctx`, taken before the cancel): on its context. Elsewhere: on the
+    job's notifications and its audit trail."""
+    try:
+        async with asyncio.timeout(limit_s):
+            if ctx is not None and worker is not None:  # only a worker holds tasks
+                await worker.until_stopped(ctx)
+                return True
+            async with watch.watching(job_id) as changed:
+                while True:
+                    changed.clear()
+                    if await pool.fetchval(NO_TASK_LEFT, job_id):
+                        return True
+                    await changed.wait()
+    except TimeoutError:
+        return False
