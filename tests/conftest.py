@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -89,11 +92,30 @@ def settings(tmp_path: Path, fake_gpu: FakeGpu) -> Settings:
     )
 
 
+@dataclass
+class Cluster:
+    """Instances of the service sharing one database, started by a test as it needs them
+    and stopped (last started, first stopped) when the test ends."""
+
+    dsn: str
+    settings: Settings
+    stack: contextlib.AsyncExitStack
+
+    async def start(self, role: str = "all", settings: Settings | None = None, **changes: Any) -> Runtime:
+        config = (settings or self.settings).replace(**changes)
+        return await self.stack.enter_async_context(running_service(config, role, dsn=self.dsn))
+
+
 @pytest.fixture
-async def service(dsn: str, settings: Settings) -> AsyncIterator[Runtime]:
+async def cluster(dsn: str, settings: Settings) -> AsyncIterator[Cluster]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield Cluster(dsn, settings, stack)
+
+
+@pytest.fixture
+async def service(cluster: Cluster) -> Runtime:
     """One running instance (API and worker) on an ephemeral port."""
-    async with running_service(settings, "all", dsn=dsn) as runtime:
-        yield runtime
+    return await cluster.start()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from runner.db import connect
 log = structlog.get_logger("runner.db.listener")
 
 # Channels (SPEC §7): payloads are short text.
-CANCEL = "runner_cancel"  # "<job_id>" or "<job_id>:<execution_id>"
+# (the cancel channel and its format: runner.cancel.notifications)
 SUBMIT = "runner_submit"  # "" - work is queued
 JOB_PREFIX = "runner_job_"  # + the job id's hex: that job or one of its executions changed
 AUTH = "runner_auth"  # "<token hash hex>" - a session was revoked

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -14,6 +13,7 @@ from runner.config import Settings
 from runner.db.listener import AUTH
 from runner.runtime import Runtime
 from runner.service import running_service
+from tests.conftest import Cluster
 from tests.wallets import Wallet, _ts, get_nonce, login, sign_in
 
 
@@ -155,14 +155,14 @@ async def test_malformed_bodies_are_400_or_415(
             assert body["error"] == expected, body
 
 
-async def test_chain_not_accepted(dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
-    async with running_service(settings.replace(siwe_chain_ids=frozenset({10})), dsn=dsn) as rt:
-        base = f"http://127.0.0.1:{rt.port}"
-        wallet = Wallet()
-        text = wallet.message(await get_nonce(http, base), chain_id=1).to_text()
-        assert await _refused(http, base, text, wallet.sign(text)) == "invalid_chain"
-        text = wallet.message(await get_nonce(http, base), chain_id=10).to_text()
-        assert (await login(http, base, text, wallet.sign(text)))[0] == 200
+async def test_chain_not_accepted(cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+    rt = await cluster.start("all", settings.replace(siwe_chain_ids=frozenset({10})))
+    base = f"http://127.0.0.1:{rt.port}"
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base), chain_id=1).to_text()
+    assert await _refused(http, base, text, wallet.sign(text)) == "invalid_chain"
+    text = wallet.message(await get_nonce(http, base), chain_id=10).to_text()
+    assert (await login(http, base, text, wallet.sign(text)))[0] == 200
 
 
 async def test_concurrent_logins_with_one_message_succeed_once(
@@ -186,24 +186,24 @@ async def test_logout_revokes_the_token(http: aiohttp.ClientSession, base_url: s
     assert await _me(http, base_url, token) == 401
 
 
-async def test_logout_is_seen_by_another_instance_within_a_second(
+async def test_logout_is_seen_by_another_instance_within_a_second(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, service: Runtime
 ) -> None:
-    async with running_service(settings, "api", dsn=dsn) as other:
-        a = f"http://127.0.0.1:{service.port}"
-        b = f"http://127.0.0.1:{other.port}"
-        token = await sign_in(http, a, Wallet())
-        assert await _me(http, b, token) == 200  # now cached on B
-        async with http.post(f"{a}/auth/logout",
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
-            assert resp.status == 200
-        revoked_at = time.monotonic()
-        while await _me(http, b, token) == 200:
-            assert time.monotonic() - revoked_at < 1.0, "B still accepts a revoked token"
-            await asyncio.sleep(0.01)
+    other = await cluster.start("api")
+    a = f"http://127.0.0.1:{service.port}"
+    b = f"http://127.0.0.1:{other.port}"
+    token = await sign_in(http, a, Wallet())
+    assert await _me(http, b, token) == 200  # now cached on B
+    async with http.post(f"{a}/auth/logout",
+                         headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+    revoked_at = time.monotonic()
+    while await _me(http, b, token) == 200:
+        assert time.monotonic() - revoked_at < 1.0, "B still accepts a revoked token"
+        await asyncio.sleep(0.01)
 
 
-async def test_logout_evicts_the_token_elsewhere_through_its_notify(
+async def test_logout_evicts_the_token_elsewhere_through_its_notify(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, service: Runtime,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -213,20 +213,20 @@ async def test_logout_evicts_the_token_elsewhere_through_its_notify(
 
     monkeypatch.setattr(api.sessions, "CACHE_TTL_S", 60.0)
     monkeypatch.setattr(api.sessions, "REFRESH_AFTER_S", 60.0)
-    async with running_service(settings, "api", dsn=dsn) as other:
-        a = f"http://127.0.0.1:{service.port}"
-        b = f"http://127.0.0.1:{other.port}"
-        token = await sign_in(http, a, Wallet())
-        assert await _me(http, b, token) == 200  # now cached on B, for a minute
-        heard = asyncio.Event()
-        assert other.listener is not None
-        other.listener.subscribe(AUTH, lambda _payload: heard.set())  # after B's own handler
-        async with http.post(f"{a}/auth/logout",
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
-            assert resp.status == 200
-        async with asyncio.timeout(10):
-            await heard.wait()
-        assert await _me(http, b, token) == 401
+    other = await cluster.start("api")
+    a = f"http://127.0.0.1:{service.port}"
+    b = f"http://127.0.0.1:{other.port}"
+    token = await sign_in(http, a, Wallet())
+    assert await _me(http, b, token) == 200  # now cached on B, for a minute
+    heard = asyncio.Event()
+    assert other.listener is not None
+    other.listener.subscribe(AUTH, lambda _payload: heard.set())  # after B's own handler
+    async with http.post(f"{a}/auth/logout",
+                         headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+    async with asyncio.timeout(10):
+        await heard.wait()
+    assert await _me(http, b, token) == 401
 
 
 async def test_a_token_in_use_is_re_read_in_the_background_never_trusted_longer(
@@ -355,10 +355,9 @@ async def test_no_table_holds_a_token_or_ticket_in_clear(
 
 
 @pytest.fixture
-async def cors_base(dsn: str, settings: Settings) -> AsyncIterator[str]:
-    cfg = settings.replace(cors_origins=("https://portal.example",))
-    async with running_service(cfg, dsn=dsn) as rt:
-        yield f"http://127.0.0.1:{rt.port}"
+async def cors_base(cluster: Cluster) -> str:
+    rt = await cluster.start(cors_origins=("https://portal.example",))
+    return f"http://127.0.0.1:{rt.port}"
 
 
 async def test_cors_preflight_from_allowed_and_foreign_origins(

@@ -13,6 +13,7 @@ import pytest
 from runner.config import Settings
 from runner.service import running_service
 from tests.client import Api
+from tests.conftest import Cluster
 from tests.wallets import Wallet
 
 DEMO = {"backend": "demo", "input": {"seconds": 0}}
@@ -121,20 +122,20 @@ async def test_concurrent_repeats_of_one_key_make_one_job(api: Api, db: Any) -> 
     assert await db.fetchval("SELECT count(*) FROM jobs") == 1
 
 
-async def test_quota_of_active_jobs(dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
-    async with running_service(settings.replace(max_active_jobs_per_wallet=3), dsn=dsn) as rt:
-        api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
-        long = {"backend": "demo", "input": {"seconds": 60}}
-        replies = await asyncio.gather(*(api.call("POST", "/jobs", json={"executions": [long]})
-                                         for _ in range(5)))
-        statuses = sorted(status for status, _ in replies)
-        assert statuses == [201, 201, 201, 429, 429]
-        refused = next(body for status, body in replies if status == 429)
-        assert refused["error"] == "quota_exceeded" and refused["limit"] == 3
-        # A finished (cancelled) job frees its slot.
-        job_id = next(body["id"] for status, body in replies if status == 201)
-        assert (await api.cancel(job_id))[0] == 200
-        assert (await api.call("POST", "/jobs", json={"executions": [long]}))[0] == 201
+async def test_quota_of_active_jobs(cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+    rt = await cluster.start("all", settings.replace(max_active_jobs_per_wallet=3))
+    api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+    long = {"backend": "demo", "input": {"seconds": 60}}
+    replies = await asyncio.gather(*(api.call("POST", "/jobs", json={"executions": [long]})
+                                     for _ in range(5)))
+    statuses = sorted(status for status, _ in replies)
+    assert statuses == [201, 201, 201, 429, 429]
+    refused = next(body for status, body in replies if status == 429)
+    assert refused["error"] == "quota_exceeded" and refused["limit"] == 3
+    # A finished (cancelled) job frees its slot.
+    job_id = next(body["id"] for status, body in replies if status == 201)
+    assert (await api.cancel(job_id))[0] == 200
+    assert (await api.call("POST", "/jobs", json={"executions": [long]}))[0] == 201
 
 
 async def test_another_wallets_job_is_403_and_admins_may_read(

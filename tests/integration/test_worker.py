@@ -16,6 +16,7 @@ import asyncpg
 from runner.config import Settings
 from runner.service import running_service
 from tests.client import Api, free_port, freeze, wait_event
+from tests.conftest import Cluster
 from tests.fakes import FakeGpu
 
 
@@ -100,7 +101,7 @@ async def _until_worker(db: Any, job_id: str, worker_id: str, timeout: float = 1
             await asyncio.sleep(0.02)
 
 
-async def test_lost_lease_requeues_and_resumes_runpod_by_remote_id(
+async def test_lost_lease_requeues_and_resumes_runpod_by_remote_id(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu, db: Any
 ) -> None:
     fast = settings.replace(lease_s=0.6)
@@ -110,11 +111,11 @@ async def test_lost_lease_requeues_and_resumes_runpod_by_remote_id(
         running = await api.until_execution(job["id"], 0, lambda e: e["remote_id"] is not None)
         remote_id = running["executions"][0]["remote_id"]
         freeze(a)  # instance A dies with the RunPod job still running
-        async with running_service(fast, "worker", dsn=dsn) as b:
-            # B requeues the job once A's lease expires, claims it, and polls the same id.
-            await _until_worker(db, job["id"], b.instance_id)
-            fake_gpu.finish_runpod(remote_id, {"image": "ok"})
-            done = await api.until(job["id"], "completed")
+        b = await cluster.start("worker", fast)
+        # B requeues the job once A's lease expires, claims it, and polls the same id.
+        await _until_worker(db, job["id"], b.instance_id)
+        fake_gpu.finish_runpod(remote_id, {"image": "ok"})
+        done = await api.until(job["id"], "completed")
     [execution] = done["executions"]
     assert execution["output"] == {"image": "ok"} and execution["remote_id"] == remote_id
     assert len(fake_gpu.runpod_submits) == 1  # resumed by polling, never submitted twice

@@ -20,6 +20,7 @@ import pytest
 from runner.config import Settings
 from runner.service import running_service
 from tests.client import Api
+from tests.conftest import Cluster
 from tests.fakes import FakeGpu
 from tests.pg import StoppablePostgres
 from tests.procs import ServeProcess
@@ -135,25 +136,25 @@ async def test_an_outage_of_two_leases_takes_no_job_from_a_live_instance(
         await asyncio.gather(one.stop(), two.stop())
 
 
-async def test_a_job_postgres_says_we_hold_but_no_task_does_is_requeued(
+async def test_a_job_postgres_says_we_hold_but_no_task_does_is_requeued(cluster: Cluster,
         dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
     """Running means held, both ways: a job left `running` under this instance with no task
     (its task ended without its final write) goes back to the queue at the next renewal."""
-    async with running_service(settings.replace(lease_s=0.6, concurrency=1), dsn=dsn) as runtime:
-        api = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
-        job = await api.submit({"backend": "demo", "input": {"seconds": 0.05}})
-        await api.until(job["id"], "completed")
-        assert runtime.worker is not None
-        async with runtime.pool.acquire() as conn:
-            # What a crashed task leaves behind: the row says we run it, nothing here does.
-            orphan = await api.submit({"backend": "demo", "input": {"seconds": 0.05}})
-            await api.until(orphan["id"], "completed")
-            await conn.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_terminal_is_final")
-            await conn.execute("UPDATE jobs SET status = 'running', worker_id = $1, finished_at = NULL "
-                               "WHERE id = $2", runtime.instance_id, orphan["id"])
-            await conn.execute("ALTER TABLE jobs ENABLE TRIGGER jobs_terminal_is_final")
-        requeued = await _wait_for_event(api, orphan["id"], "requeued", timeout=10)
-        assert requeued["detail"]["reason"] == "not_held", requeued
+    runtime = await cluster.start("all", settings.replace(lease_s=0.6, concurrency=1))
+    api = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
+    job = await api.submit({"backend": "demo", "input": {"seconds": 0.05}})
+    await api.until(job["id"], "completed")
+    assert runtime.worker is not None
+    async with runtime.pool.acquire() as conn:
+        # What a crashed task leaves behind: the row says we run it, nothing here does.
+        orphan = await api.submit({"backend": "demo", "input": {"seconds": 0.05}})
+        await api.until(orphan["id"], "completed")
+        await conn.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_terminal_is_final")
+        await conn.execute("UPDATE jobs SET status = 'running', worker_id = $1, finished_at = NULL "
+                           "WHERE id = $2", runtime.instance_id, orphan["id"])
+        await conn.execute("ALTER TABLE jobs ENABLE TRIGGER jobs_terminal_is_final")
+    requeued = await _wait_for_event(api, orphan["id"], "requeued", timeout=10)
+    assert requeued["detail"]["reason"] == "not_held", requeued
 
 
 async def _wait_for_event(api: Api, job_id: str, kind: str, timeout: float) -> dict[str, Any]:
@@ -169,32 +170,32 @@ async def _wait_for_event(api: Api, job_id: str, kind: str, timeout: float) -> d
 
 # -- nothing waits without a bound -------------------------------------------------------------
 
-async def test_a_wedged_listener_stalls_nothing_and_readyz_says_so(
+async def test_a_wedged_listener_stalls_nothing_and_readyz_says_so(cluster: Cluster,
         dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
-    async with running_service(settings, dsn=dsn) as runtime:
-        base = f"http://127.0.0.1:{runtime.port}"
-        api = await Api.signed_in(http, base)
-        job = await api.submit({"backend": "demo", "input": {"seconds": 60}})
-        assert runtime.listener is not None
-        pid = runtime.listener.backend_pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)  # a half-open connection: nothing answers, nothing fails
-        try:
-            # A server-sent stream starts (its LISTEN is bounded), twice, one after the other.
-            for _ in range(2):
-                async with http.get(base + f"/jobs/{job['id']}/events", headers=api.headers,
-                                    timeout=aiohttp.ClientTimeout(total=12)) as resp:
-                    assert resp.status == 200
-                    line = await resp.content.readline()
-                    assert line.startswith(b"data: "), line
-            unready = await until_status(http, base + "/readyz", 503, timeout=15)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        ready = await until_status(http, base + "/readyz", 200, timeout=30)
-        print(f"\nmeasured: wedged listener: two event streams answered; /readyz 503 {unready:.2f} s after "
-              f"the streams, 200 {ready:.2f} s after SIGCONT")
-        status, reply = await api.cancel(job["id"], wait=True)
-        assert status == 200 and reply["stopped"] is True, reply
+    runtime = await cluster.start("all")
+    base = f"http://127.0.0.1:{runtime.port}"
+    api = await Api.signed_in(http, base)
+    job = await api.submit({"backend": "demo", "input": {"seconds": 60}})
+    assert runtime.listener is not None
+    pid = runtime.listener.backend_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # a half-open connection: nothing answers, nothing fails
+    try:
+        # A server-sent stream starts (its LISTEN is bounded), twice, one after the other.
+        for _ in range(2):
+            async with http.get(base + f"/jobs/{job['id']}/events", headers=api.headers,
+                                timeout=aiohttp.ClientTimeout(total=12)) as resp:
+                assert resp.status == 200
+                line = await resp.content.readline()
+                assert line.startswith(b"data: "), line
+        unready = await until_status(http, base + "/readyz", 503, timeout=15)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    ready = await until_status(http, base + "/readyz", 200, timeout=30)
+    print(f"\nmeasured: wedged listener: two event streams answered; /readyz 503 {unready:.2f} s after "
+          f"the streams, 200 {ready:.2f} s after SIGCONT")
+    status, reply = await api.cancel(job["id"], wait=True)
+    assert status == 200 and reply["stopped"] is True, reply
 
 
 async def test_an_event_stream_outlives_a_short_outage(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from runner.config import load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _duration_s(value: str) -> float:

@@ -14,8 +14,8 @@ import pytest
 
 from runner.config import Settings
 from runner.runtime import Runtime
-from runner.service import running_service
 from tests.client import Api
+from tests.conftest import Cluster
 from tests.fakes import FakeGpu
 from tests.procs import ServeProcess
 from tests.wallets import Wallet
@@ -246,32 +246,32 @@ async def test_a_remote_cancel_answer_with_a_nul_is_recorded_readably(
 
 # -- slow clients ------------------------------------------------------------------------------
 
-async def test_half_a_request_is_not_held_open(dsn: str, settings: Settings) -> None:
-    async with running_service(settings.replace(read_timeout_s=0.5), dsn=dsn) as runtime:
-        assert runtime.port is not None
-        reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
-        try:
-            writer.write(b"GET /heal")
-            await writer.drain()
-            # The server hangs up on its own; the test's own limit is far longer.
-            assert await asyncio.wait_for(reader.read(), 10) == b""
-        finally:
-            writer.close()
+async def test_half_a_request_is_not_held_open(cluster: Cluster, dsn: str, settings: Settings) -> None:
+    runtime = await cluster.start("all", settings.replace(read_timeout_s=0.5))
+    assert runtime.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
+    try:
+        writer.write(b"GET /heal")
+        await writer.drain()
+        # The server hangs up on its own; the test's own limit is far longer.
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
 
 
-async def test_a_body_that_never_arrives_is_refused(dsn: str, settings: Settings) -> None:
-    async with running_service(settings.replace(read_timeout_s=0.5), dsn=dsn) as runtime:
-        assert runtime.port is not None
-        reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
-        try:
-            writer.write(b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000\r\n\r\n{\"mess")
-            await writer.drain()
-            reply = await asyncio.wait_for(reader.read(65536), 10)
-            assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
-            assert b"did not arrive" in reply
-        finally:
-            writer.close()
+async def test_a_body_that_never_arrives_is_refused(cluster: Cluster, dsn: str, settings: Settings) -> None:
+    runtime = await cluster.start("all", settings.replace(read_timeout_s=0.5))
+    assert runtime.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
+    try:
+        writer.write(b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"mess")
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(65536), 10)
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+        assert b"did not arrive" in reply
+    finally:
+        writer.close()
 
 
 async def test_bodies_that_are_not_what_their_encoding_says_are_400(api: Api) -> None:

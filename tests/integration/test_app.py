@@ -12,7 +12,7 @@ from api.app import create_app
 from runner.config import Settings
 from runner.db import create_pool
 from runner.runtime import Runtime
-from runner.service import running_service
+from tests.conftest import Cluster
 
 
 @pytest.fixture
@@ -63,16 +63,16 @@ async def test_unexpected_exception_is_json_500_without_trace(
     assert isinstance(entry["exc_info"], tuple) or entry["exc_info"] is True
 
 
-async def test_service_serves_readyz_then_drains(dsn: str, settings: Settings) -> None:
-    async with running_service(settings, "api", dsn=dsn) as runtime:
-        url = f"http://127.0.0.1:{runtime.port}"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{url}/healthz") as resp:
-                assert resp.status == 200
-            async with http.get(f"{url}/readyz") as resp:
-                assert resp.status == 200 and (await resp.json())["ok"] is True
-            runtime.draining.set()
-            async with http.get(f"{url}/readyz") as resp:
-                assert resp.status == 503
-                body = await resp.json()
-                assert body["error"] == "unavailable" and body["reasons"] == ["draining"]
+async def test_service_serves_readyz_then_drains(cluster: Cluster, dsn: str, settings: Settings) -> None:
+    runtime = await cluster.start("api")
+    url = f"http://127.0.0.1:{runtime.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{url}/readyz") as resp:
+            assert resp.status == 200 and (await resp.json())["ok"] is True
+        runtime.draining.set()
+        async with http.get(f"{url}/readyz") as resp:
+            assert resp.status == 503
+            body = await resp.json()
+            assert body["error"] == "unavailable" and body["reasons"] == ["draining"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import uuid
 from typing import Any
@@ -12,10 +11,11 @@ import aiohttp
 import asyncpg
 import pytest
 
+from runner.cancel.notifications import CHANNEL as CANCEL
 from runner.config import Settings
-from runner.db.listener import CANCEL
 from runner.service import running_service
 from tests.client import Api, freeze, wait_event
+from tests.conftest import Cluster
 from tests.fakes import FakeGpu
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
@@ -149,66 +149,66 @@ async def test_cancel_queued_job_never_reaches_the_backend(
     assert [c["headers"]["X-Runner-Job-Id"] for c in fake_gpu.http_calls] == [later["id"]]
 
 
-async def test_cancel_on_one_instance_stops_a_job_running_on_another(
+async def test_cancel_on_one_instance_stops_a_job_running_on_another(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
 ) -> None:
-    async with running_service(settings, "api", dsn=dsn) as a, \
-            running_service(settings, "worker", dsn=dsn) as b:
-        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
-        job = await api.submit(HOLD)
-        execution_id = job["executions"][0]["id"]
-        await wait_event(fake_gpu.started[execution_id])
-        assert b.manager.is_running(uuid.UUID(job["id"])) and a.manager.count() == 0
-        status, reply = await api.cancel(job["id"], wait=True)
-        assert status == 200 and reply["context_cancelled"] is True and reply["stopped"] is True
-        assert fake_gpu.closed[execution_id].is_set()
-        stopped = await _until_event(api, job["id"], "task_stopped")
-        assert stopped["actor"] == b.instance_id
-        assert b.listener is not None and b.listener.reconnects == 0  # it came by NOTIFY
+    a = await cluster.start("api")
+    b = await cluster.start("worker")
+    api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+    job = await api.submit(HOLD)
+    execution_id = job["executions"][0]["id"]
+    await wait_event(fake_gpu.started[execution_id])
+    assert b.manager.is_running(uuid.UUID(job["id"])) and a.manager.count() == 0
+    status, reply = await api.cancel(job["id"], wait=True)
+    assert status == 200 and reply["context_cancelled"] is True and reply["stopped"] is True
+    assert fake_gpu.closed[execution_id].is_set()
+    stopped = await _until_event(api, job["id"], "task_stopped")
+    assert stopped["actor"] == b.instance_id
+    assert b.listener is not None and b.listener.reconnects == 0  # it came by NOTIFY
 
 
-async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(
+async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import runner.cancel.canceller
 
     monkeypatch.setattr(runner.cancel.canceller, "BULK_CHUNK", 2)  # 3 jobs: two statements, two NOTIFYs
-    async with running_service(settings, "api", dsn=dsn) as a, \
-            running_service(settings, "worker", dsn=dsn) as b:
-        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
-        a_heard: list[str] = []
-        assert a.listener is not None
-        await a.listener.watch(CANCEL, a_heard.append)  # an API instance does not listen for cancels
-        jobs = [await api.submit(HOLD) for _ in range(3)]
-        for job in jobs:
-            await wait_event(fake_gpu.started[job["executions"][0]["id"]])
-        assert all(b.manager.is_running(uuid.UUID(j["id"])) for j in jobs) and a.manager.count() == 0
-        status, reply = await api.call("POST", "/jobs/cancel")
-        assert status == 200 and reply["count"] == 3
-        for job in jobs:
-            await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
-            stopped = await _until_event(api, job["id"], "task_stopped")
-            assert stopped["actor"] == b.instance_id
-        # Bulk notifications name their sender, which has signalled its own tasks already.
-        assert len(a_heard) == 2 and all(p.startswith(f"{a.instance_id};") for p in a_heard)
-        assert sorted(",".join(p.split(";", 1)[1] for p in a_heard).split(",")) == sorted(j["id"] for j in jobs)
+    a = await cluster.start("api")
+    b = await cluster.start("worker")
+    api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+    a_heard: list[str] = []
+    assert a.listener is not None
+    await a.listener.watch(CANCEL, a_heard.append)  # an API instance does not listen for cancels
+    jobs = [await api.submit(HOLD) for _ in range(3)]
+    for job in jobs:
+        await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    assert all(b.manager.is_running(uuid.UUID(j["id"])) for j in jobs) and a.manager.count() == 0
+    status, reply = await api.call("POST", "/jobs/cancel")
+    assert status == 200 and reply["count"] == 3
+    for job in jobs:
+        await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+        stopped = await _until_event(api, job["id"], "task_stopped")
+        assert stopped["actor"] == b.instance_id
+    # Bulk notifications name their sender, which has signalled its own tasks already.
+    assert len(a_heard) == 2 and all(p.startswith(f"{a.instance_id};") for p in a_heard)
+    assert sorted(",".join(p.split(";", 1)[1] for p in a_heard).split(",")) == sorted(j["id"] for j in jobs)
 
 
-async def test_a_bulk_notification_is_skipped_only_by_its_sender(dsn: str, settings: Settings) -> None:
-    async with running_service(settings, "api", dsn=dsn) as a:
-        mine, theirs = uuid.uuid4(), uuid.uuid4()
-        tasks = {job_id: asyncio.create_task(asyncio.Event().wait()) for job_id in (mine, theirs)}
-        for job_id, task in tasks.items():
-            a.manager.register(job_id, task)
-        a.on_cancel_notification(f"{a.instance_id};{mine}")  # signalled by its sender already
-        a.on_cancel_notification(f"some-other-instance;{uuid.uuid4()},{theirs}")
-        await asyncio.wait([tasks[theirs]])
-        assert tasks[theirs].cancelled() and not tasks[mine].done()
-        tasks[mine].cancel()
-        await asyncio.wait([tasks[mine]])
-        for job_id in tasks:
-            a.manager.unregister(job_id)
+async def test_a_bulk_notification_is_skipped_only_by_its_sender(cluster: Cluster, dsn: str, settings: Settings) -> None:
+    a = await cluster.start("api")
+    mine, theirs = uuid.uuid4(), uuid.uuid4()
+    tasks = {job_id: asyncio.create_task(asyncio.Event().wait()) for job_id in (mine, theirs)}
+    for job_id, task in tasks.items():
+        a.manager.register(job_id, task)
+    a.on_cancel_notification(f"{a.instance_id};{mine}")  # signalled by its sender already
+    a.on_cancel_notification(f"some-other-instance;{uuid.uuid4()},{theirs}")
+    await asyncio.wait([tasks[theirs]])
+    assert tasks[theirs].cancelled() and not tasks[mine].done()
+    tasks[mine].cancel()
+    await asyncio.wait([tasks[mine]])
+    for job_id in tasks:
+        a.manager.unregister(job_id)
 
 
 async def _listener_pid(runtime: Any) -> int:
@@ -217,19 +217,19 @@ async def _listener_pid(runtime: Any) -> int:
     return pid
 
 
-async def test_listener_killed_reconnects_and_rechecks(
+async def test_listener_killed_reconnects_and_rechecks(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu, db: asyncpg.Connection
 ) -> None:
-    async with running_service(settings, "api", dsn=dsn) as a, \
-            running_service(settings.replace(lease_s=60), "worker", dsn=dsn) as b:
-        api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
-        job = await api.submit(HOLD)
-        await wait_event(fake_gpu.started[job["executions"][0]["id"]])
-        assert await db.fetchval("SELECT pg_terminate_backend($1)", await _listener_pid(b))
-        await api.cancel(job["id"])  # its NOTIFY may well be lost while B is away
-        # With a 60 s lease, only the reconnect's re-check can have stopped it this soon.
-        await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
-        assert b.listener is not None and b.listener.reconnects == 1
+    a = await cluster.start("api")
+    b = await cluster.start("worker", settings.replace(lease_s=60))
+    api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
+    job = await api.submit(HOLD)
+    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    assert await db.fetchval("SELECT pg_terminate_backend($1)", await _listener_pid(b))
+    await api.cancel(job["id"])  # its NOTIFY may well be lost while B is away
+    # With a 60 s lease, only the reconnect's re-check can have stopped it this soon.
+    await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+    assert b.listener is not None and b.listener.reconnects == 1
 
 
 async def test_cancel_lands_within_one_lease_renewal_without_the_listener(
@@ -251,7 +251,7 @@ async def test_cancel_lands_within_one_lease_renewal_without_the_listener(
     assert stopped["detail"]["latency_ms"] < lease.lease_renew_s * 1000 + 300
 
 
-async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_another_instance(
+async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_another_instance(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
 ) -> None:
     async with running_service(settings, dsn=dsn) as a:
@@ -260,15 +260,15 @@ async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_an
         running = await api.until_execution(job["id"], 0, lambda e: e["remote_id"] is not None)
         remote_id = running["executions"][0]["remote_id"]
         freeze(a)
-        async with running_service(settings, dsn=dsn) as b:
-            other = api.on(f"http://127.0.0.1:{b.port}")
-            status, reply = await other.cancel(job["id"])
-            assert status == 200 and reply["previous_status"] == "running"
-            assert (await other.job(job["id"]))["executions"][0]["remote_cancel"] == "pending"
-            await wait_event(fake_gpu.runpod_cancelled[remote_id])  # B's sweeper delivered it
-            done = await other.until_execution(job["id"], 0,
-                                               lambda e: e["remote_cancel"] == "acknowledged")
-            remote = [e for e in await _audit(other, job["id"]) if e["kind"] == "remote_cancel"]
+        b = await cluster.start("all")
+        other = api.on(f"http://127.0.0.1:{b.port}")
+        status, reply = await other.cancel(job["id"])
+        assert status == 200 and reply["previous_status"] == "running"
+        assert (await other.job(job["id"]))["executions"][0]["remote_cancel"] == "pending"
+        await wait_event(fake_gpu.runpod_cancelled[remote_id])  # B's sweeper delivered it
+        done = await other.until_execution(job["id"], 0,
+                                           lambda e: e["remote_cancel"] == "acknowledged")
+        remote = [e for e in await _audit(other, job["id"]) if e["kind"] == "remote_cancel"]
     assert done["status"] == "cancelled"
     assert [e["actor"] for e in remote] == [b.instance_id]
     assert fake_gpu.runpod_cancels == [remote_id]
@@ -347,30 +347,13 @@ async def test_cancel_all_of_the_callers_active_jobs(api: Api, http: aiohttp.Cli
     assert again[1] == {"ok": True, "cancelled": [], "count": 0, "executions_cancelled": 0}
 
 
-async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeGpu) -> None:
-    job = await api.submit(HOLD)
-    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
-    assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
-    await api.cancel(job["id"])
-    async with api.http.get(f"{api.base}/metrics") as resp:
-        assert resp.status == 200
-        text = await resp.text()
-    lines = set(text.splitlines())
-    assert 'runner_cancel_requests_total{result="cancelled"} 1.0' in lines
-    assert 'runner_cancel_requests_total{result="already_cancelled"} 1.0' in lines
-    assert "runner_cancel_stop_seconds_count 1.0" in lines
-    assert 'runner_jobs_finished_total{status="cancelled"} 1.0' in lines
-    assert 'runner_remote_cancels_total{backend="gpu",outcome="acknowledged"} 1.0' in lines
-    assert "runner_jobs_running 0.0" in lines
-
-
-async def test_cancel_versus_complete_races_stay_consistent(
+async def test_cancel_versus_complete_races_stay_consistent(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession, db: asyncpg.Connection
 ) -> None:
     """200 jobs whose executions finish at random moments, each cancelled at a random moment."""
-    async with running_service(settings.replace(max_active_jobs_per_wallet=500), dsn=dsn) as rt:
-        api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
-        await _races(api, db)
+    rt = await cluster.start("all", settings.replace(max_active_jobs_per_wallet=500))
+    api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+    await _races(api, db)
 
 
 async def _races(api: Api, db: asyncpg.Connection) -> None:
@@ -416,39 +399,6 @@ async def _races(api: Api, db: asyncpg.Connection) -> None:
     assert await db.fetchval(
         """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
                SELECT 1 FROM job_events v WHERE v.job_id = j.id AND v.kind = 'task_stopped')""") == 0
-
-
-@pytest.mark.parametrize("via", ["cookie", "ticket", "bearer"])
-async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, via: str) -> None:
-    job = await api.submit(HOLD)
-    headers: dict[str, str] = {}
-    url = f"{api.base}/jobs/{job['id']}/events"
-    if via == "ticket":
-        api.http.cookie_jar.clear()
-        _, body = await api.call("POST", "/auth/ticket")
-        url += f"?ticket={body['ticket']}"
-    elif via == "bearer":
-        api.http.cookie_jar.clear()
-        headers = api.headers
-    seen: list[dict[str, Any]] = []
-    cancel_sent = False
-    async with api.http.get(url, headers=headers) as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/event-stream")
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\n")
-            if not line.startswith("data: "):
-                continue
-            seen.append(json.loads(line[len("data: "):]))
-            if not cancel_sent and seen[-1]["executions"][0]["status"] == "running":
-                await wait_event(fake_gpu.started[job["executions"][0]["id"]])
-                assert (await api.cancel(job["id"]))[0] == 200
-                cancel_sent = True
-    # The stream ended by itself after the terminal status.
-    assert seen[0]["id"] == job["id"]
-    assert seen[-1]["status"] == "cancelled"
-    assert [s["status"] for s in seen].count("cancelled") == 1
-    assert len({str(s) for s in seen}) == len(seen)  # each event is a change
 
 
 @pytest.mark.parametrize("n", [4, 5])  # chunks of 2, 2 and an empty one; of 2, 2 and 1

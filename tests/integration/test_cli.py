@@ -9,7 +9,6 @@ import signal
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from runner.config import Settings
 from runner.runtime import Runtime
-from runner.service import running_service
 from tests.client import free_port
+from tests.conftest import Cluster
 
 
 @dataclass
@@ -52,11 +50,9 @@ class Cli:
 
 
 @pytest.fixture
-async def cli_server(dsn: str, settings: Settings) -> AsyncIterator[Runtime]:
+async def cli_server(cluster: Cluster) -> Runtime:
     port = free_port()  # the CLI signs in for the API URL's host:port
-    cfg = settings.replace(port=port, siwe_domains=(f"127.0.0.1:{port}",))
-    async with running_service(cfg, dsn=dsn) as runtime:
-        yield runtime
+    return await cluster.start(port=port, siwe_domains=(f"127.0.0.1:{port}",))
 
 
 @pytest.fixture

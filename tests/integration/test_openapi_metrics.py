@@ -7,8 +7,9 @@ from api.app import create_app
 from api.openapi import document
 from runner.config import Settings
 from runner.runtime import Runtime
-from runner.service import running_service
-from tests.client import free_port
+from tests.client import Api, free_port, wait_event
+from tests.conftest import Cluster
+from tests.fakes import FakeGpu
 
 
 def _routes(app: web.Application) -> set[tuple[str, str]]:
@@ -43,13 +44,33 @@ async def test_openapi_is_served(http: aiohttp.ClientSession, base_url: str) -> 
 
 
 
-async def test_metrics_port_keeps_metrics_off_the_main_port(
+async def test_metrics_port_keeps_metrics_off_the_main_port(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     port = free_port()
-    async with running_service(settings.replace(metrics_port=port), dsn=dsn) as rt:
-        async with http.get(f"http://127.0.0.1:{rt.port}/metrics") as resp:
-            assert resp.status == 404
-        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-            assert resp.status == 200
-            assert "runner_jobs_running" in await resp.text()
+    rt = await cluster.start("all", settings.replace(metrics_port=port))
+    async with http.get(f"http://127.0.0.1:{rt.port}/metrics") as resp:
+        assert resp.status == 404
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        assert resp.status == 200
+        assert "runner_jobs_running" in await resp.text()
+
+
+HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
+
+
+async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeGpu) -> None:
+    job = await api.submit(HOLD)
+    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
+    await api.cancel(job["id"])
+    async with api.http.get(f"{api.base}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    lines = set(text.splitlines())
+    assert 'runner_cancel_requests_total{result="cancelled"} 1.0' in lines
+    assert 'runner_cancel_requests_total{result="already_cancelled"} 1.0' in lines
+    assert "runner_cancel_stop_seconds_count 1.0" in lines
+    assert 'runner_jobs_finished_total{status="cancelled"} 1.0' in lines
+    assert 'runner_remote_cancels_total{backend="gpu",outcome="acknowledged"} 1.0' in lines
+    assert "runner_jobs_running 0.0" in lines
