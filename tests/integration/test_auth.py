@@ -313,16 +313,15 @@ async def test_ticket_works_once_on_the_events_route_only(
         assert "ticket" in (await resp.json())["message"]
 
 
-async def test_admin_wallets_are_recognised(
+async def test_admin_wallets_are_recognised(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     admin = Wallet()
-    async with running_service(settings.replace(admin_wallets=frozenset({admin.address})),
-                               dsn=dsn) as rt:
-        base = f"http://127.0.0.1:{rt.port}"
-        token = await sign_in(http, base, admin)
-        async with http.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}) as r:
-            assert (await r.json())["admin"] is True
+    rt = await cluster.start(admin_wallets=frozenset({admin.address}))
+    base = f"http://127.0.0.1:{rt.port}"
+    token = await sign_in(http, base, admin)
+    async with http.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert (await r.json())["admin"] is True
 
 
 async def test_nonce_requests_are_rate_limited(

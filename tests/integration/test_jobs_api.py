@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 
 from runner.config import Settings
-from runner.service import running_service
 from tests.client import Api
 from tests.conftest import Cluster
 from tests.wallets import Wallet
@@ -138,25 +137,24 @@ async def test_quota_of_active_jobs(cluster: Cluster, dsn: str, settings: Settin
     assert (await api.call("POST", "/jobs", json={"executions": [long]}))[0] == 201
 
 
-async def test_another_wallets_job_is_403_and_admins_may_read(
+async def test_another_wallets_job_is_403_and_admins_may_read(cluster: Cluster,
     dsn: str, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     admin = Wallet()
-    async with running_service(settings.replace(admin_wallets=frozenset({admin.address})),
-                               dsn=dsn) as rt:
-        base = f"http://127.0.0.1:{rt.port}"
-        owner, stranger = await Api.signed_in(http, base), await Api.signed_in(http, base)
-        boss = await Api.signed_in(http, base, admin)
-        job = await owner.submit({"backend": "demo", "input": {"seconds": 60}})
-        for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/audit"):
-            status, body = await stranger.call("GET", path)
-            assert status == 403 and body["error"] == "forbidden"
-            assert (await boss.call("GET", path))[0] == 200
-        assert (await stranger.cancel(job["id"]))[0] == 403
-        assert (await owner.job(job["id"]))["status"] in ("queued", "running")
-        status, body = await boss.cancel(job["id"])
-        assert status == 200
-        assert (await owner.job(job["id"]))["cancelled_by"] == admin.address
+    rt = await cluster.start(admin_wallets=frozenset({admin.address}))
+    base = f"http://127.0.0.1:{rt.port}"
+    owner, stranger = await Api.signed_in(http, base), await Api.signed_in(http, base)
+    boss = await Api.signed_in(http, base, admin)
+    job = await owner.submit({"backend": "demo", "input": {"seconds": 60}})
+    for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/audit"):
+        status, body = await stranger.call("GET", path)
+        assert status == 403 and body["error"] == "forbidden"
+        assert (await boss.call("GET", path))[0] == 200
+    assert (await stranger.cancel(job["id"]))[0] == 403
+    assert (await owner.job(job["id"]))["status"] in ("queued", "running")
+    status, body = await boss.cancel(job["id"])
+    assert status == 200
+    assert (await owner.job(job["id"]))["cancelled_by"] == admin.address
 
 
 async def test_unknown_and_malformed_ids_are_404(api: Api) -> None:
