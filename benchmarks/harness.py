@@ -212,11 +212,10 @@ class Service:
 
 
 async def start_service(dsn: str, role: str, env: dict[str, str], logdir: Path) -> Service:
-    port = free_port() if role != "worker" else None
-    log = logdir / f"runner-{role}-{port or os.getpid()}-{time.monotonic_ns()}.log"
+    port = free_port()  # a worker-only instance serves its probes and metrics there
+    log = logdir / f"runner-{role}-{port}-{time.monotonic_ns()}.log"
     full_env = {**os.environ, "DATABASE_URL": dsn, "RUNNER_LOG_FORMAT": "json", **env}
-    if port is not None:
-        full_env.update(RUNNER_PORT=str(port), RUNNER_SIWE_DOMAIN=f"127.0.0.1:{port}")
+    full_env.update(RUNNER_PORT=str(port), RUNNER_SIWE_DOMAIN=f"127.0.0.1:{port}")
     proc = subprocess.Popen([os.path.abspath(sys.executable), "-m", "runner", "serve", "--role", role],
                             env=full_env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
                             cwd=logdir)
@@ -226,14 +225,10 @@ async def start_service(dsn: str, role: str, env: dict[str, str], logdir: Path) 
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"runner {role} exited: {log.read_text()[-2000:]}")
-            if port is None:
-                if b'"worker_started"' in log.read_bytes():
-                    return service
-            else:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{service.base}/readyz") as resp:
-                        if resp.status == 200:
-                            return service
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{service.base}/readyz") as resp:
+                    if resp.status == 200:
+                        return service
             await asyncio.sleep(0.05)
     raise RuntimeError(f"runner {role} did not become ready: {log.read_text()[-2000:]}")
 
