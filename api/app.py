@@ -18,7 +18,7 @@ from api.state import RUNTIME
 from runner.db.listener import AUTH
 from runner.runtime import Runtime
 
-MAX_BODY_BYTES = 1024 * 1024  # SPEC §5: a submit body of at most 1 MiB
+MAX_BODY_BYTES = 1024 * 1024  # a submit body of at most 1 MiB
 AUTH_CLEANUP_INTERVAL_S = 300.0
 
 

@@ -1,4 +1,4 @@
-"""Wallet sign-in routes (SPEC §4) and the middleware that puts a session on every /jobs call."""
+"""Wallet sign-in routes and the middleware that puts a session on every /jobs call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API errors: one hierarchy, turned into the JSON error shape of SPEC §5 by one middleware."""
+"""API errors: one hierarchy, turned into the JSON error shape by one middleware."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ _HTTP_CODES = {
 
 
 def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
-    """The JSON error shape of SPEC §5; `extra` fields (such as "status") are added to it."""
+    """The JSON error shape; `extra` fields (such as "status") are added to it."""
     body = {"ok": False, "error": code, "message": message, **extra}
     return web.json_response(body, status=http_status, dumps=json.dumps)
 

@@ -1,4 +1,4 @@
-"""GET /jobs/{id}/events: server-sent events carrying the job as it changes (SPEC §5)."""
+"""GET /jobs/{id}/events: server-sent events carrying the job as it changes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /openapi.json: the OpenAPI 3 document of every route (SPEC §5).
+"""GET /openapi.json: the OpenAPI 3 document of every route.
 
 A test compares it with the router, so a route cannot be added without being documented.
 """

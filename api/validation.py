@@ -1,4 +1,4 @@
-"""What a submit or cancel body may say (SPEC §5); anything else is a 400 with its reason."""
+"""What a submit or cancel body may say; anything else is a 400 with its reason."""
 
 from __future__ import annotations
 

@@ -272,10 +272,10 @@ def check(
     now: datetime | None = None,
     future_skew: timedelta | None = timedelta(seconds=60),
 ) -> None:
-    """The checks after parsing, in SPEC §4's order: domain, chain, time, signature.
+    """The checks after parsing, in the order the README gives: domain, chain, time, signature.
 
     `future_skew` is how far Issued At may lie ahead of `now`. The EIP itself has no such
-    rule; SPEC §4 does (60 s). None turns it off, to check a message by the EIP alone.
+    rule; the service does (60 s). None turns it off, to check a message by the EIP alone.
     """
     if message.host not in domains:
         raise SiweError(Reason.INVALID_DOMAIN,

@@ -1,4 +1,4 @@
-"""Times as the API shows them: ISO 8601 UTC ending in Z (SPEC §3)."""
+"""Times as the API shows them: ISO 8601 UTC ending in Z."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPU backends: one small class per kind (SPEC §6), all behind the `Backend` protocol."""
+"""GPU backends: one small class per kind, all behind the `Backend` protocol."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class ExecutionCall:
     on_remote_id: Callable[[str, int], Awaitable[None]] | None = None
 
     def submitted(self) -> None:
-        """Count a submission to the backend (SPEC §6: `attempts`)."""
+        """Count a submission to the backend (an execution's `attempts`)."""
         self.attempts += 1
 
     async def set_remote_id(self, remote_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The backends file (SPEC §6): TOML, `${VAR}` expanded from the environment, validated once."""
+"""The backends file: TOML, `${VAR}` expanded from the environment, validated once."""
 
 from __future__ import annotations
 

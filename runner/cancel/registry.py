@@ -1,4 +1,4 @@
-"""JobContextManager: the thread-safe map from job id to the asyncio.Task running it (SPEC §7).
+"""JobContextManager: the thread-safe map from job id to the asyncio.Task running it.
 
 `cancel` may be called from any thread: it reaches the task through the task's own loop.
 Each task is cancelled at most once, so its cleanup (remote cancels under a shield) is not

@@ -1,4 +1,4 @@
-"""Cancels owed to backends (SPEC §3 `remote_cancel`): sent by the task that held the job,
+"""Cancels owed to backends: sent by the task that held the job,
 and retried by a sweeper on any instance until the backend acknowledges or refuses -- so a
 job cancelled while its worker is dead still has its GPU stopped."""
 

@@ -1,4 +1,4 @@
-"""Stop records (SPEC §7): a cancelled job's task leaves an audit row with its latency.
+"""Stop records: a cancelled job's task leaves an audit row with its latency.
 
 They are written in batches that linger briefly, so that cancels one after another share a
 statement and a commit; someone waiting on a stop (`?wait=true`) has it written at once. A

@@ -1,4 +1,4 @@
-"""The `runner` command: the service (serve, migrate, demo) and the API client verbs (SPEC §9)."""
+"""The `runner` command: the service (serve, migrate, demo) and the API client verbs."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from runner.db import connect
 
 log = structlog.get_logger("runner.db.listener")
 
-# Channels (SPEC §7): payloads are short text.
+# Channels: payloads are short text.
 # (the cancel channel and its format: runner.cancel.notifications)
 SUBMIT = "runner_submit"  # "" - work is queued
 JOB_PREFIX = "runner_job_"  # + the job id's hex: that job or one of its executions changed

@@ -1,5 +1,5 @@
 """The worker's statements: claim, results, leases, requeues. Each status write names the
-statuses it may leave, so Postgres decides every race (SPEC §3)."""
+statuses it may leave, so Postgres decides every race."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
                    SELECT id, job_id, status, false FROM executions WHERE job_id = ANY($3::uuid[])) s
                ORDER BY id, written DESC),
            -- Finished: every execution terminal, one of them written here (so completed or
-           -- failed: such a job is not "all cancelled", SPEC section 3).
+           -- failed: such a job is not "all cancelled").
            job AS (
                UPDATE jobs j SET status = d.final, finished_at = now(), worker_id = NULL
                FROM (SELECT job_id, runner_final_status(array_agg(status)) AS final FROM latest
@@ -166,7 +166,7 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
 
 
 async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str) -> list[tuple[bool, str]]:
-    """Give running jobs their final status from their executions (SPEC §3), in one statement.
+    """Give running jobs their final status from their executions, in one statement.
 
     For each job: (written, status) -- the status written, or the row's status when it was not
     ours to finish (cancelled meanwhile, requeued elsewhere, or an execution still open).
@@ -312,7 +312,7 @@ class StopRecord:
 
 
 async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str) -> list[None]:
-    """Tasks of cancelled jobs have stopped: record each with its latency (SPEC §7); one
+    """Tasks of cancelled jobs have stopped: record each with its latency; one
     statement for the batch. The reason comes from the row (a timeout and a user's cancel
     stop the task alike)."""
     # Typed arrays, not a JSON document: asyncpg encodes them in binary, which is cheaper

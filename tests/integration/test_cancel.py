@@ -1,4 +1,4 @@
-"""Cancellation end to end (SPEC §5, §7, §8) on real Postgres, with real sockets."""
+"""Cancellation end to end on real Postgres, with real sockets."""
 
 from __future__ import annotations
 

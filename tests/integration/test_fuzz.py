@@ -1,4 +1,4 @@
-"""No input makes the service answer 500 (SPEC §5): seeded random bodies, query strings and
+"""No input makes the service answer 500: seeded random bodies, query strings and
 headers against every route of a live instance; every refusal has the JSON error shape."""
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def _verify(case: dict[str, Any], **kwargs: Any) -> None:
 def test_verification_positive(name: str, case: dict[str, Any]) -> None:
     if name == "expired message":
         # Checked at 2020, two years before its Issued At (2022). The EIP has no rule on
-        # that; SPEC §4 does ("Issued At is not in the future"), so the EIP's checks pass
+        # that; the service does ("Issued At is not in the future"), so the EIP's checks pass
         # and ours refuses it. No clock satisfies both: its expiry (2021) predates issuance.
         _verify(case, future_skew=None)
         with pytest.raises(siwe.SiweError) as info:
