@@ -22,6 +22,16 @@ MAX_BODY_BYTES = 1024 * 1024  # a submit body of at most 1 MiB
 AUTH_CLEANUP_INTERVAL_S = 300.0
 
 
+async def backends(request: web.Request) -> web.Response:
+    """The configured backends, for a portal's form: names and what they can do; never their
+    URLs, keys or headers."""
+    specs = request.app[RUNTIME].settings.backends
+    return web.json_response({"backends": [
+        {"name": spec.name, "kind": spec.kind, "cancels_remotely": spec.cancels_remotely,
+         "concurrency": spec.concurrency}
+        for spec in sorted(specs.values(), key=lambda s: s.name)]})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -61,6 +71,7 @@ def create_app(runtime: Runtime) -> web.Application:
     setup_auth(app, sessions)
     setup_jobs(app)
     app.router.add_get("/jobs/{job_id}/events", job_events)
+    app.router.add_get("/backends", backends)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

@@ -36,6 +36,10 @@ _REASON_BODY = {"required": False, "content": {"application/json": {"schema": {
     "type": "object", "additionalProperties": False,
     "properties": {"reason": {"type": "string", "maxLength": 500}}}}}}
 
+ERROR_EXAMPLE = {"ok": False, "error": "not_cancellable",
+                 "message": "the job is completed; only queued or running ones can be cancelled",
+                 "status": "completed"}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["ok", "error", "message"], "properties": {
         "ok": {"const": False},
@@ -45,10 +49,12 @@ SCHEMAS: dict[str, Any] = {
             "forbidden", "not_found", "method_not_allowed", "not_cancellable",
             "idempotency_conflict", "payload_too_large", "unsupported_media_type",
             "quota_exceeded", "rate_limited", "internal_error", "unavailable"]},
-        "message": {"type": "string"},
-        "status": {"type": "string", "description": "with not_cancellable: the job's status"}}},
+        "message": {"type": "string", "description": "for a person: show it as it is"},
+        "status": {"type": "string", "description": "with not_cancellable: the job's status"}},
+        "example": ERROR_EXAMPLE},
     "Execution": {"type": "object", "properties": {
         "id": _ID, "name": {"type": ["string", "null"]}, "backend": {"type": "string"},
+        "input": {"description": "the input as submitted"},
         "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
         "remote_id": {"type": ["string", "null"]}, "attempts": {"type": "integer"},
         "started_at": _TIME, "finished_at": _TIME, "output": {}, "error": {"type": ["string", "null"]},
@@ -80,7 +86,63 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def document() -> dict[str, Any]:
+_JOB_ID = "6f1c2a4e-8d1b-4c3a-9e2f-1a2b3c4d5e6f"
+_EXAMPLE_JOB = {
+    "id": _JOB_ID, "owner": "0x8ba1f109551bD432803012645Ac136ddd64DBA72", "status": "running",
+    "created_at": "2026-11-30T12:00:00.000Z", "started_at": "2026-11-30T12:00:00.020Z",
+    "finished_at": None, "cancelled_at": None, "cancelled_by": None, "cancel_reason": None,
+    "timeout_s": 900, "metadata": {"project": "demo"}, "error": None,
+    "executions": [{"id": "0b9d7c1e-2f3a-4b5c-8d6e-7f8091a2b3c4", "name": None, "backend": "demo",
+                    "input": {"seconds": 30}, "status": "running", "remote_id": None, "attempts": 1,
+                    "started_at": "2026-11-30T12:00:00.020Z", "finished_at": None, "output": None,
+                    "error": None, "remote_cancel": None}]}
+# One example answer per route (the 2xx one); the error shape's example is on Error.
+EXAMPLES: dict[str, Any] = {
+    "/auth/nonce": {"nonce": "Xq3vT9kLm2Pz8Rw4A", "expires_at": "2026-11-30T12:10:00.000Z"},
+    "/auth/login": {"token": "<opaque token>", "address": "0x8ba1f109551bD432803012645Ac136ddd64DBA72",
+                    "expires_at": "2026-12-01T12:00:00.000Z"},
+    "/auth/logout": {"ok": True},
+    "/auth/me": {"address": "0x8ba1f109551bD432803012645Ac136ddd64DBA72", "admin": False,
+                 "expires_at": "2026-12-01T12:00:00.000Z"},
+    "/auth/ticket": {"ticket": "<single-use ticket>", "expires_at": "2026-11-30T12:01:00.000Z"},
+    "/jobs": _EXAMPLE_JOB,
+    "/jobs/cancel": {"ok": True, "cancelled": [_JOB_ID], "count": 1, "executions_cancelled": 1},
+    "/jobs/{job_id}": _EXAMPLE_JOB,
+    "/jobs/{job_id}/audit": {"events": [
+        {"at": "2026-11-30T12:00:00.000Z", "kind": "submitted",
+         "actor": "0x8ba1f109551bD432803012645Ac136ddd64DBA72", "detail": {"executions": 1}},
+        {"at": "2026-11-30T12:00:05.000Z", "kind": "cancelled",
+         "actor": "0x8ba1f109551bD432803012645Ac136ddd64DBA72",
+         "detail": {"reason": "wrong prompt", "previous_status": "running", "executions_cancelled": 1}}]},
+    "/jobs/{job_id}/cancel": {"ok": True, "job_id": _JOB_ID, "previous_status": "running",
+                              "new_status": "cancelled", "context_cancelled": True,
+                              "executions_cancelled": 1, "cancelled_at": "2026-11-30T12:00:05.000Z"},
+    "/jobs/{job_id}/executions/{execution_id}/cancel": {
+        "ok": True, "job_id": _JOB_ID, "execution_id": "0b9d7c1e-2f3a-4b5c-8d6e-7f8091a2b3c4",
+        "previous_status": "running", "new_status": "cancelled", "context_cancelled": True,
+        "cancelled_at": "2026-11-30T12:00:05.000Z"},
+    "/jobs/{job_id}/events": 'data: {"id": "6f1c2a4e-...", "status": "running", ...}\n\n',
+    "/backends": {"backends": [{"name": "demo", "kind": "demo", "cancels_remotely": False,
+                                "concurrency": None}]},
+    "/healthz": {"ok": True},
+    "/readyz": {"ok": True},
+    "/metrics": "runner_jobs_running 3.0\n",
+    "/openapi.json": {"openapi": "3.1.0"},
+}
+def _with_examples(paths: dict[str, Any]) -> dict[str, Any]:
+    for path, operations in paths.items():
+        for operation in operations.values():
+            for code, response in operation["responses"].items():
+                if not code.startswith("2"):
+                    continue
+                for media in response.get("content", {}).values():
+                    media["example"] = EXAMPLES[path]
+                if "content" not in response:
+                    response["content"] = {"text/plain": {"example": EXAMPLES[path]}}
+    return paths
+
+
+def document(server_url: str = "/") -> dict[str, Any]:
     jobs_errors = _errors(401, 403, 404)
     paths: dict[str, Any] = {
         "/auth/nonce": {"get": {"summary": "A single-use sign-in nonce (10 minutes)", "responses": {
@@ -166,6 +228,13 @@ def document() -> dict[str, Any]:
             "responses": {"200": {"description": "text/event-stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                           **jobs_errors}}},
+        "/backends": {"get": {
+            "summary": "The configured backends (no URLs, keys or headers)", "security": _SESSION,
+            "responses": {"200": _json({"type": "object", "properties": {"backends": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "kind": {"type": "string"},
+                    "cancels_remotely": {"type": "boolean"},
+                    "concurrency": {"type": ["integer", "null"]}}}}}}), **_errors(401)}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}},
         "/readyz": {"get": {"summary": "Readiness: database, listener, not draining",
                             "responses": {"200": _json({"type": "object"}), **_errors(503)}}},
@@ -178,7 +247,8 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "runner", "version": __version__,
                  "description": "GPU jobs on serverless backends whose Cancel really stops them."},
-        "paths": paths,
+        "servers": [{"url": server_url, "description": "this service"}],
+        "paths": _with_examples(paths),
         "components": {"schemas": SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
             "cookie": {"type": "apiKey", "in": "cookie", "name": "runner_session",
@@ -189,4 +259,4 @@ def document() -> dict[str, Any]:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    return web.json_response(document(f"{request.scheme}://{request.host}"))

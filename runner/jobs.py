@@ -55,8 +55,8 @@ async def submit(
     if row["outcome"] == "quota":
         raise QuotaExceeded(f"this wallet already has {row['active']} active jobs (limit {max_active})",
                             limit=max_active)
-    fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "status": "queued",
-              "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
+    fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "input": r["input"],
+              "status": "queued", "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
               "output": None, "error": None, "remote_cancel": None} for r in rows]
     return ({
         "id": job_id, "owner": owner, "status": "queued", "created_at": row["created"],

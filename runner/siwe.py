@@ -279,7 +279,9 @@ def check(
     """
     if message.host not in domains:
         raise SiweError(Reason.INVALID_DOMAIN,
-                        f"the message names domain {message.domain!r}, not this service")
+                        f"the message names domain {message.domain!r}; this service accepts "
+                        f"{', '.join(sorted(domains))} (RUNNER_SIWE_DOMAIN: the portal's host[:port], "
+                        "and the API's for the CLI)")
     if chain_ids is not None and message.chain_id not in chain_ids:
         raise SiweError(Reason.INVALID_CHAIN, f"chain id {message.chain_id} is not accepted")
     now = now or datetime.now(UTC)

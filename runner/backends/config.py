@@ -46,6 +46,7 @@ class BackendSpec:
     model: str | None = None
     command: tuple[str, ...] = ()
     grace_s: float = 10.0
+    concurrency: int | None = None  # at most this many executions at once (None: no limit)
 
     @property
     def cancels_remotely(self) -> bool:

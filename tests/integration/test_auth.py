@@ -390,3 +390,11 @@ async def test_cross_site_cookie_attributes(http: aiohttp.ClientSession, cors_ba
         cookie = resp.cookies["runner_session"]
     assert cookie["samesite"] == "None"
     assert cookie["secure"] is True
+
+
+async def test_a_wrong_domain_names_the_accepted_ones(http: aiohttp.ClientSession, base_url: str) -> None:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url), "portal.example").to_text()
+    status, body = await login(http, base_url, text, wallet.sign(text))
+    assert status == 401 and body["error"] == "invalid_domain"
+    assert "runner.test" in body["message"] and "portal.example" in body["message"]

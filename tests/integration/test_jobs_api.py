@@ -30,7 +30,7 @@ async def test_submit_returns_the_queued_job(api: Api) -> None:
     assert job["status"] == "queued" and job["timeout_s"] == 900 and job["metadata"] == {"project": "x"}
     assert job["created_at"].endswith("Z")
     assert [e["name"] for e in job["executions"]] == ["first", None]
-    assert set(job["executions"][0]) == {"id", "name", "backend", "status", "remote_id", "attempts",
+    assert set(job["executions"][0]) == {"id", "name", "backend", "input", "status", "remote_id", "attempts",
                                          "started_at", "finished_at", "output", "error",
                                          "remote_cancel"}
     done = await api.until(job["id"], "completed")
@@ -201,3 +201,31 @@ async def test_list_filters_and_bad_parameters(api: Api) -> None:
     for query in ("limit=0", "limit=201", "limit=x", "status=done", "cursor=garbage", "cursor=" + "A" * 40):
         status, body = await api.call("GET", f"/jobs?{query}")
         assert status == 400 and body["error"] == "invalid_request", query
+
+
+async def test_backends_are_listed_without_urls_or_keys(api: Api) -> None:
+    status, body = await api.call("GET", "/backends")
+    assert status == 200
+    by_name = {b["name"]: b for b in body["backends"]}
+    assert by_name["rp"] == {"name": "rp", "kind": "runpod", "cancels_remotely": True, "concurrency": None}
+    assert by_name["demo"]["cancels_remotely"] is False
+    text = json.dumps(body)
+    assert "rp-key" not in text and "http://" not in text
+    api.http.cookie_jar.clear()
+    async with api.http.get(api.base + "/backends") as resp:
+        assert resp.status == 401
+
+
+async def test_executions_show_their_input(api: Api) -> None:
+    job = await api.submit({"backend": "demo", "input": {"seconds": 0, "tag": "x"}})
+    assert job["executions"][0]["input"] == {"seconds": 0, "tag": "x"}
+    assert (await api.job(job["id"]))["executions"][0]["input"] == {"seconds": 0, "tag": "x"}
+
+
+async def test_openapi_names_its_server_and_gives_examples(api: Api) -> None:
+    async with api.http.get(api.base + "/openapi.json") as resp:
+        doc = await resp.json()
+    assert doc["servers"][0]["url"] == api.base
+    cancel = doc["paths"]["/jobs/{job_id}/cancel"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert cancel["example"]["new_status"] == "cancelled"
+    assert doc["components"]["schemas"]["Error"]["example"]["error"] == "not_cancellable"
