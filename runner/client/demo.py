@@ -5,19 +5,24 @@ calls are in flight, and prints what happened when, in milliseconds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from aiohttp import web
 from eth_account import Account
 
 from runner.backends.config import BackendSpec
 from runner.client.http import Client, WalletKey
 from runner.config import Settings
+from runner.db import connect, resolve_dsn
 from runner.service import running_service
 
 EXECUTIONS = 3
@@ -76,6 +81,32 @@ class SimulatedGpu:
                 await self.changed.wait()
 
 
+DEMO_DATABASE = "runner_demo"
+
+
+@contextlib.asynccontextmanager
+async def _demo_database(settings: Settings) -> AsyncIterator[str]:
+    """The demo's own database: on the embedded server, a database of its own beside the one
+    `runner serve` uses on the same data directory, so that neither takes the other's jobs.
+    (With DATABASE_URL, that database; `runner serve` there does not have the demo's backend.)"""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    dsn, embedded = await resolve_dsn(None, settings.data_dir)
+    try:
+        conn = await connect(dsn)
+        try:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+        finally:
+            await conn.close()
+        parts = urlsplit(dsn)
+        yield urlunsplit(parts._replace(path="/" + DEMO_DATABASE))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,10 +129,11 @@ async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbos
             print(text, file=out, flush=True)
 
     try:
-        async with running_service(settings) as runtime:
+        async with _demo_database(settings) as dsn, running_service(settings, dsn=dsn) as runtime:
             client = Client(f"http://127.0.0.1:{port}", verbose=verbose)
             try:
-                where = "DATABASE_URL" if settings.database_url else str(settings.data_dir / "pg")
+                where = ("DATABASE_URL" if settings.database_url
+                         else f"database {DEMO_DATABASE} on {settings.data_dir / 'pg'}")
                 say(f"runner demo: service on 127.0.0.1:{port}, Postgres: {where}, "
                     f"simulated GPU endpoint at {gpu_url}")
                 key = WalletKey("0x" + bytes(Account.create().key).hex(), development=True)

@@ -247,3 +247,26 @@ async def test_demo_runs_in_a_clean_environment(tmp_path: Path) -> None:
         assert step in text, text
     assert text.count("connection closed") == 3
     assert (tmp_path / ".runner" / "pg" / "PG_VERSION").exists()  # the embedded default
+
+
+async def test_demo_runs_beside_a_serve_on_the_same_data_directory(tmp_path: Path) -> None:
+    """Both default to ./.runner: the demo keeps to a database of its own on that server, so
+    the serve instance never takes its job, and stopping the demo leaves serve's Postgres up."""
+    from tests.procs import ServeProcess
+
+    serve = await ServeProcess(None, env_extra={"RUNNER_DATA_DIR": str(tmp_path / ".runner")}).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "DATABASE_URL"))}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runner", "demo", cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, (out.decode(), err.decode()[-3000:])
+        assert "every GPU call stopped" in out.decode()
+        assert not serve.events("job_started")  # serve never took the demo's job
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http, http.get(serve.base_url + "/readyz") as resp:
+            assert resp.status == 200
+    finally:
+        await serve.stop()
