@@ -13,6 +13,11 @@ class ConfigError(RunnerError):
     """A setting or the backends file is wrong: start-up stops (exit code 2)."""
 
 
+class StartupError(RunnerError):
+    """The service cannot start: the port is taken, the database cannot be reached. The
+    message is one line, for a person, and names what failed (never a password)."""
+
+
 class MigrationError(RunnerError):
     """The migrations on disk disagree with what the database has applied."""
 

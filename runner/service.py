@@ -18,6 +18,8 @@ from runner.cancel.remote import RemoteCanceller
 from runner.config import Settings
 from runner.db import create_pool, migrate, resolve_dsn
 from runner.db.listener import SUBMIT, Listener
+from runner.db.pool import describe_dsn
+from runner.errors import MigrationError, StartupError
 from runner.runtime import ROLES, Runtime
 from runner.worker.worker import Worker
 
@@ -39,8 +41,9 @@ async def running_service(
             dsn, embedded = await resolve_dsn(settings.database_url, settings.data_dir)
             if embedded is not None:
                 stack.callback(embedded.stop)
-        await migrate(dsn)
-        pool = await create_pool(dsn, settings.db_pool_size)
+        await migrate_database(dsn)
+        async with _starting(dsn):
+            pool = await create_pool(dsn, settings.db_pool_size)
         stack.push_async_callback(pool.close)
         runtime = Runtime(settings=settings, dsn=dsn, pool=pool, role=role, listener=Listener(dsn))
         structlog.contextvars.bind_contextvars(instance=runtime.instance_id)
@@ -70,6 +73,24 @@ async def running_service(
     log.info("service_stopped")
 
 
+@contextlib.asynccontextmanager
+async def _starting(dsn: str) -> AsyncIterator[None]:
+    """A failure to reach or use the database at start-up becomes one line naming where."""
+    try:
+        yield
+    except (MigrationError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        raise StartupError(f"cannot use the database at {describe_dsn(dsn)}: {reason}") from exc
+
+
+async def migrate_database(dsn: str) -> list[str]:
+    """Apply pending migrations (`runner migrate`, and every start)."""
+    async with _starting(dsn):
+        return await migrate(dsn)
+
+
 def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     """The worker's parts and its periodic tasks (the claim loop starts once serving)."""
     settings = runtime.settings
@@ -96,9 +117,12 @@ async def _serve_app(stack: contextlib.AsyncExitStack, app: web.Application, set
                                keepalive_timeout=settings.read_timeout_s)
     await app_runner.setup()
     stack.push_async_callback(app_runner.cleanup)
-    site = web.TCPSite(app_runner, settings.host, settings.port if port is None else port,
-                       reuse_address=True)
-    await site.start()
+    port = settings.port if port is None else port
+    site = web.TCPSite(app_runner, settings.host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.host}:{port}: {exc.strerror or exc}") from exc
     return _bound_port(app_runner)
 
 

@@ -1,4 +1,5 @@
-"""The `runner` command: the service (serve, migrate, demo) and the API client verbs."""
+"""The `runner` command: its arguments, its output, its exit codes. The verbs themselves are
+in runner.client.verbs (the API client's) and runner.client.serving (the service's)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import structlog
-
-from runner.client.http import Client, ClientError, NotSignedIn, TokenStore, config_dir, wallet_key
-from runner.client.progress import Progress, execution_line, follow, job_line
+from runner.client.http import Client, ClientError, NotSignedIn, TokenStore
+from runner.client.serving import SERVICE_VERBS, run_loop
+from runner.client.verbs import CLIENT_VERBS, Interrupted, Usage
 from runner.config import load_settings
 from runner.errors import ConfigError, RunnerError
 from runner.logs import configure_logging
@@ -44,43 +43,74 @@ def _globals(in_verb: bool) -> _Parser:
         return argparse.SUPPRESS if in_verb else value
 
     parser.add_argument("--api-url", default=default(os.environ.get("RUNNER_API_URL", DEFAULT_API_URL)),
-                        help="API URL (RUNNER_API_URL)")
+                        help=f"the service's URL (RUNNER_API_URL; default {DEFAULT_API_URL})")
     parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
-                        help="print nothing on success")
+                        help="print nothing on success (submit still prints the job id)")
     parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
-                        help="show each HTTP exchange (never the token)")
+                        help="show each HTTP exchange on stderr (tokens and tickets are never shown)")
     parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print exactly one JSON document")
+                        help="print exactly one JSON document on stdout, errors included")
+    return parser
+
+
+def _verb(verbs: Any, name: str, summary: str, description: str) -> _Parser:
+    parser: _Parser = verbs.add_parser(name, parents=[_globals(True)], help=summary,
+                                       description=f"{summary}. {description}")
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runner", parents=[_globals(False)],
-                     description="GPU jobs on serverless backends, whose Cancel really stops them.")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    common = [_globals(True)]
-    serve = verbs.add_parser("serve", parents=common, help="apply migrations, then serve")
-    serve.add_argument("--role", choices=("all", "api", "worker"), default="all")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    verbs.add_parser("migrate", parents=common, help="apply pending migrations and exit")
-    verbs.add_parser("demo", parents=common, help="see a cancel stop GPU calls, on the embedded default")
-    verbs.add_parser("login", parents=common, help="sign in with a wallet key (EIP-4361)")
-    submit = verbs.add_parser("submit", parents=common, help="submit a job")
-    submit.add_argument("--backend", action="append", required=True, help="backend name (repeatable)")
-    submit.add_argument("--input", action="append", required=True, help="input JSON (repeatable)")
-    submit.add_argument("--timeout-s", type=int, help="cancel the job after this many seconds")
-    submit.add_argument("--wait", action="store_true", help="follow it to the end")
-    verbs.add_parser("jobs", parents=common, help="list your jobs")
-    status = verbs.add_parser("status", parents=common, help="show a job")
-    status.add_argument("job_id")
-    status.add_argument("--watch", action="store_true", help="follow it live")
-    cancel = verbs.add_parser("cancel", parents=common, help="cancel a job, or all of yours")
-    cancel.add_argument("job_id", nargs="?")
-    cancel.add_argument("--reason")
-    cancel.add_argument("--wait", action="store_true", help="return once its task has stopped")
+                     description="GPU jobs on serverless backends, whose Cancel really stops them. "
+                                 "Exit codes: 0 ok, 1 error, 2 usage, 3 not cancellable, "
+                                 "4 not signed in or forbidden, 5 not found.")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
+    serve = _verb(verbs, "serve", "run the service",
+                  "Applies pending migrations, then serves the API and/or runs the worker, "
+                  "configured by RUNNER_* environment variables (see the README). SIGTERM or "
+                  "SIGINT drains; a second one interrupts and requeues at once.")
+    serve.add_argument("--role", choices=("all", "api", "worker"), default="all",
+                       help="all (default): API and worker; api: HTTP only; worker: jobs only "
+                            "(it still serves /healthz, /readyz and /metrics)")
+    serve.add_argument("--host", help="listen address (overrides RUNNER_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (overrides RUNNER_PORT)")
+    _verb(verbs, "migrate", "apply pending migrations and exit",
+          "For a release step (Fly's release_command); `serve` applies them too.")
+    _verb(verbs, "demo", "see a cancel stop GPU calls",
+          "Starts the service on the embedded Postgres with a simulated GPU endpoint, submits "
+          "three executions, cancels them in flight, and prints the timeline in milliseconds.")
+    _verb(verbs, "login", "sign in with a wallet key (EIP-4361)",
+          "Signs a Sign-In with Ethereum message for the API URL's host:port with "
+          "RUNNER_WALLET_KEY, or with a development key generated once in the config dir "
+          "(RUNNER_CONFIG_DIR, default ~/.config/runner); the session is kept there.")
+    _verb(verbs, "logout", "sign out", "Revokes the session on every instance and forgets it here.")
+    submit = _verb(verbs, "submit", "submit a job",
+                   "One execution per --backend/--input pair, in order. Prints the job's id.")
+    submit.add_argument("--backend", action="append", required=True,
+                        help="a configured backend's name (see `runner backends`); repeatable")
+    submit.add_argument("--input", action="append", required=True,
+                        help="that execution's input, as JSON; repeatable")
+    submit.add_argument("--timeout-s", type=int, help="cancel the job if it runs longer than this")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow it live to its end; exit 0 only if it completes")
+    jobs = _verb(verbs, "jobs", "list your jobs", "Newest first.")
+    jobs.add_argument("--status", help="only these statuses (one, or a comma list)")
+    jobs.add_argument("--limit", type=int, default=50, help="jobs per page, 1-200 (default 50)")
+    jobs.add_argument("--all", action="store_true", help="every page, not just the first")
+    status = _verb(verbs, "status", "show a job",
+                   "Its executions with their status, elapsed time, output or error, and spend.")
+    status.add_argument("job_id", help="the job's id")
+    status.add_argument("--watch", action="store_true",
+                        help="follow it live to its end; exit 0 only if it completes")
+    cancel = _verb(verbs, "cancel", "cancel a job, or all of yours",
+                   "Stops its task, its HTTP calls and its work at the backend.")
+    cancel.add_argument("job_id", nargs="?", help="the job's id")
+    cancel.add_argument("--reason", help="kept in the job's audit trail (at most 500 characters)")
+    cancel.add_argument("--wait", action="store_true", help="answer once its task has stopped (10 s at most)")
     cancel.add_argument("--all", action="store_true", help="cancel all your active jobs")
     cancel.add_argument("--queued-only", action="store_true", help="with --all: queued jobs only")
+    _verb(verbs, "backends", "list the configured backends",
+          "Their names and kinds, and whether a cancel reaches the provider.")
     return parser
 
 
@@ -88,18 +118,20 @@ class Output:
     def __init__(self, args: argparse.Namespace) -> None:
         self.json, self.quiet = args.json, args.quiet
 
-    def result(self, document: Any, text: str) -> None:
+    def result(self, document: Any, text: str, *, always: bool = False) -> None:
+        """Print the result: `document` with --json, else `text` (nothing with -q, unless
+        `always`: what a script needs, such as a new job's id)."""
         if self.json:
             print(json.dumps(document))
-        elif not self.quiet and text:
+        elif (always or not self.quiet) and text:
             print(text)
 
     def error(self, err: ClientError) -> int:
         if self.json:
             print(json.dumps(err.body))
         else:
-            hint = "; run `runner login`" if err.status == 401 and "runner login" not in err.message else ""
-            print(f"runner: {err.message}{hint}", file=sys.stderr)
+            signed_out = err.code == "unauthenticated" and "runner login" not in err.message
+            print(f"runner: {err.message}{'; run `runner login`' if signed_out else ''}", file=sys.stderr)
         if err.status in (401, 403):
             return EXIT_AUTH
         if err.status == 404:
@@ -107,130 +139,6 @@ class Output:
         if err.status == 409 and err.code == "not_cancellable":
             return EXIT_NOT_CANCELLABLE
         return EXIT_ERROR
-
-
-def _job_text(job: dict[str, Any]) -> str:
-    return "\n".join([job_line(job)] + [execution_line(i + 1, e) for i, e in enumerate(job["executions"])])
-
-
-async def _follow(client: Client, job_id: str, out: Output) -> dict[str, Any]:
-    """Follow a job live; Ctrl-C asks whether to cancel it (on a terminal)."""
-    progress = None if out.json or out.quiet else Progress(sys.stdout, tty=sys.stdout.isatty())
-    loop = asyncio.get_running_loop()
-    interrupted = asyncio.Event()
-    loop.add_signal_handler(signal.SIGINT, interrupted.set)
-    try:
-        while True:
-            watching = asyncio.create_task(follow(client.events(job_id), progress), name="follow")
-            stop = asyncio.create_task(interrupted.wait(), name="interrupt")
-            await asyncio.wait({watching, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if watching.done():
-                return watching.result()
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
-            interrupted.clear()
-            if sys.stdin.isatty() and await asyncio.to_thread(_ask, f"\nCancel job {job_id}? [y/N] "):
-                await client.call("POST", f"/jobs/{job_id}/cancel",
-                                  json_body={"reason": "interrupted from the CLI"})
-                continue  # follow it to its end
-            raise KeyboardInterrupt
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-
-
-def _ask(question: str) -> bool:
-    try:
-        return input(question).strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
-
-
-async def _login(args: argparse.Namespace, client: Client, out: Output) -> int:
-    key = wallet_key()
-    session = await client.login(key)
-    TokenStore().put(client.api_url, session)
-    note = ""
-    if key.development:
-        note = (f"\n(a development key, kept in {config_dir() / 'dev-wallet.key'}: not a real wallet; "
-                "set RUNNER_WALLET_KEY to sign in with yours)")
-    out.result({"ok": True, "address": session["address"], "expires_at": session["expires_at"],
-                "development_key": key.development},
-               f"signed in to {client.api_url} as {session['address']}{note}")
-    return EXIT_OK
-
-
-async def _submit(args: argparse.Namespace, client: Client, out: Output) -> int:
-    if len(args.backend) != len(args.input):
-        raise _Usage("give one --input per --backend, in pairs")
-    executions = []
-    for backend, raw in zip(args.backend, args.input, strict=True):
-        try:
-            executions.append({"backend": backend, "input": json.loads(raw)})
-        except ValueError as exc:
-            raise _Usage(f"--input is not JSON: {exc}") from None
-    body: dict[str, Any] = {"executions": executions}
-    if args.timeout_s is not None:
-        body["timeout_s"] = args.timeout_s
-    job = await client.call("POST", "/jobs", json_body=body)
-    if not args.wait:
-        out.result(job, job["id"])
-        return EXIT_OK
-    if not (out.json or out.quiet):
-        print(f"submitted job {job['id']}")
-    final = await _follow(client, job["id"], out)
-    out.result(final, "")
-    return EXIT_OK if final["status"] == "completed" else EXIT_ERROR
-
-
-async def _jobs(args: argparse.Namespace, client: Client, out: Output) -> int:
-    reply = await client.call("GET", "/jobs?limit=50")
-    lines = [f"{j['id']}  {j['status']:<10} {j['created_at']}  {len(j['executions'])} execution(s)"
-             for j in reply["jobs"]]
-    out.result(reply, "\n".join(lines) or "no jobs")
-    return EXIT_OK
-
-
-async def _status(args: argparse.Namespace, client: Client, out: Output) -> int:
-    if args.watch:
-        out.result(await _follow(client, args.job_id, out), "")
-    else:
-        job = await client.call("GET", f"/jobs/{args.job_id}")
-        out.result(job, _job_text(job))
-    return EXIT_OK
-
-
-async def _cancel(args: argparse.Namespace, client: Client, out: Output) -> int:
-    body = {"reason": args.reason} if args.reason else None
-    if args.all:
-        if args.job_id or args.wait:
-            raise _Usage("--all takes no job id and no --wait")
-        statuses = ["queued"] if args.queued_only else ["queued", "running"]
-        reply = await client.call("POST", "/jobs/cancel", json_body={**(body or {}), "statuses": statuses})
-        out.result(reply, f"cancelled {reply['count']} job(s), {reply['executions_cancelled']} execution(s)")
-        return EXIT_OK
-    if not args.job_id or args.queued_only:
-        raise _Usage("give a job id, or --all [--queued-only]")
-    reply = await client.call("POST", f"/jobs/{args.job_id}/cancel" + ("?wait=true" if args.wait else ""),
-                              json_body=body)
-    if reply["previous_status"] == "cancelled":
-        text = f"job {args.job_id} was already cancelled"
-    else:
-        text = (f"cancelled job {args.job_id} (was {reply['previous_status']}; "
-                f"{reply['executions_cancelled']} execution(s) cancelled)")
-    if args.wait:
-        text += "; its task has stopped" if reply.get("stopped") else "; its task did not stop within 10 s"
-    out.result(reply, text)
-    return EXIT_OK
-
-
-class _Usage(Exception):
-    pass
-
-
-Verb = Callable[[argparse.Namespace, Client, Output], Coroutine[Any, Any, int]]
-CLIENT_VERBS: dict[str, Verb] = {"login": _login, "submit": _submit, "jobs": _jobs,
-                                 "status": _status, "cancel": _cancel}
 
 
 async def _client_verb(args: argparse.Namespace, out: Output) -> int:
@@ -244,90 +152,34 @@ async def _client_verb(args: argparse.Namespace, out: Output) -> int:
         await client.close()
 
 
-def _raise_open_files_limit() -> None:
-    """Each running job holds sockets: lift the soft limit on open files to the hard one
-    (container defaults are often 1024, far below RUNNER_CONCURRENCY's needs)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    structlog.get_logger("runner.client.cli").info("open_files_limit", soft=hard, was=soft)
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    from runner.service import serve
-
-    _raise_open_files_limit()
-    settings = load_settings()
-    if args.host:
-        settings = settings.replace(host=args.host)
-    if args.port is not None:
-        settings = settings.replace(port=args.port)
-    stop, hurry = asyncio.Event(), asyncio.Event()
-
-    def on_signal() -> None:  # handlers only set an Event: the first stops, a second hurries
-        (hurry if stop.is_set() else stop).set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    await serve(settings, args.role, stop, hurry)
-    return EXIT_OK
-
-
-async def _migrate(args: argparse.Namespace) -> int:
-    from runner.db import migrate, resolve_dsn
-
-    settings = load_settings()
-    dsn, embedded = await resolve_dsn(settings.database_url, settings.data_dir)
-    try:
-        applied = await migrate(dsn)
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    structlog.get_logger("runner.client.cli").info("migrations_done", applied=applied)
-    return EXIT_OK
-
-
-async def _demo(args: argparse.Namespace) -> int:
-    from runner.client.demo import run_demo
-
-    return await run_demo(load_settings(), sys.stdout, as_json=args.json, verbose=args.verbose)
-
-
-def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
-    """The service's loop: uvloop (fewer microseconds per socket event on the cancel path)."""
-    import uvloop
-
-    return uvloop.run(coro)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args)
-    service_verbs = {"serve": _serve, "migrate": _migrate, "demo": _demo}
     try:
-        if args.verb in service_verbs:
+        if args.verb in SERVICE_VERBS:
             settings = load_settings()
             quiet = args.verb == "demo" and not args.verbose
             configure_logging(settings.log_format, logging.WARNING if quiet else logging.INFO)
-            return _run_loop(service_verbs[args.verb](args))
+            return run_loop(SERVICE_VERBS[args.verb](args))
         return asyncio.run(_client_verb(args, out))
     except ConfigError as exc:
         out.error(ClientError(0, "configuration", f"configuration error: {exc}"))
         return EXIT_USAGE
-    except _Usage as exc:
+    except Usage as exc:
         out.error(ClientError(0, "usage", str(exc)))
         return EXIT_USAGE
     except NotSignedIn as exc:
         return out.error(exc)
     except ClientError as exc:
         return out.error(exc)
-    except RunnerError as exc:
+    except RunnerError as exc:  # a start-up failure among them: one line, naming what failed
         return out.error(ClientError(0, "error", str(exc)))
+    except Interrupted as exc:
+        print(f"\nrunner: interrupted; the job goes on (see `runner status {exc.job_id} --watch`)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("\nrunner: interrupted; the job goes on (see `runner status ID --watch`)", file=sys.stderr)
+        print("\nrunner: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,19 @@ from runner.timeutil import iso
 
 # eth-account (and runner.siwe, which uses it) are imported only where a key is used: they take
 # half a second to import, which every other verb would otherwise pay.
+
+
+# What -v never prints: the session token (login) and tickets, wherever they appear in a reply.
+_SECRETS = re.compile(r'"(token|ticket)"\s*:\s*"[^"]*"')
+
+
+def _why(exc: BaseException) -> str:
+    """A connection failure in a person's words (aiohttp's own text names its SSL context)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.os_error.strerror or str(exc.os_error) or "connection failed"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 class ClientError(Exception):
@@ -98,6 +112,11 @@ class TokenStore:
         data[api_url] = session
         _write_private(self.path, json.dumps(data, indent=2))
 
+    def forget(self, api_url: str) -> None:
+        data = self._all()
+        if data.pop(api_url, None) is not None:
+            _write_private(self.path, json.dumps(data, indent=2))
+
     def token(self, api_url: str) -> str:
         entry = self.get(api_url)
         if entry is None:
@@ -121,7 +140,7 @@ class Client:
 
     def _log(self, text: str) -> None:
         if self.verbose:
-            print(text, file=sys.stderr)
+            print(_SECRETS.sub(r'"\1": "<not shown>"', text), file=sys.stderr)
 
     def _headers(self, auth: bool) -> dict[str, str]:
         if not auth:
@@ -149,7 +168,8 @@ class Client:
                                       body.get("message", text[:500]), body)
                 return body
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ClientError(0, "unreachable", f"cannot reach the API at {self.api_url}: {exc}") from None
+            reason = f"cannot reach the API at {self.api_url}: {_why(exc)}"
+            raise ClientError(0, "unreachable", reason) from None
 
     async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
         """The job's server-sent events: the job JSON at each change, until it ends."""

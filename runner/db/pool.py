@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -48,3 +49,16 @@ async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
         reset=_keep_session,
         server_settings={"application_name": "runner"},
     )
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a DSN points, for a message: host[:port]/database, never the user's password."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or dict(parse_qsl(parts.query)).get("host", "") or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "DATABASE_URL (not a valid postgresql:// URL)"
+    if parts.scheme not in ("postgres", "postgresql"):
+        return "DATABASE_URL (not a postgresql:// URL)"
+    return f"{host}{port}{parts.path or ''}"

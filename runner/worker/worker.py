@@ -222,11 +222,7 @@ class Worker:
         try:
             output = await backend.run(call)
         except asyncio.CancelledError:
-            own_reason = ctx.execution_reasons.get(execution.id)
-            reason = own_reason or ctx.reason
-            if (reason is not None and reason.is_cancel and backend.spec.can_cancel(call.remote_id)
-                    and (own_reason is not None or ctx.pending_cancel is None
-                         or await self.stops.cancel_landed(ctx.pending_cancel) is not False)):
+            if await self._backend_must_be_told(ctx, execution.id, backend, call):
                 try:
                     await asyncio.shield(
                         self.remote.send(job.id, execution.id, execution.backend, call.remote_id))
@@ -262,6 +258,21 @@ class Worker:
         written = await self._write_result(ctx, store.ExecutionResult(
             job.id, execution.id, "completed", output, error=None, attempts=call.attempts))
         xlog.debug("execution_completed", written=written)
+
+    async def _backend_must_be_told(self, ctx: JobContext, execution_id: uuid.UUID, backend: Backend,
+                                    call: ExecutionCall) -> bool:
+        """Whether an execution's task, stopping, tells the backend to stop: for a cancel that
+        landed (or whose statement failed: the caller meant it), when a cancel can reach the
+        work; for a shutdown, an http call with a cancel_url -- it has no remote id to resume
+        by, so it is sent again when the job is resumed."""
+        own_reason = ctx.execution_reasons.get(execution_id)
+        reason = own_reason or ctx.reason
+        if reason is StopReason.SHUTDOWN:
+            return call.remote_id is None and backend.spec.cancels_without_remote_id
+        if reason is None or not reason.is_cancel or not backend.spec.can_cancel(call.remote_id):
+            return False
+        return (own_reason is not None or ctx.pending_cancel is None
+                or await self.stops.cancel_landed(ctx.pending_cancel) is not False)
 
     async def _write_result(self, ctx: JobContext, result: store.ExecutionResult) -> bool:
         """Record an execution's result; True if written. Noted on the job when the same

@@ -119,7 +119,7 @@ async def test_submit_wait_json_and_exit_codes(cli: Cli) -> None:
 async def test_jobs_status_and_quiet(cli: Cli) -> None:
     await _signed_in(cli)
     code, out, _ = await cli.run("-q", "submit", "--backend", "demo", "--input", '{"seconds": 60}')
-    assert code == 0 and out == ""
+    assert code == 0 and uuid.UUID(out.strip())  # -q: the id alone, for scripts
     code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
     code, listing = await cli.json("jobs")
     assert code == 0 and job["id"] in [j["id"] for j in listing["jobs"]] and len(listing["jobs"]) == 2
@@ -270,3 +270,78 @@ async def test_demo_runs_beside_a_serve_on_the_same_data_directory(tmp_path: Pat
             assert resp.status == 200
     finally:
         await serve.stop()
+
+
+async def test_verbose_never_shows_a_token_or_ticket(cli: Cli) -> None:
+    code, _, err = await cli.run("-v", "login")
+    assert code == 0 and "/auth/login" in err and '"token": "<not shown>"' in err
+    token = json.loads((cli.config_dir / "sessions.json").read_text())[cli.api_url]["token"]
+    assert token not in err
+    code, _, err = await cli.run("-v", "jobs")
+    assert code == 0 and token not in err and "Bearer" not in err
+
+
+async def test_jobs_pages_filters_and_limits(cli: Cli) -> None:
+    await _signed_in(cli)
+    ids = [(await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}'))[1]["id"]
+           for _ in range(3)]
+    _, first = await cli.json("jobs", "--limit", "2")
+    assert len(first["jobs"]) == 2 and first["next_cursor"]
+    _, every = await cli.json("jobs", "--limit", "1", "--all")
+    assert [j["id"] for j in every["jobs"]] == ids[::-1] and every["next_cursor"] is None
+    await cli.run("cancel", ids[0])
+    _, cancelled = await cli.json("jobs", "--status", "cancelled")
+    assert [j["id"] for j in cancelled["jobs"]] == [ids[0]]
+    code, out, _ = await cli.run("jobs", "--help")
+    assert code == 0 and "--all" in out and "every page" in out
+
+
+async def test_status_shows_outputs_and_watch_exits_like_wait(cli: Cli) -> None:
+    await _signed_in(cli)
+    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
+                            "--backend", "demo", "--input", '{"seconds": 0, "fail": true}')
+    code, _, _ = await cli.run("status", job["id"], "--watch")
+    assert code == 1  # it failed: as `submit --wait` would exit
+    code, out, _ = await cli.run("status", job["id"])
+    assert code == 0 and 'output: {"slept_s": 0}' in out and "error:" in out
+
+
+async def test_logout_and_backends(cli: Cli) -> None:
+    await _signed_in(cli)
+    code, out, _ = await cli.run("backends")
+    assert code == 0 and "demo" in out and "runpod" in out and "rp-key" not in out
+    code, out, _ = await cli.run("logout")
+    assert code == 0 and "signed out" in out
+    code, _, err = await cli.run("jobs")
+    assert code == 4 and "runner login" in err
+
+
+async def test_a_refused_domain_is_explained_not_answered_with_login(cli_server: Runtime, tmp_path: Path) -> None:
+    """The service accepts only another domain: the message says which, not `runner login`."""
+    other = Cli(f"http://localhost:{cli_server.port}", tmp_path / "other", {})
+    code, _, err = await other.run("login")
+    assert code == 4 and "127.0.0.1" in err and "run `runner login`" not in err
+
+
+async def test_a_busy_port_and_an_unreachable_database_are_one_line(dsn: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for env, expected in [
+            ({"DATABASE_URL": dsn, "RUNNER_PORT": str(port)}, f"cannot listen on 127.0.0.1:{port}"),
+            ({"DATABASE_URL": "postgresql://user:s3cret@127.0.0.1:1/db"}, "cannot use the database at 127.0.0.1:1/db"),
+            ({"DATABASE_URL": "not a url"}, "cannot use the database at DATABASE_URL"),
+        ]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runner", "serve", cwd=tmp_path,
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")},
+                     "RUNNER_LOG_FORMAT": "json", **env},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            text = err.decode()
+            last = [line for line in text.splitlines() if line.startswith("runner: ")]
+            assert proc.returncode == 1 and len(last) == 1 and expected in last[0], text
+            assert "Traceback" not in text and "s3cret" not in text

@@ -161,7 +161,9 @@ async def test_shutdown_requeues_a_running_job_instead_of_cancelling_it(
                              uuid.UUID(job["id"])) == "queued"
     kinds = await _kinds(db, job["id"])
     assert kinds[-1] == "requeued" and "cancelled" not in kinds and "task_stopped" not in kinds
-    assert fake_gpu.url_cancels == []  # a shutdown is not a cancel: the backend is not told to stop
+    # A shutdown is not a cancel, but an http call with no remote id cannot be resumed: its
+    # cancel_url tells the endpoint to stop, and the job sends it again when resumed.
+    assert fake_gpu.url_cancels == [execution_id]
     fake_gpu.started[execution_id].clear()
     async with running_service(settings, "worker", dsn=dsn):
         await wait_event(fake_gpu.started[execution_id])  # picked up again by the next instance

@@ -1,0 +1,204 @@
+"""The client verbs: each calls the API through `Client` and prints through `Output`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+from runner.client.http import Client, TokenStore, config_dir, wallet_key
+from runner.client.progress import Progress, execution_line, follow, job_line
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+class Usage(Exception):
+    """The verb's arguments do not fit together (exit 2)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C while following a job that goes on (exit 130)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class Printer(Protocol):
+    json: bool
+    quiet: bool
+
+    def result(self, document: Any, text: str, *, always: bool = False) -> None: ...
+
+
+def _exit_for(job: dict[str, Any]) -> int:
+    """`submit --wait` and `status --watch`: 0 only when the job completed."""
+    return EXIT_OK if job["status"] == "completed" else EXIT_ERROR
+
+
+def _spend(seconds: Any) -> str:
+    return f"  {seconds:.1f} GPU-s" if isinstance(seconds, int | float) else ""
+
+
+def job_text(job: dict[str, Any], *, details: bool = False) -> str:
+    """A job and its executions; with `details`, each execution's output or error too."""
+    lines = [job_line(job) + _spend(job.get("gpu_seconds"))]
+    for i, execution in enumerate(job["executions"], 1):
+        lines.append(execution_line(i, execution) + _spend(execution.get("gpu_seconds")))
+        if details and execution.get("output") is not None:
+            lines.append(f"      output: {json.dumps(execution['output'])[:2000]}")
+        if details and execution.get("error"):
+            lines.append(f"      error: {execution['error']}")
+    return "\n".join(lines)
+
+
+async def _follow(client: Client, job_id: str, out: Printer) -> dict[str, Any]:
+    """Follow a job live; Ctrl-C asks whether to cancel it (on a terminal)."""
+    progress = None if out.json or out.quiet else Progress(sys.stdout, tty=sys.stdout.isatty())
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    try:
+        while True:
+            watching = asyncio.create_task(follow(client.events(job_id), progress), name="follow")
+            stop = asyncio.create_task(interrupted.wait(), name="interrupt")
+            await asyncio.wait({watching, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if watching.done():
+                return watching.result()
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            interrupted.clear()
+            if sys.stdin.isatty() and await asyncio.to_thread(_ask, f"\nCancel job {job_id}? [y/N] "):
+                await client.call("POST", f"/jobs/{job_id}/cancel",
+                                  json_body={"reason": "interrupted from the CLI"})
+                continue  # follow it to its end
+            raise Interrupted(job_id)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _ask(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+async def login(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    key = wallet_key()
+    session = await client.login(key)
+    TokenStore().put(client.api_url, session)
+    note = ""
+    if key.development:
+        note = (f"\n(a development key, kept in {config_dir() / 'dev-wallet.key'}: not a real wallet; "
+                "set RUNNER_WALLET_KEY to sign in with yours)")
+    out.result({"ok": True, "address": session["address"], "expires_at": session["expires_at"],
+                "development_key": key.development},
+               f"signed in to {client.api_url} as {session['address']}{note}")
+    return EXIT_OK
+
+
+async def logout(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    await client.call("POST", "/auth/logout")
+    TokenStore().forget(client.api_url)
+    out.result({"ok": True}, f"signed out of {client.api_url}; the session is revoked")
+    return EXIT_OK
+
+
+async def submit(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    if len(args.backend) != len(args.input):
+        raise Usage("give one --input per --backend, in pairs")
+    executions = []
+    for backend, raw in zip(args.backend, args.input, strict=True):
+        try:
+            executions.append({"backend": backend, "input": json.loads(raw)})
+        except ValueError as exc:
+            raise Usage(f"--input is not JSON: {exc}") from None
+    body: dict[str, Any] = {"executions": executions}
+    if args.timeout_s is not None:
+        body["timeout_s"] = args.timeout_s
+    job = await client.call("POST", "/jobs", json_body=body)
+    if not args.wait:
+        out.result(job, job["id"], always=True)
+        return EXIT_OK
+    if not (out.json or out.quiet):
+        print(f"submitted job {job['id']}", flush=True)
+    final = await _follow(client, job["id"], out)
+    out.result(final, "")
+    return _exit_for(final)
+
+
+async def jobs(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    """One page (--limit), or every page with --all, following next_cursor."""
+    query: dict[str, str] = {"limit": str(args.limit)}
+    if args.status:
+        query["status"] = args.status
+    found: list[dict[str, Any]] = []
+    while True:
+        reply = await client.call("GET", "/jobs?" + urlencode(query))
+        found += reply["jobs"]
+        if not args.all or not reply["next_cursor"]:
+            break
+        query["cursor"] = reply["next_cursor"]
+    lines = [f"{j['id']}  {j['status']:<10} {j['created_at']}  {len(j['executions'])} execution(s)"
+             for j in found]
+    more = reply["next_cursor"] if not args.all else None
+    if more and lines:
+        lines.append("(more: --all, or --limit up to 200)")
+    out.result({"jobs": found, "next_cursor": more}, "\n".join(lines) or "no jobs")
+    return EXIT_OK
+
+
+async def status(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    if args.watch:
+        final = await _follow(client, args.job_id, out)  # the live view has shown it all
+        out.result(final, "")
+        return _exit_for(final)
+    job = await client.call("GET", f"/jobs/{args.job_id}")
+    out.result(job, job_text(job, details=True))
+    return EXIT_OK
+
+
+async def cancel(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    body = {"reason": args.reason} if args.reason else None
+    if args.all:
+        if args.job_id or args.wait:
+            raise Usage("--all takes no job id and no --wait")
+        statuses = ["queued"] if args.queued_only else ["queued", "running"]
+        reply = await client.call("POST", "/jobs/cancel", json_body={**(body or {}), "statuses": statuses})
+        out.result(reply, f"cancelled {reply['count']} job(s), {reply['executions_cancelled']} execution(s)")
+        return EXIT_OK
+    if not args.job_id or args.queued_only:
+        raise Usage("give a job id, or --all [--queued-only]")
+    reply = await client.call("POST", f"/jobs/{args.job_id}/cancel" + ("?wait=true" if args.wait else ""),
+                              json_body=body)
+    if reply["previous_status"] == "cancelled":
+        text = f"job {args.job_id} was already cancelled"
+    else:
+        text = (f"cancelled job {args.job_id} (was {reply['previous_status']}; "
+                f"{reply['executions_cancelled']} execution(s) cancelled)")
+    if args.wait:
+        text += "; its task has stopped" if reply.get("stopped") else "; its task did not stop within 10 s"
+    out.result(reply, text)
+    return EXIT_OK
+
+
+async def backends(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    reply = await client.call("GET", "/backends")
+    lines = [f"{b['name']:<20} {b['kind']:<10} "
+             f"{'cancels at the provider' if b['cancels_remotely'] else 'stops locally'}"
+             + (f", at most {b['concurrency']} at once" if b.get("concurrency") else "")
+             for b in reply["backends"]]
+    out.result(reply, "\n".join(lines) or "no backends")
+    return EXIT_OK
+
+
+Verb = Callable[[argparse.Namespace, Client, Printer], Coroutine[Any, Any, int]]
+CLIENT_VERBS: dict[str, Verb] = {"login": login, "logout": logout, "submit": submit, "jobs": jobs,
+                                 "status": status, "cancel": cancel, "backends": backends}
