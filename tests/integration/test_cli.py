@@ -231,6 +231,7 @@ async def test_interrupting_submit_wait_leaves_the_job_running(cli: Cli, cli_ser
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     # stdin is not a terminal: nothing to ask, so the job is left running.
     assert proc.returncode == 130 and "job goes on" in err.decode()
+    assert f"runner status {job_id} --watch" in err.decode()  # the command to run, not a template
     assert cli_server.manager.is_running(uuid.UUID(job_id))
 
 
@@ -345,3 +346,9 @@ async def test_a_busy_port_and_an_unreachable_database_are_one_line(dsn: str, tm
             last = [line for line in text.splitlines() if line.startswith("runner: ")]
             assert proc.returncode == 1 and len(last) == 1 and expected in last[0], text
             assert "Traceback" not in text and "s3cret" not in text
+
+
+async def test_an_unreachable_api_is_said_plainly(tmp_path: Path) -> None:
+    closed = Cli(f"http://127.0.0.1:{free_port()}", tmp_path / "config", {})
+    code, _, err = await closed.run("login")
+    assert code == 1 and "cannot reach the API" in err and "ssl" not in err.lower()
