@@ -77,6 +77,7 @@ class Settings:
     # A client has this long to send a request's headers, and again its body; an idle
     # keep-alive connection is closed after it too.
     read_timeout_s: float = 15.0
+    retention_days: float | None = None  # finished jobs older than this are deleted
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
@@ -90,6 +91,16 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _days(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number of days") from None
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r}: must be a positive number of days")
+    return value
 
 
 def _text(_name: str, raw: str) -> str:
@@ -135,6 +146,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_METRICS_PORT": ("metrics_port", _port),
     "RUNNER_LOG_FORMAT": ("log_format", _log_format),
     "RUNNER_READ_TIMEOUT_S": ("read_timeout_s", _seconds),
+    "RUNNER_RETENTION_DAYS": ("retention_days", _days),
 }
 
 

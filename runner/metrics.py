@@ -23,12 +23,23 @@ class Metrics:
         self.jobs_finished = Counter(
             "runner_jobs_finished_total", "Jobs finished on this instance, by status.", ["status"],
             registry=self.registry)
+        self.jobs_unclaimable = Gauge(
+            "runner_jobs_unclaimable", "Queued jobs that need a backend no live instance has.",
+            ["backend"], registry=self.registry)
         self.remote_cancels = Counter(
             "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
             ["backend", "outcome"], registry=self.registry)
 
     def track_running(self, count: Callable[[], int]) -> None:
         self.jobs_running.set_function(lambda: float(count()))
+
+    def set_unclaimable(self, counts: dict[str, int]) -> None:
+        """The latest count per backend; backends no longer missing drop back to 0."""
+        for labels in list(self.jobs_unclaimable._metrics):
+            if labels[0] not in counts:
+                self.jobs_unclaimable.labels(labels[0]).set(0)
+        for backend, count in counts.items():
+            self.jobs_unclaimable.labels(backend).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -104,7 +104,7 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     runtime.listener.subscribe(SUBMIT, worker.notify_work)
     runtime.listener.on_reconnect(worker.recheck)
     supervisor.every("lease_renewal", settings.lease_renew_s, worker.renew_leases)
-    supervisor.every("lease_expiry", settings.lease_renew_s, worker.requeue_expired)
+    supervisor.every("housekeeping", settings.lease_renew_s, worker.housekeeping)
     supervisor.every("remote_cancel_sweep", min(1.0, settings.lease_renew_s), remote.sweep)
     return worker
 

@@ -17,7 +17,7 @@ DEFAULT_BASE_URLS = {
     "fal": "https://queue.fal.run",
 }
 _COMMON = {"kind", "url", "base_url", "api_key", "headers", "timeout_s", "poll_interval_s",
-           "max_attempts"}
+           "max_attempts", "concurrency"}
 _KIND_KEYS = {
     "demo": set(),
     "http": {"cancel_url"},
@@ -132,6 +132,8 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
     if "max_attempts" in raw:
         opts["max_attempts"] = int(_number(f"{where}.max_attempts", raw["max_attempts"],
                                            integer=True))
+    if "concurrency" in raw:
+        opts["concurrency"] = int(_number(f"{where}.concurrency", raw["concurrency"], integer=True))
 
     if kind == "http":
         if "url" not in raw:

@@ -14,10 +14,15 @@ from runner.cancel.statements import owe_remote_cancel
 from runner.db.listener import SUBMIT
 from runner.storable import readable
 
+RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
+
 # A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A
 # running job's lease is its worker's.
-_HEARTBEAT = """INSERT INTO workers (id, lease_expires_at) VALUES ($2, now() + make_interval(secs => $3))
-    ON CONFLICT (id) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at"""
+# $4: the backends this worker has, so that a job nobody can run is seen as such.
+_HEARTBEAT = """INSERT INTO workers (id, lease_expires_at, backends)
+    VALUES ($2, now() + make_interval(secs => $3), $4::text[])
+    ON CONFLICT (id) DO UPDATE
+    SET lease_expires_at = EXCLUDED.lease_expires_at, backends = EXCLUDED.backends"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +44,51 @@ class ClaimedJob:
     executions: list[ClaimedExecution]
 
 
-async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: float) -> list[ClaimedJob]:
-    """Claim up to `limit` queued jobs, oldest first, and mark their open executions running."""
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a worker can run: its backends, and those limited to a number of running
+    executions across every instance (their slots)."""
+
+    backends: list[str]
+    limits: dict[str, int]
+
+
+async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: float,
+                capacity: Capacity) -> list[ClaimedJob]:
+    """Claim up to `limit` queued jobs and mark their open executions running.
+
+    Only jobs whose every backend this worker has (claim by capability). In turn over the
+    wallets with queued jobs, each wallet's oldest first (fair share: one wallet's backlog
+    does not hold back another's first job). A job that needs a limited backend is claimed
+    only while that backend has a free slot, and its executions there stay queued until
+    they take one (runner_take_slot): they are not hoarded by a claim.
+    """
+    limited = sorted(capacity.limits)
     rows = await pool.fetch(
         f"""WITH lease AS ({_HEARTBEAT}),
+           candidates AS (
+               SELECT c.* FROM (SELECT DISTINCT owner FROM jobs WHERE status = 'queued') o,
+               LATERAL (SELECT id, owner, created_at,
+                               (SELECT b FROM unnest(backends) b WHERE b = ANY($5::text[]) LIMIT 1) AS limited
+                        FROM jobs WHERE owner = o.owner AND status = 'queued' AND backends <@ $4::text[]
+                        ORDER BY created_at, id LIMIT $1) c),
+           slots AS (
+               SELECT s.name, s.total - (SELECT count(*) FROM executions e
+                                         WHERE e.backend = s.name AND e.status = 'running') AS free
+               FROM unnest($5::text[], $6::int[]) AS s(name, total)),
+           ordered AS (
+               SELECT id, limited, turn, created_at,
+                      row_number() OVER (PARTITION BY limited ORDER BY turn, created_at, id) AS nth
+               FROM (SELECT id, limited, created_at,
+                            row_number() OVER (PARTITION BY owner ORDER BY created_at, id) AS turn
+                     FROM candidates) r),
+           chosen AS (
+               SELECT o.id FROM ordered o LEFT JOIN slots s ON s.name = o.limited
+               WHERE o.limited IS NULL OR o.nth <= s.free
+               ORDER BY o.turn, o.created_at, o.id LIMIT $1),
            picked AS (
-               SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id
-               LIMIT $1 FOR UPDATE SKIP LOCKED),
+               SELECT j.id FROM jobs j JOIN chosen USING (id)
+               WHERE j.status = 'queued' FOR UPDATE OF j SKIP LOCKED),
            job AS (
                UPDATE jobs j SET status = 'running', worker_id = $2, attempts = j.attempts + 1,
                    started_at = coalesce(j.started_at, now())
@@ -54,18 +97,24 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
            ex AS (
                UPDATE executions e SET status = 'running', started_at = coalesce(e.started_at, now())
                FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
+                 AND NOT e.backend = ANY($5::text[])
                RETURNING e.id, e.job_id, e.position, e.backend, e.input, e.remote_id, e.attempts),
+           waiting AS (
+               SELECT e.id, e.job_id, e.position, e.backend, e.input, e.remote_id, e.attempts
+               FROM executions e JOIN job ON e.job_id = job.id
+               WHERE e.status IN ('queued', 'running') AND e.backend = ANY($5::text[])),
+           open AS (SELECT * FROM ex UNION ALL SELECT * FROM waiting),
            ev AS (
                INSERT INTO job_events (job_id, kind, actor, detail)
                SELECT id, 'started', 'system', jsonb_build_object('worker', $2, 'attempt', attempts)
                FROM job)
            SELECT job.*, runner_notify_job(job.id), coalesce(json_agg(json_build_object(
-                   'id', ex.id, 'backend', ex.backend, 'input', ex.input,
-                   'remote_id', ex.remote_id, 'attempts', ex.attempts) ORDER BY ex.position)
-               FILTER (WHERE ex.id IS NOT NULL), '[]') AS executions
-           FROM job LEFT JOIN ex ON ex.job_id = job.id
+                   'id', open.id, 'backend', open.backend, 'input', open.input,
+                   'remote_id', open.remote_id, 'attempts', open.attempts) ORDER BY open.position)
+               FILTER (WHERE open.id IS NOT NULL), '[]') AS executions
+           FROM job LEFT JOIN open ON open.job_id = job.id
            GROUP BY job.id, job.owner, job.timeout_s, job.started_at, job.attempts""",
-        limit, worker_id, lease_s)
+        limit, worker_id, lease_s, capacity.backends, limited, [capacity.limits[b] for b in limited])
     return [
         ClaimedJob(
             id=r["id"], owner=r["owner"], timeout_s=r["timeout_s"], started_at=r["started_at"],
@@ -231,7 +280,7 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
 
 
 async def renew_lease(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
-                      lease_s: float) -> tuple[dict[uuid.UUID, str], list[uuid.UUID]]:
+                      lease_s: float, backends: list[str]) -> tuple[dict[uuid.UUID, str], list[uuid.UUID]]:
     """Renew this worker's lease (one row) and compare what Postgres says it holds with what
     it holds: returns the held jobs that are no longer ours (with their status), and the jobs
     Postgres says run here that are not among `job_ids`. A plain read: it takes no lock a
@@ -243,7 +292,7 @@ async def renew_lease(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: s
             UNION ALL
             SELECT j.id, j.status, false FROM jobs j
             WHERE j.status = 'running' AND j.worker_id = $2 AND NOT j.id = ANY($1)""",
-        job_ids, worker_id, lease_s)
+        job_ids, worker_id, lease_s, backends)
     return ({r["id"]: r["status"] for r in rows if r["held"]}, [r["id"] for r in rows if not r["held"]])
 
 
@@ -303,37 +352,34 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
     return rows
 
 
-@dataclass(frozen=True, slots=True)
-class StopRecord:
-    job_id: uuid.UUID
-    reason: str
-    local_latency_ms: float | None
-    executions: int
+async def unclaimable(pool: asyncpg.Pool) -> dict[str, int]:
+    """Queued jobs per backend that no live instance has (a job waits for such an instance;
+    it does not fail)."""
+    rows = await pool.fetch(
+        """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.backends) b
+           WHERE j.status = 'queued' AND NOT EXISTS (
+               SELECT 1 FROM workers w WHERE w.lease_expires_at >= now() AND b = ANY(w.backends))
+           GROUP BY b""")
+    return {r["backend"]: r["jobs"] for r in rows}
 
 
-async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str) -> list[None]:
-    """Tasks of cancelled jobs have stopped: record each with its latency; one
-    statement for the batch. The reason comes from the row (a timeout and a user's cancel
-    stop the task alike)."""
-    # Typed arrays, not a JSON document: asyncpg encodes them in binary, which is cheaper
-    # for the thousands of rows a cancel-all brings.
-    await pool.execute(
-        """WITH s AS (
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int[])
-                   AS s(job_id, reason, local_latency_ms, executions)),
-           ev AS (
-               INSERT INTO job_events (job_id, kind, actor, detail)
-               SELECT j.id, 'task_stopped', $5, jsonb_strip_nulls(jsonb_build_object(
-                   'reason', CASE WHEN j.status = 'cancelled' AND j.cancelled_by = 'system'
-                                  THEN coalesce(j.cancel_reason, s.reason)
-                                  WHEN j.status = 'cancelled' THEN 'cancelled' ELSE s.reason END,
-                   'executions', s.executions,
-                   'latency_ms', round((extract(epoch FROM clock_timestamp() - j.cancelled_at)
-                                        * 1000)::numeric, 3),
-                   'local_latency_ms', round(s.local_latency_ms::numeric, 3)))
-               FROM s JOIN jobs j ON j.id = s.job_id
-               RETURNING job_id)
-           SELECT count(*) FROM ev, runner_notify_job(ev.job_id)""",
-        [r.job_id for r in stops], [r.reason for r in stops], [r.local_latency_ms for r in stops],
-        [r.executions for r in stops], worker_id)
-    return [None] * len(stops)
+async def delete_finished(pool: asyncpg.Pool, *, older_than_days: float, limit: int) -> int | None:
+    """Delete up to `limit` finished jobs older than that, with their executions, events and
+    idempotency keys, in one short transaction; None if another instance holds the
+    retention lock."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RETENTION_LOCK_KEY):
+            return None
+        await conn.execute("SET LOCAL runner.retention = 'on'")  # the audit trail allows this delete
+        deleted: int = await conn.fetchval(
+            """WITH old AS (
+                   SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
+                     AND finished_at < now() - make_interval(days => $1::int, secs => $2)
+                   ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED),
+               events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM old)),
+               executions AS (DELETE FROM executions WHERE job_id IN (SELECT id FROM old)),
+               keys AS (DELETE FROM idempotency_keys WHERE job_id IN (SELECT id FROM old)),
+               gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
+               SELECT count(*) FROM gone""",
+            int(older_than_days), (older_than_days % 1) * 86400, limit)
+        return deleted

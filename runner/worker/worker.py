@@ -27,6 +27,8 @@ from runner.metrics import Metrics
 from runner.supervisor import Supervisor
 from runner.worker import store
 from runner.worker.batch import Batcher
+from runner.worker.leases import LeaseKeeping
+from runner.worker.slots import Slots
 
 log = structlog.get_logger("runner.worker.worker")
 
@@ -34,7 +36,7 @@ CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
 
 
-class Worker:
+class Worker(LeaseKeeping):
     def __init__(self, *, pool: asyncpg.Pool, settings: Settings, instance_id: str,
                  manager: JobContextManager, backends: Mapping[str, Backend],
                  canceller: Canceller, remote: RemoteCanceller, metrics: Metrics,
@@ -51,6 +53,10 @@ class Worker:
         self.draining = False
         self.job_tasks: set[asyncio.Task[None]] = set()
         self.supervisor = supervisor  # owns the short tasks beside the jobs (timeouts, re-checks)
+        self.capacity = store.Capacity(
+            sorted(backends), {name: b.spec.concurrency for name, b in backends.items()
+                               if b.spec.concurrency is not None})
+        self.slots = Slots(pool)
         # Completions are batched: one statement (and one WAL flush) for many jobs; it also
         # finishes the jobs whose last execution it records.
         self.results: Batcher[store.ExecutionResult, tuple[bool, str | None]] = Batcher(
@@ -87,7 +93,7 @@ class Worker:
             self._claims_started += 1
             try:
                 jobs = await store.claim(self.pool, worker_id=self.instance_id, limit=want,
-                                         lease_s=self.settings.lease_s)
+                                         lease_s=self.settings.lease_s, capacity=self.capacity)
                 failures = 0
             except DATABASE_ERRORS as exc:
                 self._claiming = False
@@ -219,6 +225,18 @@ class Worker:
 
         call = ExecutionCall(job.id, execution.id, execution.input, remote_id=execution.remote_id,
                              attempts=execution.attempts, on_remote_id=on_remote_id)
+        slots = backend.spec.concurrency
+        # Waiting for a turn at a limited backend: a cancel meanwhile ends it, nothing was sent.
+        if slots is not None and not await self.slots.take(execution.id, execution.backend, slots):
+            return
+        try:
+            await self._run_call(ctx, job, execution, backend, call, xlog)
+        finally:
+            if slots is not None:
+                self.slots.release(execution.backend)
+
+    async def _run_call(self, ctx: JobContext, job: store.ClaimedJob, execution: store.ClaimedExecution,
+                        backend: Backend, call: ExecutionCall, xlog: Any) -> None:
         try:
             output = await backend.run(call)
         except asyncio.CancelledError:
@@ -292,73 +310,9 @@ class Worker:
             ctx.final_status = final_status
         return written
 
-    # -- leases ----------------------------------------------------------------------------
-
-    async def renew_leases(self) -> None:
-        """Extend our lease, and hold Postgres and memory to each other both ways: held jobs
-        that are no longer ours stop here (a cancel whose NOTIFY was lost lands within one
-        renewal period); jobs Postgres says run here that no task holds go back to the queue."""
-        claims_before, claiming_before = self._claims_started, self._claiming
-        try:
-            lost, unheld = await store.renew_lease(self.pool, self.manager.job_ids(), self.instance_id,
-                                                   self.settings.lease_s)
-        except BaseException:
-            self._db_ok_since = None
-            raise
-        loop = asyncio.get_running_loop()
-        self._db_ok_since = self._db_ok_since or loop.time()
-        for job_id, status in lost.items():
-            ctx = self.manager.get(job_id)
-            if ctx is None or (ctx.reason is not None and ctx.reason.is_cancel):
-                continue  # gone, or already stopping for a cancel (its NOTIFY came first)
-            reason = StopReason.CANCELLED if status == "cancelled" else StopReason.LEASE_LOST
-            if self.manager.cancel(job_id, reason):
-                log.info("job_stopped_by_lease_check", job_id=str(job_id), status=status)
-        # A claim under way may hold jobs not registered yet: judge them at the next renewal.
-        if not claiming_before and not self._claiming and self._claims_started == claims_before:
-            await self._requeue_unheld(unheld)
-        if self.unsettled:
-            await self._settle()
-
-    async def _requeue_unheld(self, unheld: list[uuid.UUID]) -> None:
-        """Jobs left `running` under this instance with no task (their task ended without its
-        final write): back to the queue at once, keeping the attempt they used. Jobs whose
-        final write or owed cancel is still being retried here are not orphans."""
-        busy = self.unsettled | self.stops.in_progress
-        for job_id in unheld:
-            if job_id in busy or self.manager.is_running(job_id):
-                continue
-            if await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="not_held"):
-                log.warning("job_requeued", job_id=str(job_id), reason="not_held")
-
-    async def _settle(self) -> None:
-        """Finish jobs whose final write did not happen; requeue those still open."""
-        job_ids = list(self.unsettled)
-        self.unsettled.clear()
-        for job_id, (written, status) in zip(job_ids, await store.finalize(
-                self.pool, job_ids, self.instance_id), strict=True):
-            if not written and status == "running":
-                await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="unsettled")
-                log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
-
-    async def requeue_expired(self) -> None:
-        """Requeue the jobs of instances that are gone. An instance that has itself just got
-        its database back waits a lease first: the others may be getting theirs back too."""
-        loop = asyncio.get_running_loop()
-        if self._db_ok_since is None or loop.time() - self._db_ok_since < self.settings.lease_s:
-            return
-        rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts,
-                                           lease_s=self.settings.lease_s)
-        for row in rows:
-            log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
-
     async def until_stopped(self, ctx: JobContext) -> None:
         """Wait until the job's task has stopped and its stop is on record."""
         await self.stops.until_stopped(ctx)
-
-    def recheck(self) -> None:
-        """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
-        self.supervisor.track(self.renew_leases(), "lease_recheck")
 
     # -- shutdown --------------------------------------------------------------------------
 

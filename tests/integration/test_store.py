@@ -16,6 +16,7 @@ from runner.worker import store
 
 WORKER = "test-worker"
 OWNER = "0x" + "ab" * 20
+ALL = store.Capacity(["gpu"], {})
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
 async def _claimed(pool: asyncpg.Pool, executions: int) -> store.ClaimedJob:
     await jobs.submit(pool, owner=OWNER, executions=[jobs.NewExecution("gpu", {"i": i}) for i in range(executions)],
                       timeout_s=None, metadata={}, max_active=100)
-    (job,) = await store.claim(pool, worker_id=WORKER, limit=1, lease_s=60)
+    (job,) = await store.claim(pool, worker_id=WORKER, limit=1, lease_s=60, capacity=ALL)
     return job
 
 
@@ -130,7 +131,7 @@ async def test_only_a_clean_shutdown_hands_back_the_attempt(pool: asyncpg.Pool) 
     job = await _claimed(pool, 1)
     assert await store.requeue_interrupted(pool, job.id, WORKER, reason="unsettled")
     assert await pool.fetchval("SELECT attempts FROM jobs WHERE id = $1", job.id) == 1
-    (again,) = await store.claim(pool, worker_id=WORKER, limit=1, lease_s=60)
+    (again,) = await store.claim(pool, worker_id=WORKER, limit=1, lease_s=60, capacity=ALL)
     assert again.attempts == 2
     assert await store.requeue_interrupted(pool, job.id, WORKER)  # a shutdown
     assert await pool.fetchval("SELECT attempts FROM jobs WHERE id = $1", job.id) == 1
