@@ -8,8 +8,13 @@ UPDATE jobs j SET backends = coalesce(
 -- What each live instance can run, for the gauge of jobs no instance can claim.
 ALTER TABLE workers ADD COLUMN backends text[] NOT NULL DEFAULT '{}';
 
--- Fair share: claims go round the wallets, each wallet's oldest queued job first.
+-- Fair share: claims go round the wallets, each wallet's oldest queued job first, the
+-- wallet served least recently first (when each last had a job claimed).
 CREATE INDEX jobs_queued_owner_idx ON jobs (owner, created_at, id) WHERE status = 'queued';
+CREATE TABLE wallet_turns (
+    owner            text PRIMARY KEY,
+    last_claimed_at  timestamptz NOT NULL
+);
 -- Per-backend concurrency: a backend's slots in use are its running executions.
 CREATE INDEX executions_running_backend_idx ON executions (backend) WHERE status = 'running';
 -- Retention: the oldest finished jobs first.

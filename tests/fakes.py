@@ -30,6 +30,8 @@ class FakeGpu:
     closed: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     closed_at: dict[str, float] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ends the "until_released" calls
+    open_now: int = 0  # calls in progress ("slow" mode), and the most there ever were at once
+    open_max: int = 0
     url_cancels: list[str] = field(default_factory=list)
     url_cancel_reply: tuple[int, bytes] | None = None  # the cancel_url's status and raw body
     url_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
@@ -79,6 +81,14 @@ class FakeGpu:
                 self.closed_at[execution_id] = time.perf_counter()
                 self.closed[execution_id].set()
                 raise
+        if mode == "slow":  # GPU work of a given length; how many run at once is noted
+            self.open_now += 1
+            self.open_max = max(self.open_max, self.open_now)
+            try:
+                await asyncio.sleep(float(body.get("seconds", 0.2)))
+            finally:
+                self.open_now -= 1
+            return web.json_response({"slept": body.get("seconds", 0.2)})
         if mode == "until_released":  # GPU work that ends when the test says so
             try:
                 await self.release.wait()

@@ -58,16 +58,19 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
     """Claim up to `limit` queued jobs and mark their open executions running.
 
     Only jobs whose every backend this worker has (claim by capability). In turn over the
-    wallets with queued jobs, each wallet's oldest first (fair share: one wallet's backlog
-    does not hold back another's first job). A job that needs a limited backend is claimed
-    only while that backend has a free slot, and its executions there stay queued until
-    they take one (runner_take_slot): they are not hoarded by a claim.
+    wallets with queued jobs -- the one served least recently first -- each wallet's oldest
+    first (fair share: one wallet's backlog does not hold back another's first job). A job
+    that needs a limited backend is claimed only while that backend has a free slot, and its
+    executions there stay queued until they take one (runner_take_slot): a claim does not
+    hoard them.
     """
     limited = sorted(capacity.limits)
     rows = await pool.fetch(
         f"""WITH lease AS ({_HEARTBEAT}),
            candidates AS (
-               SELECT c.* FROM (SELECT DISTINCT owner FROM jobs WHERE status = 'queued') o,
+               SELECT c.*, w.last_claimed_at AS served
+               FROM (SELECT DISTINCT owner FROM jobs WHERE status = 'queued') o
+               LEFT JOIN wallet_turns w ON w.owner = o.owner,
                LATERAL (SELECT id, owner, created_at,
                                (SELECT b FROM unnest(backends) b WHERE b = ANY($5::text[]) LIMIT 1) AS limited
                         FROM jobs WHERE owner = o.owner AND status = 'queued' AND backends <@ $4::text[]
@@ -76,16 +79,19 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
                SELECT s.name, s.total - (SELECT count(*) FROM executions e
                                          WHERE e.backend = s.name AND e.status = 'running') AS free
                FROM unnest($5::text[], $6::int[]) AS s(name, total)),
+           -- Each wallet's first job, then each wallet's second, ...; within a turn, the
+           -- wallet served least recently first.
            ordered AS (
-               SELECT id, limited, turn, created_at,
-                      row_number() OVER (PARTITION BY limited ORDER BY turn, created_at, id) AS nth
-               FROM (SELECT id, limited, created_at,
+               SELECT id, limited, turn, served, created_at,
+                      row_number() OVER (PARTITION BY limited
+                                         ORDER BY turn, served NULLS FIRST, created_at, id) AS nth
+               FROM (SELECT id, limited, served, created_at,
                             row_number() OVER (PARTITION BY owner ORDER BY created_at, id) AS turn
                      FROM candidates) r),
            chosen AS (
                SELECT o.id FROM ordered o LEFT JOIN slots s ON s.name = o.limited
                WHERE o.limited IS NULL OR o.nth <= s.free
-               ORDER BY o.turn, o.created_at, o.id LIMIT $1),
+               ORDER BY o.turn, o.served NULLS FIRST, o.created_at, o.id LIMIT $1),
            picked AS (
                SELECT j.id FROM jobs j JOIN chosen USING (id)
                WHERE j.status = 'queued' FOR UPDATE OF j SKIP LOCKED),
@@ -107,7 +113,10 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
            ev AS (
                INSERT INTO job_events (job_id, kind, actor, detail)
                SELECT id, 'started', 'system', jsonb_build_object('worker', $2, 'attempt', attempts)
-               FROM job)
+               FROM job),
+           turns AS (
+               INSERT INTO wallet_turns (owner, last_claimed_at) SELECT DISTINCT owner, now() FROM job
+               ON CONFLICT (owner) DO UPDATE SET last_claimed_at = EXCLUDED.last_claimed_at)
            SELECT job.*, runner_notify_job(job.id), coalesce(json_agg(json_build_object(
                    'id', open.id, 'backend', open.backend, 'input', open.input,
                    'remote_id', open.remote_id, 'attempts', open.attempts) ORDER BY open.position)

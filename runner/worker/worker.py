@@ -123,6 +123,8 @@ class Worker(LeaseKeeping):
         self.manager.unregister(job_id)
         self.job_tasks.discard(task)
         self._slot_freed.set()
+        if self.capacity.limits:
+            self.wake.set()  # a limited backend's slot may be free: claim now, not at the next poll
         self.stops.on_task_done(ctx)
         if not task.cancelled() and task.exception() is not None:
             log.error("job_task_crashed", job_id=str(job_id), error=repr(task.exception()))

@@ -12,7 +12,7 @@ from runner.errors import MigrationError
 
 EXPECTED_TABLES = {
     "jobs", "executions", "job_events", "idempotency_keys", "auth_nonces", "sessions",
-    "auth_tickets", "schema_migrations", "workers",
+    "auth_tickets", "schema_migrations", "workers", "wallet_turns",
 }
 
 

@@ -1,0 +1,149 @@
+"""Fleets and fair share: each instance runs what it can, each backend within its limit,
+each wallet in turn, and old history goes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+
+from runner.backends.config import BackendSpec
+from tests.client import Api
+from tests.conftest import Cluster
+from tests.fakes import FakeGpu
+from tests.procs import ServeProcess
+
+
+def _http(name: str, fake: FakeGpu, **extra: object) -> BackendSpec:
+    return BackendSpec(name=name, kind="http", url=f"{fake.base_url}/run", **extra)  # type: ignore[arg-type]
+
+
+async def _metric(http: aiohttp.ClientSession, base: str, line_start: str) -> str | None:
+    async with http.get(base + "/metrics") as resp:
+        text = await resp.text()
+    return next((line for line in text.splitlines() if line.startswith(line_start)), None)
+
+
+async def test_an_instance_claims_only_what_it_can_run(
+        cluster: Cluster, fake_gpu: FakeGpu, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    every = {n: _http(n, fake_gpu) for n in ("gpu-a", "gpu-b", "gpu-none")}
+    front = await cluster.start("api", backends=every)
+    a = await cluster.start("worker", backends={"gpu-a": every["gpu-a"]})
+    b = await cluster.start("worker", backends={"gpu-b": every["gpu-b"]})
+    api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
+    for_b = await api.submit({"backend": "gpu-b", "input": {"n": 1}})
+    for_a = await api.submit({"backend": "gpu-a", "input": {"n": 2}})
+    stranded = await api.submit({"backend": "gpu-none", "input": {"n": 3}})
+    assert (await api.until(for_b["id"], "completed"))["status"] == "completed"
+    assert (await api.until(for_a["id"], "completed"))["status"] == "completed"
+    started = {r["job_id"]: r["worker"] for r in await db.fetch(
+        "SELECT job_id::text, detail->>'worker' AS worker FROM job_events WHERE kind = 'started'")}
+    assert started == {for_b["id"]: b.instance_id, for_a["id"]: a.instance_id}
+    # Nobody has gpu-none: the job waits, queued, and the gauge says why.
+    assert b.worker is not None
+    await b.worker.housekeeping()
+    line = await _metric(http, f"http://127.0.0.1:{b.port}", 'runner_jobs_unclaimable{backend="gpu-none"}')
+    assert line is not None and line.endswith(" 1.0"), line
+    assert (await api.job(stranded["id"]))["status"] == "queued"
+
+
+async def test_concurrency_is_a_limit_across_instances_even_when_one_dies(
+        dsn: str, fake_gpu: FakeGpu, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    toml = f"""
+[backends.gpu]
+kind = "http"
+url = "{fake_gpu.base_url}/run"
+concurrency = 2
+"""
+    lease = {"RUNNER_LEASE_S": "1.5"}
+    one = await ServeProcess(dsn, toml, env_extra=lease).start()
+    two = await ServeProcess(dsn, toml, env_extra=lease).start()
+    try:
+        api = await Api.signed_in(http, one.base_url)
+        jobs = [await api.submit({"backend": "gpu", "input": {"mode": "slow", "seconds": 0.3, "n": i}})
+                for i in range(8)]
+        # Kill one instance as soon as it holds work: its slots stay taken until its lease
+        # expires and its jobs are requeued, so the limit holds through the loss.
+        first = {asyncio.create_task(p.wait_log("job_started", timeout=30)): p for p in (one, two)}
+        done, pending = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        victim = first[done.pop()]
+        survivor = two if victim is one else one
+        victim.signal(signal.SIGKILL)
+        await victim.wait()
+        done = [await api.on(survivor.base_url).until(j["id"], "completed", "failed", timeout=60) for j in jobs]
+        assert [j["status"] for j in done] == ["completed"] * 8
+        assert fake_gpu.open_max <= 2, fake_gpu.open_max
+        assert fake_gpu.open_max == 2  # and the limit was used, not just respected
+    finally:
+        await asyncio.gather(one.stop(), two.stop())
+
+
+async def test_a_waiting_execution_is_cancelled_at_once(
+        cluster: Cluster, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+    rt = await cluster.start(backends={"gpu": _http("gpu", fake_gpu, concurrency=1)})
+    api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+    first = await api.submit({"backend": "gpu", "input": {"mode": "hold"}},
+                             {"backend": "gpu", "input": {"mode": "hold"}})
+    held, waiting = (e["id"] for e in first["executions"])
+    await asyncio.wait_for(fake_gpu.started[held].wait(), 10)
+    job = await api.until_execution(first["id"], 1, lambda e: e["status"] == "queued")
+    assert job["executions"][1]["status"] == "queued"  # its turn has not come: one slot, taken
+    status, reply = await api.call("POST", f"/jobs/{first['id']}/executions/{waiting}/cancel")
+    assert status == 200 and reply["previous_status"] == "queued"
+    assert waiting not in fake_gpu.started  # never sent
+    assert (await api.cancel(first["id"], wait=True))[1]["stopped"] is True
+
+
+async def test_a_wallets_first_job_does_not_wait_for_anothers_backlog(
+        cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    one_at_a_time = {"demo": BackendSpec(name="demo", kind="demo", concurrency=1)}
+    front = await cluster.start("api", backends=one_at_a_time)
+    base = f"http://127.0.0.1:{front.port}"
+    alice, bob = await Api.signed_in(http, base), await Api.signed_in(http, base)
+    backlog = [await alice.submit({"backend": "demo", "input": {"seconds": 0.05}}) for _ in range(20)]
+    mine = await bob.submit({"backend": "demo", "input": {"seconds": 0.05}})
+    await cluster.start("worker", backends=one_at_a_time)
+    await bob.until(mine["id"], "completed", timeout=30)
+    order = [str(r["job_id"]) for r in await db.fetch(
+        "SELECT job_id FROM job_events WHERE kind = 'started' ORDER BY id")]
+    ahead = order.index(mine["id"])
+    assert ahead <= 1, (ahead, len(order))  # at most the one job running when it was queued
+    for job in backlog:
+        await alice.until(job["id"], "completed", timeout=30)
+
+
+async def test_retention_deletes_what_is_old_and_keeps_what_is_new_or_active(
+        cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    rt = await cluster.start()
+    api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+    old = [await api.submit({"backend": "demo", "input": {"seconds": 0}}) for _ in range(3)]
+    new = await api.submit({"backend": "demo", "input": {"seconds": 0}})
+    for job in [*old, new]:
+        await api.until(job["id"], "completed")
+    active = await api.submit({"backend": "demo", "input": {"seconds": 60}})
+    await api.until(active["id"], "running")
+    long_ago = datetime.now(UTC) - timedelta(days=40)
+    await db.execute("UPDATE jobs SET finished_at = $1 WHERE id = ANY($2::uuid[])",
+                     long_ago, [uuid.UUID(j["id"]) for j in old])
+    await db.execute("UPDATE jobs SET created_at = $1 WHERE id = $2", long_ago, uuid.UUID(active["id"]))
+    assert rt.worker is not None
+    assert await rt.worker.apply_retention(30) == 3
+    left = {str(r["id"]) for r in await db.fetch("SELECT id FROM jobs")}
+    assert left == {new["id"], active["id"]}
+    assert await db.fetchval("SELECT count(*) FROM executions WHERE job_id = ANY($1::uuid[])",
+                             [uuid.UUID(j["id"]) for j in old]) == 0
+    assert await db.fetchval("SELECT count(*) FROM job_events WHERE job_id = ANY($1::uuid[])",
+                             [uuid.UUID(j["id"]) for j in old]) == 0
+    # The audit trail stays append-only for everyone else.
+    try:
+        await db.execute("DELETE FROM job_events WHERE job_id = $1", uuid.UUID(new["id"]))
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    else:
+        raise AssertionError("job_events accepted a delete outside retention")
