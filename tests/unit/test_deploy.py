@@ -26,6 +26,11 @@ def test_fly_toml_runs_migrations_and_drains_before_kill() -> None:
     assert service["internal_port"] == 8080
     assert service["auto_stop_machines"] == "off"
     assert [c["path"] for c in service["checks"]] == ["/readyz"]
+    # Two tiers: API machines behind the public service, worker machines checked on their port.
+    assert fly["processes"]["worker"].startswith("runner serve --role worker")
+    assert service["processes"] == ["api"]
+    [worker_check] = [c for c in fly["checks"].values() if c["processes"] == ["worker"]]
+    assert worker_check["path"] == "/readyz" and worker_check["port"] == service["internal_port"]
     grace = load_settings({"RUNNER_SHUTDOWN_GRACE_S": fly["env"]["RUNNER_SHUTDOWN_GRACE_S"]})
     assert _duration_s(fly["kill_timeout"]) > grace.shutdown_grace_s
     # The metrics port fly scrapes is the one the service serves /metrics on.
