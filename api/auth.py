@@ -22,7 +22,7 @@ IDENTITY = web.RequestKey("identity", Identity)
 COOKIE = "runner_session"
 _EVENTS_PATH = re.compile(r"/jobs/[^/]+/events")
 _CANCEL_PATH = re.compile(r"/jobs/[^/]+/cancel")
-_SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket", "/backends"})
+_SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket", "/backends", "/usage"})
 
 
 def identity_of(request: web.Request) -> Identity:

@@ -4,13 +4,15 @@ daemon, and renders what it returns (api.render); no SQL, no daemon logic here."
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from aiohttp import web
 
 from api import render
 from api.auth import identity_of
-from api.bodies import read_json_object
+from api.bodies import iso, read_json_object
+from api.errors import BadRequest
 from api.state import RUNTIME
 from api.validation import (
     parse_bool,
@@ -21,6 +23,7 @@ from api.validation import (
     parse_reason,
     parse_status_filter,
     parse_submission,
+    parse_time,
 )
 from runner import jobs
 from runner.cancel.waiting import wait_stopped
@@ -112,6 +115,16 @@ async def cancel_all(request: web.Request) -> web.Response:
     return web.json_response(render.bulk_cancel(outcome))
 
 
+async def usage(request: web.Request) -> web.Response:
+    runtime, identity = _runtime(request), identity_of(request)
+    until = parse_time("until", request.query.get("until")) or datetime.now(UTC)
+    since = parse_time("since", request.query.get("since")) or until - timedelta(days=30)
+    if since >= until:
+        raise BadRequest("'since' must be before 'until'")
+    spend = await jobs.usage(runtime.pool, owner=identity.address, since=since, until=until)
+    return web.json_response({"address": identity.address, "since": iso(since), "until": iso(until), **spend})
+
+
 def setup_jobs(app: web.Application) -> None:
     app.router.add_post("/jobs", submit)
     app.router.add_get("/jobs", list_jobs)
@@ -120,3 +133,4 @@ def setup_jobs(app: web.Application) -> None:
     app.router.add_get("/jobs/{job_id}/audit", audit)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/executions/{execution_id}/cancel", cancel_execution)
+    app.router.add_get("/usage", usage)

@@ -17,7 +17,7 @@ def job(row: JobRow) -> dict[str, Any]:
         "finished_at": iso(row["finished_at"]), "cancelled_at": iso(row["cancelled_at"]),
         "cancelled_by": row["cancelled_by"], "cancel_reason": row["cancel_reason"],
         "timeout_s": row["timeout_s"], "metadata": row["metadata"], "error": row["error"],
-        "executions": row["executions"],
+        "gpu_seconds": row["gpu_seconds"], "executions": row["executions"],
     }
 
 

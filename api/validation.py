@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from api.errors import BadRequest
@@ -120,6 +121,17 @@ def parse_limit(value: str | None, default: int = 50, maximum: int = 200) -> int
     if not 1 <= limit <= maximum:
         raise BadRequest(f"'limit' must be from 1 to {maximum}")
     return limit
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time from a query string (a date alone is its midnight UTC)."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise BadRequest(f"'{name}' must be an ISO 8601 time, such as 2026-11-01T00:00:00Z") from None
 
 
 def parse_bool(name: str, value: str | None) -> bool:

@@ -20,6 +20,7 @@ JobRow = Mapping[str, Any]
 
 JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,
     j.cancelled_at, j.cancelled_by, j.cancel_reason, j.timeout_s, j.metadata, j.error,
+    (SELECT sum(e.gpu_seconds) FROM executions e WHERE e.job_id = j.id) AS gpu_seconds,
     runner_executions_json(j.id) AS executions"""
 
 
@@ -57,11 +58,13 @@ async def submit(
                             limit=max_active)
     fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "input": r["input"],
               "status": "queued", "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
-              "output": None, "error": None, "remote_cancel": None} for r in rows]
+              "output": None, "error": None, "remote_cancel": None, "remote_stopped_at": None,
+              "gpu_seconds": None} for r in rows]
     return ({
         "id": job_id, "owner": owner, "status": "queued", "created_at": row["created"],
         "started_at": None, "finished_at": None, "cancelled_at": None, "cancelled_by": None,
         "cancel_reason": None, "timeout_s": timeout_s, "metadata": metadata, "error": None,
+        "gpu_seconds": None,
         "executions": fresh}, True)
 
 
@@ -121,3 +124,29 @@ async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bo
     if rows[0]["owner"] != caller and not admin:
         raise JobForbidden("this job belongs to another wallet")
     return [r for r in rows if r["kind"] is not None]
+
+
+async def usage(pool: asyncpg.Pool, *, owner: str, since: datetime, until: datetime) -> dict[str, Any]:
+    """A wallet's spend over its jobs created in [since, until): counts and GPU-seconds per
+    backend, and the GPU-seconds spent between a cancel's commit and the work seen over."""
+    rows = await pool.fetch(
+        """SELECT e.backend, count(*) AS executions,
+                  count(*) FILTER (WHERE e.status = 'cancelled') AS cancelled,
+                  coalesce(sum(e.gpu_seconds), 0) AS gpu_seconds,
+                  coalesce(sum(greatest(extract(epoch FROM e.remote_stopped_at - e.finished_at), 0))
+                           FILTER (WHERE e.status = 'cancelled'), 0) AS after_cancel,
+                  count(DISTINCT j.id) AS jobs
+           FROM jobs j JOIN executions e ON e.job_id = j.id
+           WHERE j.owner = $1 AND j.created_at >= $2 AND j.created_at < $3
+           GROUP BY ROLLUP (e.backend)""",
+        owner, since, until)
+    total = next((r for r in rows if r["backend"] is None), None)
+    return {
+        "jobs": total["jobs"] if total else 0,
+        "executions": total["executions"] if total else 0,
+        "gpu_seconds": round(float(total["gpu_seconds"]), 3) if total else 0.0,
+        "backends": {r["backend"]: {"executions": r["executions"], "cancelled": r["cancelled"],
+                                    "gpu_seconds": round(float(r["gpu_seconds"]), 3),
+                                    "gpu_seconds_after_cancel": round(float(r["after_cancel"]), 3)}
+                     for r in rows if r["backend"] is not None},
+    }

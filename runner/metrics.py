@@ -26,6 +26,16 @@ class Metrics:
         self.jobs_unclaimable = Gauge(
             "runner_jobs_unclaimable", "Queued jobs that need a backend no live instance has.",
             ["backend"], registry=self.registry)
+        self.gpu_seconds = Counter(
+            "runner_gpu_seconds_total", "GPU-seconds of executions, by backend and outcome.",
+            ["backend", "outcome"], registry=self.registry)
+        self.cancel_to_stop_seconds = Histogram(
+            "runner_cancel_to_confirmed_stop_seconds",
+            "From a cancel's commit to the provider reporting the work over.",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=self.registry)
+        self.remote_unconfirmed = Gauge(
+            "runner_remote_unconfirmed", "Executions still running at their provider after a cancel.",
+            ["backend"], registry=self.registry)
         self.remote_cancels = Counter(
             "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
             ["backend", "outcome"], registry=self.registry)
@@ -33,13 +43,14 @@ class Metrics:
     def track_running(self, count: Callable[[], int]) -> None:
         self.jobs_running.set_function(lambda: float(count()))
 
-    def set_unclaimable(self, counts: dict[str, int]) -> None:
-        """The latest count per backend; backends no longer missing drop back to 0."""
-        for labels in list(self.jobs_unclaimable._metrics):
+    @staticmethod
+    def set_counts(gauge: Gauge, counts: dict[str, int]) -> None:
+        """The latest count per label; labels no longer counted drop back to 0."""
+        for labels in list(gauge._metrics):
             if labels[0] not in counts:
-                self.jobs_unclaimable.labels(labels[0]).set(0)
-        for backend, count in counts.items():
-            self.jobs_unclaimable.labels(backend).set(count)
+                gauge.labels(labels[0]).set(0)
+        for label, count in counts.items():
+            gauge.labels(label).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

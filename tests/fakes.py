@@ -20,6 +20,7 @@ class RunPodJob:
     status: str = "IN_PROGRESS"
     output: Any = None
     polls: int = 0
+    stopping_polls: int | None = None  # after a cancel: polls until the work is seen over
 
 
 @dataclass
@@ -41,6 +42,9 @@ class FakeGpu:
     runpod_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     runpod_submitted: asyncio.Event = field(default_factory=asyncio.Event)
     runpod_answer_gate: asyncio.Event | None = None  # when set: /run answers only once it is set
+    runpod_cancel_lag: int | None = 0  # polls the work runs on after a cancel; None: forever
+    runpod_cancel_429: int = 0  # this many cancel calls are answered 429 first
+    runpod_cancel_times: list[float] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _runner: web.AppRunner | None = None
 
@@ -150,13 +154,25 @@ class FakeGpu:
         finish_after = job.input.get("polls") if isinstance(job.input, dict) else None
         if job.status == "IN_PROGRESS" and finish_after is not None and job.polls >= finish_after:
             job.status, job.output = "COMPLETED", {"done": job.input}
-        return web.json_response({"id": job.id, "status": job.status, "output": job.output})
+        if job.stopping_polls is not None:
+            job.stopping_polls -= 1
+            if job.stopping_polls <= 0:
+                job.status, job.stopping_polls = "CANCELLED", None
+        return web.json_response({"id": job.id, "status": job.status, "output": job.output,
+                                  "executionTime": 100 * job.polls})
 
     async def _rp_cancel(self, request: web.Request) -> web.Response:
         job = self.runpod.get(request.match_info["id"])
         if job is None:
             return web.json_response({"error": "not found"}, status=404)
-        job.status = "CANCELLED"
+        self.runpod_cancel_times.append(time.monotonic())
+        if self.runpod_cancel_429 > 0:
+            self.runpod_cancel_429 -= 1
+            return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "1"})
+        if self.runpod_cancel_lag == 0:
+            job.status = "CANCELLED"
+        elif job.status == "IN_PROGRESS" and self.runpod_cancel_lag is not None and job.stopping_polls is None:
+            job.stopping_polls = self.runpod_cancel_lag  # the worker finishes its step first
         self.runpod_cancels.append(job.id)
         self.runpod_cancelled[job.id].set()
         return web.json_response({"id": job.id, "status": "CANCELLED"})

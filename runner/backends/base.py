@@ -38,6 +38,7 @@ class CancelOutcome(StrEnum):
 class CancelResult:
     outcome: CancelOutcome
     detail: str
+    retry_after: float | None = None  # with RETRY: the provider's Retry-After, in seconds
 
 
 @dataclass
@@ -50,6 +51,11 @@ class ExecutionCall:
     remote_id: str | None = None
     attempts: int = 0
     on_remote_id: Callable[[str, int], Awaitable[None]] | None = None
+    # The provider stops the work after this many seconds, whatever becomes of us (RunPod's
+    # policy.executionTimeout, Replicate's Cancel-After); None: no deadline.
+    deadline_s: float | None = None
+    # The provider's own figure of the GPU time the work took, once it reports one.
+    gpu_seconds: float | None = None
 
     def submitted(self) -> None:
         """Count a submission to the backend (an execution's `attempts`)."""
@@ -136,11 +142,11 @@ class HttpBackendBase:
         return aiohttp.ClientTimeout(total=self.spec.timeout_s or self.default_timeout_s)
 
     async def request(self, method: str, url: str, what: str, *, json_body: Any = None,
-                      call: ExecutionCall | None = None,
+                      call: ExecutionCall | None = None, headers: dict[str, str] | None = None,
                       client_timeout: aiohttp.ClientTimeout | None = None) -> Any:
         try:
             async with self.session.request(
-                method, url, json=json_body, headers=self.headers(call),
+                method, url, json=json_body, headers={**self.headers(call), **(headers or {})},
                 timeout=client_timeout or self.request_timeout, allow_redirects=False,
             ) as resp:
                 return await classify(resp, what)
@@ -181,7 +187,7 @@ class HttpBackendBase:
         try:
             body = await self.request(method, url, what, client_timeout=CANCEL_TIMEOUT)
         except TransientBackendError as exc:
-            return CancelResult(CancelOutcome.RETRY, str(exc))
+            return CancelResult(CancelOutcome.RETRY, str(exc), retry_after=exc.retry_after)
         except PermanentBackendError as exc:
             return CancelResult(CancelOutcome.FAILED, str(exc))
         return CancelResult(CancelOutcome.ACKNOWLEDGED, json.dumps(body)[:ERROR_TEXT_LIMIT])

@@ -17,7 +17,7 @@ DEFAULT_BASE_URLS = {
     "fal": "https://queue.fal.run",
 }
 _COMMON = {"kind", "url", "base_url", "api_key", "headers", "timeout_s", "poll_interval_s",
-           "max_attempts", "concurrency"}
+           "max_attempts", "concurrency", "confirm_within_s", "cancel_rate_per_s", "deadline_s"}
 _KIND_KEYS = {
     "demo": set(),
     "http": {"cancel_url"},
@@ -47,6 +47,20 @@ class BackendSpec:
     command: tuple[str, ...] = ()
     grace_s: float = 10.0
     concurrency: int | None = None  # at most this many executions at once (None: no limit)
+    confirm_within_s: float = 60.0  # after an acknowledged cancel, re-send it if the work runs on
+    cancel_rate_per_s: float | None = None  # remote cancels per second from one instance
+    deadline_s: float | None = None  # the provider stops the work after this, whatever we do
+
+    @property
+    def confirms_stop(self) -> bool:
+        """Queue APIs report the work's state: a cancel is confirmed by seeing it over."""
+        return self.kind in ("runpod", "replicate", "fal")
+
+    @property
+    def cancel_rate(self) -> float | None:
+        """RunPod allows 100 cancels per 10 s per endpoint: paced at 10 per second unless set."""
+        return self.cancel_rate_per_s if self.cancel_rate_per_s is not None else (
+            10.0 if self.kind == "runpod" else None)
 
     @property
     def cancels_remotely(self) -> bool:
@@ -126,7 +140,8 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError(f"{where}.headers: expected a table of strings")
         opts["headers"] = dict(headers)
-    for key in ("timeout_s", "poll_interval_s", "grace_s"):
+    for key in ("timeout_s", "poll_interval_s", "grace_s", "confirm_within_s", "cancel_rate_per_s",
+                "deadline_s"):
         if key in raw:
             opts[key] = _number(f"{where}.{key}", raw[key])
     if "max_attempts" in raw:

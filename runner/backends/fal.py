@@ -6,7 +6,14 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from runner.backends.base import CancelOutcome, CancelResult, ExecutionCall, require_object
-from runner.backends.polling import Poll, PollingBackend, State, remote_id_from, unexpected_status
+from runner.backends.polling import (
+    Poll,
+    PollingBackend,
+    State,
+    remote_id_from,
+    seconds_from,
+    unexpected_status,
+)
 
 
 class FalBackend(PollingBackend):
@@ -28,14 +35,18 @@ class FalBackend(PollingBackend):
             await self.request("GET", f"{self.requests_url}/{remote_id}/status", "fal status"),
             "fal status")
         status = body.get("status")
+        metrics = body.get("metrics")
+        spent = seconds_from(metrics.get("inference_time")) if isinstance(metrics, dict) else None
         if status in ("IN_QUEUE", "IN_PROGRESS"):
             return Poll(State.PENDING)
         if status == "COMPLETED":
             if body.get("error"):
-                return Poll(State.FAILED, error=f"fal request {remote_id} failed: {body['error']}")
-            return Poll(State.COMPLETED)
+                return Poll(State.FAILED, error=f"fal request {remote_id} failed: {body['error']}",
+                            gpu_seconds=spent)
+            return Poll(State.COMPLETED, gpu_seconds=spent)
         if status in ("FAILED", "CANCELED", "CANCELLED"):
-            return Poll(State.FAILED, error=f"fal request {remote_id} ended {status.lower()}")
+            return Poll(State.FAILED, error=f"fal request {remote_id} ended {status.lower()}",
+                        gpu_seconds=spent)
         raise unexpected_status("fal status", status)
 
     async def result(self, remote_id: str, poll: Poll) -> Any:

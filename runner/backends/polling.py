@@ -25,6 +25,7 @@ class Poll:
     state: State
     output: Any = None
     error: str | None = None
+    gpu_seconds: float | None = None  # the provider's figure, when it reports one
 
 
 class PollingBackend(HttpBackendBase):
@@ -33,6 +34,12 @@ class PollingBackend(HttpBackendBase):
 
     async def poll(self, remote_id: str) -> Poll:
         raise NotImplementedError
+
+    async def remote_over(self, remote_id: str) -> Poll | None:
+        """The work's state when it is over (done, failed or cancelled at the provider), or
+        None while it runs -- how a remote cancel is confirmed."""
+        status: Poll = await self.poll(remote_id)
+        return None if status.state is State.PENDING else status
 
     async def result(self, remote_id: str, poll: Poll) -> Any:
         """The output once completed; most APIs return it with the status."""
@@ -46,12 +53,21 @@ class PollingBackend(HttpBackendBase):
             remote_id = call.remote_id  # resumed after a lost lease: never submitted twice
         while True:
             status = await self.retrying(lambda: self.poll(remote_id))
+            if status.gpu_seconds is not None:
+                call.gpu_seconds = status.gpu_seconds
             if status.state is State.FAILED:
                 raise PermanentBackendError(status.error or "the backend reported a failure")
             if status.state is State.COMPLETED:
                 break
             await asyncio.sleep(self.spec.poll_interval_s)
         return await self.retrying(lambda: self.result(remote_id, status))
+
+
+def seconds_from(value: Any, scale: float = 1.0) -> float | None:
+    """A provider's duration field as seconds (None when absent or not a finite number)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < float("inf"):
+        return float(value) * scale
+    return None
 
 
 def remote_id_from(body: Any, key: str, what: str) -> str:

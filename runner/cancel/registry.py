@@ -50,6 +50,7 @@ class JobContext:
     loop: asyncio.AbstractEventLoop
     executions: dict[UUID, asyncio.Task[Any]] = field(default_factory=dict)
     execution_reasons: dict[UUID, StopReason] = field(default_factory=dict)
+    spent: dict[UUID, float] = field(default_factory=dict)  # GPU-seconds of executions cut short
     reason: StopReason | None = None
     cancel_requested_at: float | None = None  # time.perf_counter() of the first cancel
     stopped: asyncio.Event = field(default_factory=asyncio.Event)

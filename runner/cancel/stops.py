@@ -35,6 +35,9 @@ class StopRecord:
     reason: str
     local_latency_ms: float | None
     executions: int
+    # Executions whose work ended with their call (local kinds, http): their GPU-seconds,
+    # and the stop is the moment their work was seen over.
+    spent: tuple[tuple[uuid.UUID, float], ...] = ()
 
 
 async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str) -> list[None]:
@@ -47,6 +50,11 @@ async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: s
         """WITH s AS (
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int[])
                    AS s(job_id, reason, local_latency_ms, executions)),
+           spent AS (
+               UPDATE executions e SET gpu_seconds = coalesce(e.gpu_seconds, x.seconds),
+                   remote_stopped_at = coalesce(e.remote_stopped_at, clock_timestamp())
+               FROM unnest($6::uuid[], $7::float8[]) AS x(id, seconds)
+               WHERE e.id = x.id AND e.status = 'cancelled'),
            ev AS (
                INSERT INTO job_events (job_id, kind, actor, detail)
                SELECT j.id, 'task_stopped', $5, jsonb_strip_nulls(jsonb_build_object(
@@ -61,7 +69,8 @@ async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: s
                RETURNING job_id)
            SELECT count(*) FROM ev, runner_notify_job(ev.job_id)""",
         [r.job_id for r in stops], [r.reason for r in stops], [r.local_latency_ms for r in stops],
-        [r.executions for r in stops], worker_id)
+        [r.executions for r in stops], worker_id,
+        [eid for r in stops for eid, _ in r.spent], [sec for r in stops for _, sec in r.spent])
     return [None] * len(stops)
 
 LINGER_S = 0.02
@@ -93,7 +102,8 @@ class StopRecorder:
     def record(self, ctx: JobContext, reason: StopReason) -> None:
         """The task stopped for a cancel: hand its record over (the batcher owns the write)."""
         latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
-        record = StopRecord(ctx.job_id, reason.value, latency * 1000, len(ctx.executions))
+        record = StopRecord(ctx.job_id, reason.value, latency * 1000, len(ctx.executions),
+                            tuple(ctx.spent.items()))
         if ctx.pending_cancel is None:
             ctx.stop_write = self._put(ctx, record)
         else:

@@ -15,7 +15,7 @@ from runner.cancel.stops import StopRecorder
 from runner.config import Settings
 from runner.metrics import Metrics
 from runner.supervisor import Supervisor
-from runner.worker import store
+from runner.worker import housekeeping, store
 
 log = structlog.get_logger("runner.worker.leases")
 
@@ -103,7 +103,8 @@ class LeaseKeeping:
         """Every renewal period: requeue what lost instances held, count the queued jobs no
         live instance can run (runner_jobs_unclaimable), and -- once a minute -- retention."""
         await self.requeue_expired()
-        self.metrics.set_unclaimable(await store.unclaimable(self.pool))
+        self.metrics.set_counts(self.metrics.jobs_unclaimable, await housekeeping.unclaimable(self.pool))
+        self.metrics.set_counts(self.metrics.remote_unconfirmed, await housekeeping.unconfirmed(self.pool))
         days = self.settings.retention_days
         now = asyncio.get_running_loop().time()
         if days is not None and now - self._retention_ran >= RETENTION_EVERY_S:
@@ -115,7 +116,7 @@ class LeaseKeeping:
         batches (each its own short transaction); one instance at a time."""
         deleted = 0
         while True:
-            batch = await store.delete_finished(self.pool, older_than_days=days, limit=RETENTION_BATCH)
+            batch = await housekeeping.delete_finished(self.pool, older_than_days=days, limit=RETENTION_BATCH)
             if batch is None:  # another instance is at it
                 break
             deleted += batch

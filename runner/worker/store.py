@@ -14,8 +14,6 @@ from runner.cancel.statements import owe_remote_cancel
 from runner.db.listener import SUBMIT
 from runner.storable import readable
 
-RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
-
 # A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A
 # running job's lease is its worker's.
 # $4: the backends this worker has, so that a job nobody can run is seen as such.
@@ -156,6 +154,7 @@ class ExecutionResult:
     error: str | None
     attempts: int
     owe_remote_cancel: bool = False  # it failed on our side with a remote job still alive
+    gpu_seconds: float | None = None  # the provider's figure, or the time it ran here
 
 
 async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
@@ -170,7 +169,8 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
     rows = await pool.fetch(
         f"""WITH r AS (
                SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
-                   id uuid, status text, output jsonb, error text, attempts int, owe boolean)),
+                   id uuid, status text, output jsonb, error text, attempts int, owe boolean,
+                   gpu double precision)),
            -- Lock order as everywhere: jobs before executions, ids ascending. (The count
            -- below makes Postgres take every job lock before the first execution lock.)
            locked_jobs AS (
@@ -182,7 +182,8 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
                ORDER BY e.id FOR NO KEY UPDATE OF e),
            ex AS (
                UPDATE executions e SET status = r.status, output = r.output, error = r.error,
-                   attempts = r.attempts, finished_at = now(), {owe_remote_cancel("r.owe")}
+                   attempts = r.attempts, finished_at = now(), gpu_seconds = r.gpu,
+                   {owe_remote_cancel("r.owe")}
                FROM r JOIN locked ON locked.id = r.id WHERE e.id = r.id AND e.status = 'running'
                RETURNING e.id, e.job_id, e.status, e.error, e.attempts),
            -- Each execution of these jobs as it is now: the rows just written win over this
@@ -215,7 +216,7 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
            UNION ALL SELECT 'notified', NULL, NULL FROM changed, runner_notify_job(changed.job_id)""",
         [{"id": str(r.execution_id), "status": r.status, "output": r.output,
           "error": None if r.error is None else readable(r.error),
-          "attempts": r.attempts, "owe": r.owe_remote_cancel} for r in results],
+          "attempts": r.attempts, "owe": r.owe_remote_cancel, "gpu": r.gpu_seconds} for r in results],
         worker_id, list({r.job_id for r in results}))
     written = {row["id"] for row in rows if row["kind"] == "execution"}
     finished = {row["id"]: row["status"] for row in rows if row["kind"] == "job"}
@@ -359,36 +360,3 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
     # Forget workers long gone (nothing of theirs is left running after the requeue).
     await pool.execute("DELETE FROM workers WHERE lease_expires_at < now() - interval '1 day'")
     return rows
-
-
-async def unclaimable(pool: asyncpg.Pool) -> dict[str, int]:
-    """Queued jobs per backend that no live instance has (a job waits for such an instance;
-    it does not fail)."""
-    rows = await pool.fetch(
-        """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.backends) b
-           WHERE j.status = 'queued' AND NOT EXISTS (
-               SELECT 1 FROM workers w WHERE w.lease_expires_at >= now() AND b = ANY(w.backends))
-           GROUP BY b""")
-    return {r["backend"]: r["jobs"] for r in rows}
-
-
-async def delete_finished(pool: asyncpg.Pool, *, older_than_days: float, limit: int) -> int | None:
-    """Delete up to `limit` finished jobs older than that, with their executions, events and
-    idempotency keys, in one short transaction; None if another instance holds the
-    retention lock."""
-    async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RETENTION_LOCK_KEY):
-            return None
-        await conn.execute("SET LOCAL runner.retention = 'on'")  # the audit trail allows this delete
-        deleted: int = await conn.fetchval(
-            """WITH old AS (
-                   SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
-                     AND finished_at < now() - make_interval(days => $1::int, secs => $2)
-                   ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED),
-               events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM old)),
-               executions AS (DELETE FROM executions WHERE job_id IN (SELECT id FROM old)),
-               keys AS (DELETE FROM idempotency_keys WHERE job_id IN (SELECT id FROM old)),
-               gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
-               SELECT count(*) FROM gone""",
-            int(older_than_days), (older_than_days % 1) * 86400, limit)
-        return deleted

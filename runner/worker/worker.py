@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -225,8 +226,10 @@ class Worker(LeaseKeeping):
                 "remote_id", execution_id=str(execution.id))
             xlog.info("remote_id_stored", remote_id=remote_id)
 
+        deadlines = [d for d in (self._remaining(job), backend.spec.deadline_s) if d is not None]
         call = ExecutionCall(job.id, execution.id, execution.input, remote_id=execution.remote_id,
-                             attempts=execution.attempts, on_remote_id=on_remote_id)
+                             attempts=execution.attempts, on_remote_id=on_remote_id,
+                             deadline_s=min(deadlines) if deadlines else None)
         slots = backend.spec.concurrency
         # Waiting for a turn at a limited backend: a cancel meanwhile ends it, nothing was sent.
         if slots is not None and not await self.slots.take(execution.id, execution.backend, slots):
@@ -239,9 +242,17 @@ class Worker(LeaseKeeping):
 
     async def _run_call(self, ctx: JobContext, job: store.ClaimedJob, execution: store.ClaimedExecution,
                         backend: Backend, call: ExecutionCall, xlog: Any) -> None:
+        began = time.monotonic()
+
+        def spent() -> float:
+            """The provider's own figure of the GPU time, else the time the work ran here."""
+            return call.gpu_seconds if call.gpu_seconds is not None else time.monotonic() - began
+
         try:
             output = await backend.run(call)
         except asyncio.CancelledError:
+            if not backend.spec.confirms_stop:  # the work ended with its call: its spend is known
+                ctx.spent[execution.id] = spent()
             if await self._backend_must_be_told(ctx, execution.id, backend, call):
                 try:
                     await asyncio.shield(
@@ -255,7 +266,7 @@ class Worker(LeaseKeeping):
             owes = backend.spec.can_cancel(call.remote_id)
             written = await self._write_result(ctx, store.ExecutionResult(
                 job.id, execution.id, "failed", None, error=str(exc), attempts=call.attempts,
-                owe_remote_cancel=owes))
+                owe_remote_cancel=owes, gpu_seconds=spent()), execution.backend)
             xlog.info("execution_failed", error=str(exc), written=written)
             if written and owes:
                 # It failed on our side (an answer we cannot use): the GPU may still run.
@@ -272,11 +283,12 @@ class Worker(LeaseKeeping):
         except Unstorable as exc:
             written = await self._write_result(ctx, store.ExecutionResult(
                 job.id, execution.id, "failed", None, attempts=call.attempts,
-                error=f"the backend's reply cannot be stored: {exc}"))
+                error=f"the backend's reply cannot be stored: {exc}", gpu_seconds=spent()), execution.backend)
             xlog.warning("execution_reply_unstorable", error=str(exc), written=written)
             return
         written = await self._write_result(ctx, store.ExecutionResult(
-            job.id, execution.id, "completed", output, error=None, attempts=call.attempts))
+            job.id, execution.id, "completed", output, error=None, attempts=call.attempts,
+            gpu_seconds=spent()), execution.backend)
         xlog.debug("execution_completed", written=written)
 
     async def _backend_must_be_told(self, ctx: JobContext, execution_id: uuid.UUID, backend: Backend,
@@ -294,7 +306,8 @@ class Worker(LeaseKeeping):
         return (own_reason is not None or ctx.pending_cancel is None
                 or await self.stops.cancel_landed(ctx.pending_cancel) is not False)
 
-    async def _write_result(self, ctx: JobContext, result: store.ExecutionResult) -> bool:
+    async def _write_result(self, ctx: JobContext, result: store.ExecutionResult,
+                            backend: str | None = None) -> bool:
         """Record an execution's result; True if written. Noted on the job when the same
         statement finished the job. A result Postgres refuses for good is recorded as the
         execution's failure, saying why: the work is never done again for it."""
@@ -310,6 +323,8 @@ class Worker(LeaseKeeping):
                 error=f"the runner could not store this execution's result: {exc}"))
         if final_status is not None:
             ctx.final_status = final_status
+        if written and backend is not None and result.gpu_seconds is not None:
+            self.metrics.gpu_seconds.labels(backend, result.status).inc(result.gpu_seconds)
         return written
 
     async def until_stopped(self, ctx: JobContext) -> None:

@@ -25,14 +25,14 @@ async def test_submit_returns_the_queued_job(api: Api) -> None:
     assert status == 201
     assert set(job) == {"id", "owner", "status", "created_at", "started_at", "finished_at",
                         "cancelled_at", "cancelled_by", "cancel_reason", "timeout_s", "metadata",
-                        "executions", "error"}
+                        "executions", "error", "gpu_seconds"}
     assert uuid.UUID(job["id"]) and job["owner"] == api.wallet.address  # type: ignore[union-attr]
     assert job["status"] == "queued" and job["timeout_s"] == 900 and job["metadata"] == {"project": "x"}
     assert job["created_at"].endswith("Z")
     assert [e["name"] for e in job["executions"]] == ["first", None]
     assert set(job["executions"][0]) == {"id", "name", "backend", "input", "status", "remote_id", "attempts",
                                          "started_at", "finished_at", "output", "error",
-                                         "remote_cancel"}
+                                         "remote_cancel", "remote_stopped_at", "gpu_seconds"}
     done = await api.until(job["id"], "completed")
     assert [e["output"] for e in done["executions"]] == [{"slept_s": 0}, {"slept_s": 0}]
     assert done["executions"][0]["attempts"] == 1

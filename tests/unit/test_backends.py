@@ -379,3 +379,54 @@ async def test_demo_runs_fails_and_refuses_bad_input() -> None:
     for bad in ({"seconds": -1}, {"seconds": "x"}, {"seconds": 1e9}, [1], {"seconds": 0, "fail": "yes"}):
         with pytest.raises(PermanentBackendError, match="demo input"):
             await demo.run(_call(input=bad))
+
+
+# -- spend and deadlines ----------------------------------------------------------------------
+
+async def test_each_provider_reports_its_own_gpu_seconds(session: aiohttp.ClientSession) -> None:
+    with aioresponses() as m:
+        m.post(f"{RP}/run", payload={"id": "j1"})
+        m.get(f"{RP}/status/j1", payload={"status": "COMPLETED", "output": 1, "executionTime": 2500})
+        call = _call()
+        await _runpod(session).run(call)
+        assert call.gpu_seconds == 2.5  # milliseconds at RunPod
+    replicate = ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url="https://rep.test/v1",
+                                             version="v", poll_interval_s=0.001), session)
+    with aioresponses() as m:
+        m.post("https://rep.test/v1/predictions", payload={"id": "p1"})
+        m.get("https://rep.test/v1/predictions/p1",
+              payload={"status": "succeeded", "output": 1, "metrics": {"predict_time": 3.25}})
+        call = _call()
+        await replicate.run(call)
+        assert call.gpu_seconds == 3.25
+    fal = FalBackend(BackendSpec(name="f", kind="fal", base_url="https://fal.test", model="fal-ai/flux",
+                                 poll_interval_s=0.001), session)
+    with aioresponses() as m:
+        m.post("https://fal.test/fal-ai/flux", payload={"request_id": "q1"})
+        m.get("https://fal.test/fal-ai/flux/requests/q1/status",
+              payload={"status": "COMPLETED", "metrics": {"inference_time": 1.5}})
+        m.get("https://fal.test/fal-ai/flux/requests/q1", payload={"images": []})
+        call = _call()
+        await fal.run(call)
+        assert call.gpu_seconds == 1.5
+
+
+async def test_the_deadline_goes_to_the_provider(session: aiohttp.ClientSession) -> None:
+    with aioresponses() as m:
+        m.post(f"{RP}/run", payload={"id": "j1"})
+        m.get(f"{RP}/status/j1", payload={"status": "COMPLETED", "output": 1})
+        call = _call()
+        call.deadline_s = 2.0  # below RunPod's minimum
+        await _runpod(session).run(call)
+        [submit] = _requests(m, "POST", f"{RP}/run")
+        assert submit.kwargs["json"]["policy"] == {"executionTimeout": 5000}
+    replicate = ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url="https://rep.test/v1",
+                                             version="v", poll_interval_s=0.001), session)
+    with aioresponses() as m:
+        m.post("https://rep.test/v1/predictions", payload={"id": "p1"})
+        m.get("https://rep.test/v1/predictions/p1", payload={"status": "succeeded", "output": 1})
+        call = _call()
+        call.deadline_s = 12.3
+        await replicate.run(call)
+        [create] = _requests(m, "POST", "https://rep.test/v1/predictions")
+        assert create.kwargs["headers"]["Cancel-After"] == "13s"

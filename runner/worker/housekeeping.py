@@ -1,0 +1,50 @@
+"""The statements of the worker's housekeeping: what no instance can claim, what is still
+running at a provider after a cancel, and retention."""
+
+from __future__ import annotations
+
+import asyncpg
+
+RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
+
+
+async def unclaimable(pool: asyncpg.Pool) -> dict[str, int]:
+    """Queued jobs per backend that no live instance has (a job waits for such an instance;
+    it does not fail)."""
+    rows = await pool.fetch(
+        """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.backends) b
+           WHERE j.status = 'queued' AND NOT EXISTS (
+               SELECT 1 FROM workers w WHERE w.lease_expires_at >= now() AND b = ANY(w.backends))
+           GROUP BY b""")
+    return {r["backend"]: r["jobs"] for r in rows}
+
+
+async def unconfirmed(pool: asyncpg.Pool) -> dict[str, int]:
+    """Executions per backend whose cancel the provider acknowledged but whose work has not
+    yet been seen over."""
+    rows = await pool.fetch("""SELECT backend, count(*) AS n FROM executions
+                               WHERE remote_cancel = 'acknowledged' AND remote_cancel_due IS NOT NULL
+                               GROUP BY backend""")
+    return {r["backend"]: r["n"] for r in rows}
+
+
+async def delete_finished(pool: asyncpg.Pool, *, older_than_days: float, limit: int) -> int | None:
+    """Delete up to `limit` finished jobs older than that, with their executions, events and
+    idempotency keys, in one short transaction; None if another instance holds the
+    retention lock."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RETENTION_LOCK_KEY):
+            return None
+        await conn.execute("SET LOCAL runner.retention = 'on'")  # the audit trail allows this delete
+        deleted: int = await conn.fetchval(
+            """WITH old AS (
+                   SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
+                     AND finished_at < now() - make_interval(days => $1::int, secs => $2)
+                   ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED),
+               events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM old)),
+               executions AS (DELETE FROM executions WHERE job_id IN (SELECT id FROM old)),
+               keys AS (DELETE FROM idempotency_keys WHERE job_id IN (SELECT id FROM old)),
+               gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
+               SELECT count(*) FROM gone""",
+            int(older_than_days), (older_than_days % 1) * 86400, limit)
+        return deleted
