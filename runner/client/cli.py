@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--queued-only", action="store_true", help="with --all: queued jobs only")
     _verb(verbs, "backends", "list the configured backends",
           "Their names and kinds, and whether a cancel reaches the provider.")
+    usage = _verb(verbs, "usage", "show your spend",
+                  "Jobs, executions and GPU-seconds per backend, and what ran on after a cancel.")
+    usage.add_argument("--since", help="from this time (ISO 8601; default 30 days before --until)")
+    usage.add_argument("--until", help="to this time (ISO 8601; default now)")
     return parser
 
 

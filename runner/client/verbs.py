@@ -199,6 +199,18 @@ async def backends(args: argparse.Namespace, client: Client, out: Printer) -> in
     return EXIT_OK
 
 
+async def usage(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    query = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
+    reply = await client.call("GET", "/usage" + ("?" + urlencode(query) if query else ""))
+    lines = [f"{reply['address']}: {reply['jobs']} job(s), {reply['executions']} execution(s), "
+             f"{reply['gpu_seconds']:.1f} GPU-s from {reply['since']} to {reply['until']}"]
+    lines += [f"  {name:<20} {b['executions']} execution(s), {b['cancelled']} cancelled, "
+              f"{b['gpu_seconds']:.1f} GPU-s ({b['gpu_seconds_after_cancel']:.1f} after a cancel)"
+              for name, b in sorted(reply["backends"].items())]
+    out.result(reply, "\n".join(lines))
+    return EXIT_OK
+
+
 Verb = Callable[[argparse.Namespace, Client, Printer], Coroutine[Any, Any, int]]
 CLIENT_VERBS: dict[str, Verb] = {"login": login, "logout": logout, "submit": submit, "jobs": jobs,
-                                 "status": status, "cancel": cancel, "backends": backends}
+                                 "status": status, "cancel": cancel, "backends": backends, "usage": usage}

@@ -352,3 +352,12 @@ async def test_an_unreachable_api_is_said_plainly(tmp_path: Path) -> None:
     closed = Cli(f"http://127.0.0.1:{free_port()}", tmp_path / "config", {})
     code, _, err = await closed.run("login")
     assert code == 1 and "cannot reach the API" in err and "ssl" not in err.lower()
+
+
+async def test_usage_verb(cli: Cli) -> None:
+    await _signed_in(cli)
+    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}', "--wait")
+    code, out, _ = await cli.run("usage")
+    assert code == 0 and "1 job(s)" in out and "demo" in out
+    code, doc = await cli.json("usage", "--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z")
+    assert code == 0 and doc["jobs"] == 0
