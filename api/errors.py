@@ -62,6 +62,7 @@ _RUNNER_STATUS: dict[type[runner_errors.JobError], int] = {
     runner_errors.JobNotFound: 404,
     runner_errors.JobForbidden: 403,
     runner_errors.NotCancellable: 409,
+    runner_errors.NotRerunnable: 409,
     runner_errors.IdempotencyConflict: 409,
     runner_errors.QuotaExceeded: 429,
     runner_errors.UnknownBackend: 400,

@@ -21,6 +21,7 @@ from api.validation import (
     parse_idempotency_key,
     parse_limit,
     parse_reason,
+    parse_rerun,
     parse_status_filter,
     parse_submission,
     parse_time,
@@ -115,6 +116,21 @@ async def cancel_all(request: web.Request) -> web.Response:
     return web.json_response(render.bulk_cancel(outcome))
 
 
+async def rerun(request: web.Request) -> web.Response:
+    runtime, identity = _runtime(request), identity_of(request)
+    job_id = _job_id(request)
+    body = await read_json_object(request, required=False)
+    named = parse_rerun(body)
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    job, created = await jobs.rerun(
+        runtime.pool, job_id, caller=identity.address, admin=identity.admin, executions=named,
+        max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
+        body_hash=jobs.request_hash({"rerun": str(job_id), **body}) if key else None)
+    if created:
+        log.info("job_rerun", job_id=str(job["id"]), rerun_of=str(job_id))
+    return web.json_response(render.job(job), status=201)
+
+
 async def usage(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     until = parse_time("until", request.query.get("until")) or datetime.now(UTC)
@@ -133,4 +149,5 @@ def setup_jobs(app: web.Application) -> None:
     app.router.add_get("/jobs/{job_id}/audit", audit)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/executions/{execution_id}/cancel", cancel_execution)
+    app.router.add_post("/jobs/{job_id}/rerun", rerun)
     app.router.add_get("/usage", usage)

@@ -69,6 +69,7 @@ SCHEMAS: dict[str, Any] = {
         "cancelled_by": {"type": ["string", "null"]}, "cancel_reason": {"type": ["string", "null"]},
         "timeout_s": {"type": ["integer", "null"]}, "metadata": {"type": "object"},
         "error": {"type": ["string", "null"]}, "gpu_seconds": {"type": ["number", "null"]},
+        "rerun_of": {"type": ["string", "null"], "format": "uuid"},
         "executions": {"type": "array", "items": _ref("Execution")}}},
     "Submit": {"type": "object", "required": ["executions"], "additionalProperties": False,
                "properties": {
@@ -94,7 +95,7 @@ _EXAMPLE_JOB = {
     "id": _JOB_ID, "owner": "0x8ba1f109551bD432803012645Ac136ddd64DBA72", "status": "running",
     "created_at": "2026-11-30T12:00:00.000Z", "started_at": "2026-11-30T12:00:00.020Z",
     "finished_at": None, "cancelled_at": None, "cancelled_by": None, "cancel_reason": None,
-    "timeout_s": 900, "metadata": {"project": "demo"}, "error": None,
+    "timeout_s": 900, "metadata": {"project": "demo"}, "error": None, "gpu_seconds": None, "rerun_of": None,
     "executions": [{"id": "0b9d7c1e-2f3a-4b5c-8d6e-7f8091a2b3c4", "name": None, "backend": "demo",
                     "input": {"seconds": 30}, "status": "running", "remote_id": None, "attempts": 1,
                     "started_at": "2026-11-30T12:00:00.020Z", "finished_at": None, "output": None,
@@ -124,6 +125,8 @@ EXAMPLES: dict[str, Any] = {
         "ok": True, "job_id": _JOB_ID, "execution_id": "0b9d7c1e-2f3a-4b5c-8d6e-7f8091a2b3c4",
         "previous_status": "running", "new_status": "cancelled", "context_cancelled": True,
         "cancelled_at": "2026-11-30T12:00:05.000Z"},
+    "/jobs/{job_id}/rerun": {**_EXAMPLE_JOB, "status": "queued",
+                             "rerun_of": "0d5e1f2a-3b4c-4d5e-8f6a-7b8c9d0e1f2a"},
     "/jobs/{job_id}/events": 'data: {"id": "6f1c2a4e-...", "status": "running", ...}\n\n',
     "/backends": {"backends": [{"name": "demo", "kind": "demo", "cancels_remotely": False,
                                 "concurrency": None}]},
@@ -228,6 +231,17 @@ def document(server_url: str = "/") -> dict[str, Any]:
                 "previous_status": {"type": "string"}, "new_status": {"const": "cancelled"},
                 "context_cancelled": {"type": "boolean"}, "cancelled_at": _TIME}}),
                 **_errors(400, 401, 403, 404, 409, 503)}}},
+        "/jobs/{job_id}/rerun": {"post": {
+            "summary": "A new job re-running a cancelled or failed one, keeping what completed",
+            "security": [{"bearer": []}], "parameters": [
+                _JOB_PATH, {"name": "Idempotency-Key", "in": "header", "required": False,
+                            "schema": {"type": "string", "maxLength": 255}}],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "executions": {"type": "array", "items": _ID, "description":
+                                   "run these again (default: every one that did not complete)"}}}}}},
+            "responses": {"201": _json(_ref("Job"), "Created (or the original, on a repeated key)"),
+                          **_errors(400, 401, 403, 404, 409, 429, 503)}}},
         "/jobs/{job_id}/events": {"get": {
             "summary": "Server-sent events: the job as JSON now and at each change; ends after a "
                        "terminal status; a comment ping every 15 s",

@@ -17,7 +17,8 @@ def job(row: JobRow) -> dict[str, Any]:
         "finished_at": iso(row["finished_at"]), "cancelled_at": iso(row["cancelled_at"]),
         "cancelled_by": row["cancelled_by"], "cancel_reason": row["cancel_reason"],
         "timeout_s": row["timeout_s"], "metadata": row["metadata"], "error": row["error"],
-        "gpu_seconds": row["gpu_seconds"], "executions": row["executions"],
+        "gpu_seconds": row["gpu_seconds"], "rerun_of": str(row["rerun_of"]) if row["rerun_of"] else None,
+        "executions": row["executions"],
     }
 
 

@@ -123,6 +123,20 @@ def parse_limit(value: str | None, default: int = 50, maximum: int = 200) -> int
     return limit
 
 
+def parse_rerun(body: Mapping[str, Any]) -> list[uuid.UUID] | None:
+    """The executions a re-run runs again (None: every one that did not complete)."""
+    _only(body, {"executions"}, "body")
+    named = body.get("executions")
+    if named is None:
+        return None
+    if not isinstance(named, list) or not all(isinstance(x, str) for x in named):
+        raise BadRequest("'executions' must be a list of execution ids")
+    try:
+        return [uuid.UUID(x) for x in named]
+    except ValueError:
+        raise BadRequest("'executions' must be a list of execution ids (UUIDs)") from None
+
+
 def parse_time(name: str, value: str | None) -> datetime | None:
     """An ISO 8601 time from a query string (a date alone is its midnight UTC)."""
     if value is None or value == "":

@@ -45,6 +45,10 @@ class NotCancellable(JobError):
     code = "not_cancellable"
 
 
+class NotRerunnable(JobError):
+    code = "not_rerunnable"
+
+
 class QuotaExceeded(JobError):
     code = "quota_exceeded"
 

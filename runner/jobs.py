@@ -14,13 +14,20 @@ from typing import Any
 
 import asyncpg
 
-from runner.errors import IdempotencyConflict, JobError, JobForbidden, JobNotFound, QuotaExceeded
+from runner.errors import (
+    IdempotencyConflict,
+    JobError,
+    JobForbidden,
+    JobNotFound,
+    NotRerunnable,
+    QuotaExceeded,
+)
 
 JobRow = Mapping[str, Any]
 
 JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,
     j.cancelled_at, j.cancelled_by, j.cancel_reason, j.timeout_s, j.metadata, j.error,
-    (SELECT sum(e.gpu_seconds) FROM executions e WHERE e.job_id = j.id) AS gpu_seconds,
+    (SELECT sum(e.gpu_seconds) FROM executions e WHERE e.job_id = j.id) AS gpu_seconds, j.rerun_of,
     runner_executions_json(j.id) AS executions"""
 
 
@@ -64,8 +71,35 @@ async def submit(
         "id": job_id, "owner": owner, "status": "queued", "created_at": row["created"],
         "started_at": None, "finished_at": None, "cancelled_at": None, "cancelled_by": None,
         "cancel_reason": None, "timeout_s": timeout_s, "metadata": metadata, "error": None,
-        "gpu_seconds": None,
+        "gpu_seconds": None, "rerun_of": None,
         "executions": fresh}, True)
+
+
+async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool,
+                executions: list[uuid.UUID] | None, max_active: int, idempotency_key: str | None = None,
+                body_hash: str | None = None) -> tuple[JobRow, bool]:
+    """A new job re-running a cancelled or failed one (runner_rerun, migration 0009): the
+    completed executions not named are kept, the rest run again. Returns (job, created)."""
+    row = await pool.fetchrow("SELECT * FROM runner_rerun($1, $2, $3, $4, $5, $6, $7, $8)",
+                              job_id, uuid.uuid4(), caller, admin, executions, idempotency_key,
+                              body_hash, max_active)
+    assert row is not None
+    outcome = row["outcome"]
+    if outcome == "not_found":
+        raise JobNotFound(f"no job {job_id}")
+    if outcome == "forbidden":
+        raise JobForbidden("this job belongs to another wallet")
+    if outcome == "not_rerunnable":
+        raise NotRerunnable(f"the job is {row['detail']}; only cancelled or failed ones can be re-run",
+                            status=row["detail"])
+    if outcome == "unknown_execution":
+        raise JobError(f"$.executions: {row['detail']} is not an execution of job {job_id}")
+    if outcome == "conflict":
+        raise IdempotencyConflict("this Idempotency-Key was used with a different body in the last 24 h")
+    if outcome == "quota":
+        raise QuotaExceeded(f"this wallet already has {row['detail']} active jobs (limit {max_active})",
+                            limit=max_active)
+    return await _read(pool, row["job"]), outcome == "created"
 
 
 async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> JobRow:

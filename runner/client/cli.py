@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--queued-only", action="store_true", help="with --all: queued jobs only")
     _verb(verbs, "backends", "list the configured backends",
           "Their names and kinds, and whether a cancel reaches the provider.")
+    rerun = _verb(verbs, "rerun", "re-run a cancelled or failed job",
+                  "A new job: the executions that completed are kept (never sent again), the "
+                  "others run again. Prints the new job's id.")
+    rerun.add_argument("job_id", help="the cancelled or failed job")
+    rerun.add_argument("--execution", action="append",
+                       help="run this execution again even if it completed; repeatable "
+                            "(default: every one that did not complete)")
+    rerun.add_argument("--wait", action="store_true",
+                       help="follow the new job live to its end; exit 0 only if it completes")
     usage = _verb(verbs, "usage", "show your spend",
                   "Jobs, executions and GPU-seconds per backend, and what ran on after a cancel.")
     usage.add_argument("--since", help="from this time (ISO 8601; default 30 days before --until)")

@@ -199,6 +199,19 @@ async def backends(args: argparse.Namespace, client: Client, out: Printer) -> in
     return EXIT_OK
 
 
+async def rerun(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    body = {"executions": args.execution} if args.execution else None
+    job = await client.call("POST", f"/jobs/{args.job_id}/rerun", json_body=body)
+    if not args.wait:
+        out.result(job, job["id"], always=True)
+        return EXIT_OK
+    if not (out.json or out.quiet):
+        print(f"re-running job {args.job_id} as {job['id']}", flush=True)
+    final = await _follow(client, job["id"], out)
+    out.result(final, "")
+    return _exit_for(final)
+
+
 async def usage(args: argparse.Namespace, client: Client, out: Printer) -> int:
     query = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
     reply = await client.call("GET", "/usage" + ("?" + urlencode(query) if query else ""))
@@ -213,4 +226,5 @@ async def usage(args: argparse.Namespace, client: Client, out: Printer) -> int:
 
 Verb = Callable[[argparse.Namespace, Client, Printer], Coroutine[Any, Any, int]]
 CLIENT_VERBS: dict[str, Verb] = {"login": login, "logout": logout, "submit": submit, "jobs": jobs,
-                                 "status": status, "cancel": cancel, "backends": backends, "usage": usage}
+                                 "status": status, "cancel": cancel, "backends": backends, "usage": usage,
+                                 "rerun": rerun}

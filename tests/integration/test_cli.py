@@ -356,8 +356,22 @@ async def test_an_unreachable_api_is_said_plainly(tmp_path: Path) -> None:
 
 async def test_usage_verb(cli: Cli) -> None:
     await _signed_in(cli)
-    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}', "--wait")
+    await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}', "--wait")
     code, out, _ = await cli.run("usage")
     assert code == 0 and "1 job(s)" in out and "demo" in out
     code, doc = await cli.json("usage", "--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z")
     assert code == 0 and doc["jobs"] == 0
+
+
+async def test_rerun_verb(cli: Cli) -> None:
+    await _signed_in(cli)
+    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
+    code, _, _ = await cli.run("rerun", job["id"])
+    assert code == 1  # a running job is not re-runnable (409 not_rerunnable)
+    await cli.run("cancel", job["id"], "--wait")
+    code, out, _ = await cli.run("-q", "rerun", job["id"])
+    new_id = out.strip()
+    assert code == 0 and uuid.UUID(new_id)
+    code, new = await cli.json("status", new_id)
+    assert code == 0 and new["rerun_of"] == job["id"]
+    await cli.run("cancel", new_id)
