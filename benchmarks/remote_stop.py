@@ -1,0 +1,252 @@
+"""Remote stop: N jobs running at a RunPod-style provider (a local fake: submit, poll status,
+cancel); cancel them one at a time and measure from the cancel request leaving the client to
+the provider receiving `/cancel` for that job.
+
+Ours through `POST /jobs/{id}/cancel`; procrastinate and pgqueuer each with a job that
+submits, polls, and calls the same fake's `/cancel` from its own cancellation handler (what
+a user of theirs would write: benchmarks/peers/runpod_jobs.py), cancelled through their own
+cancel API. All three hold their N jobs at once and job i of each is cancelled in turn, the
+order rotating (as cancel_latency.py does). `--cross`: our API on one instance, the worker
+on another.
+
+Our RunPod backend is configured with cancel_rate_per_s = 1000 here: the default pacing (10
+per second, RunPod's own limit) is a deliberate queue that this sequential one-at-a-time
+measurement would otherwise measure instead of the stop path.
+
+    python -m benchmarks.remote_stop [--n 1000] [--cross] [--poll-s 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from benchmarks.harness import (
+    embedded_postgres,
+    fmt,
+    fresh_database,
+    http_session,
+    machine,
+    percentiles,
+    raise_fd_limit,
+    sign_in,
+    start_service,
+    summary_line,
+)
+
+PEERS = Path(__file__).resolve().parent / "peers"
+CancelOne = Callable[[int], Awaitable[float]]
+
+
+class FakeRunPod:
+    """Submit, status, cancel; notes (on this process's clock) when each job's /cancel came."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, str] = {}  # remote id -> the job's key
+        self.cancelled: dict[str, asyncio.Future[float]] = {}
+        self.running = 0
+        self.everyone: asyncio.Event = asyncio.Event()
+        self.expected = 0
+        self._ids = itertools.count()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def cancel_of(self, key: str) -> asyncio.Future[float]:
+        return self.cancelled.setdefault(key, asyncio.get_running_loop().create_future())
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v2/ep1/run", self._run)
+        app.router.add_get("/v2/ep1/status/{id}", self._status)
+        app.router.add_post("/v2/ep1/cancel/{id}", self._cancel)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _run(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        remote_id = f"rp-{next(self._ids)}"
+        self.keys[remote_id] = str(body["input"]["key"])
+        self.running += 1
+        if self.running >= self.expected:
+            self.everyone.set()
+        return web.json_response({"id": remote_id, "status": "IN_QUEUE"})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "status": "IN_PROGRESS"})
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        at = time.perf_counter()
+        key = self.keys.get(request.match_info["id"], "")
+        future = self.cancel_of(key)
+        if not future.done():
+            future.set_result(at)
+        return web.json_response({"status": "CANCELLED"})
+
+    async def wait_running(self, n: int) -> None:
+        self.expected, self.running = n, 0
+        self.everyone.clear()
+        await asyncio.wait_for(self.everyone.wait(), 300)
+
+
+async def _worker(kind: str, dsn: str, fake: FakeRunPod, n: int, poll_s: float, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, str(PEERS / "runpod_jobs.py"), kind, dsn, fake.url, str(n + 10),
+                             str(poll_s)], stdout=subprocess.PIPE, stderr=log.open("wb"))
+    assert proc.stdout is not None
+    if (await asyncio.to_thread(proc.stdout.readline)).strip() != b"ready":
+        raise RuntimeError(f"{kind} did not start: {log.read_text()[-2000:]}")
+    return proc
+
+
+@contextlib.asynccontextmanager
+async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path) -> AsyncIterator[CancelOne]:
+    fake = FakeRunPod()
+    await fake.start()
+    dsn = await fresh_database(admin, "bench_remote_ours")
+    toml = (f'[backends.rp]\nkind = "runpod"\nbase_url = "{fake.url}/v2"\nendpoint_id = "ep1"\n'
+            f"poll_interval_s = {poll_s}\ncancel_rate_per_s = 1000\n")
+    env = {"RUNNER_BACKENDS_TOML": toml, "RUNNER_CONCURRENCY": str(n + 10), "RUNNER_DB_POOL_SIZE": "20"}
+    services = []
+    try:
+        api = await start_service(dsn, "api" if cross else "all", env, logdir)
+        services.append(api)
+        if cross:
+            services.append(await start_service(dsn, "worker", env, logdir))
+        async with http_session() as http:
+            headers = await sign_in(http, api.base)
+            sem = asyncio.Semaphore(50)
+
+            async def submit(i: int) -> str:
+                async with sem, http.post(f"{api.base}/jobs", headers=headers, json={
+                        "executions": [{"backend": "rp", "input": {"key": f"ours-{i}"}}]}) as resp:
+                    job: dict[str, Any] = await resp.json()
+                    return str(job["id"])
+
+            running = asyncio.ensure_future(fake.wait_running(n))
+            ids = await asyncio.gather(*(submit(i) for i in range(n)))
+            await running
+
+            async def cancel(i: int) -> float:
+                received = fake.cancel_of(f"ours-{i}")
+                t0 = time.perf_counter()
+                async with http.post(f"{api.base}/jobs/{ids[i]}/cancel", headers=headers) as resp:
+                    assert resp.status == 200, await resp.text()
+                return (await asyncio.wait_for(received, 60) - t0) * 1000
+
+            yield cancel
+    finally:
+        for service in services:
+            service.stop()
+        await fake.stop()
+
+
+@contextlib.asynccontextmanager
+async def procrastinate_peer(admin: str, n: int, poll_s: float, logdir: Path) -> AsyncIterator[CancelOne]:
+    import procrastinate
+
+    fake = FakeRunPod()
+    await fake.start()
+    dsn = await fresh_database(admin, "bench_remote_procrastinate")
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        worker = await _worker("procrastinate", dsn, fake, n, poll_s, logdir / "procrastinate-remote.log")
+        try:
+            running = asyncio.ensure_future(fake.wait_running(n))
+            deferrer = app.configure_task("runpod")
+            ids = [await deferrer.defer_async(key=f"procrastinate-{i}") for i in range(n)]
+            await running
+
+            async def cancel(i: int) -> float:
+                received = fake.cancel_of(f"procrastinate-{i}")
+                t0 = time.perf_counter()
+                assert await app.job_manager.cancel_job_by_id_async(ids[i], abort=True)
+                return (await asyncio.wait_for(received, 60) - t0) * 1000
+
+            yield cancel
+        finally:
+            worker.terminate()
+            worker.wait(20)
+            await fake.stop()
+
+
+@contextlib.asynccontextmanager
+async def pgqueuer_peer(admin: str, n: int, poll_s: float, logdir: Path) -> AsyncIterator[CancelOne]:
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Queries
+
+    fake = FakeRunPod()
+    await fake.start()
+    dsn = await fresh_database(admin, "bench_remote_pgqueuer")
+    conn = await asyncpg.connect(dsn)
+    queries = Queries(AsyncpgDriver(conn))
+    await queries.install()
+    worker = await _worker("pgqueuer", dsn, fake, n, poll_s, logdir / "pgqueuer-remote.log")
+    try:
+        running = asyncio.ensure_future(fake.wait_running(n))
+        ids = await queries.enqueue(["runpod"] * n, [f"pgqueuer-{i}".encode() for i in range(n)], [0] * n)
+        await running
+
+        async def cancel(i: int) -> float:
+            received = fake.cancel_of(f"pgqueuer-{i}")
+            t0 = time.perf_counter()
+            await queries.mark_job_as_cancelled([ids[i]])
+            return (await asyncio.wait_for(received, 60) - t0) * 1000
+
+        yield cancel
+    finally:
+        worker.terminate()
+        worker.wait(20)
+        await conn.close()
+        await fake.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--cross", action="store_true")
+    parser.add_argument("--poll-s", type=float, default=5.0, help="every system's status poll interval")
+    args = parser.parse_args()
+    raise_fd_limit()
+    print(f"remote stop: {args.n} RunPod-style jobs each, cancel request -> the provider's /cancel received"
+          f"{' (API and worker on two instances)' if args.cross else ''}; {machine()}")
+    with embedded_postgres() as admin, tempfile.TemporaryDirectory(prefix="remote-stop-") as tmp:
+        logdir = Path(tmp)
+        async with contextlib.AsyncExitStack() as stack:
+            systems = {
+                "runner": await stack.enter_async_context(ours(admin, args.n, args.poll_s, args.cross, logdir)),
+                "procrastinate": await stack.enter_async_context(procrastinate_peer(admin, args.n, args.poll_s, logdir)),
+                "pgqueuer": await stack.enter_async_context(pgqueuer_peer(admin, args.n, args.poll_s, logdir)),
+            }
+            names = list(systems)
+            samples: dict[str, list[float]] = {name: [] for name in names}
+            for i in range(args.n):
+                for k in range(len(names)):
+                    name = names[(i + k) % len(names)]
+                    samples[name].append(await systems[name](i))
+        for name in names:
+            summary_line(f"{name}: cancel -> /cancel received", fmt(percentiles(samples[name])))
+        best = min(percentiles(samples[p])["p99"] for p in names[1:])
+        summary_line("p99 ratio runner / best peer", f"{percentiles(samples['runner'])['p99'] / best:.2f}")
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
