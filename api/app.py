@@ -10,7 +10,7 @@ from api.auth import auth_middleware, setup_auth
 from api.bodies import READ_TIMEOUT_S
 from api.cors import preflight_middleware, setup_cors
 from api.errors import Unavailable, error_middleware
-from api.events import job_events
+from api.events import job_events, wallet_events
 from api.jobs import setup_jobs
 from api.openapi import openapi
 from api.sessions import Sessions
@@ -71,6 +71,7 @@ def create_app(runtime: Runtime) -> web.Application:
     setup_auth(app, sessions)
     setup_jobs(app)
     app.router.add_get("/jobs/{job_id}/events", job_events)
+    app.router.add_get("/events", wallet_events)
     app.router.add_get("/backends", backends)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

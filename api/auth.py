@@ -20,9 +20,10 @@ SESSIONS = web.AppKey("sessions", Sessions)
 NONCE_LIMITER = web.AppKey("nonce_limiter", RateLimiter)
 IDENTITY = web.RequestKey("identity", Identity)
 COOKIE = "runner_session"
-_EVENTS_PATH = re.compile(r"/jobs/[^/]+/events")
+_EVENTS_PATH = re.compile(r"/jobs/[^/]+/events|/events")
 _CANCEL_PATH = re.compile(r"/jobs/[^/]+/cancel")
-_SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket", "/backends", "/usage"})
+_SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket", "/backends", "/usage",
+                            "/events"})
 
 
 def identity_of(request: web.Request) -> Identity:

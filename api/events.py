@@ -1,4 +1,5 @@
-"""GET /jobs/{id}/events: server-sent events carrying the job as it changes."""
+"""Server-sent events: GET /jobs/{id}/events (one job as it changes, until it ends) and
+GET /events (every change of the caller's jobs, resumable with Last-Event-ID)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from api import render
 from api.auth import identity_of
+from api.errors import BadRequest
 from api.sessions import Identity
 from api.state import RUNTIME
 from api.validation import parse_id
@@ -71,3 +73,56 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
+
+
+REPLAY_BATCH = 200
+
+
+async def wallet_events(request: web.Request) -> web.StreamResponse:
+    """GET /events: every change of the caller's jobs on one stream. `id:` is the change's
+    audit event id; a reconnect with Last-Event-ID gets what it missed (or an event of type
+    `reset` when that history is gone: reload the list)."""
+    runtime, identity = request.app[RUNTIME], identity_of(request)
+    after = _last_event_id(request)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # Listen before reading, so no change can fall between the read and the LISTEN.
+    async with runtime.watch.watching_wallet(identity.address) as changed:
+        low, high = await jobs.event_bounds(runtime.pool)
+        await response.prepare(request)
+        if after is None or after > high:
+            # A first connection: the stream starts now; the id lets a reconnect resume here.
+            await response.write(f"id: {high}\nevent: ready\ndata: {{}}\n\n".encode())
+            after = high
+        elif after < low - 1:
+            await response.write(f"id: {high}\nevent: reset\ndata: {{}}\n\n".encode())
+            after = high
+        while True:
+            changed.clear()
+            try:
+                rows = await jobs.changed_since(runtime.pool, owner=identity.address, after=after,
+                                                limit=REPLAY_BATCH)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await response.write(b": database unavailable\n\n")
+                rows = []
+            for row in rows:
+                after = row["last_event"]
+                await response.write(f"id: {after}\ndata: {json.dumps(render.job(row))}\n\n".encode())
+            if len(rows) == REPLAY_BATCH:
+                continue  # more behind these
+            try:
+                async with asyncio.timeout(PING_S):
+                    await changed.wait()
+            except TimeoutError:
+                await response.write(b": ping\n\n")
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest("Last-Event-ID must be an event id this stream sent")
+    return int(raw)

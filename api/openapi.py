@@ -128,6 +128,7 @@ EXAMPLES: dict[str, Any] = {
     "/jobs/{job_id}/rerun": {**_EXAMPLE_JOB, "status": "queued",
                              "rerun_of": "0d5e1f2a-3b4c-4d5e-8f6a-7b8c9d0e1f2a"},
     "/jobs/{job_id}/events": 'data: {"id": "6f1c2a4e-...", "status": "running", ...}\n\n',
+    "/events": 'id: 1042\ndata: {"id": "6f1c2a4e-...", "status": "cancelled", ...}\n\n',
     "/backends": {"backends": [{"name": "demo", "kind": "demo", "cancels_remotely": False,
                                 "concurrency": None}]},
     "/usage": {"address": "0x8ba1f109551bD432803012645Ac136ddd64DBA72", "since": "2026-10-31T12:00:00.000Z",
@@ -175,7 +176,8 @@ def document(server_url: str = "/") -> dict[str, Any]:
                 "address": {"type": "string"}, "admin": {"type": "boolean"}, "expires_at": _TIME}}),
             **_errors(401)}}},
         "/auth/ticket": {"post": {
-            "summary": "A single-use, 60 s ticket for GET /jobs/{job_id}/events?ticket=",
+            "summary": "A single-use, 60 s ticket for GET /jobs/{job_id}/events?ticket= and "
+                       "GET /events?ticket=",
             "security": [{"bearer": []}],
             "responses": {"200": _json({"type": "object", "properties": {
                 "ticket": {"type": "string"}, "expires_at": _TIME}}), **_errors(401)}}},
@@ -249,6 +251,16 @@ def document(server_url: str = "/") -> dict[str, Any]:
             "responses": {"200": {"description": "text/event-stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                           **jobs_errors}}},
+        "/events": {"get": {
+            "summary": "Server-sent events of all the caller's jobs: `id:` an increasing event id, `data:` "
+                       "the job JSON at each creation and change; a reconnect with Last-Event-ID replays "
+                       "what was missed, or sends an event of type `reset`; a comment ping every 15 s",
+            "security": [*_SESSION, {"ticket": []}],
+            "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "text/event-stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **_errors(400, 401)}}},
         "/backends": {"get": {
             "summary": "The configured backends (no URLs, keys or headers)", "security": _SESSION,
             "responses": {"200": _json({"type": "object", "properties": {"backends": {

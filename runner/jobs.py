@@ -184,3 +184,23 @@ async def usage(pool: asyncpg.Pool, *, owner: str, since: datetime, until: datet
                                     "gpu_seconds_after_cancel": round(float(r["after_cancel"]), 3)}
                      for r in rows if r["backend"] is not None},
     }
+
+
+async def event_bounds(pool: asyncpg.Pool) -> tuple[int, int]:
+    """The oldest and newest audit event ids (0, 0 when there are none)."""
+    row = await pool.fetchrow(
+        "SELECT coalesce(min(id), 0) AS low, coalesce(max(id), 0) AS high FROM job_events")
+    assert row is not None
+    return row["low"], row["high"]
+
+
+async def changed_since(pool: asyncpg.Pool, *, owner: str, after: int, limit: int) -> list[JobRow]:
+    """The wallet's jobs with an audit event after `after`, each once with its newest event
+    id (`last_event`), oldest change first."""
+    rows: list[JobRow] = await pool.fetch(
+        f"""SELECT {JOB_COLUMNS}, c.last AS last_event FROM (
+                SELECT e.job_id, max(e.id) AS last FROM job_events e JOIN jobs o ON o.id = e.job_id
+                WHERE e.id > $2 AND o.owner = $1 GROUP BY e.job_id ORDER BY last LIMIT $3) c
+            JOIN jobs j ON j.id = c.job_id ORDER BY c.last""",
+        owner, after, limit)
+    return rows

@@ -8,7 +8,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-from runner.db.listener import Listener, job_channel
+from runner.db.listener import Listener, job_channel, wallet_channel
 
 
 class JobWatch:
@@ -16,15 +16,21 @@ class JobWatch:
         self.listener = listener
         self._events: set[asyncio.Event] = set()
 
-    @contextlib.asynccontextmanager
-    async def watching(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
+    def watching(self, job_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         """An Event set whenever the job may have changed; clear it before each re-read."""
+        return self.watching_channel(job_channel(job_id))
+
+    def watching_wallet(self, address: str) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """An Event set whenever any of the wallet's jobs may have changed."""
+        return self.watching_channel(wallet_channel(address))
+
+    @contextlib.asynccontextmanager
+    async def watching_channel(self, channel: str) -> AsyncIterator[asyncio.Event]:
         event = asyncio.Event()
 
         def changed(_payload: str) -> None:
             event.set()
 
-        channel = job_channel(job_id)
         if self.listener is not None:
             await self.listener.watch(channel, changed)
         self._events.add(event)

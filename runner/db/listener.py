@@ -33,6 +33,11 @@ def job_channel(job_id: uuid.UUID) -> str:
     return JOB_PREFIX + job_id.hex
 
 
+def wallet_channel(address: str) -> str:
+    """The channel runner_notify_job() (SQL) signals for any job of this wallet."""
+    return "runner_wallet_" + address[2:].lower()
+
+
 class Listener:
     def __init__(self, dsn: str, *, health_interval_s: float = 5.0) -> None:
         self.dsn = dsn

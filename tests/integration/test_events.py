@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -44,3 +45,56 @@ async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, 
     assert seen[-1]["status"] == "cancelled"
     assert [s["status"] for s in seen].count("cancelled") == 1
     assert len({str(s) for s in seen}) == len(seen)  # each event is a change
+
+
+async def _read_event(resp: Any) -> dict[str, str]:
+    """The next server-sent event (comments skipped): its fields."""
+    fields: dict[str, str] = {}
+    while True:
+        line = (await asyncio.wait_for(resp.content.readline(), 10)).decode().rstrip("\n")
+        if line == "" and fields:
+            return fields
+        if line.startswith(":") or line == "":
+            continue
+        key, _, value = line.partition(": ")
+        fields[key] = value
+
+
+async def test_one_stream_carries_every_change_of_the_callers_jobs(
+        api: Api, http: Any, fake_gpu: FakeGpu) -> None:
+    from tests.wallets import Wallet
+
+    stranger = await Api.signed_in(http, api.base, Wallet())
+    async with http.get(f"{api.base}/events", headers=api.headers) as resp:
+        assert resp.status == 200
+        ready = await _read_event(resp)
+        assert ready["event"] == "ready"
+        theirs = await stranger.submit({"backend": "demo", "input": {"seconds": 0}})
+        mine = await api.submit({"backend": "demo", "input": {"seconds": 0}})
+        seen: list[dict[str, Any]] = []
+        ids: list[int] = []
+        while not seen or seen[-1]["status"] != "completed":
+            event = await _read_event(resp)
+            ids.append(int(event["id"]))
+            seen.append(json.loads(event["data"]))
+        assert {s["id"] for s in seen} == {mine["id"]} and theirs["id"] not in {s["id"] for s in seen}
+        assert ids == sorted(ids) and ids[0] > int(ready["id"])
+    # A reconnect from the first change gets what it missed: the job as it is now, once.
+    async with http.get(f"{api.base}/events", headers={**api.headers, "Last-Event-ID": str(ids[0])}) as resp:
+        replayed = await _read_event(resp)
+        assert json.loads(replayed["data"])["status"] == "completed" and int(replayed["id"]) == ids[-1]
+
+
+async def test_a_reconnect_past_the_kept_history_is_told_to_reset(api: Api, service: Any, db: Any) -> None:
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    job = await api.submit({"backend": "demo", "input": {"seconds": 0}})
+    await api.until(job["id"], "completed")
+    await db.execute("UPDATE jobs SET finished_at = $1 WHERE id = $2",
+                     datetime.now(UTC) - timedelta(days=40), uuid.UUID(job["id"]))
+    await service.worker.apply_retention(30)  # its events are gone
+    later = await api.submit({"backend": "demo", "input": {"seconds": 0}})
+    await api.until(later["id"], "completed")
+    async with api.http.get(f"{api.base}/events", headers={**api.headers, "Last-Event-ID": "1"}) as resp:
+        assert (await _read_event(resp))["event"] == "reset"
