@@ -124,11 +124,16 @@ async def submit(args: argparse.Namespace, client: Client, out: Printer) -> int:
     if args.timeout_s is not None:
         body["timeout_s"] = args.timeout_s
     job = await client.call("POST", "/jobs", json_body=body)
-    if not args.wait:
+    return await _new_job(client, out, job, args.wait, f"submitted job {job['id']}")
+
+
+async def _new_job(client: Client, out: Printer, job: dict[str, Any], wait: bool, note: str) -> int:
+    """A job just created: its id (for scripts), or with `wait`, followed to its end."""
+    if not wait:
         out.result(job, job["id"], always=True)
         return EXIT_OK
     if not (out.json or out.quiet):
-        print(f"submitted job {job['id']}", flush=True)
+        print(note, flush=True)
     final = await _follow(client, job["id"], out)
     out.result(final, "")
     return _exit_for(final)
@@ -202,14 +207,7 @@ async def backends(args: argparse.Namespace, client: Client, out: Printer) -> in
 async def rerun(args: argparse.Namespace, client: Client, out: Printer) -> int:
     body = {"executions": args.execution} if args.execution else None
     job = await client.call("POST", f"/jobs/{args.job_id}/rerun", json_body=body)
-    if not args.wait:
-        out.result(job, job["id"], always=True)
-        return EXIT_OK
-    if not (out.json or out.quiet):
-        print(f"re-running job {args.job_id} as {job['id']}", flush=True)
-    final = await _follow(client, job["id"], out)
-    out.result(final, "")
-    return _exit_for(final)
+    return await _new_job(client, out, job, args.wait, f"re-running job {args.job_id} as {job['id']}")
 
 
 async def usage(args: argparse.Namespace, client: Client, out: Printer) -> int:
