@@ -80,10 +80,14 @@ async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bo
                 body_hash: str | None = None) -> tuple[JobRow, bool]:
     """A new job re-running a cancelled or failed one (runner_rerun, migration 0009): the
     completed executions not named are kept, the rest run again. Returns (job, created)."""
-    row = await pool.fetchrow("SELECT * FROM runner_rerun($1, $2, $3, $4, $5, $6, $7, $8)",
-                              job_id, uuid.uuid4(), caller, admin, executions, idempotency_key,
-                              body_hash, max_active)
-    assert row is not None
+    # The new job is read in the statement's own transaction: as created, before any worker
+    # (woken by its commit) has claimed it.
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT * FROM runner_rerun($1, $2, $3, $4, $5, $6, $7, $8)",
+                                  job_id, uuid.uuid4(), caller, admin, executions, idempotency_key,
+                                  body_hash, max_active)
+        assert row is not None
+        job = await _read(conn, row["job"]) if row["outcome"] in ("created", "existing") else None
     outcome = row["outcome"]
     if outcome == "not_found":
         raise JobNotFound(f"no job {job_id}")
@@ -99,7 +103,8 @@ async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bo
     if outcome == "quota":
         raise QuotaExceeded(f"this wallet already has {row['detail']} active jobs (limit {max_active})",
                             limit=max_active)
-    return await _read(pool, row["job"]), outcome == "created"
+    assert job is not None
+    return job, outcome == "created"
 
 
 async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> JobRow:
