@@ -90,13 +90,21 @@ async def test_a_waiting_execution_is_cancelled_at_once(
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     first = await api.submit({"backend": "gpu", "input": {"mode": "hold"}},
                              {"backend": "gpu", "input": {"mode": "hold"}})
-    held, waiting = (e["id"] for e in first["executions"])
-    await asyncio.wait_for(fake_gpu.started[held].wait(), 10)
-    job = await api.until_execution(first["id"], 1, lambda e: e["status"] == "queued")
-    assert job["executions"][1]["status"] == "queued"  # its turn has not come: one slot, taken
+    ids = [e["id"] for e in first["executions"]]
+    # One slot: whichever execution takes it first runs, the other waits its turn.
+    turns = {asyncio.ensure_future(fake_gpu.started[i].wait()): i for i in ids}
+    done, pending = await asyncio.wait(turns, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    for future in pending:
+        future.cancel()
+    assert done, "neither execution started"
+    held = turns[done.pop()]
+    waiting = next(i for i in ids if i != held)
+    index = ids.index(waiting)
+    job = await api.until_execution(first["id"], index, lambda e: e["status"] == "queued")
+    assert job["executions"][index]["status"] == "queued"  # its turn has not come: one slot, taken
     status, reply = await api.call("POST", f"/jobs/{first['id']}/executions/{waiting}/cancel")
     assert status == 200 and reply["previous_status"] == "queued"
-    assert waiting not in fake_gpu.started  # never sent
+    assert fake_gpu.calls_for(waiting) == 0  # never sent
     assert (await api.cancel(first["id"], wait=True))[1]["stopped"] is True
 
 
