@@ -55,6 +55,7 @@ class FakeRunPod:
 
     def __init__(self) -> None:
         self.keys: dict[str, str] = {}  # remote id -> the job's key
+        self.stopped: set[str] = set()  # remote ids cancelled: reported over, as a provider would
         self.cancelled: dict[str, asyncio.Future[float]] = {}
         self.running = 0
         self.everyone: asyncio.Event = asyncio.Event()
@@ -91,11 +92,14 @@ class FakeRunPod:
         return web.json_response({"id": remote_id, "status": "IN_QUEUE"})
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response({"id": request.match_info["id"], "status": "IN_PROGRESS"})
+        remote_id = request.match_info["id"]
+        status = "CANCELLED" if remote_id in self.stopped else "IN_PROGRESS"
+        return web.json_response({"id": remote_id, "status": status, "executionTime": 1000})
 
     async def _cancel(self, request: web.Request) -> web.Response:
         at = time.perf_counter()
         key = self.keys.get(request.match_info["id"], "")
+        self.stopped.add(request.match_info["id"])
         future = self.cancel_of(key)
         if not future.done():
             future.set_result(at)
