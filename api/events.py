@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import json
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -26,20 +27,28 @@ from runner.statuses import TERMINAL
 log = structlog.get_logger("api.events")
 
 PING_S = 15.0
+T = TypeVar("T")
+
+
+async def _unless_away(read: Awaitable[T], response: web.StreamResponse) -> T | None:
+    """`read`'s result; None while the database is away -- the stream goes on, pinging, and
+    reads again once it is back: a short outage does not cut it."""
+    try:
+        return await read
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.info("event_stream_waiting_for_database", error=repr(exc))
+        await response.write(b": database unavailable\n\n")
+        return None
 
 
 async def _reread(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity,
                   response: web.StreamResponse) -> dict[str, Any] | None:
-    """The job as it is now; None while the database is away (the stream goes on, pinging,
-    and re-reads once it is back: a short outage does not cut it)."""
-    try:
-        return render.job(await jobs.get_job(pool, job_id, caller=identity.address, admin=identity.admin))
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        log.info("event_stream_waiting_for_database", job_id=str(job_id), error=repr(exc))
-        await response.write(b": database unavailable\n\n")
-        return None
+    """The job as it is now; None while the database is away."""
+    row = await _unless_away(jobs.get_job(pool, job_id, caller=identity.address, admin=identity.admin),
+                             response)
+    return None if row is None else render.job(row)
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -99,14 +108,8 @@ async def wallet_events(request: web.Request) -> web.StreamResponse:
             after = high
         while True:
             changed.clear()
-            try:
-                rows = await jobs.changed_since(runtime.pool, owner=identity.address, after=after,
-                                                limit=REPLAY_BATCH)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                await response.write(b": database unavailable\n\n")
-                rows = []
+            rows = await _unless_away(jobs.changed_since(runtime.pool, owner=identity.address, after=after,
+                                                         limit=REPLAY_BATCH), response) or []
             for row in rows:
                 after = row["last_event"]
                 await response.write(f"id: {after}\ndata: {json.dumps(render.job(row))}\n\n".encode())
