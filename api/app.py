@@ -13,6 +13,7 @@ from api.errors import Unavailable, error_middleware
 from api.events import job_events, wallet_events
 from api.jobs import setup_jobs
 from api.openapi import openapi
+from api.portal import setup_portal
 from api.sessions import Sessions
 from api.state import RUNTIME
 from runner.db.listener import AUTH
@@ -78,6 +79,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     if runtime.settings.metrics_port is None:
         app.router.add_get("/metrics", metrics)
+    setup_portal(app)
     return app
 
 

@@ -60,8 +60,10 @@ async def _identify(request: web.Request) -> Identity:
         if identity is None:
             raise Unauthenticated("the session is unknown, expired or signed out; sign in again")
         return identity
-    if request.method not in ("GET", "HEAD"):
+    if request.method not in ("GET", "HEAD") and request.path != "/auth/logout":
         # Cookies ride along on cross-site requests; requiring the header keeps CSRF out.
+        # Signing out is the exception: a page reloaded has its cookie but no token, and a
+        # forged sign-out costs its victim a signature, nothing more.
         raise Unauthenticated("send Authorization: Bearer <token> (cookies only work on GET)")
     ticket = request.query.get("ticket")
     if ticket is not None and _EVENTS_PATH.fullmatch(request.path):

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
@@ -43,6 +43,16 @@ async def _unless_away(read: Awaitable[T], response: web.StreamResponse) -> T | 
         return None
 
 
+@contextlib.contextmanager
+def _until_the_client_leaves() -> Iterator[None]:
+    """A write that finds the client gone (a closed tab) ends the stream: that is how most
+    streams end, not an error."""
+    try:
+        yield
+    except ConnectionResetError:
+        log.debug("event_stream_client_gone")
+
+
 async def _reread(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity,
                   response: web.StreamResponse) -> dict[str, Any] | None:
     """The job as it is now; None while the database is away."""
@@ -64,24 +74,29 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         job = render.job(await jobs.get_job(runtime.pool, job_id, caller=identity.address,
                                             admin=identity.admin))
         await response.prepare(request)
-        sent = None
-        while True:
-            if job != sent:
-                await response.write(f"data: {json.dumps(job)}\n\n".encode())
-                sent = job
-            if job["status"] in TERMINAL:
-                break  # clients close on it (an EventSource would otherwise reconnect)
-            try:
-                async with asyncio.timeout(PING_S):
-                    await changed.wait()
-            except TimeoutError:
-                await response.write(b": ping\n\n")
-            changed.clear()
-            # Re-read on every wake and every ping: NOTIFY is a hint, the row is the truth.
-            job = await _reread(runtime.pool, job_id, identity, response) or job
-    with contextlib.suppress(ConnectionResetError):
-        await response.write_eof()
+        with _until_the_client_leaves():
+            await _follow_job(runtime.pool, job_id, identity, job, changed, response)
     return response
+
+
+async def _follow_job(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity, job: dict[str, Any],
+                      changed: asyncio.Event, response: web.StreamResponse) -> None:
+    sent = None
+    while True:
+        if job != sent:
+            await response.write(f"data: {json.dumps(job)}\n\n".encode())
+            sent = job
+        if job["status"] in TERMINAL:
+            break  # clients close on it (an EventSource would otherwise reconnect)
+        try:
+            async with asyncio.timeout(PING_S):
+                await changed.wait()
+        except TimeoutError:
+            await response.write(b": ping\n\n")
+        changed.clear()
+        # Re-read on every wake and every ping: NOTIFY is a hint, the row is the truth.
+        job = await _reread(pool, job_id, identity, response) or job
+    await response.write_eof()
 
 
 REPLAY_BATCH = 200
@@ -99,27 +114,34 @@ async def wallet_events(request: web.Request) -> web.StreamResponse:
     async with runtime.watch.watching_wallet(identity.address) as changed:
         low, high = await jobs.event_bounds(runtime.pool)
         await response.prepare(request)
-        if after is None or after > high:
-            # A first connection: the stream starts now; the id lets a reconnect resume here.
-            await response.write(f"id: {high}\nevent: ready\ndata: {{}}\n\n".encode())
-            after = high
-        elif after < low - 1:
-            await response.write(f"id: {high}\nevent: reset\ndata: {{}}\n\n".encode())
-            after = high
-        while True:
-            changed.clear()
-            rows = await _unless_away(jobs.changed_since(runtime.pool, owner=identity.address, after=after,
-                                                         limit=REPLAY_BATCH), response) or []
-            for row in rows:
-                after = row["last_event"]
-                await response.write(f"id: {after}\ndata: {json.dumps(render.job(row))}\n\n".encode())
-            if len(rows) == REPLAY_BATCH:
-                continue  # more behind these
-            try:
-                async with asyncio.timeout(PING_S):
-                    await changed.wait()
-            except TimeoutError:
-                await response.write(b": ping\n\n")
+        with _until_the_client_leaves():
+            if after is None or after > high:
+                # A first connection: the stream starts now; the id lets a reconnect resume here.
+                await response.write(f"id: {high}\nevent: ready\ndata: {{}}\n\n".encode())
+                after = high
+            elif after < low - 1:
+                await response.write(f"id: {high}\nevent: reset\ndata: {{}}\n\n".encode())
+                after = high
+            await _follow_wallet(runtime.pool, identity.address, after, changed, response)
+    return response
+
+
+async def _follow_wallet(pool: asyncpg.Pool, owner: str, after: int, changed: asyncio.Event,
+                         response: web.StreamResponse) -> None:
+    while True:
+        changed.clear()
+        rows = await _unless_away(jobs.changed_since(pool, owner=owner, after=after, limit=REPLAY_BATCH),
+                                  response) or []
+        for row in rows:
+            after = row["last_event"]
+            await response.write(f"id: {after}\ndata: {json.dumps(render.job(row))}\n\n".encode())
+        if len(rows) == REPLAY_BATCH:
+            continue  # more behind these
+        try:
+            async with asyncio.timeout(PING_S):
+                await changed.wait()
+        except TimeoutError:
+            await response.write(b": ping\n\n")
 
 
 def _last_event_id(request: web.Request) -> int | None:

@@ -139,6 +139,8 @@ EXAMPLES: dict[str, Any] = {
     "/readyz": {"ok": True},
     "/metrics": "runner_jobs_running 3.0\n",
     "/openapi.json": {"openapi": "3.1.0"},
+    "/": "<!doctype html>...",
+    "/portal/{path}": "export function ...",
 }
 def _with_examples(paths: dict[str, Any]) -> dict[str, Any]:
     for path, operations in paths.items():
@@ -287,6 +289,12 @@ def document(server_url: str = "/") -> dict[str, Any]:
                              "responses": {"200": {"description": "text/plain"}}}},
         "/openapi.json": {"get": {"summary": "This document",
                                   "responses": {"200": _json({"type": "object"})}}},
+        "/": {"get": {"summary": "The portal page: sign in with a wallet, submit, watch and cancel jobs",
+                      "responses": {"200": {"description": "text/html"}}}},
+        "/portal/{path}": {"get": {
+            "summary": "The portal's static files (ES modules, CSS, vendored libraries)",
+            "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the file"}, **_errors(404)}}},
     }
     return {
         "openapi": "3.1.0",

@@ -71,6 +71,21 @@ async def test_login_sets_the_session_cookie_for_get_only(
         assert (await resp.json())["error"] == "unauthenticated"
 
 
+async def test_sign_out_takes_the_cookie_alone(http: aiohttp.ClientSession, base_url: str) -> None:
+    """A reloaded page has its cookie but no token: it can still end its session."""
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    status, session = await login(http, base_url, text, wallet.sign(text))
+    assert status == 200
+    async with http.post(f"{base_url}/jobs", json={"executions": [{"backend": "demo"}]}) as resp:
+        assert resp.status == 401  # other POSTs still need the header
+    async with http.post(f"{base_url}/auth/logout") as resp:
+        assert resp.status == 200, await resp.text()
+    http.cookie_jar.clear()
+    async with http.get(f"{base_url}/auth/me", cookies={"runner_session": session["token"]}) as me:
+        assert me.status == 401
+
+
 async def test_replayed_nonce_is_refused(http: aiohttp.ClientSession, base_url: str) -> None:
     wallet = Wallet()
     text = wallet.message(await get_nonce(http, base_url)).to_text()

@@ -98,3 +98,23 @@ async def test_a_reconnect_past_the_kept_history_is_told_to_reset(api: Api, serv
     await api.until(later["id"], "completed")
     async with api.http.get(f"{api.base}/events", headers={**api.headers, "Last-Event-ID": "1"}) as resp:
         assert (await _read_event(resp))["event"] == "reset"
+
+
+async def test_a_client_gone_mid_stream_ends_the_stream_quietly(
+        api: Api, http: Any, service: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A browser tab closed while its stream waits: the next change finds the client gone,
+    and that is the end of the stream, not an error with a trace."""
+    for path in ("/events", None):
+        job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
+        resp = await http.get(f"{api.base}{path or '/jobs/' + job['id'] + '/events'}", headers=api.headers)
+        await _read_event(resp)
+        assert service.watch._events, "the stream is waiting for changes"
+        resp.connection.transport.abort()  # gone without a goodbye, as a closed tab is
+        resp.release()
+        await api.cancel(job["id"])
+        async with asyncio.timeout(10):
+            # The handler's end has no event of its own; its listener registration going is it.
+            while service.watch._events:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [], [r.getMessage() for r in errors]

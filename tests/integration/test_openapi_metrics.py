@@ -18,7 +18,7 @@ def _routes(app: web.Application) -> set[tuple[str, str]]:
         if route.method in ("HEAD", "OPTIONS"):
             continue
         info = route.resource.get_info() if route.resource is not None else {}
-        path = info.get("path") or info.get("formatter")
+        path = info.get("path") or info.get("formatter") or f"{info['prefix']}/{{path}}"
         routes.add((str(path), route.method.lower()))
     return routes
 
