@@ -86,7 +86,8 @@ async def main() -> None:
                 summary_line("first connection closed after", f"{first * 1000:.0f} ms")
                 summary_line("service peak RSS overall", f"{service.rss_peak_mb():.0f} MB")
                 summary_line("CPU during cancel-all: service",
-                             f"{cpu_after[0] - cpu_before[0]:.2f} s")
+                             f"{cpu_after[0] - cpu_before[0]:.2f} s "
+                             f"({(cpu_after[0] - cpu_before[0]) / n * 1e6:.0f} us per job)")
                 summary_line("CPU during cancel-all: all Postgres processes",
                              f"{cpu_after[1] - cpu_before[1]:.2f} s")
                 summary_line("CPU during cancel-all: this client + fake GPU", f"{own_cpu:.2f} s")

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -22,8 +23,6 @@ from runner.errors import JobForbidden, JobNotFound, NotCancellable
 from runner.metrics import Metrics
 
 log = structlog.get_logger("runner.cancel.canceller")
-
-
 
 BULK_CHUNK = 1000
 
@@ -52,7 +51,13 @@ class BulkCancel:
     executions_cancelled: int
 
 
-def cancel_applied(row: asyncpg.Record | None) -> bool:
+# What a job's pending cancel resolves to after a bulk cancel: the shape of CANCEL_JOB's row
+# that `cancel_applied` reads.
+_LANDED = {"changed": True, "previous_status": "running"}
+_NOT_LANDED = {"changed": False, "previous_status": None}
+
+
+def cancel_applied(row: Mapping[str, Any] | None) -> bool:
     """The job is cancelled after CANCEL_JOB: by this statement, or by one before it."""
     return row is not None and (row["changed"] or row["previous_status"] == "cancelled")
 
@@ -146,15 +151,19 @@ class Canceller:
 
     async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> BulkCancel:
         """Cancel a wallet's active jobs, BULK_CHUNK at a time (no lock is held on them all).
-        As soon as a chunk commits, the next chunk's statement is sent and then this chunk's
-        tasks are signalled: Postgres cancels the next chunk while this process closes the
-        previous one's connections."""
+        The wallet's tasks held here are signalled at once, ahead of the statements (as
+        `cancel_job` does for one job): their connections close while Postgres works. Each
+        learns from its chunk's commit whether the cancel landed. Tasks held elsewhere hear
+        each chunk's NOTIFY."""
         started = time.perf_counter()
         ids: list[uuid.UUID] = []
         executions = 0
-        first_signal_ms = None
         waited_s = 0.0
         chunk: asyncio.Task[asyncpg.Record] | None = self._cancel_chunk(owner, statuses, reason)
+        ahead = self._signal_ahead(owner, reason) if "running" in statuses else {}
+        if ahead:
+            await _let_the_stop_run_first()
+        first_signal_ms = round((time.perf_counter() - started) * 1000, 1) if ahead else None
         try:
             while chunk is not None:
                 waiting = time.perf_counter()
@@ -163,12 +172,27 @@ class Canceller:
                 # A full chunk may have more behind it; the next statement starts on the next
                 # loop turn, ahead of the task steps the signals below schedule.
                 chunk = self._cancel_chunk(owner, statuses, reason) if len(row["ids"]) == BULK_CHUNK else None
+                for job_id in row["ids"]:
+                    landed = ahead.pop(job_id, None)
+                    if landed is not None:
+                        landed.set_result(_LANDED)
+                # Claimed here since the signals above (or held by a task on another loop).
                 if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
                     first_signal_ms = first_signal_ms or round((time.perf_counter() - started) * 1000, 1)
                     await _let_the_stop_run_first()
                 ids += row["ids"]
                 executions += row["executions_cancelled"]
+        except BaseException as exc:
+            for landed in ahead.values():  # the statement's fate is unknown: each finds out
+                if isinstance(exc, Exception):
+                    landed.set_exception(exc)
+                else:
+                    landed.cancel()
+            ahead.clear()
+            raise
         finally:
+            for landed in ahead.values():
+                landed.set_result(_NOT_LANDED)  # finished before its chunk reached it
             if chunk is not None and not chunk.done():
                 # Interrupted: a statement still under way commits or rolls back whole.
                 chunk.cancel()
@@ -178,6 +202,17 @@ class Canceller:
                  first_signal_ms=first_signal_ms, waited_for_statements_ms=round(waited_s * 1000, 1),
                  total_ms=round((time.perf_counter() - started) * 1000, 1))
         return BulkCancel(ids, executions)
+
+    def _signal_ahead(self, owner: str, reason: str | None) -> dict[uuid.UUID, asyncio.Future[Any]]:
+        """Signal the owner's tasks held on this loop; each gets a future of "did it land"."""
+        loop = asyncio.get_running_loop()
+        ahead: dict[uuid.UUID, asyncio.Future[Any]] = {}
+        for job_id in self.manager.held_here_by(owner):
+            landed = loop.create_future()
+            if self.manager.cancel_ahead(job_id, StopReason.CANCELLED,
+                                         PendingCancel(owner, False, reason, landed)):
+                ahead[job_id] = landed
+        return ahead
 
     def _cancel_chunk(self, owner: str, statuses: list[str],
                       reason: str | None) -> asyncio.Task[asyncpg.Record]:

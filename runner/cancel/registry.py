@@ -172,6 +172,13 @@ class JobContextManager:
             ctx.task.cancel(reason.value)
         return first
 
+    def held_here_by(self, owner: str) -> list[UUID]:
+        """The jobs of `owner` whose tasks run on the calling thread's loop."""
+        here = threading.get_ident()
+        with self._lock:
+            return [ctx.job_id for ctx in self._jobs.values()
+                    if ctx.owner == owner and ctx.loop_thread == here]
+
     def cancel_execution(self, job_id: UUID, execution_id: UUID,
                          reason: StopReason = StopReason.CANCELLED) -> bool:
         """Cancel one execution's task; the job's task goes on with the others."""

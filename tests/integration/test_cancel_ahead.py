@@ -9,9 +9,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from runner.cancel.registry import JobContext
 from runner.runtime import Runtime
@@ -43,17 +45,25 @@ async def _running(api: Api, service: Runtime, fake: FakeGpu) -> tuple[dict[str,
     return job, execution_id, ctx
 
 
+async def _cancel(api: Api, job_id: str, how: str, reason: str | None = None) -> tuple[int, Any]:
+    """One job's cancel, or the wallet's cancel-all (which signals the same way)."""
+    if how == "job":
+        return await api.cancel(job_id, reason=reason)
+    return await api.call("POST", "/jobs/cancel", json={"reason": reason})
+
+
 async def _kinds(db: asyncpg.Connection, job_id: str) -> list[str]:
     return [r["kind"] for r in await db.fetch(
         "SELECT kind FROM job_events WHERE job_id = $1 ORDER BY id", uuid.UUID(job_id))]
 
 
+@pytest.mark.parametrize("how", ["job", "all"])
 async def test_the_task_stops_before_the_cancel_commits(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str
+    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str, how: str
 ) -> None:
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     async with job_row_locked(db, job["id"]):
-        cancel = asyncio.create_task(api.cancel(job["id"]))
+        cancel = asyncio.create_task(_cancel(api, job["id"], how))
         await wait_event(fake_gpu.closed[execution_id])  # closed while the commit waits
         assert not cancel.done()
         other = await asyncpg.connect(dsn)
@@ -63,8 +73,11 @@ async def test_the_task_stops_before_the_cancel_commits(
         finally:
             await other.close()
     status, reply = await cancel
-    assert status == 200 and reply["previous_status"] == "running"
-    assert reply["context_cancelled"] is True
+    if how == "job":
+        assert status == 200 and reply["previous_status"] == "running"
+        assert reply["context_cancelled"] is True
+    else:
+        assert status == 200 and reply["cancelled"] == [job["id"]]
     await asyncio.wait_for(ctx.stopped.wait(), 10)
     # The remote cancel waited for the commit, so its one call was recorded as answered (sent
     # before, it would find no cancel owed, and the sweeper would send a second one).
@@ -75,12 +88,13 @@ async def test_the_task_stops_before_the_cancel_commits(
     assert kinds.count("task_stopped") == 1
 
 
+@pytest.mark.parametrize("how", ["job", "all"])
 async def test_a_job_that_finished_first_stays_finished_with_no_stop_recorded(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection
+    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, how: str
 ) -> None:
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     async with job_row_locked(db, job["id"]) as tx:
-        cancel = asyncio.create_task(api.cancel(job["id"]))
+        cancel = asyncio.create_task(_cancel(api, job["id"], how))
         await wait_event(fake_gpu.closed[execution_id])
         # Its completion commits first (as the worker's final write would).
         await tx.execute("UPDATE executions SET status = 'completed', finished_at = now() "
@@ -89,19 +103,23 @@ async def test_a_job_that_finished_first_stays_finished_with_no_stop_recorded(
                          "WHERE id = $1", uuid.UUID(job["id"]))
         await tx.execute("COMMIT")
     status, reply = await cancel
-    assert status == 409 and reply["error"] == "not_cancellable" and reply["status"] == "completed"
+    if how == "job":
+        assert status == 409 and reply["error"] == "not_cancellable" and reply["status"] == "completed"
+    else:
+        assert status == 200 and reply["cancelled"] == []
     await asyncio.wait_for(ctx.stopped.wait(), 10)
     assert (await api.job(job["id"]))["status"] == "completed"
     assert "task_stopped" not in await _kinds(db, job["id"])
     assert fake_gpu.url_cancels == []  # nothing was left running to cancel remotely
 
 
+@pytest.mark.parametrize("how", ["job", "all"])
 async def test_a_cancel_whose_statement_failed_is_retried_until_recorded(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str
+    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str, how: str
 ) -> None:
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     async with job_row_locked(db, job["id"]):
-        cancel = asyncio.create_task(api.cancel(job["id"], reason="too slow"))
+        cancel = asyncio.create_task(_cancel(api, job["id"], how, reason="too slow"))
         await wait_event(fake_gpu.closed[execution_id])
         # The connection carrying the cancel is cut while it waits for the lock.
         pid = await _waiting_on_a_lock(db)
