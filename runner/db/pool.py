@@ -13,6 +13,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
+    # Every statement here is prepared once and run many times, as index lookups. Left to
+    # choose, Postgres re-plans the cancel-all on every call once the tables hold history
+    # (0.35 ms, a third of its time): its generic estimate of a wallet's rows is a thousand,
+    # a new wallet's custom one a few (benchmarks/README.md). A SET, not a startup
+    # parameter, so that poolers pass it; the pool's reset keeps the session's settings.
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
 async def connect(dsn: str, application_name: str = "runner") -> asyncpg.Connection:

@@ -135,3 +135,15 @@ async def test_only_a_clean_shutdown_hands_back_the_attempt(pool: asyncpg.Pool) 
     assert again.attempts == 2
     assert await store.requeue_interrupted(pool, job.id, WORKER)  # a shutdown
     assert await pool.fetchval("SELECT attempts FROM jobs WHERE id = $1", job.id) == 1
+
+
+async def test_pool_connections_keep_generic_plans_across_releases(dsn: str) -> None:
+    """With history in the tables Postgres would otherwise plan some statements again on
+    every call (benchmarks/README.md); the setting must survive the pool's reset."""
+    pool = await create_pool(dsn, 2)
+    try:
+        for _ in range(4):
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    finally:
+        await pool.close()
