@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
+WAITING_LOCK_KEY = 0x72756E6E65720003  # one instance at a time notes why jobs wait
 
 
 async def unclaimable(pool: asyncpg.Pool) -> dict[str, int]:
@@ -17,6 +18,29 @@ async def unclaimable(pool: asyncpg.Pool) -> dict[str, int]:
                SELECT 1 FROM workers w WHERE w.lease_expires_at >= now() AND b = ANY(w.backends))
            GROUP BY b""")
     return {r["backend"]: r["jobs"] for r in rows}
+
+
+async def note_waiting(pool: asyncpg.Pool, backends: list[str]) -> int | None:
+    """Say in the audit trail of each queued job that needs one of `backends` (which no live
+    instance has) why it waits: a `waiting` event, once per reason, which also reaches the
+    wallet's event stream. The number noted; None if another instance is at it."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WAITING_LOCK_KEY):
+            return None
+        noted: int = await conn.fetchval(
+            """WITH stranded AS (
+                   SELECT j.id, runner_waiting_reason(j.backends) AS reason FROM jobs j
+                   WHERE j.status = 'queued' AND j.backends && $1::text[]),
+               noted AS (
+                   INSERT INTO job_events (job_id, kind, actor, detail)
+                   SELECT s.id, 'waiting', 'system', jsonb_build_object('reason', s.reason)
+                   FROM stranded s
+                   WHERE s.reason IS NOT NULL AND NOT EXISTS (
+                       SELECT 1 FROM job_events e WHERE e.job_id = s.id AND e.kind = 'waiting'
+                       AND e.detail->>'reason' = s.reason)
+                   RETURNING job_id)
+               SELECT count(runner_notify_job(job_id)) FROM noted""", backends)
+        return noted
 
 
 async def unconfirmed(pool: asyncpg.Pool) -> dict[str, int]:

@@ -101,9 +101,13 @@ class LeaseKeeping:
 
     async def housekeeping(self) -> None:
         """Every renewal period: requeue what lost instances held, count the queued jobs no
-        live instance can run (runner_jobs_unclaimable), and -- once a minute -- retention."""
+        live instance can run (runner_jobs_unclaimable) and note in their audit trails why
+        they wait, and -- once a minute -- retention."""
         await self.requeue_expired()
-        self.metrics.set_counts(self.metrics.jobs_unclaimable, await housekeeping.unclaimable(self.pool))
+        unclaimable = await housekeeping.unclaimable(self.pool)
+        self.metrics.set_counts(self.metrics.jobs_unclaimable, unclaimable)
+        if unclaimable:
+            await housekeeping.note_waiting(self.pool, sorted(unclaimable))
         self.metrics.set_counts(self.metrics.remote_unconfirmed, await housekeeping.unconfirmed(self.pool))
         days = self.settings.retention_days
         now = asyncio.get_running_loop().time()

@@ -49,6 +49,19 @@ async def test_an_instance_claims_only_what_it_can_run(
     line = await _metric(http, f"http://127.0.0.1:{b.port}", 'runner_jobs_unclaimable{backend="gpu-none"}')
     assert line is not None and line.endswith(" 1.0"), line
     assert (await api.job(stranded["id"]))["status"] == "queued"
+    # ...and so does the job's audit trail, once, however often the housekeeping runs.
+    await b.worker.housekeeping()
+    status, audit = await api.call("GET", f"/jobs/{stranded['id']}/audit")
+    assert status == 200
+    waiting = [e for e in audit["events"] if e["kind"] == "waiting"]
+    assert len(waiting) == 1 and "no live instance has backend 'gpu-none'" in waiting[0]["detail"]["reason"]
+    assert waiting[0]["actor"] == "system"
+    for job in (for_a, for_b):
+        status, audit = await api.call("GET", f"/jobs/{job['id']}/audit")
+        assert "waiting" not in [e["kind"] for e in audit["events"]]
+    # An instance that has it arrives: the job runs there.
+    await cluster.start("worker", backends={"gpu-none": every["gpu-none"]})
+    assert (await api.until(stranded["id"], "completed"))["status"] == "completed"
 
 
 async def test_concurrency_is_a_limit_across_instances_even_when_one_dies(
