@@ -13,7 +13,11 @@ Our RunPod backend is configured with cancel_rate_per_s = 1000 here: the default
 per second, RunPod's own limit) is a deliberate queue that this sequential one-at-a-time
 measurement would otherwise measure instead of the stop path.
 
-    python -m benchmarks.remote_stop [--n 1000] [--cross] [--poll-s 5]
+Our requests go through the harness's light client (harness.RawHttp), as in
+cancel_latency.py: the peers are cancelled by a function call in this process, and
+aiohttp's client would add its few hundred microseconds of CPU per request to ours alone.
+
+    python -m benchmarks.remote_stop [--n 1000] [--cross] [--poll-s 5] [--client raw|aiohttp]
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import uvloop
 from aiohttp import web
 
 from benchmarks.harness import (
+    RawHttp,
+    aiohttp_requests,
     embedded_postgres,
     fmt,
     fresh_database,
@@ -121,7 +127,8 @@ async def _worker(kind: str, dsn: str, fake: FakeRunPod, n: int, poll_s: float, 
 
 
 @contextlib.asynccontextmanager
-async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path) -> AsyncIterator[CancelOne]:
+async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
+               client: str) -> AsyncIterator[CancelOne]:
     fake = FakeRunPod()
     await fake.start()
     dsn = await fresh_database(admin, "bench_remote_ours")
@@ -135,7 +142,7 @@ async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path) -> 
         services.append(api)
         if cross:
             services.append(await start_service(dsn, "worker", env, logdir))
-        async with http_session() as http:
+        async with http_session() as http, contextlib.AsyncExitStack() as stack:
             headers = await sign_in(http, api.base)
             sem = asyncio.Semaphore(50)
 
@@ -149,11 +156,15 @@ async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path) -> 
             ids = await asyncio.gather(*(submit(i) for i in range(n)))
             await running
 
+            request = ((await stack.enter_async_context(RawHttp(api.base, headers))).request
+                       if client == "raw" else aiohttp_requests(http, api.base, headers))
+
             async def cancel(i: int) -> float:
                 received = fake.cancel_of(f"ours-{i}")
+                send = request("POST", f"/jobs/{ids[i]}/cancel")  # built before the clock starts
                 t0 = time.perf_counter()
-                async with http.post(f"{api.base}/jobs/{ids[i]}/cancel", headers=headers) as resp:
-                    assert resp.status == 200, await resp.text()
+                status, body = await send()
+                assert status == 200, body
                 return (await asyncio.wait_for(received, 60) - t0) * 1000
 
             yield cancel
@@ -229,6 +240,8 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--cross", action="store_true")
     parser.add_argument("--poll-s", type=float, default=5.0, help="every system's status poll interval")
+    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                        help="the measuring HTTP client for our API (raw: see harness.RawHttp)")
     args = parser.parse_args()
     raise_fd_limit()
     print(f"remote stop: {args.n} RunPod-style jobs each, cancel request -> the provider's /cancel received"
@@ -237,7 +250,8 @@ async def main() -> None:
         logdir = Path(tmp)
         async with contextlib.AsyncExitStack() as stack:
             systems = {
-                "runner": await stack.enter_async_context(ours(admin, args.n, args.poll_s, args.cross, logdir)),
+                "runner": await stack.enter_async_context(ours(admin, args.n, args.poll_s, args.cross, logdir,
+                                                                        args.client)),
                 "procrastinate": await stack.enter_async_context(procrastinate_peer(admin, args.n, args.poll_s, logdir)),
                 "pgqueuer": await stack.enter_async_context(pgqueuer_peer(admin, args.n, args.poll_s, logdir)),
             }

@@ -45,6 +45,9 @@ class FakeGpu:
     runpod_cancel_lag: int | None = 0  # polls the work runs on after a cancel; None: forever
     runpod_cancel_429: int = 0  # this many cancel calls are answered 429 first
     runpod_cancel_times: list[float] = field(default_factory=list)
+    runpod_status_delay_s: float = 0.0  # a slow provider: each status answer takes this long
+    runpod_status_open: int = 0  # status calls in progress, and the most there were at once
+    runpod_status_open_max: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _runner: web.AppRunner | None = None
 
@@ -151,6 +154,13 @@ class FakeGpu:
         if job is None:
             return web.json_response({"error": "not found"}, status=404)
         job.polls += 1
+        if self.runpod_status_delay_s:
+            self.runpod_status_open += 1
+            self.runpod_status_open_max = max(self.runpod_status_open_max, self.runpod_status_open)
+            try:
+                await asyncio.sleep(self.runpod_status_delay_s)
+            finally:
+                self.runpod_status_open -= 1
         finish_after = job.input.get("polls") if isinstance(job.input, dict) else None
         if job.status == "IN_PROGRESS" and finish_after is not None and job.polls >= finish_after:
             job.status, job.output = "COMPLETED", {"done": job.input}

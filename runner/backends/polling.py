@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -12,6 +13,10 @@ from runner.errors import PermanentBackendError
 from runner.storable import text_problem
 
 MAX_REMOTE_ID = 500
+# Status polls are spread by +-20%: jobs claimed together would otherwise poll together for
+# good, and a burst of hundreds of polls fills the loop's turns (a cancel arriving then
+# waits behind it) and reaches the provider as a spike.
+POLL_JITTER = 0.2
 
 
 class State(StrEnum):
@@ -59,8 +64,12 @@ class PollingBackend(HttpBackendBase):
                 raise PermanentBackendError(status.error or "the backend reported a failure")
             if status.state is State.COMPLETED:
                 break
-            await asyncio.sleep(self.spec.poll_interval_s)
+            await asyncio.sleep(next_poll_in(self.spec.poll_interval_s))
         return await self.retrying(lambda: self.result(remote_id, status))
+
+
+def next_poll_in(interval_s: float) -> float:
+    return interval_s * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
 
 
 def seconds_from(value: Any, scale: float = 1.0) -> float | None:

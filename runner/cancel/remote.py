@@ -25,6 +25,7 @@ log = structlog.get_logger("runner.cancel.remote")
 
 SEND_TIMEOUT_S = 5.0
 SWEEP_BATCH = 100
+SWEEP_CONCURRENCY = 4
 CLAIM_S = 30  # a claimed row is not picked by another sweeper meanwhile
 MAX_BACKOFF_S = 300
 
@@ -151,9 +152,18 @@ class RemoteCanceller:
                RETURNING e.id, e.job_id, e.backend, e.remote_id, e.remote_cancel, e.remote_cancel_tries,
                    extract(epoch FROM now() - e.remote_cancel_acknowledged_at) AS acknowledged_s""",
             SWEEP_BATCH, CLAIM_S)
-        await asyncio.gather(*(
-            self.send(r["job_id"], r["id"], r["backend"], r["remote_id"]) if r["remote_cancel"] == "pending"
-            else self._confirm(r) for r in rows))
+        # A few at a time: a hundred calls at once would fill every turn of the loop, and a
+        # cancel arriving meanwhile would wait behind them.
+        limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def one(row: asyncpg.Record) -> None:
+            async with limit:
+                if row["remote_cancel"] == "pending":
+                    await self.send(row["job_id"], row["id"], row["backend"], row["remote_id"])
+                else:
+                    await self._confirm(row)
+
+        await asyncio.gather(*(one(r) for r in rows))
         return len(rows)
 
     async def _confirm(self, row: asyncpg.Record) -> None:

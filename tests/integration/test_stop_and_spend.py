@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from runner.backends.config import BackendSpec
+from runner.cancel.remote import SWEEP_CONCURRENCY
 from runner.runtime import Runtime
 from tests.client import Api, freeze
 from tests.conftest import Cluster
@@ -143,3 +144,21 @@ async def test_usage_adds_up_the_callers_jobs_only(cluster: Cluster, http: aioht
     status, empty = await alice.call("GET", "/usage?since=2000-01-01T00:00:00Z&until=2000-02-01T00:00:00Z")
     assert status == 200 and empty["jobs"] == 0 and empty["backends"] == {}
     assert (await alice.call("GET", "/usage?since=yesterday"))[0] == 400
+
+
+async def test_a_sweep_confirms_a_few_at_a_time(
+        cluster: Cluster, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+    """A hundred confirmations at once would fill every turn of the service's loop (a cancel
+    arriving then waits behind them): the sweeper keeps a few in flight."""
+    rt = await cluster.start(backends=_rp(fake_gpu))
+    api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+    jobs = [(await _running_at_runpod(api, fake_gpu))[0] for _ in range(12)]
+    fake_gpu.runpod_status_delay_s = 0.2  # a slow provider, so that calls overlap
+    status, reply = await api.call("POST", "/jobs/cancel", json={})
+    assert status == 200 and reply["count"] == 12
+    for job in jobs:  # every remote cancel answered: the jobs' own polling is over
+        await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] in ("acknowledged", "confirmed"))
+    fake_gpu.runpod_status_open_max = fake_gpu.runpod_status_open
+    for job in jobs:
+        await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] == "confirmed", timeout=30)
+    assert 2 <= fake_gpu.runpod_status_open_max <= SWEEP_CONCURRENCY

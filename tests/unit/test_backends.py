@@ -11,9 +11,10 @@ import pytest
 import structlog
 from yarl import URL
 
-from runner.backends import CancelOutcome, ExecutionCall, build_backend
+from runner.backends import CancelOutcome, ExecutionCall, build_backend, polling
 from runner.backends.config import BackendSpec
 from runner.backends.fal import FalBackend
+from runner.backends.polling import next_poll_in
 from runner.backends.replicate import ReplicateBackend
 from runner.backends.runpod import RunPodBackend
 from runner.errors import PermanentBackendError, TransientBackendError
@@ -430,3 +431,27 @@ async def test_the_deadline_goes_to_the_provider(session: aiohttp.ClientSession)
         await replicate.run(call)
         [create] = _requests(m, "POST", "https://rep.test/v1/predictions")
         assert create.kwargs["headers"]["Cancel-After"] == "13s"
+
+
+async def test_status_polls_are_spread_not_in_step(session: aiohttp.ClientSession,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs claimed together must not poll together for good: each wait is the interval
+    +-20%, drawn afresh."""
+    waits: list[float] = []
+
+    def drawn(interval_s: float) -> float:
+        waits.append(next_poll_in(interval_s))
+        return 0.0
+
+    monkeypatch.setattr(polling, "next_poll_in", drawn)
+    backend = _runpod(session)
+    interval = backend.spec.poll_interval_s
+    with aioresponses() as m:
+        m.post(f"{RP}/run", payload={"id": "abc"})
+        for _ in range(40):
+            m.get(f"{RP}/status/abc", payload={"status": "IN_PROGRESS"})
+        m.get(f"{RP}/status/abc", payload={"status": "COMPLETED", "output": 1})
+        assert await backend.run(_call()) == 1
+    assert len(waits) == 40
+    assert all(0.8 * interval <= w <= 1.2 * interval for w in waits)
+    assert len(set(waits)) > 30
