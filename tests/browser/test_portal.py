@@ -304,6 +304,7 @@ async def test_screenshot_of_the_page(portal: Portal, fake_gpu: FakeGpu, tmp_pat
     await portal.job(done["id"]).locator("summary").click()
     await portal.job(cancelled["id"]).get_by_role("button", name="Audit trail").click()
     await expect(portal.job(cancelled["id"]).locator(".audit")).to_contain_text("cancelled")
+    await expect(page.locator(".spend-total")).not_to_have_text("0.00 GPU-s")  # the cancelled job's spend
     # No stray text (a "null" once) between a job's parts.
     assert await page.locator(".job").evaluate_all("js => js.every(j => [...j.childNodes].every(n => n.nodeType === 1))")
     target = (Path(__file__).parents[2] / "docs" / "portal.png"
@@ -331,3 +332,17 @@ async def test_a_late_reply_never_turns_a_job_back(portal: Portal, fake_gpu: Fak
     await page.get_by_role("button", name="Submit job").click()
     await expect(page.get_by_role("status")).to_contain_text("submitted")  # the reply was read
     await expect(page.locator("[data-job-id]")).to_have_attribute("data-status", "running")
+
+
+async def test_spend_is_shown_as_the_usage_route_reports_it(portal: Portal, fake_gpu: FakeGpu) -> None:
+    page = await portal.sign_in()
+    await expect(page.locator("#spend-totals")).to_contain_text("Jobs0")
+    api = await portal.api()
+    job = await api.submit({"backend": "gpu", "input": {"mode": "slow", "seconds": 0.3}})
+    await expect(portal.job(job["id"])).to_have_attribute("data-status", "completed")
+    status, usage = await api.call("GET", "/usage")
+    assert status == 200 and usage["gpu_seconds"] >= 0.3
+    # Refreshed by itself once the job finished, in the page's format.
+    await expect(page.locator(".spend-total")).to_have_text(f"{usage['gpu_seconds']:.2f} GPU-s")
+    await expect(page.locator("#spend-backends")).to_contain_text("gpu")
+    assert portal.problems == []

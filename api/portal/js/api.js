@@ -56,6 +56,7 @@ export const api = {
   logout: () => request("POST", "/auth/logout"),
   me: () => request("GET", "/auth/me"),
   backends: () => request("GET", "/backends"),
+  usage: () => request("GET", "/usage"),
   jobs: (cursor) => request("GET", `/jobs?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
   job: (id) => request("GET", `/jobs/${encodeURIComponent(id)}`),
   audit: (id) => request("GET", `/jobs/${encodeURIComponent(id)}/audit`),

@@ -1,7 +1,7 @@
 // The portal: sign in with a wallet, then the caller's jobs, live on one GET /events stream.
 import { api, ApiError, hasToken, setToken } from "./api.js";
 import { chooseWallet, confirmAction, toast } from "./dialogs.js";
-import { ACTIVE, el, renderJob, tick } from "./view.js";
+import { ACTIVE, el, formatGpu, renderJob, tick } from "./view.js";
 import { discoverWallets, shortAddress, signIn } from "./wallet.js";
 
 const $ = (id) => document.getElementById(id);
@@ -80,7 +80,7 @@ async function showSignedIn(address) {
   $("welcome").hidden = true;
   $("app").hidden = false;
   if (firstTime || !state.stream) {
-    await Promise.all([loadBackends(), startStream()]);
+    await Promise.all([loadBackends(), startStream(), loadSpend()]);
   }
 }
 
@@ -131,7 +131,10 @@ function upsert(job, source) {
     const wasActive = ACTIVE.has(known.job.status);
     known.job = job;
     known.streamed ||= source === "stream";
-    if (wasActive && !ACTIVE.has(job.status)) known.ui.cancelling = false;
+    if (wasActive && !ACTIVE.has(job.status)) {
+      known.ui.cancelling = false;
+      spendSoon();
+    }
     if (known.ui.audit !== null) refreshAudit(known);
     render(known);
     return;
@@ -339,6 +342,33 @@ function onJobsClick(event) {
   else if (action === "cancel-execution") cancelExecution(entry, button.dataset.executionId);
   else if (action === "rerun") rerun(entry);
   else if (action === "audit") toggleAudit(entry);
+}
+
+// ---- spend ----------------------------------------------------------------------------------
+
+let spendTimer = null;
+
+/** GET /usage, shown as totals and per backend; again shortly after any job finishes. */
+async function loadSpend() {
+  spendTimer = null;
+  let usage;
+  try {
+    usage = await api.usage();
+  } catch (error) {
+    toast(describe(error), "error");
+    return;
+  }
+  $("spend-totals").replaceChildren(
+    el("dt", {}, "Jobs"), el("dd", {}, String(usage.jobs)),
+    el("dt", {}, "Executions"), el("dd", {}, String(usage.executions)),
+    el("dt", {}, "GPU time"), el("dd", { className: "spend-total" }, formatGpu(usage.gpu_seconds) || "0 GPU-s"));
+  $("spend-backends").replaceChildren(...Object.entries(usage.backends).map(([name, b]) => el("li", {},
+    el("strong", {}, name), ` ${formatGpu(b.gpu_seconds) || "0 GPU-s"} over ${b.executions} execution(s)`,
+    b.cancelled ? `, ${b.cancelled} cancelled (${formatGpu(b.gpu_seconds_after_cancel) || "0 GPU-s"} after the cancel)` : "")));
+}
+
+function spendSoon() {
+  if (spendTimer === null) spendTimer = setTimeout(loadSpend, 1000);
 }
 
 // ---- the submit form ------------------------------------------------------------------------
