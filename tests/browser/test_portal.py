@@ -46,6 +46,8 @@ async def test_sign_in_submit_watch_and_cancel_through_the_dialog(portal: Portal
     item = portal.job(job_id)
     await expect(item.locator(".job-id")).to_have_text(job_id[:8])
     await expect(item.locator(".job-head .status")).to_have_text("running")
+    # One execution alone is cancelled with its job: the job offers one Cancel button.
+    await expect(item.get_by_role("button", name="Cancel")).to_have_count(1)
     await page.evaluate("window.__notReloaded = true")
 
     await item.get_by_role("button", name="Cancel", exact=True).click()

@@ -73,7 +73,9 @@ function executionRow(job, execution, ui, now) {
     remote,
     spend ? el("span", { className: "spend" }, spend) : null,
   );
-  if (ACTIVE.has(execution.status) && ACTIVE.has(job.status)) {
+  // Alone, an execution is cancelled with its job: the button is for one among several.
+  const activeCount = job.executions.filter((e) => ACTIVE.has(e.status)).length;
+  if (ACTIVE.has(execution.status) && ACTIVE.has(job.status) && activeCount > 1) {
     const busy = ui.cancellingExecutions.has(execution.id);
     row.append(el("button", {
       type: "button", className: "small", dataset: { action: "cancel-execution", executionId: execution.id, key: `ce-${execution.id}` },
