@@ -352,3 +352,21 @@ async def test_spend_is_shown_as_the_usage_route_reports_it(portal: Portal, fake
     await expect(page.locator(".spend-total")).to_have_text(f"{usage['gpu_seconds']:.2f} GPU-s")
     await expect(page.locator("#spend-backends")).to_contain_text("gpu")
     assert portal.problems == []
+
+
+async def test_the_page_follows_the_systems_scheme_and_motion(portal: Portal) -> None:
+    page = await portal.open()
+    background = "getComputedStyle(document.body).backgroundColor"
+    await page.emulate_media(color_scheme="light")
+    light = await page.evaluate(background)
+    await page.emulate_media(color_scheme="dark")
+    dark = await page.evaluate(background)
+    assert light != dark, (light, dark)
+    assert sum(int(c) for c in dark[4:-1].split(",")) < sum(int(c) for c in light[4:-1].split(","))
+    # A toast slides in, unless the system asks for less motion.
+    toast = "(() => { const t = document.createElement('p'); t.className = 'toast';"\
+            " document.getElementById('toasts').append(t); return getComputedStyle(t).animationName; })()"
+    await page.emulate_media(reduced_motion="no-preference")
+    assert await page.evaluate(toast) == "toast-in"
+    await page.emulate_media(reduced_motion="reduce")
+    assert await page.evaluate(toast) == "none"
