@@ -161,10 +161,10 @@ class Canceller:
         waited_s = 0.0
         chunk: asyncio.Task[asyncpg.Record] | None = self._cancel_chunk(owner, statuses, reason)
         ahead = self._signal_ahead(owner, reason) if "running" in statuses else {}
-        if ahead:
-            await _let_the_stop_run_first()
         first_signal_ms = round((time.perf_counter() - started) * 1000, 1) if ahead else None
         try:
+            if ahead:  # inside the try: interrupted here, the signalled tasks still learn
+                await _let_the_stop_run_first()
             while chunk is not None:
                 waiting = time.perf_counter()
                 row = await chunk

@@ -161,3 +161,22 @@ async def test_another_wallets_cancel_does_not_touch_the_task(
     assert ctx.reason is None and not ctx.task.done()
     assert not fake_gpu.closed[execution_id].is_set()
     assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
+
+
+async def test_a_cancel_all_interrupted_right_after_its_signals_still_settles_them(
+    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection
+) -> None:
+    """The request is cancelled while the tasks it signalled ahead are stopping: each must
+    still learn the cancel's fate (here: retried until recorded), not wait for ever."""
+    job, execution_id, ctx = await _running(api, service, fake_gpu)
+    assert api.wallet is not None
+    bulk = asyncio.create_task(service.canceller.cancel_all(
+        api.wallet.address, statuses=["queued", "running"], reason="interrupted"))
+    await asyncio.sleep(0)  # it has signalled the task and yields for its stop to run
+    bulk.cancel()
+    await asyncio.gather(bulk, return_exceptions=True)
+    await wait_event(fake_gpu.closed[execution_id])
+    await asyncio.wait_for(ctx.stopped.wait(), 10)
+    done = await api.job(job["id"])
+    assert done["status"] == "cancelled"
+    assert (await _kinds(db, job["id"])).count("task_stopped") == 1
