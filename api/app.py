@@ -44,6 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("draining")
     if runtime.listener is not None and not runtime.listener.connected:
         problems.append("listener down")
+    problems.extend(f"background task {name} died ({why})" for name, why in runtime.supervisor.dead.items())
     try:
         async with asyncio.timeout(2):
             await runtime.pool.fetchval("SELECT 1")

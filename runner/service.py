@@ -56,7 +56,7 @@ async def running_service(
         # A worker-only instance serves its probes and metrics, nothing else.
         app = create_app(runtime) if role in ("all", "api") else create_probe_app(runtime)
         assert runtime.listener is not None
-        runtime.supervisor.spawn("listener", runtime.listener.run())
+        runtime.supervisor.spawn("listener", runtime.listener.run)
         await runtime.listener.wait_connected()
 
         runtime.port = await _serve_app(stack, app, settings)
@@ -64,7 +64,7 @@ async def running_service(
         if settings.metrics_port is not None:
             await _serve_app(stack, create_metrics_app(runtime), settings, settings.metrics_port)
         if runtime.worker is not None:
-            runtime.supervisor.spawn("worker_claim", runtime.worker.claim_loop())
+            runtime.supervisor.spawn("worker_claim", runtime.worker.claim_loop)
             stack.push_async_callback(runtime.worker.drain, settings.shutdown_grace_s, hurry)
             log.info("worker_started", concurrency=settings.concurrency)
 

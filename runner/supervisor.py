@@ -1,6 +1,9 @@
 """The one owner of an instance's background tasks (pgqueuer's TaskManager idea): long-lived
 named tasks (the listener, the claim loop, periodic work) and short ones (a timeout's cancel,
-a stop record). Every task is named; stop() cancels and awaits them all."""
+a stop record). Every task is named; stop() cancels and awaits them all.
+
+A long-lived task that dies of an error is started again after a backoff, and until it runs
+again `dead` names it (/readyz answers 503): never a live-looking instance whose worker is gone."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from runner.db import is_transient
+from runner.db import backoff_s, is_transient
 
 log = structlog.get_logger("runner.supervisor")
 
@@ -19,16 +22,39 @@ class Supervisor:
     def __init__(self) -> None:
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self._short: set[asyncio.Task[Any]] = set()
+        self.dead: dict[str, str] = {}  # long-lived tasks that died, until they run again: why
+        self.deaths = 0
+        self._stopping = False
 
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Start a long-lived named task; stop() cancels and awaits it."""
+    def spawn(self, name: str, start: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Task[Any]:
+        """Start a long-lived named task from `start`; if it dies of an error it is started
+        again (after a backoff); stop() cancels and awaits it."""
         if name in self.tasks:
-            coro.close()
             raise RuntimeError(f"a background task named {name} is already running")
-        task = asyncio.create_task(coro, name=name)
+        return self._start(name, start, failures=0)
+
+    def _start(self, name: str, start: Callable[[], Coroutine[Any, Any, Any]],
+               failures: int) -> asyncio.Task[Any]:
+        task = asyncio.create_task(self._guarded(name, start, failures), name=name)
         self.tasks[name] = task
-        task.add_done_callback(self._done)
         return task
+
+    async def _guarded(self, name: str, start: Callable[[], Coroutine[Any, Any, Any]], failures: int) -> Any:
+        if failures:
+            # Backs off so that a task that dies at once does not spin the loop.
+            await asyncio.sleep(backoff_s(failures, cap_s=30.0))
+        self.dead.pop(name, None)
+        try:
+            return await start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.deaths += 1
+            self.dead[name] = repr(exc)
+            log.exception("background_task_died", task=name)
+            if not self._stopping:
+                self._start(name, start, failures + 1)
+            return None  # logged above; the task's replacement is in self.tasks
 
     def every(self, name: str, interval_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
         """Run `fn` periodically in a named task; an error is logged and the loop goes on
@@ -47,7 +73,7 @@ class Supervisor:
                     else:
                         log.exception("periodic_task_failed", task=name)
 
-        self.spawn(name, loop())
+        self.spawn(name, loop)
 
     def track(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A short task beside the jobs (a timeout's cancel, a stop record, a re-check):
@@ -67,11 +93,8 @@ class Supervisor:
         for task in self.tasks.values():
             task.cancel()
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background_task_died", task=task.get_name(), error=repr(task.exception()))
-
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [*self.tasks.values(), *self._short]
         for task in tasks:
             task.cancel()

@@ -95,7 +95,7 @@ class LeaseKeeping:
         if self._db_ok_since is None or loop.time() - self._db_ok_since < self.settings.lease_s:
             return
         rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts,
-                                           lease_s=self.settings.lease_s)
+                                           lease_s=self.settings.lease_s, instance_id=self.instance_id)
         for row in rows:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
 

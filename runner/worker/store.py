@@ -311,9 +311,11 @@ async def end_lease(pool: asyncpg.Pool, worker_id: str) -> None:
     await pool.execute("DELETE FROM workers WHERE id = $1", worker_id)
 
 
-async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: float,
+async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: float, instance_id: str,
                           limit: int = 500) -> list[asyncpg.Record]:
     """Requeue running jobs whose lease expired (their instance died); fail those out of attempts.
+    Never the caller's own: after a stall its lease may have lapsed, but what it holds it
+    judges itself, at its next renewal (jobs no task holds go back to the queue there).
 
     A lease is judged on time Postgres has been up: it has expired only if its worker failed
     to renew it for a whole lease since the server started, so a database restart never
@@ -326,6 +328,7 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
                 SELECT j.id, j.attempts, j.worker_id FROM jobs j
                 WHERE j.status = 'running'
                   AND pg_postmaster_start_time() + make_interval(secs => $3) < now()
+                  AND j.worker_id IS DISTINCT FROM $4
                   AND NOT EXISTS (
                     SELECT 1 FROM workers w WHERE w.id = j.worker_id AND w.lease_expires_at >= now())
                 ORDER BY j.started_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED),
@@ -354,7 +357,7 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
                                        'attempts', attempts)
                 FROM job)
             SELECT id, status, runner_notify_job(id) FROM job""",
-        max_attempts, limit, lease_s)
+        max_attempts, limit, lease_s, instance_id)
     if any(r["status"] == "queued" for r in rows):
         await pool.execute(f"SELECT pg_notify('{SUBMIT}', '')")
     # Forget workers long gone (nothing of theirs is left running after the requeue).

@@ -115,10 +115,26 @@ class Worker(LeaseKeeping):
                         await self.wake.wait()
 
     def _start(self, job: store.ClaimedJob) -> None:
+        old = self.manager.get(job.id)
+        if old is not None:
+            # Claimed again while an old task of ours still holds it: after a stall, another
+            # instance requeued it and it came back here. The old task's claim is void: stop
+            # it (no writes: its lease was lost), then run the new claim once it has ended.
+            log.warning("job_reclaimed_while_held", job_id=str(job.id), attempt=job.attempts)
+            self.manager.cancel(job.id, StopReason.LEASE_LOST)
+            self.supervisor.track(self._start_after(old.task, job), f"reclaim-{job.id}")
+            return
         task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
         ctx = self.manager.register(job.id, task, owner=job.owner)
         self.job_tasks.add(task)
         task.add_done_callback(lambda t: self._job_done(job.id, ctx, t))
+
+    async def _start_after(self, old: asyncio.Task[Any], job: store.ClaimedJob) -> None:
+        await asyncio.wait([old])
+        if self.manager.get(job.id) is None:
+            self._start(job)
+        else:  # yet another claim got there first; this one is void too
+            log.warning("job_reclaim_dropped", job_id=str(job.id))
 
     def _job_done(self, job_id: uuid.UUID, ctx: JobContext, task: asyncio.Task[None]) -> None:
         self.manager.unregister(job_id)
