@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from api.auth import auth_middleware, setup_auth
-from api.bodies import READ_TIMEOUT_S
+from api.bodies import READ_TIMEOUT_S, json_reply
 from api.cors import preflight_middleware, setup_cors
 from api.errors import Unavailable, error_middleware
 from api.events import job_events, wallet_events
@@ -27,14 +27,14 @@ async def backends(request: web.Request) -> web.Response:
     """The configured backends, for a portal's form: names and what they can do; never their
     URLs, keys or headers."""
     specs = request.app[RUNTIME].settings.backends
-    return web.json_response({"backends": [
+    return json_reply({"backends": [
         {"name": spec.name, "kind": spec.kind, "cancels_remotely": spec.cancels_remotely,
          "concurrency": spec.concurrency}
         for spec in sorted(specs.values(), key=lambda s: s.name)]})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    return json_reply({"ok": True})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -52,7 +52,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"database unreachable ({type(exc).__name__})")
     if problems:
         raise Unavailable("not ready: " + ", ".join(problems), reasons=problems)
-    return web.json_response({"ok": True})
+    return json_reply({"ok": True})
 
 
 def create_app(runtime: Runtime) -> web.Application:

@@ -7,7 +7,7 @@ import re
 import structlog
 from aiohttp import web
 
-from api.bodies import iso, read_json_object
+from api.bodies import iso, json_reply, read_json_object
 from api.errors import BadRequest, Handler, TooManyRequests, Unauthenticated
 from api.ratelimit import RateLimiter
 from api.sessions import Identity, Sessions
@@ -94,7 +94,7 @@ async def nonce(request: web.Request) -> web.Response:
     if not request.app[NONCE_LIMITER].allow(client):
         raise TooManyRequests("too many nonce requests from this address; wait a little")
     value, expires_at = await request.app[SESSIONS].issue_nonce()
-    return web.json_response({"nonce": value, "expires_at": iso(expires_at)})
+    return json_reply({"nonce": value, "expires_at": iso(expires_at)})
 
 
 async def login(request: web.Request) -> web.Response:
@@ -119,7 +119,7 @@ async def login(request: web.Request) -> web.Response:
                               code=siwe.Reason.INVALID_NONCE.value)
     token, expires_at = opened
     log.info("login", wallet=parsed.address)
-    response = web.json_response(
+    response = json_reply(
         {"token": token, "address": parsed.address, "expires_at": iso(expires_at)}
     )
     cross_site = bool(runtime_settings.cors_origins)
@@ -134,14 +134,14 @@ async def logout(request: web.Request) -> web.Response:
     identity = identity_of(request)
     await request.app[SESSIONS].revoke(identity)
     log.info("logout")
-    response = web.json_response({"ok": True})
+    response = json_reply({"ok": True})
     response.del_cookie(COOKIE, path="/")
     return response
 
 
 async def me(request: web.Request) -> web.Response:
     identity = identity_of(request)
-    return web.json_response({
+    return json_reply({
         "address": identity.address, "admin": identity.admin,
         "expires_at": iso(identity.expires_at),
     })
@@ -149,7 +149,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def ticket(request: web.Request) -> web.Response:
     value, expires_at = await request.app[SESSIONS].issue_ticket(identity_of(request))
-    return web.json_response({"ticket": value, "expires_at": iso(expires_at)})
+    return json_reply({"ticket": value, "expires_at": iso(expires_at)})
 
 
 def setup_auth(app: web.Application, sessions: Sessions) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ from api.errors import BadRequest
 from api.sessions import Identity
 from api.state import RUNTIME
 from api.validation import parse_id
-from runner import jobs
+from runner import jobs, jsontext
 from runner.db import is_transient
 from runner.statuses import TERMINAL
 
@@ -84,7 +83,7 @@ async def _follow_job(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity,
     sent = None
     while True:
         if job != sent:
-            await response.write(f"data: {json.dumps(job)}\n\n".encode())
+            await response.write(f"data: {jsontext.dumps(job)}\n\n".encode())
             sent = job
         if job["status"] in TERMINAL:
             break  # clients close on it (an EventSource would otherwise reconnect)
@@ -134,7 +133,7 @@ async def _follow_wallet(pool: asyncpg.Pool, owner: str, after: int, changed: as
                                   response) or []
         for row in rows:
             after = row["last_event"]
-            await response.write(f"id: {after}\ndata: {json.dumps(render.job(row))}\n\n".encode())
+            await response.write(f"id: {after}\ndata: {jsontext.dumps(render.job(row))}\n\n".encode())
         if len(rows) == REPLAY_BATCH:
             continue  # more behind these
         try:

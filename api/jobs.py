@@ -11,7 +11,7 @@ from aiohttp import web
 
 from api import render
 from api.auth import identity_of
-from api.bodies import iso, read_json_object
+from api.bodies import iso, json_reply, read_json_object
 from api.errors import BadRequest
 from api.state import RUNTIME
 from api.validation import (
@@ -55,7 +55,7 @@ async def submit(request: web.Request) -> web.Response:
         body_hash=jobs.request_hash(body) if key else None)
     if created:
         log.info("job_submitted", job_id=str(job["id"]), executions=len(job["executions"]))
-    return web.json_response(render.job(job), status=201)
+    return json_reply(render.job(job), status=201)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -64,21 +64,21 @@ async def list_jobs(request: web.Request) -> web.Response:
         runtime.pool, owner=identity.address,
         statuses=parse_status_filter(request.query.get("status")),
         limit=parse_limit(request.query.get("limit")), cursor=request.query.get("cursor") or None)
-    return web.json_response({"jobs": [render.job(j) for j in page], "next_cursor": cursor})
+    return json_reply({"jobs": [render.job(j) for j in page], "next_cursor": cursor})
 
 
 async def get_job(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     job = await jobs.get_job(runtime.pool, _job_id(request), caller=identity.address,
                              admin=identity.admin)
-    return web.json_response(render.job(job))
+    return json_reply(render.job(job))
 
 
 async def audit(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     events = await jobs.audit(runtime.pool, _job_id(request), caller=identity.address,
                               admin=identity.admin)
-    return web.json_response({"events": [render.audit_event(e) for e in events]})
+    return json_reply({"events": [render.audit_event(e) for e in events]})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -94,7 +94,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if wait:
         reply["stopped"] = await wait_stopped(runtime.pool, runtime.watch, runtime.worker, job_id,
                                               WAIT_LIMIT_S, ctx)
-    return web.json_response(reply)
+    return json_reply(reply)
 
 
 async def cancel_execution(request: web.Request) -> web.Response:
@@ -104,7 +104,7 @@ async def cancel_execution(request: web.Request) -> web.Response:
     reason = parse_reason(await read_json_object(request, required=False))
     outcome = await runtime.canceller.cancel_execution(
         job_id, execution_id, actor=identity.address, admin=identity.admin, reason=reason)
-    return web.json_response(render.execution_cancel(outcome))
+    return json_reply(render.execution_cancel(outcome))
 
 
 async def cancel_all(request: web.Request) -> web.Response:
@@ -113,7 +113,7 @@ async def cancel_all(request: web.Request) -> web.Response:
     reason = parse_reason(body, extra={"statuses"})
     outcome = await runtime.canceller.cancel_all(identity.address,
                                                  statuses=parse_cancel_statuses(body), reason=reason)
-    return web.json_response(render.bulk_cancel(outcome))
+    return json_reply(render.bulk_cancel(outcome))
 
 
 async def rerun(request: web.Request) -> web.Response:
@@ -128,7 +128,7 @@ async def rerun(request: web.Request) -> web.Response:
         body_hash=jobs.request_hash({"rerun": str(job_id), **body}) if key else None)
     if created:
         log.info("job_rerun", job_id=str(job["id"]), rerun_of=str(job_id))
-    return web.json_response(render.job(job), status=201)
+    return json_reply(render.job(job), status=201)
 
 
 async def usage(request: web.Request) -> web.Response:
@@ -138,7 +138,7 @@ async def usage(request: web.Request) -> web.Response:
     if since >= until:
         raise BadRequest("'since' must be before 'until'")
     spend = await jobs.usage(runtime.pool, owner=identity.address, since=since, until=until)
-    return web.json_response({"address": identity.address, "since": iso(since), "until": iso(until), **spend})
+    return json_reply({"address": identity.address, "since": iso(since), "until": iso(until), **spend})
 
 
 def setup_jobs(app: web.Application) -> None:

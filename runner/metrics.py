@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+LOOP_LAG_INTERVAL_S = 0.1
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 STOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -39,6 +42,27 @@ class Metrics:
         self.remote_cancels = Counter(
             "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
             ["backend", "outcome"], registry=self.registry)
+
+        self.loop_lag_seconds = Histogram(
+            "runner_event_loop_lag_seconds",
+            f"How late a timer of {LOOP_LAG_INTERVAL_S} s fired on the event loop (work holding the loop).",
+            buckets=LAG_BUCKETS, registry=self.registry)
+        self.loop_lag_max_seconds = Gauge(
+            "runner_event_loop_lag_max_seconds", "The longest event-loop lag seen since start.",
+            registry=self.registry)
+
+    async def watch_loop_lag(self) -> None:
+        """Measure, for ever, how late the loop wakes a sleeper: the time some callback held it."""
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            began = loop.time()
+            await asyncio.sleep(LOOP_LAG_INTERVAL_S)
+            lag = max(loop.time() - began - LOOP_LAG_INTERVAL_S, 0.0)
+            self.loop_lag_seconds.observe(lag)
+            if lag > worst:
+                worst = lag
+                self.loop_lag_max_seconds.set(lag)
 
     def track_running(self, count: Callable[[], int]) -> None:
         self.jobs_running.set_function(lambda: float(count()))

@@ -57,6 +57,7 @@ async def running_service(
         app = create_app(runtime) if role in ("all", "api") else create_probe_app(runtime)
         assert runtime.listener is not None
         runtime.supervisor.spawn("listener", runtime.listener.run)
+        runtime.supervisor.spawn("loop_lag", runtime.metrics.watch_loop_lag)
         await runtime.listener.wait_connected()
 
         runtime.port = await _serve_app(stack, app, settings)

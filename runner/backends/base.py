@@ -89,11 +89,29 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP-date: fall back to our own backoff
 
 
-async def classify(resp: aiohttp.ClientResponse, what: str) -> Any:
-    """The reply's JSON body, or the BackendError it amounts to. The body is parsed with its
-    nesting bounded; whether the output can be stored is the worker's check, made once for
-    every kind."""
-    raw = await resp.read()
+async def read_body(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The reply's body, at most `limit` bytes once decompressed (aiohttp inflates it in
+    bounded steps as it is read); a longer one fails: the work is over, its answer unusable,
+    and a retry would pay for the work again."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PermanentBackendError(
+                f"{what}: HTTP {resp.status}: the reply is larger than {limit} bytes (max_reply_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def classify(resp: aiohttp.ClientResponse, what: str, limit: int) -> Any:
+    """The reply's JSON body, or the BackendError it amounts to. The body is read up to
+    `limit` bytes and parsed with its nesting bounded; whether the output can be stored is
+    the worker's check, made once for every kind."""
+    if resp.status >= 400:  # only its start is kept, as the error's text
+        raw = await resp.content.read(ERROR_TEXT_LIMIT * 4)
+    else:
+        raw = await read_body(resp, limit, what)
     text = raw.decode("utf-8", "replace")
     if resp.status == 429 or resp.status >= 500:
         raise TransientBackendError(
@@ -102,13 +120,14 @@ async def classify(resp: aiohttp.ClientResponse, what: str) -> Any:
         )
     if resp.status >= 400:
         raise PermanentBackendError(f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}")
-    return parse_reply(raw, f"{what}: HTTP {resp.status}")
+    return await parse_reply(raw, f"{what}: HTTP {resp.status}")
 
 
-def parse_reply(raw: bytes, what: str, noun: str = "body") -> Any:
-    """A backend's JSON reply, or a PermanentBackendError saying why it is not one."""
+async def parse_reply(raw: bytes, what: str, noun: str = "body") -> Any:
+    """A backend's JSON reply, or a PermanentBackendError saying why it is not one (a big one
+    is parsed beside the event loop)."""
     try:
-        return storable.parse(raw)
+        return await storable.parse_async(raw, stored=False)
     except InvalidJson:
         text = raw.decode("utf-8", "replace")[:ERROR_TEXT_LIMIT]
         raise PermanentBackendError(f"{what} with a non-JSON {noun}: {text!r}") from None
@@ -149,7 +168,7 @@ class HttpBackendBase:
                 method, url, json=json_body, headers={**self.headers(call), **(headers or {})},
                 timeout=client_timeout or self.request_timeout, allow_redirects=False,
             ) as resp:
-                return await classify(resp, what)
+                return await classify(resp, what, self.spec.max_reply_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientBackendError(f"{what}: {type(exc).__name__}: {exc}") from None
 

@@ -17,7 +17,8 @@ DEFAULT_BASE_URLS = {
     "fal": "https://queue.fal.run",
 }
 _COMMON = {"kind", "url", "base_url", "api_key", "headers", "timeout_s", "poll_interval_s",
-           "max_attempts", "concurrency", "confirm_within_s", "cancel_rate_per_s", "deadline_s"}
+           "max_attempts", "concurrency", "confirm_within_s", "cancel_rate_per_s", "deadline_s",
+           "max_reply_bytes"}
 _KIND_KEYS = {
     "demo": set(),
     "http": {"cancel_url"},
@@ -50,6 +51,8 @@ class BackendSpec:
     confirm_within_s: float = 60.0  # after an acknowledged cancel, re-send it if the work runs on
     cancel_rate_per_s: float | None = None  # remote cancels per second from one instance
     deadline_s: float | None = None  # the provider stops the work after this, whatever we do
+    # A reply (or a process's output) longer than this, once decompressed, fails the execution.
+    max_reply_bytes: int = 16 << 20
 
     @property
     def confirms_stop(self) -> bool:
@@ -147,6 +150,9 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
     if "max_attempts" in raw:
         opts["max_attempts"] = int(_number(f"{where}.max_attempts", raw["max_attempts"],
                                            integer=True))
+    if "max_reply_bytes" in raw:
+        opts["max_reply_bytes"] = int(_number(f"{where}.max_reply_bytes", raw["max_reply_bytes"],
+                                              integer=True))
     if "concurrency" in raw:
         opts["concurrency"] = int(_number(f"{where}.concurrency", raw["concurrency"], integer=True))
 

@@ -56,7 +56,7 @@ class SubprocessBackend:
         if proc.returncode != 0:
             tail = err.decode(errors="replace")[-ERROR_TEXT_LIMIT:]
             raise PermanentBackendError(f"the process exited with {proc.returncode}: {tail}")
-        return parse_reply(out, "the process exited 0", "output")
+        return await parse_reply(out, "the process exited 0", "output")
 
     async def stop(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the process group, SIGKILL it after grace_s."""

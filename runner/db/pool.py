@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
+
+from runner import jsontext
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
-            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            typename, encoder=jsontext.dumps, decoder=jsontext.loads, schema="pg_catalog"
         )
     # Every statement here is prepared once and run many times, as index lookups. Left to
     # choose, Postgres re-plans the cancel-all on every call once the tables hold history

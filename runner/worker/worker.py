@@ -295,7 +295,7 @@ class Worker(LeaseKeeping):
                 error=f"internal error in the runner ({type(exc).__name__}); it has been logged"))
             return
         try:
-            storable.check(output)
+            await storable.check_async(output)
         except Unstorable as exc:
             written = await self._write_result(ctx, store.ExecutionResult(
                 job.id, execution.id, "failed", None, attempts=call.attempts,
