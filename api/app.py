@@ -16,6 +16,7 @@ from api.openapi import openapi
 from api.portal import setup_portal
 from api.sessions import Sessions
 from api.state import RUNTIME
+from api.streams import STREAMS, Streams
 from runner.db.listener import AUTH
 from runner.runtime import Runtime
 
@@ -64,6 +65,8 @@ def create_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
     app[READ_TIMEOUT_S] = runtime.settings.read_timeout_s
     sessions = Sessions(runtime.pool, runtime.settings)
+    streams = app[STREAMS] = Streams(runtime.settings.max_streams_per_wallet, runtime.settings.max_streams)
+    sessions.on_revoked.append(streams.end_session)
     if runtime.listener is not None:
         runtime.listener.subscribe(AUTH, sessions.evict)
         runtime.listener.on_reconnect(sessions.clear)

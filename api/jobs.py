@@ -63,7 +63,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     page, cursor = await jobs.list_jobs(
         runtime.pool, owner=identity.address,
         statuses=parse_status_filter(request.query.get("status")),
-        limit=parse_limit(request.query.get("limit")), cursor=request.query.get("cursor") or None)
+        limit=parse_limit(request.query.get("limit")), cursor=request.query.get("cursor") or None,
+        max_bytes=runtime.settings.max_page_bytes)
     return json_reply({"jobs": [render.job(j) for j in page], "next_cursor": cursor})
 
 

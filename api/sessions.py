@@ -10,11 +10,11 @@ that produced it began.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -66,6 +66,7 @@ class Sessions:
         # Every token this instance has verified and not seen revoked, until it expires:
         # consulted only while Postgres cannot be reached, for a cancel (remembered()).
         self._verified: dict[bytes, Identity] = {}
+        self.on_revoked: list[Callable[[bytes], None]] = []  # told of each revoked token hash
 
     def _identity(self, address: str, expires_at: datetime, hashed: bytes) -> Identity:
         return Identity(address, address in self.settings.admin_wallets, expires_at, hashed)
@@ -93,7 +94,10 @@ class Sessions:
         return None if expires_at is None else (token, expires_at)
 
     async def authenticate(self, token: str) -> Identity | None:
-        hashed = token_hash(token)
+        return await self.by_hash(token_hash(token))
+
+    async def by_hash(self, hashed: bytes) -> Identity | None:
+        """The live session of a token's hash (cached as authenticate's), or None."""
         now = time.monotonic()
         cached = self._cache.get(hashed)
         if cached is not None and cached.valid_until > now:
@@ -169,12 +173,19 @@ class Sessions:
                SELECT pg_notify($2, $3) FROM revoked""",
             identity.token_hash, AUTH, identity.token_hash.hex(),
         )
+        for revoked in self.on_revoked:  # at once here, whatever becomes of the NOTIFY
+            revoked(identity.token_hash)
 
     def evict(self, hashed_hex: str) -> None:
-        """NOTIFY handler: another instance revoked this token."""
+        """NOTIFY handler: an instance (this one too) revoked this token."""
         self._generation += 1
-        with contextlib.suppress(ValueError):
-            self._cache.pop(bytes.fromhex(hashed_hex), None)
+        try:
+            hashed = bytes.fromhex(hashed_hex)
+        except ValueError:
+            return
+        self._cache.pop(hashed, None)
+        for revoked in self.on_revoked:
+            revoked(hashed)
             self._verified.pop(bytes.fromhex(hashed_hex), None)
 
     def clear(self) -> None:

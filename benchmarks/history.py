@@ -114,7 +114,7 @@ class Target:
             await self.timed("cancel", lambda job=job: self.canceller.cancel_job(
                 job.id, actor=job.owner, admin=False, reason=None))
         await self.timed("list", lambda: jobs.list_jobs(self.pool, owner=self.lister, statuses=None,
-                                                        limit=50, cursor=None))
+                                                        limit=50, cursor=None, max_bytes=8 << 20))
         bulk_owner = "0x" + uuid.uuid4().hex.ljust(40, "0")
         for _ in range(10):
             await self.submit(bulk_owner)

@@ -78,6 +78,11 @@ class Settings:
     # keep-alive connection is closed after it too.
     read_timeout_s: float = 15.0
     retention_days: float | None = None  # finished jobs older than this are deleted
+    # Caps, each with a clear failure (benchmarks/README.md has what they guard against).
+    max_page_bytes: int = 8 << 20  # a listing page stops adding jobs past this much JSON
+    max_streams_per_wallet: int = 16  # open event streams of one wallet on one instance (429 past it)
+    max_streams: int = 2000  # open event streams on one instance, all wallets (429 past it)
+    max_submits_per_minute: int = 120  # jobs one wallet may submit (or re-run) a minute
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
@@ -147,6 +152,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_LOG_FORMAT": ("log_format", _log_format),
     "RUNNER_READ_TIMEOUT_S": ("read_timeout_s", _seconds),
     "RUNNER_RETENTION_DAYS": ("retention_days", _days),
+    "RUNNER_MAX_PAGE_BYTES": ("max_page_bytes", lambda n, raw: _int(n, raw, 1024)),
+    "RUNNER_MAX_STREAMS_PER_WALLET": ("max_streams_per_wallet", _positive),
+    "RUNNER_MAX_STREAMS": ("max_streams", _positive),
+    "RUNNER_MAX_SUBMITS_PER_MINUTE": ("max_submits_per_minute", _positive),
 }
 
 

@@ -139,18 +139,32 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_jobs(pool: asyncpg.Pool, *, owner: str, statuses: list[str] | None, limit: int,
-                    cursor: str | None) -> tuple[list[JobRow], str | None]:
-    """The wallet's jobs, newest first. Keyset pagination: new jobs never shift a page."""
+                    cursor: str | None, max_bytes: int) -> tuple[list[JobRow], str | None]:
+    """The wallet's jobs, newest first: at most `limit`, and no more once their inputs,
+    outputs and metadata pass `max_bytes` of JSON (the first job always comes, however big).
+    Keyset pagination: new jobs never shift a page. Sizes are measured in Postgres, so that a
+    page's rows are the only ones this process ever holds."""
     after = decode_cursor(cursor) if cursor else None
     rows = await pool.fetch(
-        f"""SELECT {JOB_COLUMNS} FROM jobs j
-            WHERE j.owner = $1 AND ($2::text[] IS NULL OR j.status = ANY($2))
-              AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
-            ORDER BY j.created_at DESC, j.id DESC LIMIT $5""",
-        owner, statuses, after[0] if after else None, after[1] if after else None, limit + 1)
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
-    return page, next_cursor
+        f"""WITH candidates AS (
+                SELECT j.id, j.created_at, octet_length(j.metadata::text) + coalesce((
+                    SELECT sum(octet_length(e.input::text) + coalesce(octet_length(e.output::text), 0))
+                    FROM executions e WHERE e.job_id = j.id), 0) AS size
+                FROM jobs j
+                WHERE j.owner = $1 AND ($2::text[] IS NULL OR j.status = ANY($2))
+                  AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
+                ORDER BY j.created_at DESC, j.id DESC LIMIT $5),
+            sized AS (
+                SELECT id, row_number() OVER w AS n, sum(size) OVER w AS upto, count(*) OVER () AS found
+                FROM candidates WINDOW w AS (ORDER BY created_at DESC, id DESC))
+            SELECT {JOB_COLUMNS}, s.found FROM sized s JOIN jobs j ON j.id = s.id
+            WHERE s.n <= $6 AND (s.n = 1 OR s.upto <= $7)
+            ORDER BY j.created_at DESC, j.id DESC""",
+        owner, statuses, after[0] if after else None, after[1] if after else None, limit + 1, limit,
+        max_bytes)
+    more = bool(rows) and rows[0]["found"] > len(rows)
+    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+    return rows, next_cursor
 
 
 async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> list[JobRow]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ class FakeGpu:
     url_cancels: list[str] = field(default_factory=list)
     url_cancel_reply: tuple[int, bytes] | None = None  # the cancel_url's status and raw body
     url_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    endless_sent: dict[str, int] = field(default_factory=dict)  # bytes of "endless" replies sent
     runpod: dict[str, RunPodJob] = field(default_factory=dict)
     runpod_submits: list[Any] = field(default_factory=list)
     runpod_cancels: list[str] = field(default_factory=list)
@@ -112,6 +114,21 @@ class FakeGpu:
             return web.Response(status=body.get("status", 200), body=raw, content_type="application/json")
         if mode == "text":
             return web.Response(text="<html>surprise</html>", content_type="text/html")
+        if mode == "endless":  # a chunked reply that never ends; what was sent is counted
+            stream = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await stream.prepare(request)
+            await stream.write(b'{"a": "')
+            chunk = b"x" * 65536
+            self.endless_sent[execution_id] = 0
+            while True:
+                await stream.write(chunk)
+                self.endless_sent[execution_id] += len(chunk)
+        if mode == "gzip_bomb":  # a small body that inflates to `mib` MiB
+            inflated = int(body.get("mib", 256)) << 20
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+            bomb = packer.compress(b"[" + b"0," * (inflated // 2)) + packer.compress(b"0]") + packer.flush()
+            return web.Response(body=bomb, headers={"Content-Type": "application/json",
+                                                    "Content-Encoding": "gzip"})
         if mode == "redirect":
             raise web.HTTPSeeOther(f"/result/{body.get('hops', 1)}")
         if mode == "offsite":

@@ -97,3 +97,24 @@ async def test_a_reply_of_escaped_quotes_fails_its_execution_without_holding_the
     assert "non-JSON" in done["executions"][0]["error"], done["executions"][0]["error"][:200]
     assert done["executions"][0]["attempts"] == 1
     assert worst[0] < MAX_LAG_S, f"the loop was held {worst[0]:.3f} s"
+
+
+# -- replies are read only up to max_reply_bytes, counted once inflated ------------------------------
+
+async def test_an_endless_reply_fails_its_execution_once_the_cap_is_read(api: Api, fake_gpu: FakeGpu) -> None:
+    job = await api.submit({"backend": "capped", "input": {"mode": "endless"}})
+    done = await api.until(job["id"], "failed", "completed", timeout=60)
+    execution = done["executions"][0]
+    assert done["status"] == "failed"
+    assert "larger than 1048576 bytes" in execution["error"], execution["error"]
+    assert execution["attempts"] == 1  # never sent again: the work was done
+    sent = fake_gpu.endless_sent[execution["id"]]
+    assert sent < 64 << 20, f"the runner went on reading: {sent} bytes"
+
+
+async def test_a_gzip_bomb_fails_its_execution_at_the_cap_counted_inflated(api: Api, fake_gpu: FakeGpu) -> None:
+    job = await api.submit({"backend": "capped", "input": {"mode": "gzip_bomb", "mib": 64}})
+    done = await api.until(job["id"], "failed", "completed", timeout=60)
+    execution = done["executions"][0]
+    assert done["status"] == "failed"
+    assert "larger than 1048576 bytes" in execution["error"], execution["error"]
