@@ -65,6 +65,7 @@ _RUNNER_STATUS: dict[type[runner_errors.JobError], int] = {
     runner_errors.NotRerunnable: 409,
     runner_errors.IdempotencyConflict: 409,
     runner_errors.QuotaExceeded: 429,
+    runner_errors.RateExceeded: 429,
     runner_errors.UnknownBackend: 400,
     runner_errors.JobError: 400,
 }

@@ -52,6 +52,7 @@ async def submit(request: web.Request) -> web.Response:
         runtime.pool, owner=identity.address, executions=submission.executions,
         timeout_s=submission.timeout_s, metadata=submission.metadata,
         max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
+        per_minute=runtime.settings.max_submits_per_minute,
         body_hash=jobs.request_hash(body) if key else None)
     if created:
         log.info("job_submitted", job_id=str(job["id"]), executions=len(job["executions"]))
@@ -126,6 +127,7 @@ async def rerun(request: web.Request) -> web.Response:
     job, created = await jobs.rerun(
         runtime.pool, job_id, caller=identity.address, admin=identity.admin, executions=named,
         max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
+        per_minute=runtime.settings.max_submits_per_minute,
         body_hash=jobs.request_hash({"rerun": str(job_id), **body}) if key else None)
     if created:
         log.info("job_rerun", job_id=str(job["id"]), rerun_of=str(job_id))

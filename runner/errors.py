@@ -53,6 +53,12 @@ class QuotaExceeded(JobError):
     code = "quota_exceeded"
 
 
+class RateExceeded(JobError):
+    """More submits (and re-runs) in the last minute than the wallet may make."""
+
+    code = "rate_limited"
+
+
 class IdempotencyConflict(JobError):
     code = "idempotency_conflict"
 

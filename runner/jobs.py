@@ -21,6 +21,7 @@ from runner.errors import (
     JobNotFound,
     NotRerunnable,
     QuotaExceeded,
+    RateExceeded,
 )
 
 JobRow = Mapping[str, Any]
@@ -42,13 +43,28 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+async def _within_rate(pool: asyncpg.Pool, owner: str, per_minute: int) -> None:
+    """RateExceeded once the wallet has created `per_minute` jobs in the last minute (with
+    retention off, each is kept for good: a wallet must not grow the database unbounded)."""
+    row = await pool.fetchrow(
+        """SELECT count(*) AS n, extract(epoch FROM min(created_at) + interval '1 minute' - now()) AS wait
+           FROM (SELECT created_at FROM jobs WHERE owner = $1 AND created_at > now() - interval '1 minute'
+                 ORDER BY created_at DESC LIMIT $2) recent""", owner, per_minute)
+    if row is not None and row["n"] >= per_minute:
+        wait = max(float(row["wait"]), 0.1)
+        raise RateExceeded(f"this wallet has submitted {per_minute} jobs in the last minute "
+                           f"(RUNNER_MAX_SUBMITS_PER_MINUTE); try again in {wait:.0f} s",
+                           retry_after_s=round(wait, 1))
+
+
 async def submit(
     pool: asyncpg.Pool, *, owner: str, executions: list[NewExecution], timeout_s: int | None,
-    metadata: dict[str, Any], max_active: int, idempotency_key: str | None = None,
+    metadata: dict[str, Any], max_active: int, per_minute: int, idempotency_key: str | None = None,
     body_hash: str | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert a queued job in one round trip (runner_submit, migration 0003); returns
     (job, created). A repeated idempotency key returns the original job."""
+    await _within_rate(pool, owner, per_minute)
     job_id = uuid.uuid4()
     rows = [{"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input}
             for e in executions]
@@ -76,10 +92,11 @@ async def submit(
 
 
 async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool,
-                executions: list[uuid.UUID] | None, max_active: int, idempotency_key: str | None = None,
-                body_hash: str | None = None) -> tuple[JobRow, bool]:
+                executions: list[uuid.UUID] | None, max_active: int, per_minute: int,
+                idempotency_key: str | None = None, body_hash: str | None = None) -> tuple[JobRow, bool]:
     """A new job re-running a cancelled or failed one (runner_rerun, migration 0009): the
     completed executions not named are kept, the rest run again. Returns (job, created)."""
+    await _within_rate(pool, caller, per_minute)
     # The new job is read in the statement's own transaction: as created, before any worker
     # (woken by its commit) has claimed it.
     async with pool.acquire() as conn, conn.transaction():

@@ -136,3 +136,22 @@ async def test_a_stream_ends_when_its_session_expires(
             while not events or events[-1].get("event") != "signed_out":
                 events.append(await _read_event(stream))
             assert await asyncio.wait_for(stream.content.read(), 10) == b""
+
+
+# -- submits per minute ------------------------------------------------------------------------------
+
+async def test_submits_past_the_wallets_rate_are_429_and_other_wallets_go_on(
+        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession) -> None:
+    runtime = await cluster.start("all", settings.replace(max_submits_per_minute=5))
+    base = f"http://127.0.0.1:{runtime.port}"
+    one, two = await Api.signed_in(http, base), await Api.signed_in(http, base, Wallet())
+    for _ in range(4):
+        await one.submit({"backend": "demo", "input": {"seconds": 0}})
+    fifth = await one.submit({"backend": "demo", "input": {"seconds": 60}})
+    assert (await one.cancel(fifth["id"]))[0] == 200
+    status, body = await one.call("POST", "/jobs", json={"executions": [{"backend": "demo", "input": {"seconds": 0}}]})
+    assert status == 429 and body["error"] == "rate_limited", body
+    assert "RUNNER_MAX_SUBMITS_PER_MINUTE" in body["message"] and 0 < body["retry_after_s"] <= 60, body
+    status, body = await one.call("POST", f"/jobs/{fifth['id']}/rerun")
+    assert status == 429 and body["error"] == "rate_limited", body  # a re-run is a submit too
+    assert (await two.submit({"backend": "demo", "input": {"seconds": 0}}))["status"] == "queued"

@@ -28,7 +28,7 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def _claimed(pool: asyncpg.Pool, executions: int) -> store.ClaimedJob:
     await jobs.submit(pool, owner=OWNER, executions=[jobs.NewExecution("gpu", {"i": i}) for i in range(executions)],
-                      timeout_s=None, metadata={}, max_active=100)
+                      timeout_s=None, metadata={}, max_active=100, per_minute=1000)
     (job,) = await store.claim(pool, worker_id=WORKER, limit=1, lease_s=60, capacity=ALL)
     return job
 
