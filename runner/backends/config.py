@@ -24,7 +24,7 @@ _KIND_KEYS = {
     "runpod": {"endpoint_id"},
     "replicate": {"version", "model"},
     "fal": {"model"},
-    "subprocess": {"command", "grace_s"},
+    "subprocess": {"command", "grace_s", "max_output_bytes", "stderr_tail_bytes"},
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -46,6 +46,8 @@ class BackendSpec:
     model: str | None = None
     command: tuple[str, ...] = ()
     grace_s: float = 10.0
+    max_output_bytes: int = 16 * 1024 * 1024  # subprocess stdout past this fails the execution
+    stderr_tail_bytes: int = 64 * 1024  # subprocess stderr: only its last bytes are kept
     concurrency: int | None = None  # at most this many executions at once (None: no limit)
     confirm_within_s: float = 60.0  # after an acknowledged cancel, re-send it if the work runs on
     cancel_rate_per_s: float | None = None  # remote cancels per second from one instance
@@ -144,11 +146,9 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
                 "deadline_s"):
         if key in raw:
             opts[key] = _number(f"{where}.{key}", raw[key])
-    if "max_attempts" in raw:
-        opts["max_attempts"] = int(_number(f"{where}.max_attempts", raw["max_attempts"],
-                                           integer=True))
-    if "concurrency" in raw:
-        opts["concurrency"] = int(_number(f"{where}.concurrency", raw["concurrency"], integer=True))
+    for key in ("max_attempts", "concurrency", "max_output_bytes", "stderr_tail_bytes"):
+        if key in raw:
+            opts[key] = int(_number(f"{where}.{key}", raw[key], integer=True))
 
     if kind == "http":
         if "url" not in raw:
