@@ -72,7 +72,7 @@ def backends_for(fake: FakeGpu) -> dict[str, BackendSpec]:
         "gpu": BackendSpec(name="gpu", kind="http", url=f"{fake.base_url}/run",
                            cancel_url=f"{fake.base_url}/cancel/{{execution_id}}", max_attempts=2),
         "plain": BackendSpec(name="plain", kind="http", url=f"{fake.base_url}/run"),
-        "capped": BackendSpec(name="capped", kind="http", url=f"{fake.base_url}/run", max_reply_bytes=1 << 20),
+        "capped": BackendSpec(name="capped", kind="http", url=f"{fake.base_url}/run", max_output_bytes=1 << 20),
         "rp": BackendSpec(name="rp", kind="runpod", base_url=f"{fake.base_url}/v2",
                           endpoint_id="ep1", api_key="rp-key", poll_interval_s=0.02),
     }

@@ -99,7 +99,7 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int, what: str) -> byte
         size += len(chunk)
         if size > limit:
             raise PermanentBackendError(
-                f"{what}: HTTP {resp.status}: the reply is larger than {limit} bytes (max_reply_bytes)")
+                f"{what}: HTTP {resp.status}: the reply is larger than {limit} bytes (max_output_bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -168,7 +168,7 @@ class HttpBackendBase:
                 method, url, json=json_body, headers={**self.headers(call), **(headers or {})},
                 timeout=client_timeout or self.request_timeout, allow_redirects=False,
             ) as resp:
-                return await classify(resp, what, self.spec.max_reply_bytes)
+                return await classify(resp, what, self.spec.max_output_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientBackendError(f"{what}: {type(exc).__name__}: {exc}") from None
 

@@ -18,14 +18,14 @@ DEFAULT_BASE_URLS = {
 }
 _COMMON = {"kind", "url", "base_url", "api_key", "headers", "timeout_s", "poll_interval_s",
            "max_attempts", "concurrency", "confirm_within_s", "cancel_rate_per_s", "deadline_s",
-           "max_reply_bytes"}
+           "max_output_bytes"}
 _KIND_KEYS = {
     "demo": set(),
     "http": {"cancel_url"},
     "runpod": {"endpoint_id"},
     "replicate": {"version", "model"},
     "fal": {"model"},
-    "subprocess": {"command", "grace_s"},
+    "subprocess": {"command", "grace_s", "stderr_tail_bytes"},
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -47,12 +47,14 @@ class BackendSpec:
     model: str | None = None
     command: tuple[str, ...] = ()
     grace_s: float = 10.0
+    # A reply (http kinds, counted once decompressed) or a process's stdout longer than this
+    # fails the execution: the work is done, its answer unusable, and a retry would pay again.
+    max_output_bytes: int = 16 * 1024 * 1024
+    stderr_tail_bytes: int = 64 * 1024  # subprocess stderr: only its last bytes are kept
     concurrency: int | None = None  # at most this many executions at once (None: no limit)
     confirm_within_s: float = 60.0  # after an acknowledged cancel, re-send it if the work runs on
     cancel_rate_per_s: float | None = None  # remote cancels per second from one instance
     deadline_s: float | None = None  # the provider stops the work after this, whatever we do
-    # A reply (or a process's output) longer than this, once decompressed, fails the execution.
-    max_reply_bytes: int = 16 << 20
 
     @property
     def confirms_stop(self) -> bool:
@@ -147,14 +149,9 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
                 "deadline_s"):
         if key in raw:
             opts[key] = _number(f"{where}.{key}", raw[key])
-    if "max_attempts" in raw:
-        opts["max_attempts"] = int(_number(f"{where}.max_attempts", raw["max_attempts"],
-                                           integer=True))
-    if "max_reply_bytes" in raw:
-        opts["max_reply_bytes"] = int(_number(f"{where}.max_reply_bytes", raw["max_reply_bytes"],
-                                              integer=True))
-    if "concurrency" in raw:
-        opts["concurrency"] = int(_number(f"{where}.concurrency", raw["concurrency"], integer=True))
+    for key in ("max_attempts", "concurrency", "max_output_bytes", "stderr_tail_bytes"):
+        if key in raw:
+            opts[key] = int(_number(f"{where}.{key}", raw[key], integer=True))
 
     if kind == "http":
         if "url" not in raw:

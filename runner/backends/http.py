@@ -37,7 +37,7 @@ class HttpBackend(HttpBackendBase):
                     headers=self.headers(call), timeout=self.request_timeout, allow_redirects=False,
                 ) as resp:
                     if resp.status not in (301, 302, 303, 307, 308):
-                        return await classify(resp, "http call", self.spec.max_reply_bytes)
+                        return await classify(resp, "http call", self.spec.max_output_bytes)
                     location = resp.headers.get("Location")
                     if not location:
                         raise PermanentBackendError(f"http call: HTTP {resp.status} without Location")

@@ -99,7 +99,7 @@ async def test_a_reply_of_escaped_quotes_fails_its_execution_without_holding_the
     assert worst[0] < MAX_LAG_S, f"the loop was held {worst[0]:.3f} s"
 
 
-# -- replies are read only up to max_reply_bytes, counted once inflated ------------------------------
+# -- replies are read only up to max_output_bytes, counted once inflated ------------------------------
 
 async def test_an_endless_reply_fails_its_execution_once_the_cap_is_read(api: Api, fake_gpu: FakeGpu) -> None:
     job = await api.submit({"backend": "capped", "input": {"mode": "endless"}})

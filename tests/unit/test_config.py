@@ -75,6 +75,15 @@ def test_backends_file_expands_variables(tmp_path: Path) -> None:
     assert s.backends["gpu"].cancels_remotely is True
 
 
+def test_subprocess_output_limits_have_defaults_and_can_be_set() -> None:
+    toml = ('[backends.a]\nkind = "subprocess"\ncommand = ["a"]\n'
+            '[backends.b]\nkind = "subprocess"\ncommand = ["b"]\n'
+            'max_output_bytes = 1048576\nstderr_tail_bytes = 4096\n')
+    a, b = load_settings({"RUNNER_BACKENDS_TOML": toml}).backends.values()
+    assert (a.max_output_bytes, a.stderr_tail_bytes) == (16 * 1024 * 1024, 64 * 1024)
+    assert (b.max_output_bytes, b.stderr_tail_bytes) == (1048576, 4096)
+
+
 def test_backends_toml_overrides_file() -> None:
     s = load_settings({
         "RUNNER_BACKENDS_FILE": "/nonexistent.toml",
@@ -96,6 +105,12 @@ def test_backends_toml_overrides_file() -> None:
         ('[backends.x]\nkind = "demo"\ncancle_url = "http://a"\n', r"unknown key\(s\) cancle_url"),
         ('[backends.x]\nkind = "http"\nurl = "ftp://a"\n', r"backends\.x\.url"),
         ('[backends.x]\nkind = "demo"\nmax_attempts = 0\n', r"backends\.x\.max_attempts"),
+        ('[backends.x]\nkind = "subprocess"\ncommand = ["a"]\nmax_output_bytes = 0\n',
+         r"backends\.x\.max_output_bytes: expected a whole number"),
+        ('[backends.x]\nkind = "subprocess"\ncommand = ["a"]\nstderr_tail_bytes = 1.5\n',
+         r"backends\.x\.stderr_tail_bytes: expected a whole number"),
+        ('[backends.x]\nkind = "http"\nurl = "http://a"\nstderr_tail_bytes = 1\n',
+         r"unknown key\(s\) stderr_tail_bytes for kind http"),
         ("not toml [", "not valid TOML"),
     ],
 )
