@@ -79,7 +79,7 @@ class Settings:
     read_timeout_s: float = 15.0
     retention_days: float | None = None  # finished jobs older than this are deleted
     # Caps, each with a clear failure (benchmarks/README.md has what they guard against).
-    max_page_bytes: int = 8 << 20  # a listing page stops adding jobs past this much JSON
+    max_page_bytes: int = 4 << 20  # a listing page stops adding jobs past this much JSON
     max_streams_per_wallet: int = 16  # open event streams of one wallet on one instance (429 past it)
     max_streams: int = 2000  # open event streams on one instance, all wallets (429 past it)
     max_submits_per_minute: int = 120  # jobs one wallet may submit (or re-run) a minute
