@@ -44,6 +44,7 @@ _NONCE = re.compile(r"[A-Za-z0-9]{8,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _REQUEST_ID = re.compile(rf"{_PCHAR}*")
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
+_MAX_CHAIN_ID_DIGITS = len(str(2**256 - 1))
 
 HEADER_SUFFIX = " wants you to sign in with your Ethereum account:"
 
@@ -219,6 +220,10 @@ def parse(text: str) -> SiweMessage:
     chain = take("Chain ID: ", "Chain ID")
     if not re.fullmatch(r"[0-9]+", chain):
         raise _bad("the chain id must be a number")
+    # A chain id is a uint256 (EIP-155, the CHAINID opcode): at most 78 digits. Bounding the
+    # length first also keeps int() within its 4,300-digit limit (a ValueError otherwise).
+    if len(chain) > _MAX_CHAIN_ID_DIGITS or int(chain) >= 2**256:
+        raise _bad("the chain id is larger than any chain's (a chain id fits in 256 bits)")
     nonce = take("Nonce: ", "Nonce")
     if not _NONCE.fullmatch(nonce):
         raise _bad("the nonce must be at least 8 letters or digits")
