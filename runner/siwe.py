@@ -170,7 +170,7 @@ class SiweMessage:
 
     @property
     def host(self) -> str:
-        """The domain as host[:port], lower case (userinfo dropped), for comparison."""
+        """The domain as host[:port], lower case (userinfo dropped; check() refuses it)."""
         return self.domain.rsplit("@", 1)[-1].lower()
 
 
@@ -284,6 +284,12 @@ def check(
     `future_skew` is how far Issued At may lie ahead of `now`. The EIP itself has no such
     rule; the service does (60 s). None turns it off, to check a message by the EIP alone.
     """
+    if "@" in message.domain:
+        # Wallets show the domain as written: "phish.example@portal" reads as phish.example to
+        # a person, and as host "portal" to a parser. The EIP allows userinfo; we never do.
+        raise SiweError(Reason.INVALID_DOMAIN,
+                        f"the message's domain {message.domain!r} has userinfo (a name before '@'); "
+                        "name the host[:port] alone")
     if message.host not in domains:
         raise SiweError(Reason.INVALID_DOMAIN,
                         f"the message names domain {message.domain!r}; this service accepts "

@@ -413,3 +413,16 @@ async def test_a_wrong_domain_names_the_accepted_ones(http: aiohttp.ClientSessio
     status, body = await login(http, base_url, text, wallet.sign(text))
     assert status == 401 and body["error"] == "invalid_domain"
     assert "runner.test" in body["message"] and "portal.example" in body["message"]
+
+
+async def test_a_domain_with_userinfo_is_refused(http: aiohttp.ClientSession, base_url: str) -> None:
+    """'phish.example@runner.test' is host runner.test to a URL parser, but a person reading the
+    wallet's prompt sees phish.example: a domain naming anything before the host is refused."""
+    wallet = Wallet()
+    for domain in ("phish.example@runner.test", "runner.test:x@runner.test", "@runner.test"):
+        text = wallet.message(await get_nonce(http, base_url), domain).to_text()
+        assert text.startswith(domain + " wants you to sign in")  # the message really names it
+        assert await _refused(http, base_url, text, wallet.sign(text)) in ("invalid_message", "invalid_domain")
+    # The same wallet, the same host without userinfo, signs in.
+    text = wallet.message(await get_nonce(http, base_url), "runner.test").to_text()
+    assert (await login(http, base_url, text, wallet.sign(text)))[0] == 200
