@@ -78,12 +78,18 @@ class Settings:
     # keep-alive connection is closed after it too.
     read_timeout_s: float = 15.0
     retention_days: float | None = None  # finished jobs older than this are deleted
+    public_url: str | None = None  # where browsers reach the service (behind any proxy)
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
         """Domains (host[:port], lower case) a sign-in message may name."""
         domains = self.siwe_domains or (f"localhost:{self.port}", f"127.0.0.1:{self.port}")
         return frozenset(d.lower() for d in domains)
+
+    @property
+    def public_https(self) -> bool:
+        """Browsers reach the service over https (the session cookie is then Secure)."""
+        return self.public_url is not None and self.public_url.lower().startswith("https://")
 
     @property
     def lease_renew_s(self) -> float:
@@ -119,6 +125,20 @@ def _chain_ids(name: str, raw: str) -> frozenset[int]:
     return frozenset(_int(name, part, 1) for part in _split(raw))
 
 
+def _public_url(name: str, raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(raw)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        url = None
+    if (url is None or url.scheme.lower() not in ("http", "https") or not url.hostname
+            or "@" in url.netloc or url.query or url.fragment):
+        raise ConfigError(f"{name}={raw!r}: expected the URL browsers use, such as https://runner.example.com")
+    return raw
+
+
 def _log_format(name: str, raw: str) -> str:
     if raw not in ("json", "console"):
         raise ConfigError(f"{name}={raw!r}: expected 'json' or 'console'")
@@ -147,6 +167,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_LOG_FORMAT": ("log_format", _log_format),
     "RUNNER_READ_TIMEOUT_S": ("read_timeout_s", _seconds),
     "RUNNER_RETENTION_DAYS": ("retention_days", _days),
+    "RUNNER_PUBLIC_URL": ("public_url", _public_url),
 }
 
 

@@ -102,3 +102,15 @@ def test_backends_toml_overrides_file() -> None:
 def test_bad_backends_are_refused_naming_backend_and_key(toml: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings({"RUNNER_BACKENDS_TOML": toml})
+
+
+def test_public_url_is_parsed_and_checked() -> None:
+    assert load_settings({}).public_url is None
+    s = load_settings({"RUNNER_PUBLIC_URL": "https://runner.example.com"})
+    assert s.public_url == "https://runner.example.com" and s.public_https
+    s = load_settings({"RUNNER_PUBLIC_URL": "http://127.0.0.1:8080/"})
+    assert not s.public_https
+    for bad in ("runner.example.com", "ftp://runner.example.com", "https://", "https://a.example/?x=1",
+                "https://user@a.example"):
+        with pytest.raises(ConfigError, match="RUNNER_PUBLIC_URL"):
+            load_settings({"RUNNER_PUBLIC_URL": bad})
