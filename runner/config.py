@@ -50,8 +50,36 @@ def _addresses(name: str, raw: str) -> frozenset[str]:
     for part in _split(raw):
         if not is_address(part):
             raise ConfigError(f"{name}: {part!r} is not an Ethereum address")
-        out.add(to_checksum_address(part))
+        checksummed = to_checksum_address(part)
+        digits = part[2:] if part[:2].lower() == "0x" else part
+        # Mixed case is an EIP-55 checksum; a wrong one is a typo, perhaps of another address.
+        if digits not in (digits.lower(), digits.upper()) and digits != checksummed[2:]:
+            raise ConfigError(f"{name}: {part!r} has a wrong EIP-55 checksum (a typo?); "
+                              "write it checksummed, or all in lower case")
+        out.add(checksummed)
     return frozenset(out)
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Origins as browsers send them in Origin: scheme://host[:port], lower case, nothing after.
+    Anything else never matches one (a trailing slash, a path, '*'), or matches too much:
+    'null' is the Origin of every sandboxed iframe and file:// page."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for part in _split(raw):
+        try:
+            url = urlsplit(part)
+            url.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            url = None
+        if (url is None or not url.scheme or not url.hostname or "*" in part or "@" in url.netloc
+                or url.path or part.endswith(("?", "#")) or url.query or url.fragment):
+            raise ConfigError(f"{name}: {part!r} is not an origin: write scheme://host[:port], "
+                              "such as https://portal.example, with no path or trailing slash "
+                              "('*' and 'null' are refused)")
+        out.append(part.lower())
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +184,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_SIWE_CHAIN_IDS": ("siwe_chain_ids", _chain_ids),
     "RUNNER_SESSION_TTL_S": ("session_ttl_s", _seconds),
     "RUNNER_ADMIN_WALLETS": ("admin_wallets", _addresses),
-    "RUNNER_CORS_ORIGINS": ("cors_origins", lambda _n, raw: _split(raw)),
+    "RUNNER_CORS_ORIGINS": ("cors_origins", _origins),
     "RUNNER_CONCURRENCY": ("concurrency", _positive),
     "RUNNER_LEASE_S": ("lease_s", _seconds),
     "RUNNER_SHUTDOWN_GRACE_S": ("shutdown_grace_s", lambda n, raw: _seconds(n, raw, allow_zero=True)),

@@ -31,8 +31,8 @@ def _raise_open_files_limit() -> None:
 async def serve_verb(args: argparse.Namespace) -> int:
     from runner.service import serve
 
+    settings = load_settings()  # first: a bad setting is the one line start-up prints
     _raise_open_files_limit()
-    settings = load_settings()
     if args.host:
         settings = settings.replace(host=args.host)
     if args.port is not None:
