@@ -112,6 +112,12 @@ class Settings:
     max_streams: int = 2000  # open event streams on one instance, all wallets (429 past it)
     max_submits_per_minute: int = 120  # jobs one wallet may submit (or re-run) a minute
     public_url: str | None = None  # where browsers reach the service (behind any proxy)
+    webhook_allow_http: bool = False  # webhooks to http:// URLs too (tests, private networks)
+    webhook_allow_private: bool = False  # webhooks to loopback/private addresses (tests, private deployments)
+    # Not settable from the environment (SPEC §11 fixes them); tests shorten them.
+    webhook_timeout_s: float = 10.0  # an attempt with no answer by then failed
+    webhook_retry_base_s: float = 5.0  # the first retry's wait; doubled each time, jittered
+    webhook_retry_for_s: float = 86400.0  # an event is retried this long, then given up
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
@@ -172,6 +178,14 @@ def _public_url(name: str, raw: str) -> str:
     return raw
 
 
+def _flag(name: str, raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected 1 or 0")
+
+
 def _log_format(name: str, raw: str) -> str:
     if raw not in ("json", "console"):
         raise ConfigError(f"{name}={raw!r}: expected 'json' or 'console'")
@@ -205,6 +219,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_MAX_STREAMS": ("max_streams", _positive),
     "RUNNER_MAX_SUBMITS_PER_MINUTE": ("max_submits_per_minute", _positive),
     "RUNNER_PUBLIC_URL": ("public_url", _public_url),
+    "RUNNER_WEBHOOK_ALLOW_HTTP": ("webhook_allow_http", _flag),
+    "RUNNER_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _flag),
 }
 
 

@@ -42,6 +42,13 @@ class Metrics:
         self.remote_cancels = Counter(
             "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
             ["backend", "outcome"], registry=self.registry)
+        self.webhooks_pending = Gauge(
+            "runner_webhooks_pending", "Webhook events not yet delivered (all instances').",
+            registry=self.registry)
+        self.webhook_failures = Counter(
+            "runner_webhook_failures_total",
+            "Failed webhook attempts by this instance, by answer status (or timeout, network, refused).",
+            ["status"], registry=self.registry)
 
         self.loop_lag_seconds = Histogram(
             "runner_event_loop_lag_seconds",
