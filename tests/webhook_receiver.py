@@ -63,7 +63,8 @@ class Receiver:
             async with self._changed:
                 self.verified.append({"id": request.headers["webhook-id"], **payload})
                 self._changed.notify_all()
-        return web.Response(status=self.status, text="x" * 100_000)  # more than is read of it
+        headers = {"Location": "/hook"} if 300 <= self.status < 400 else {}
+        return web.Response(status=self.status, text="x" * 100_000, headers=headers)  # more than is read
 
     async def wait(self, predicate: Any, timeout: float = 30.0) -> None:
         """Until predicate(self) holds (checked on every request)."""

@@ -84,7 +84,8 @@ class WebhookSender:
         self.metrics = metrics
         self.instance_id = instance_id
         self.render = render
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.in_flight: set[asyncio.Task[None]] = set()  # deliveries under way
+        self._wakes: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._ticking = False
 
@@ -103,9 +104,15 @@ class WebhookSender:
     def wake(self, _payload: str = "") -> None:
         """A NOTIFY from a trigger: an event was just written; look now, not at the next tick."""
         if not self._ticking:
-            task = asyncio.get_running_loop().create_task(self.tick(), name="webhook_wake")
-            self.in_flight.add(task)
-            task.add_done_callback(self.in_flight.discard)
+            task = asyncio.get_running_loop().create_task(self._woken(), name="webhook_wake")
+            self._wakes.add(task)
+            task.add_done_callback(self._wakes.discard)
+
+    async def _woken(self) -> None:
+        try:
+            await self.tick()
+        except Exception as exc:  # the periodic tick tries again shortly
+            log.warning("webhook_wake_failed", error=repr(exc))
 
     async def tick(self) -> None:
         """Claim what is due (as many as there is room for) and start delivering it."""
@@ -127,9 +134,10 @@ class WebhookSender:
 
     async def close(self) -> None:
         """Stop: deliveries under way are abandoned (their rows come due again elsewhere)."""
-        for task in list(self.in_flight):
+        tasks = [*self.in_flight, *self._wakes]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.in_flight, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
 

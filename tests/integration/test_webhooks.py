@@ -16,6 +16,7 @@ from runner.backends.config import BackendSpec
 from runner.db import connect
 from runner.runtime import Runtime
 from runner.webhooks.delivery import WebhookSender
+from runner.webhooks.signing import new_secret
 from tests.client import Api
 from tests.conftest import Cluster
 from tests.fakes import FakeGpu
@@ -243,3 +244,55 @@ async def test_a_webhook_job_without_a_backend_spec_in_the_listing(
     assert job["webhook"] is None and job["webhook_events"] is None
     listed = (await api.call("GET", "/jobs"))[1]["jobs"][0]
     assert listed["webhook"] is None and listed["webhook_events"] is None
+
+
+async def test_the_triggers_write_each_event_with_its_change_and_only_those_asked_for(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """Statuses changed by hand (no worker runs here): the outbox follows, in the same
+    transaction; a requeue is no event; remote_stopped comes from the execution's confirmation."""
+    rt = await cluster.start("api", **OPEN)
+    api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+    url = "http://127.0.0.1:9/hook"
+    every = await api.submit({"backend": "demo", "input": {}}, webhook=url)
+    some = await api.submit({"backend": "demo", "input": {}}, webhook=url, webhook_events=["remote_stopped"])
+    none = await api.submit({"backend": "demo", "input": {}})
+    conn = await connect(cluster.dsn)
+    try:
+        await conn.execute("INSERT INTO workers (id, lease_expires_at) VALUES ('w', now() + interval '1 h')")
+        for job in (every, some, none):
+            async with conn.transaction():
+                await conn.execute("UPDATE jobs SET status = 'running', worker_id = 'w' WHERE id = $1", job["id"])
+                assert [r["event"] for r in await conn.fetch(
+                    "SELECT event FROM webhook_outbox WHERE job_id = $1", job["id"])] == (
+                    ["started"] if job is every else [])  # already there, before the commit
+            await conn.execute("UPDATE jobs SET status = 'queued', worker_id = NULL WHERE id = $1", job["id"])
+            await conn.execute("UPDATE jobs SET status = 'running', worker_id = 'w' WHERE id = $1", job["id"])
+            await conn.execute("UPDATE jobs SET status = 'cancelled', worker_id = NULL, cancelled_at = now() "
+                               "WHERE id = $1", job["id"])
+            await conn.execute("UPDATE executions SET status = 'cancelled', remote_cancel = 'acknowledged' "
+                               "WHERE job_id = $1", job["id"])
+            await conn.execute("UPDATE executions SET remote_cancel = 'confirmed' WHERE job_id = $1", job["id"])
+            await conn.execute("UPDATE executions SET remote_cancel = 'confirmed' WHERE job_id = $1", job["id"])
+        events = {job["id"]: [r["event"] for r in await conn.fetch(
+            "SELECT event FROM webhook_outbox WHERE job_id = $1 ORDER BY id", job["id"])]
+            for job in (every, some, none)}
+        stopped = await conn.fetchrow("SELECT * FROM webhook_outbox WHERE event = 'remote_stopped' LIMIT 1")
+    finally:
+        await conn.close()
+    assert events[every["id"]] == ["started", "started", "cancelled", "remote_stopped"]
+    assert events[some["id"]] == ["remote_stopped"]
+    assert events[none["id"]] == []
+    assert stopped["execution_id"] is not None and stopped["url"] == url and stopped["state"] == "pending"
+
+
+async def test_a_redirect_is_not_followed(cluster: Cluster, receiver: Receiver) -> None:
+    rt = await cluster.start("api", **OPEN)
+    receiver.status = 307  # answered with Location: /hook; following it would be a second arrival
+    receiver.secret = new_secret()
+    await receiver.start()
+    sender = WebhookSender(rt.pool, rt.settings, rt.metrics, "test", lambda row: {})
+    try:
+        assert await sender._post(receiver.url, "msg_r", b"{}", [receiver.secret]) == (307, None)
+    finally:
+        await sender.close()
+    assert len(receiver.arrivals) == 1
