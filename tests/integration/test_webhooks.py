@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,13 +14,16 @@ import asyncpg
 import pytest
 
 from runner.backends.config import BackendSpec
+from runner.config import Settings
 from runner.db import connect
 from runner.runtime import Runtime
+from runner.service import running_service
 from runner.webhooks.delivery import WebhookSender
 from runner.webhooks.signing import new_secret
 from tests.client import Api
 from tests.conftest import Cluster
 from tests.fakes import FakeGpu
+from tests.pg import StoppablePostgres
 from tests.procs import ServeProcess
 from tests.webhook_receiver import Receiver, payload_of
 
@@ -33,6 +37,16 @@ async def receiver() -> AsyncIterator[Receiver]:
     if r.hold is not None:
         r.hold.set()
     await r.stop()
+
+
+@pytest.fixture
+def own_pg(tmp_path: Path) -> Iterator[StoppablePostgres]:
+    """A Postgres of the test's own, which it may stop."""
+    pg = StoppablePostgres(tmp_path)
+    pg.start()
+    yield pg
+    pg.start()  # a test that failed mid-outage leaves it stopped
+    pg.cleanup()
 
 
 async def _signed_up(api: Api, receiver: Receiver) -> None:
@@ -296,3 +310,26 @@ async def test_a_redirect_is_not_followed(cluster: Cluster, receiver: Receiver) 
     finally:
         await sender.close()
     assert len(receiver.arrivals) == 1
+
+
+async def test_a_postgres_outage_mid_delivery_loses_nothing(
+        own_pg: StoppablePostgres, settings: Settings, receiver: Receiver,
+        http: aiohttp.ClientSession) -> None:
+    async with running_service(settings.replace(**OPEN), dsn=own_pg.dsn) as rt:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+        await _signed_up(api, receiver)
+        receiver.hold, receiver.hold_first = asyncio.Event(), 1
+        await receiver.start()
+        job = await api.submit({"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url,
+                               webhook_events=["completed"])
+        await receiver.wait(lambda r: r.arrivals)  # mid-delivery...
+        own_pg.stop()  # ...the database goes away
+        receiver.hold.set()  # and the receiver answers 2xx meanwhile
+        await receiver.wait(lambda r: r.verified)
+        own_pg.start()
+        rows = await _until_outbox(own_pg.dsn, job["id"], lambda rs: rs and rs[0]["state"] == "delivered")
+        assert rows[0]["attempts"] >= 1
+        audit = await _audit(api, job["id"])
+        delivered = [e for e in audit if e["kind"] == "webhook_delivered"]
+        assert len(delivered) == 1 and delivered[0]["detail"]["webhook_id"] == rows[0]["msg_id"]
+        assert {a["headers"]["webhook-id"] for a in receiver.arrivals} == {rows[0]["msg_id"]}
