@@ -169,10 +169,12 @@ async def test_a_chain_id_of_5000_digits_is_refused_not_a_500(api: Api, http: ai
     async with http.get(api.base + "/auth/nonce") as resp:
         nonce = (await resp.json())["nonce"]
     wallet = Wallet()
-    text = str(wallet.message(nonce)).replace("Chain ID: 1", "Chain ID: " + "9" * 5000)
+    text = wallet.message(nonce).to_text().replace("Chain ID: 1", "Chain ID: " + "9" * 5000)
+    assert "9" * 5000 in text  # the message is EIP-4361 but for its chain id
     status, reply = await _raw_post(http, api.base + "/auth/login",
                                     json.dumps({"message": text, "signature": wallet.sign(text)}).encode())
     assert status == 401 and reply["error"] == "invalid_message", reply
+    assert "chain id" in reply["message"]
 
 
 # -- validate before signalling ----------------------------------------------------------------
