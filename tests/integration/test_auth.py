@@ -9,12 +9,13 @@ import aiohttp
 import asyncpg
 import pytest
 
+from runner import siwe
 from runner.config import Settings
 from runner.db.listener import AUTH
 from runner.runtime import Runtime
 from runner.service import running_service
 from tests.conftest import Cluster
-from tests.wallets import Wallet, _ts, get_nonce, login, sign_in
+from tests.wallets import CLIENT_MESSAGES, Wallet, _ts, get_nonce, login, sign_in
 
 
 async def _refused(http: aiohttp.ClientSession, base: str, text: str, sig: str) -> str:
@@ -466,3 +467,18 @@ async def test_a_malformed_signature_is_called_malformed(http: aiohttp.ClientSes
         status, body = await login(http, base_url, text, malformed)
         assert status == 401 and body["error"] == "invalid_signature", body
         assert "malformed" in body["message"]
+
+
+async def test_messages_written_by_viem_and_siwe_sign_in(
+    cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    """tests/data/siwe-clients/: as the libraries wrote and signed them, byte for byte. Their
+    nonces were made there, so they are put where /auth/nonce would have put them."""
+    rt = await cluster.start(siwe_domains=tuple({case["domain"] for case in CLIENT_MESSAGES.values()}))
+    base = f"http://127.0.0.1:{rt.port}"
+    for name, case in CLIENT_MESSAGES.items():
+        nonce = siwe.parse(case["message"]).nonce
+        await db.execute("INSERT INTO auth_nonces (nonce, expires_at) VALUES ($1, now() + interval '1 minute')", nonce)
+        status, body = await login(http, base, case["message"], case["signature"])
+        assert status == 200, (name, body)
+        assert body["address"] == case["address"], name
