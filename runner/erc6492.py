@@ -69,6 +69,10 @@ class Validator:
     async def is_valid(self, chain_id: int, signer: str, hash_: bytes, signature: bytes) -> bool:
         """Whether `signature` is `signer`'s over `hash_` on that chain (ERC-1271, ERC-6492,
         or a key's). Raises ChainUnavailable unless the chain answered yes or no."""
+        if int(signer, 16) == 0:
+            # The validator's key fallback compares ecrecover's answer with the signer, and
+            # ecrecover answers address(0) for any signature it cannot recover: no yes for it.
+            return False
         url = self.urls[chain_id]
         body = {"jsonrpc": "2.0", "id": 1, "method": "eth_call",
                 "params": [{"data": "0x" + call_data(signer, hash_, signature).hex()}, "latest"]}

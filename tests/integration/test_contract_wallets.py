@@ -130,3 +130,13 @@ async def test_without_an_rpc_for_the_chain_the_refusal_says_what_to_configure(
         assert (status, body["error"]) == (401, "invalid_signature"), body
         assert "RUNNER_CHAIN_RPC_URLS" in body["message"] and "chain id 8453" in body["message"]
         assert "malformed" not in body["message"]
+
+
+async def test_the_zero_address_never_signs_in(http: aiohttp.ClientSession, base: str, anvil: Anvil) -> None:
+    """ecrecover answers address(0) for a signature it cannot recover, so the validator's
+    key fallback "verifies" any such signature for the zero address."""
+    zero = "0x" + "00" * 20
+    for signature in ("0x" + "00" * 64 + "1b", "0x" + "00" * 64 + "1c", "0x" + "11" * 32 + "00" * 32 + "1b"):
+        text = _text(zero, await get_nonce(http, base))
+        status, body = await login(http, base, text, signature)
+        assert (status, body["error"]) == (401, "invalid_signature"), body

@@ -156,3 +156,12 @@ async def test_an_rpc_that_is_down_is_unavailable() -> None:
     with pytest.raises(erc6492.ChainUnavailable, match="could not be reached") as info:
         await _check(url)
     assert "SECRETKEY" not in str(info.value)
+
+
+async def test_the_zero_address_is_a_no_without_a_call(rpc: FakeRpc) -> None:
+    validator = erc6492.Validator({8453: rpc.url}, 5.0)
+    try:
+        assert await validator.is_valid(8453, "0x" + "00" * 20, HASH, b"\x00" * 64 + b"\x1b") is False
+    finally:
+        await validator.close()
+    assert rpc.bodies == []  # the fake would have said yes
