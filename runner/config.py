@@ -50,8 +50,36 @@ def _addresses(name: str, raw: str) -> frozenset[str]:
     for part in _split(raw):
         if not is_address(part):
             raise ConfigError(f"{name}: {part!r} is not an Ethereum address")
-        out.add(to_checksum_address(part))
+        checksummed = to_checksum_address(part)
+        digits = part[2:] if part[:2].lower() == "0x" else part
+        # Mixed case is an EIP-55 checksum; a wrong one is a typo, perhaps of another address.
+        if digits not in (digits.lower(), digits.upper()) and digits != checksummed[2:]:
+            raise ConfigError(f"{name}: {part!r} has a wrong EIP-55 checksum (a typo?); "
+                              "write it checksummed, or all in lower case")
+        out.add(checksummed)
     return frozenset(out)
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Origins as browsers send them in Origin: scheme://host[:port], lower case, nothing after.
+    Anything else never matches one (a trailing slash, a path, '*'), or matches too much:
+    'null' is the Origin of every sandboxed iframe and file:// page."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for part in _split(raw):
+        try:
+            url = urlsplit(part)
+            url.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            url = None
+        if (url is None or not url.scheme or not url.hostname or "*" in part or "@" in url.netloc
+                or url.path or part.endswith(("?", "#")) or url.query or url.fragment):
+            raise ConfigError(f"{name}: {part!r} is not an origin: write scheme://host[:port], "
+                              "such as https://portal.example, with no path or trailing slash "
+                              "('*' and 'null' are refused)")
+        out.append(part.lower())
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +114,18 @@ class Settings:
     # Chain id -> JSON-RPC URL that checks contract wallets' sign-ins (ERC-1271, ERC-6492).
     chain_rpc_urls: Mapping[int, str] = field(default_factory=dict)
     chain_rpc_timeout_s: float = 5.0  # one validation call, queueing for it included
+    public_url: str | None = None  # where browsers reach the service (behind any proxy)
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
         """Domains (host[:port], lower case) a sign-in message may name."""
         domains = self.siwe_domains or (f"localhost:{self.port}", f"127.0.0.1:{self.port}")
         return frozenset(d.lower() for d in domains)
+
+    @property
+    def public_https(self) -> bool:
+        """Browsers reach the service over https (the session cookie is then Secure)."""
+        return self.public_url is not None and self.public_url.lower().startswith("https://")
 
     @property
     def lease_renew_s(self) -> float:
@@ -141,13 +175,28 @@ def _chain_rpc_urls(name: str, raw: str) -> dict[int, str]:
             raise ConfigError(f"{name}: chain id {chain_id} is given twice")
         try:
             parts = urlsplit(url)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
         except ValueError:
             ok = False
         if not ok:
             raise ConfigError(f"{name}: chain id {chain_id}'s URL must be http:// or https:// with a host")
         urls[chain_id] = url
     return urls
+
+
+def _public_url(name: str, raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(raw)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        url = None
+    if (url is None or url.scheme.lower() not in ("http", "https") or not url.hostname
+            or "@" in url.netloc or url.query or url.fragment):
+        raise ConfigError(f"{name}={raw!r}: expected the URL browsers use, such as https://runner.example.com")
+    return raw
 
 
 def _log_format(name: str, raw: str) -> str:
@@ -167,7 +216,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_SIWE_CHAIN_IDS": ("siwe_chain_ids", _chain_ids),
     "RUNNER_SESSION_TTL_S": ("session_ttl_s", _seconds),
     "RUNNER_ADMIN_WALLETS": ("admin_wallets", _addresses),
-    "RUNNER_CORS_ORIGINS": ("cors_origins", lambda _n, raw: _split(raw)),
+    "RUNNER_CORS_ORIGINS": ("cors_origins", _origins),
     "RUNNER_CONCURRENCY": ("concurrency", _positive),
     "RUNNER_LEASE_S": ("lease_s", _seconds),
     "RUNNER_SHUTDOWN_GRACE_S": ("shutdown_grace_s", lambda n, raw: _seconds(n, raw, allow_zero=True)),
@@ -184,6 +233,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_MAX_SUBMITS_PER_MINUTE": ("max_submits_per_minute", _positive),
     "RUNNER_CHAIN_RPC_URLS": ("chain_rpc_urls", _chain_rpc_urls),
     "RUNNER_CHAIN_RPC_TIMEOUT_S": ("chain_rpc_timeout_s", _seconds),
+    "RUNNER_PUBLIC_URL": ("public_url", _public_url),
 }
 
 
