@@ -1,4 +1,4 @@
--- Webhooks (SPEC §11): a job's URL is POSTed each event it asked for. Events are written by
+-- Webhooks (README, Webhooks): a job's URL is POSTed each event it asked for. Events are written by
 -- triggers in the same transaction as the change they report (an outbox), so no status
 -- statement elsewhere needs to know about them and none can commit without its event.
 

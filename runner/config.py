@@ -117,7 +117,7 @@ class Settings:
     public_url: str | None = None  # where browsers reach the service (behind any proxy)
     webhook_allow_http: bool = False  # webhooks to http:// URLs too (tests, private networks)
     webhook_allow_private: bool = False  # webhooks to loopback/private addresses (tests, private deployments)
-    # Not settable from the environment (SPEC §11 fixes them); tests shorten them.
+    # Not settable from the environment (the service promises these to receivers); tests shorten them.
     webhook_timeout_s: float = 10.0  # an attempt with no answer by then failed
     webhook_retry_base_s: float = 5.0  # the first retry's wait; doubled each time, jittered
     webhook_retry_for_s: float = 86400.0  # an event is retried this long, then given up
