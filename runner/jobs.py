@@ -69,16 +69,18 @@ async def submit(
     job_id = uuid.uuid4()
     rows = [{"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input}
             for e in executions]
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)",
-                                  job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash,
-                                  max_active)
-        assert row is not None
-        if webhook is not None and row["outcome"] == "created":
-            # In the submit's transaction: no worker can start the job (an event) before its
-            # webhook is there.
-            await conn.execute("UPDATE jobs SET webhook = $2, webhook_events = $3 WHERE id = $1",
-                               job_id, webhook, webhook_events)
+    args = (job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash, max_active)
+    if webhook is None:  # one round trip, as before webhooks
+        row = await pool.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)", *args)
+    else:
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)", *args)
+            if row is not None and row["outcome"] == "created":
+                # In the submit's transaction: no worker can start the job (an event) before
+                # its webhook is there.
+                await conn.execute("UPDATE jobs SET webhook = $2, webhook_events = $3 WHERE id = $1",
+                                   job_id, webhook, webhook_events)
+    assert row is not None
     if row["outcome"] == "conflict":
         raise IdempotencyConflict("this Idempotency-Key was used with a different body in the last 24 h")
     if row["outcome"] == "existing":
