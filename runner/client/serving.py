@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -12,7 +13,8 @@ from typing import Any
 
 import structlog
 
-from runner.config import load_settings
+from runner.config import load_settings, settings_warnings
+from runner.errors import ConfigError
 
 log = structlog.get_logger("runner.client.cli")
 
@@ -32,6 +34,11 @@ async def serve_verb(args: argparse.Namespace) -> int:
     from runner.service import serve
 
     settings = load_settings()  # first: a bad setting is the one line start-up prints
+    if args.role != "all" and not settings.database_url:
+        raise ConfigError(f"--role {args.role} needs DATABASE_URL: an embedded database cannot be "
+                          "shared between instances, so its jobs would reach no other machine")
+    for warning in settings_warnings(os.environ, settings):
+        log.warning(warning)
     _raise_open_files_limit()
     if args.host:
         settings = settings.replace(host=args.host)

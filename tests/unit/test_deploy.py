@@ -46,3 +46,28 @@ def test_dockerfile_installs_the_package_and_runs_as_non_root() -> None:
     assert lines[-1] == 'CMD ["runner", "serve", "--host", "0.0.0.0"]'
     copied = {ln.split()[1] for ln in lines if ln.startswith("COPY ")}
     assert {"runner", "api", "migrations", "pyproject.toml"} <= copied
+
+
+def test_the_fly_page_gives_every_command_in_order_and_is_linked() -> None:
+    page = (ROOT / "docs" / "deploy-fly.md").read_text()
+    assert "docs/deploy-fly.md" in (ROOT / "README.md").read_text()
+    steps = ["fly apps create", "fly mpg create", "direct.", "fly secrets set",
+             "RUNNER_SIWE_DOMAIN=", ".fly.dev", "fly deploy", "/readyz",
+             "runner --api-url https://", "login"]
+    at = 0
+    for step in steps:  # each after the one before
+        found = page.find(step, at)
+        assert found != -1, f"{step!r} missing after {page[max(0, at - 60):at]!r}"
+        at = found + len(step)
+    # Fly secrets are the app's, every process group's alike: nothing may promise otherwise.
+    for text in (page, (ROOT / "fly.toml").read_text()):
+        assert "secret per process group" not in text
+    assert "app-wide" in page
+
+
+def test_fly_toml_sets_the_trusted_proxy_and_no_pooled_database() -> None:
+    fly = tomllib.loads((ROOT / "fly.toml").read_text())
+    assert fly["env"]["RUNNER_TRUSTED_PROXY"] == "fly"
+    assert "DATABASE_URL" not in fly["env"]  # a secret, the direct URL
+    settings = load_settings(fly["env"])
+    assert settings.trusted_proxies == ("fly",)
