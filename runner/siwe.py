@@ -307,8 +307,23 @@ def check(
         raise SiweError(Reason.EXPIRED, "the message has expired")
     if not_before is not None and not_before > now:
         raise SiweError(Reason.EXPIRED, "the message is not yet valid")
-    if recover(message.to_text(), signature) != message.address:
+    if recover(message.to_text(), signature_hex(signature)) != message.address:
         raise SiweError(Reason.INVALID_SIGNATURE, "the signature is not the address's")
+
+
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+
+
+def signature_hex(signature: str) -> str:
+    """The signature as 0x-prefixed hex. The 0x is optional (eth-account's `hex()` leaves it
+    out); text that cannot be a signature at all (not hex, an odd number of digits, shorter
+    than an ECDSA signature's 65 bytes) is malformed, a different fault from another key's."""
+    digits = signature[2:] if signature[:2] in ("0x", "0X") else signature
+    if not _HEX.fullmatch(digits) or len(digits) < 130:
+        raise SiweError(Reason.INVALID_SIGNATURE,
+                        "the signature is malformed: expected hex of at least 65 bytes "
+                        "(130 digits, 0x optional), as personal_sign returns")
+    return "0x" + digits
 
 
 def recover(text: str, signature: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -75,6 +76,8 @@ async def migrate_verb(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     log.info("migrations_done", applied=applied)
+    if args.json:  # stdout holds exactly one JSON document with --json
+        print(json.dumps({"ok": True, "applied": applied}))
     return 0
 
 
