@@ -71,3 +71,23 @@ def test_fly_toml_sets_the_trusted_proxy_and_no_pooled_database() -> None:
     assert "DATABASE_URL" not in fly["env"]  # a secret, the direct URL
     settings = load_settings(fly["env"])
     assert settings.trusted_proxies == ("fly",)
+
+
+def test_the_metric_catalogue_lists_every_metric_and_five_alert_rules() -> None:
+    import re
+
+    from runner.metrics import Metrics
+
+    page = (ROOT / "docs" / "metrics.md").read_text()
+    assert "docs/metrics.md" in (ROOT / "README.md").read_text()
+    names = {family.name for family in Metrics().registry.collect()}
+    assert {"runner_jobs_queued", "runner_oldest_queued_job_age_seconds", "runner_http_requests",
+            "runner_backend_request_errors", "runner_backend_request_seconds"} <= names
+    missing = [n for n in names if f"`{n}" not in page]
+    assert not missing, f"metrics missing from docs/metrics.md: {missing}"
+    rules = re.findall(r"^\s*- alert: (\w+)\n\s*expr: (.+)$", page, re.MULTILINE)
+    assert len(rules) >= 5, rules
+    exprs = " ".join(expr for _name, expr in rules)
+    for needed in ("runner_jobs_unclaimable", "runner_remote_unconfirmed",
+                   "runner_oldest_queued_job_age_seconds", "probe_success", "webhook"):
+        assert needed in exprs, needed
