@@ -264,3 +264,18 @@ def test_trusted_proxy_is_parsed() -> None:
         "10.0.0.1", "fdaa::3")
     with pytest.raises(ConfigError, match="RUNNER_TRUSTED_PROXY"):
         load_settings({"RUNNER_TRUSTED_PROXY": "my-proxy"})
+
+
+@pytest.mark.parametrize("verb", [["migrate"], ["serve"]])
+def test_on_fly_no_verb_falls_back_to_an_embedded_database(verb: list[str], tmp_path: Path) -> None:
+    # Fly sets FLY_APP_NAME on every machine, the release machine's `runner migrate` included:
+    # there a throw-away embedded database would be migrated, or served, unseen.
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", *verb], cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "FLY_APP_NAME": "runner-demo"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0] and "Fly" in lines[0], proc.stderr
+    assert not (tmp_path / ".runner").exists()
