@@ -6,10 +6,10 @@ from aiohttp import web
 from api.app import create_app
 from api.openapi import document
 from runner.config import Settings
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from tests.client import Api, free_port, wait_event
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 
 
 def _routes(app: web.Application) -> set[tuple[str, str]]:
@@ -59,9 +59,9 @@ async def test_metrics_port_keeps_metrics_off_the_main_port(cluster: Cluster,
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 
 
-async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit(HOLD)
-    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
     assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
     await api.cancel(job["id"])
     async with api.http.get(f"{api.base}/metrics") as resp:
