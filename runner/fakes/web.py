@@ -75,9 +75,7 @@ class FakeWebEndpoint(Watched):
     async def stop_calls(self) -> None:
         for call in self.modal_calls.values():
             call.task.cancel()
-        for call in self.modal_calls.values():
-            with contextlib.suppress(BaseException):
-                await call.task
+        await asyncio.gather(*(c.task for c in self.modal_calls.values()), return_exceptions=True)
 
     # -- the endpoint ----------------------------------------------------------------------------
 
