@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from api.auth import auth_middleware, setup_auth
-from api.bodies import READ_TIMEOUT_S, json_reply
+from api.bodies import BIG_BODIES, READ_TIMEOUT_S, big_body_middleware, json_reply
 from api.cors import preflight_middleware, setup_cors
 from api.errors import Unavailable, error_middleware
 from api.events import job_events, wallet_events
@@ -59,11 +59,12 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(runtime: Runtime) -> web.Application:
     """The API of one instance. Background work it needs is started through the runtime."""
     app = web.Application(
-        middlewares=[error_middleware, preflight_middleware, auth_middleware],
+        middlewares=[error_middleware, preflight_middleware, big_body_middleware, auth_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime
     app[READ_TIMEOUT_S] = runtime.settings.read_timeout_s
+    app[BIG_BODIES] = asyncio.Semaphore(2)
     sessions = Sessions(runtime.pool, runtime.settings)
     streams = app[STREAMS] = Streams(runtime.settings.max_streams_per_wallet, runtime.settings.max_streams)
     sessions.on_revoked.append(streams.end_session)

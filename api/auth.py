@@ -125,9 +125,18 @@ async def login(request: web.Request) -> web.Response:
     cross_site = bool(runtime_settings.cors_origins)
     response.set_cookie(
         COOKIE, token, max_age=int(runtime_settings.session_ttl_s), path="/", httponly=True,
-        samesite="None" if cross_site else "Lax", secure=cross_site or None,
+        samesite="None" if cross_site else "Lax",
+        secure=cross_site or _over_https(request, runtime_settings.public_https) or None,
     )
     return response
+
+
+def _over_https(request: web.Request, public_https: bool) -> bool:
+    """Whether the browser reached us over https: the public URL says so, TLS ended here, or
+    the proxy that ended it says so. The header is taken on trust because it can only add
+    Secure: a client that lies gets a cookie its own browser will not keep."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return public_https or request.secure or forwarded == "https"
 
 
 async def logout(request: web.Request) -> web.Response:

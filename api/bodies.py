@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +14,23 @@ from runner import jsontext, storable
 from runner.errors import InvalidJson, Unstorable
 from runner.timeutil import iso
 
-__all__ = ["READ_TIMEOUT_S", "iso", "json_reply", "read_json_object"]
+__all__ = ["BIG_BODIES", "READ_TIMEOUT_S", "big_body_middleware", "iso", "json_reply", "read_json_object"]
 
 READ_TIMEOUT_S = web.AppKey("read_timeout_s", float)
+BIG_BODY_BYTES = 1 << 16
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Requests with big bodies are handled two at a time: each holds the event loop for a few
+# milliseconds a MiB at several steps (parse, store, answer), and twenty at once made the
+# loop's every turn that much longer.
+BIG_BODIES = web.AppKey("big_bodies", asyncio.Semaphore)
+
+
+@web.middleware
+async def big_body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if (request.content_length or 0) <= BIG_BODY_BYTES and request.headers.get("Transfer-Encoding") is None:
+        return await handler(request)
+    async with request.app[BIG_BODIES]:
+        return await handler(request)
 
 
 async def read_json_object(request: web.Request, *, required: bool = True,
@@ -39,7 +54,7 @@ async def read_json_object(request: web.Request, *, required: bool = True,
     if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
         raise UnsupportedMediaType(f"expected Content-Type application/json, got {ctype}")
     try:
-        body = await storable.parse_async(raw, stored=stored)
+        body = await (storable.loads_async(raw) if stored else storable.parse_async(raw))
     except InvalidJson as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     except Unstorable as exc:

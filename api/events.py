@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import uuid
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
@@ -192,6 +193,7 @@ def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    # ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses.
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
         raise BadRequest("Last-Event-ID must be an event id this stream sent")
     return int(raw)

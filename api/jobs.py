@@ -137,7 +137,12 @@ async def rerun(request: web.Request) -> web.Response:
 async def usage(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     until = parse_time("until", request.query.get("until")) or datetime.now(UTC)
-    since = parse_time("since", request.query.get("since")) or until - timedelta(days=30)
+    since = parse_time("since", request.query.get("since"))
+    if since is None:
+        try:
+            since = until - timedelta(days=30)
+        except OverflowError:  # the 30 days before `until` start before year 1
+            raise BadRequest("'until' is too early to count 30 days back from; give 'since' too") from None
     if since >= until:
         raise BadRequest("'since' must be before 'until'")
     spend = await jobs.usage(runtime.pool, owner=identity.address, since=since, until=until)

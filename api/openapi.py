@@ -248,21 +248,24 @@ def document(server_url: str = "/") -> dict[str, Any]:
                           **_errors(400, 401, 403, 404, 409, 429, 503)}}},
         "/jobs/{job_id}/events": {"get": {
             "summary": "Server-sent events: the job as JSON now and at each change; ends after a "
-                       "terminal status; a comment ping every 15 s",
+                       "terminal status, or after an event `signed_out` when the session ends; a "
+                       "comment ping every 15 s",
             "security": [*_SESSION, {"ticket": []}], "parameters": [_JOB_PATH],
             "responses": {"200": {"description": "text/event-stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          **jobs_errors}}},
+                          **jobs_errors, **_errors(429)}}},
         "/events": {"get": {
             "summary": "Server-sent events of all the caller's jobs: `id:` an increasing event id, `data:` "
                        "the job JSON at each creation and change; a reconnect with Last-Event-ID replays "
-                       "what was missed, or sends an event of type `reset`; a comment ping every 15 s",
+                       "what was missed, or sends an event of type `reset`; ends after an event "
+                       "`signed_out` when the session ends; a comment ping every 15 s; at most "
+                       "RUNNER_MAX_STREAMS_PER_WALLET open per wallet and instance (429)",
             "security": [*_SESSION, {"ticket": []}],
             "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "text/event-stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          **_errors(400, 401)}}},
+                          **_errors(400, 401, 429)}}},
         "/backends": {"get": {
             "summary": "The configured backends (no URLs, keys or headers)", "security": _SESSION,
             "responses": {"200": _json({"type": "object", "properties": {"backends": {

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from api.errors import BadRequest
@@ -14,6 +14,7 @@ from runner.backends.config import BackendSpec
 from runner.errors import JobNotFound, UnknownBackend
 from runner.jobs import NewExecution
 from runner.statuses import ACTIVE, STATUSES
+from runner.timeutil import parse_iso
 
 MAX_EXECUTIONS = 64
 MAX_METADATA_BYTES = 16 * 1024
@@ -153,8 +154,7 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     if value is None or value == "":
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        return parse_iso(value)
     except (ValueError, OverflowError):
         raise BadRequest(f"'{name}' must be an ISO 8601 time, such as 2026-11-01T00:00:00Z") from None
 

@@ -94,6 +94,7 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
     await fake.start()
     dsn = await fresh_database(admin_dsn, f"bench_cancel_{int(cross)}{int(listener_down)}", role=ROLE)
     env = {"RUNNER_CONCURRENCY": str(n + 100), "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 100),
+           "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000),
            "RUNNER_LEASE_S": str(lease_s), "RUNNER_SHUTDOWN_GRACE_S": "0",
            "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake.url}/hold"\n'}
     services = []

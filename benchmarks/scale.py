@@ -47,6 +47,7 @@ async def main() -> None:
         await fake.start()
         dsn = await fresh_database(admin_dsn, "bench_scale")
         env = {"RUNNER_CONCURRENCY": str(n + 100), "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 100),
+               "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000),
                "RUNNER_SHUTDOWN_GRACE_S": "0",
                "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake.url}/hold"\n'}
         service = await start_service(dsn, "all", env, Path(logs))

@@ -103,7 +103,8 @@ async def pgqueuer_rate(admin_dsn: str, n: int, logdir: Path) -> float:
 
 async def submit_rate(admin_dsn: str, requests: int, clients: int, logdir: Path) -> dict[str, Any]:
     dsn = await fresh_database(admin_dsn, "bench_submit")
-    env = {**ENV, "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(requests + 10)}
+    env = {**ENV, "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(requests + 10),
+           "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * requests + 1000)}
     api = await start_service(dsn, "api", env, logdir)  # no worker: the submit path alone
     try:
         async with http_session() as http:

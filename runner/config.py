@@ -50,8 +50,36 @@ def _addresses(name: str, raw: str) -> frozenset[str]:
     for part in _split(raw):
         if not is_address(part):
             raise ConfigError(f"{name}: {part!r} is not an Ethereum address")
-        out.add(to_checksum_address(part))
+        checksummed = to_checksum_address(part)
+        digits = part[2:] if part[:2].lower() == "0x" else part
+        # Mixed case is an EIP-55 checksum; a wrong one is a typo, perhaps of another address.
+        if digits not in (digits.lower(), digits.upper()) and digits != checksummed[2:]:
+            raise ConfigError(f"{name}: {part!r} has a wrong EIP-55 checksum (a typo?); "
+                              "write it checksummed, or all in lower case")
+        out.add(checksummed)
     return frozenset(out)
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Origins as browsers send them in Origin: scheme://host[:port], lower case, nothing after.
+    Anything else never matches one (a trailing slash, a path, '*'), or matches too much:
+    'null' is the Origin of every sandboxed iframe and file:// page."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for part in _split(raw):
+        try:
+            url = urlsplit(part)
+            url.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            url = None
+        if (url is None or not url.scheme or not url.hostname or "*" in part or "@" in url.netloc
+                or url.path or part.endswith(("?", "#")) or url.query or url.fragment):
+            raise ConfigError(f"{name}: {part!r} is not an origin: write scheme://host[:port], "
+                              "such as https://portal.example, with no path or trailing slash "
+                              "('*' and 'null' are refused)")
+        out.append(part.lower())
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +107,22 @@ class Settings:
     read_timeout_s: float = 15.0
     retention_days: float | None = None  # finished jobs older than this are deleted
     # Caps, each with a clear failure (benchmarks/README.md has what they guard against).
-    max_page_bytes: int = 8 << 20  # a listing page stops adding jobs past this much JSON
+    max_page_bytes: int = 4 << 20  # a listing page stops adding jobs past this much JSON
     max_streams_per_wallet: int = 16  # open event streams of one wallet on one instance (429 past it)
     max_streams: int = 2000  # open event streams on one instance, all wallets (429 past it)
     max_submits_per_minute: int = 120  # jobs one wallet may submit (or re-run) a minute
+    public_url: str | None = None  # where browsers reach the service (behind any proxy)
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
         """Domains (host[:port], lower case) a sign-in message may name."""
         domains = self.siwe_domains or (f"localhost:{self.port}", f"127.0.0.1:{self.port}")
         return frozenset(d.lower() for d in domains)
+
+    @property
+    def public_https(self) -> bool:
+        """Browsers reach the service over https (the session cookie is then Secure)."""
+        return self.public_url is not None and self.public_url.lower().startswith("https://")
 
     @property
     def lease_renew_s(self) -> float:
@@ -124,6 +158,20 @@ def _chain_ids(name: str, raw: str) -> frozenset[int]:
     return frozenset(_int(name, part, 1) for part in _split(raw))
 
 
+def _public_url(name: str, raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(raw)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        url = None
+    if (url is None or url.scheme.lower() not in ("http", "https") or not url.hostname
+            or "@" in url.netloc or url.query or url.fragment):
+        raise ConfigError(f"{name}={raw!r}: expected the URL browsers use, such as https://runner.example.com")
+    return raw
+
+
 def _log_format(name: str, raw: str) -> str:
     if raw not in ("json", "console"):
         raise ConfigError(f"{name}={raw!r}: expected 'json' or 'console'")
@@ -141,7 +189,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_SIWE_CHAIN_IDS": ("siwe_chain_ids", _chain_ids),
     "RUNNER_SESSION_TTL_S": ("session_ttl_s", _seconds),
     "RUNNER_ADMIN_WALLETS": ("admin_wallets", _addresses),
-    "RUNNER_CORS_ORIGINS": ("cors_origins", lambda _n, raw: _split(raw)),
+    "RUNNER_CORS_ORIGINS": ("cors_origins", _origins),
     "RUNNER_CONCURRENCY": ("concurrency", _positive),
     "RUNNER_LEASE_S": ("lease_s", _seconds),
     "RUNNER_SHUTDOWN_GRACE_S": ("shutdown_grace_s", lambda n, raw: _seconds(n, raw, allow_zero=True)),
@@ -156,6 +204,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_MAX_STREAMS_PER_WALLET": ("max_streams_per_wallet", _positive),
     "RUNNER_MAX_STREAMS": ("max_streams", _positive),
     "RUNNER_MAX_SUBMITS_PER_MINUTE": ("max_submits_per_minute", _positive),
+    "RUNNER_PUBLIC_URL": ("public_url", _public_url),
 }
 
 

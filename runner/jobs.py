@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -23,6 +23,7 @@ from runner.errors import (
     QuotaExceeded,
     RateExceeded,
 )
+from runner.timeutil import parse_iso
 
 JobRow = Mapping[str, Any]
 
@@ -147,10 +148,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, job_id = raw.split("|")
-        created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None:
-            raise ValueError("naive time")
-        return created_at.astimezone(UTC), uuid.UUID(job_id)
+        return parse_iso(stamp, assume_utc=False), uuid.UUID(job_id)
     except (ValueError, UnicodeDecodeError, OverflowError):
         raise JobError("the cursor is not one this service issued") from None
 

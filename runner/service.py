@@ -37,6 +37,7 @@ async def running_service(
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     async with contextlib.AsyncExitStack() as stack:
+        embedded = None
         if dsn is None:
             dsn, embedded = await resolve_dsn(settings.database_url, settings.data_dir)
             if embedded is not None:
@@ -48,6 +49,8 @@ async def running_service(
         runtime = Runtime(settings=settings, dsn=dsn, pool=pool, role=role, listener=Listener(dsn))
         structlog.contextvars.bind_contextvars(instance=runtime.instance_id)
         stack.push_async_callback(runtime.supervisor.stop)
+        if embedded is not None:
+            runtime.supervisor.spawn("embedded_postgres", embedded.keep_running)
 
         if role in ("all", "worker"):
             http = new_http_session()

@@ -36,14 +36,17 @@ _HIER_PART = (
 )
 _URI = re.compile(rf"{_SCHEME}:{_HIER_PART}(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?")
 _AUTHORITY_RE = re.compile(_AUTHORITY)
+# [0-9], not \d: \d also takes other scripts' digits, which int() reads ('٢٠٢٦' is 2026).
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})",
+    re.ASCII,
 )
 _STATEMENT = re.compile(rf"[{_UNRESERVED}{_SUB_DELIMS}:/?#\[\]@ ]*")
 _NONCE = re.compile(r"[A-Za-z0-9]{8,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _REQUEST_ID = re.compile(rf"{_PCHAR}*")
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
+_MAX_CHAIN_ID_DIGITS = len(str(2**256 - 1))
 
 HEADER_SUFFIX = " wants you to sign in with your Ethereum account:"
 
@@ -167,7 +170,7 @@ class SiweMessage:
 
     @property
     def host(self) -> str:
-        """The domain as host[:port], lower case (userinfo dropped), for comparison."""
+        """The domain as host[:port], lower case (userinfo dropped; check() refuses it)."""
         return self.domain.rsplit("@", 1)[-1].lower()
 
 
@@ -219,6 +222,10 @@ def parse(text: str) -> SiweMessage:
     chain = take("Chain ID: ", "Chain ID")
     if not re.fullmatch(r"[0-9]+", chain):
         raise _bad("the chain id must be a number")
+    # A chain id is a uint256 (EIP-155, the CHAINID opcode): at most 78 digits. Bounding the
+    # length first also keeps int() within its 4,300-digit limit (a ValueError otherwise).
+    if len(chain) > _MAX_CHAIN_ID_DIGITS or int(chain) >= 2**256:
+        raise _bad("the chain id is larger than any chain's (a chain id fits in 256 bits)")
     nonce = take("Nonce: ", "Nonce")
     if not _NONCE.fullmatch(nonce):
         raise _bad("the nonce must be at least 8 letters or digits")
@@ -277,6 +284,12 @@ def check(
     `future_skew` is how far Issued At may lie ahead of `now`. The EIP itself has no such
     rule; the service does (60 s). None turns it off, to check a message by the EIP alone.
     """
+    if "@" in message.domain:
+        # Wallets show the domain as written: "phish.example@portal" reads as phish.example to
+        # a person, and as host "portal" to a parser. The EIP allows userinfo; we never do.
+        raise SiweError(Reason.INVALID_DOMAIN,
+                        f"the message's domain {message.domain!r} has userinfo (a name before '@'); "
+                        "name the host[:port] alone")
     if message.host not in domains:
         raise SiweError(Reason.INVALID_DOMAIN,
                         f"the message names domain {message.domain!r}; this service accepts "

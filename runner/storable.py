@@ -21,11 +21,16 @@ import asyncio
 import json
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any
 
+import orjson
+
+from runner import jsontext
 from runner.errors import InvalidJson, Unstorable
+from runner.jsontext import BESIDE_THE_LOOP, INLINE_BYTES
 
 MAX_DEPTH = 64
 RULE = ("strings may not hold U+0000 or unpaired surrogates, numbers must be finite, "
@@ -43,10 +48,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 _CHUNK = 1 << 16
-# Inputs above these sizes are parsed (or checked) beside the loop, not on it.
-INLINE_BYTES = 1 << 16
-INLINE_NODES = 20_000
-_BESIDE_THE_LOOP = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-json")
+_FAST_FROM = 1 << 14  # below this the standard library is as quick, and names what it refuses
 
 
 def nesting(raw: bytes, *, stop_above: int = MAX_DEPTH) -> int:
@@ -87,44 +89,111 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-async def parse_async(raw: bytes, *, stored: bool = True) -> Any:
-    """loads() (or, without `stored`, parse()) beside the event loop when `raw` is big."""
-    fn = loads if stored else parse
+_NUL_ESCAPE = b"\\u0000"
+_FEW = 256
+
+
+def _holds_nul_escape(raw: bytes) -> bool:
+    """Whether JSON text escapes a U+0000 (`\u0000` after an even number of backslashes);
+    found with bytes.find, so as fast as memchr. Past a few look-alikes (`\\u0000`, an
+    escaped backslash), say yes: the caller then walks the value and knows."""
+    at = raw.find(_NUL_ESCAPE)
+    for _ in range(_FEW):
+        if at == -1:
+            return False
+        start = at
+        while start and raw[start - 1] == 0x5C:  # the backslashes before it
+            start -= 1
+        if (at - start) % 2 == 0:
+            return True
+        at = raw.find(_NUL_ESCAPE, at + 1)
+    return True
+
+
+def _storable_text(raw: bytes) -> bool:
+    """Whether JSON text that orjson read holds only what Postgres can store -- decided on the
+    text, at C speed: orjson refuses NaN, the infinities and lone surrogates itself, so what
+    is left is the depth and an escaped U+0000."""
+    return nesting(raw) <= MAX_DEPTH and not _holds_nul_escape(raw)
+
+
+async def loads_async(raw: bytes) -> Any:
+    """loads(), keeping the event loop free however big the text: orjson reads it (a few
+    milliseconds a MiB) and its text is checked at C speed; what orjson will not read, or
+    what fails those checks, takes the standard library beside the loop (to name the
+    problem and where)."""
+    if len(raw) >= _FAST_FROM:
+        value = jsontext.fast_loads(raw)
+        if value is not jsontext.NOT_FAST and _storable_text(raw):
+            return value
     if len(raw) <= INLINE_BYTES:
-        return fn(raw)
-    return await asyncio.get_running_loop().run_in_executor(_BESIDE_THE_LOOP, fn, raw)
+        return loads(raw)
+    value = await asyncio.get_running_loop().run_in_executor(BESIDE_THE_LOOP, parse, raw)
+    await check_async(value, dumped=False)
+    return value
 
 
-async def check_async(value: Any) -> None:
-    """check(), moved beside the event loop once the value proves big."""
-    try:
-        check(value, budget=INLINE_NODES)
-    except _OverBudget:
-        await asyncio.get_running_loop().run_in_executor(_BESIDE_THE_LOOP, check, value)
+async def check_async(value: Any, *, dumped: bool = True) -> None:
+    """check(), keeping the event loop free: the value is written out by orjson and the text
+    checked at C speed (values parsed by loads_async cannot hold NaN, which orjson would write
+    as null); else -- `dumped` False, or orjson refuses it -- walked a step at a time, one
+    walk at a time, letting other work run between the steps (a thread would not do: a walk
+    is Python code, and a thread holding the GIL makes every wake of the loop wait)."""
+    if dumped:
+        try:
+            if _storable_text(orjson.dumps(value)):
+                return
+        except TypeError:  # a lone surrogate, an integer past 64 bits: walk it to know
+            pass
+    async with _walking():
+        for _ in _checking(value, "$", MAX_DEPTH):
+            await asyncio.sleep(0)
 
 
-class _OverBudget(Exception):
-    pass
+_WALKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _walking() -> asyncio.Semaphore:
+    """One walk at a time on a loop: 20 walks taking turns would each add their step to
+    every turn of the loop."""
+    loop = asyncio.get_running_loop()
+    walks = _WALKS.get(loop)
+    if walks is None:
+        walks = _WALKS[loop] = asyncio.Semaphore(1)
+    return walks
+
+
+async def parse_async(raw: bytes) -> Any:
+    """parse() (no check: text read, not stored), keeping the event loop free."""
+    if len(raw) >= _FAST_FROM:
+        value = jsontext.fast_loads(raw)
+        if value is not jsontext.NOT_FAST and nesting(raw) <= MAX_DEPTH:
+            return value
+    if len(raw) <= INLINE_BYTES:
+        return parse(raw)
+    return await asyncio.get_running_loop().run_in_executor(BESIDE_THE_LOOP, parse, raw)
 
 
 # A path is built only for the error message: meanwhile it is a chain (parent, key).
 _Path = str | tuple[Any, str | int]
+_VALUES_A_STEP = 4096  # values looked at between two steps of check_async
 
 
-def check(value: Any, path: str = "$", *, max_depth: int = MAX_DEPTH, budget: int | None = None) -> None:
+def check(value: Any, path: str = "$", *, max_depth: int = MAX_DEPTH) -> None:
     """Raise Unstorable for the first string (keys included), number or nesting in `value`
-    that Postgres would refuse, naming its path. With `budget`, _OverBudget once more than
-    that many containers and values have been looked at."""
+    that Postgres would refuse, naming its path."""
+    for _ in _checking(value, path, max_depth):
+        pass
+
+
+def _checking(value: Any, path: str, max_depth: int) -> Iterator[None]:
+    """check(), yielding every _VALUES_A_STEP values."""
     _scalar(value, path)
     stack: list[tuple[Any, _Path, int]] = [(value, path, 0)] if isinstance(value, dict | list) else []
-    seen = 0
     while stack:
         item, where, depth = stack.pop()
         if depth >= max_depth:
             raise Unstorable(_path(where), f"JSON nested deeper than {max_depth} levels")
-        seen += len(item) + 1
-        if budget is not None and seen > budget:
-            raise _OverBudget
         if isinstance(item, dict):
             for key in item:
                 if not isinstance(key, str):
@@ -136,12 +205,15 @@ def check(value: Any, path: str = "$", *, max_depth: int = MAX_DEPTH, budget: in
         else:
             children = enumerate(item)
         nested = []
-        for key, child in children:
+        for seen, (key, child) in enumerate(children, 1):
             if isinstance(child, dict | list):
                 nested.append((child, (where, key), depth + 1))
             elif not (child is None or child is True or child is False or type(child) is int):
                 _scalar(child, (where, key))
+            if not seen % _VALUES_A_STEP:
+                yield
         stack.extend(reversed(nested))
+        yield
 
 
 def _scalar(item: Any, where: _Path) -> None:

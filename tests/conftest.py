@@ -94,6 +94,7 @@ def settings(tmp_path: Path, fake_gpu: FakeProviders) -> Settings:
         port=0,
         siwe_domains=("runner.test",),
         lease_s=3.0,
+        max_submits_per_minute=100_000,  # the tests submit in bursts; test_caps tests the cap
         shutdown_grace_s=0.1,
         db_pool_size=5,
         log_format="json",

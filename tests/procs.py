@@ -42,6 +42,7 @@ class ServeProcess:
         env.update({
             "RUNNER_HOST": "127.0.0.1", "RUNNER_PORT": str(self.port), "RUNNER_LOG_FORMAT": "json",
             "RUNNER_SIWE_DOMAIN": f"runner.test,{self.domain}", "RUNNER_SHUTDOWN_GRACE_S": "5",
+            "RUNNER_MAX_SUBMITS_PER_MINUTE": "100000",
         })
         if self.dsn is not None:
             env["DATABASE_URL"] = self.dsn

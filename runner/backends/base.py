@@ -145,15 +145,15 @@ async def classify(resp: aiohttp.ClientResponse, what: str, limit: int) -> Any:
 
 
 async def parse_reply(raw: bytes, what: str, noun: str = "body") -> Any:
-    """A backend's JSON reply, or a PermanentBackendError saying why it is not one (a big one
-    is parsed beside the event loop)."""
+    """A backend's JSON reply, one Postgres can store, or a PermanentBackendError saying why
+    it is not (read without holding the event loop, whatever its size)."""
     try:
-        return await storable.parse_async(raw, stored=False)
+        return await storable.loads_async(raw)
     except InvalidJson:
         text = raw.decode("utf-8", "replace")[:ERROR_TEXT_LIMIT]
         raise PermanentBackendError(f"{what} with a non-JSON {noun}: {text!r}") from None
     except Unstorable as exc:
-        raise PermanentBackendError(f"{what}: the reply cannot be stored: {exc}") from None
+        raise PermanentBackendError(f"the backend's reply cannot be stored: {exc} ({what})") from None
 
 
 @dataclass

@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
     serve = _verb(verbs, "serve", "run the service",
                   "Applies pending migrations, then serves the API and/or runs the worker, "
-                  "configured by RUNNER_* environment variables (see the README). SIGTERM or "
-                  "SIGINT drains; a second one interrupts and requeues at once.")
+                  "configured by RUNNER_* environment variables (see the README). SIGTERM, "
+                  "SIGINT or SIGHUP drains; a second one interrupts and requeues at once. "
+                  "SIGUSR1 and SIGUSR2 are ignored.")
     serve.add_argument("--role", choices=("all", "api", "worker"), default="all",
                        help="all (default): API and worker; api: HTTP only; worker: jobs only "
                             "(it still serves /healthz, /readyz and /metrics)")

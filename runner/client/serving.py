@@ -31,8 +31,8 @@ def _raise_open_files_limit() -> None:
 async def serve_verb(args: argparse.Namespace) -> int:
     from runner.service import serve
 
+    settings = load_settings()  # first: a bad setting is the one line start-up prints
     _raise_open_files_limit()
-    settings = load_settings()
     if args.host:
         settings = settings.replace(host=args.host)
     if args.port is not None:
@@ -42,9 +42,16 @@ async def serve_verb(args: argparse.Namespace) -> int:
     def on_signal() -> None:  # handlers only set an Event: the first stops, a second hurries
         (hurry if stop.is_set() else stop).set()
 
+    def on_ignored(sig: signal.Signals) -> None:
+        # Their default action kills the process with no drain; tools send them to probe.
+        log.info("signal_ignored", signal=sig.name)
+
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: a closed terminal or a supervisor's stop must drain, not kill mid-job.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, on_signal)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        loop.add_signal_handler(sig, on_ignored, sig)
     await serve(settings, args.role, stop, hurry)
     return 0
 

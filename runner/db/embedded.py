@@ -58,6 +58,41 @@ class EmbeddedPostgres:
                 listed.put(alive)
                 log.info("embedded_postgres_handles_pruned", gone=sorted(set(pids) - set(alive)))
 
+    def running(self) -> bool:
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        return info is not None and info.is_running()
+
+    def restart(self) -> None:
+        """Start the server again if it has stopped; blocking: call it from a thread."""
+        from pgserver.postgres_server import PostgresServer
+
+        assert self._server is not None
+        with PostgresServer._lock:  # as pgserver itself starts it: one process at a time
+            self._server.ensure_postgres_running()
+
+    async def keep_running(self, every_s: float = 2.0) -> None:
+        """Start the server again whenever it has stopped for good -- as it does after its
+        disk filled up (a WAL write fails, and so does the recovery): nothing else would,
+        and /readyz would answer 503 until someone restarted the service by hand. Retried
+        with backoff until there is room again."""
+        failures = 0
+        while True:
+            await asyncio.sleep(every_s if not failures else min(every_s * 2 ** failures, 60.0))
+            if await asyncio.to_thread(self.running):
+                failures = 0
+                continue
+            log.warning("embedded_postgres_down", pgdata=str(self.pgdata), attempt=failures + 1)
+            try:
+                await asyncio.to_thread(self.restart)
+            except Exception as exc:  # pgserver raises bare errors: a full disk, most likely
+                failures += 1
+                log.warning("embedded_postgres_restart_failed", error=repr(exc)[:500], attempt=failures)
+            else:
+                failures = 0
+                log.warning("embedded_postgres_restarted", pgdata=str(self.pgdata))
+
     def stop(self) -> None:
         """Release our handle: the server stops when no other process holds one."""
         if self._server is not None:

@@ -18,10 +18,13 @@ T = TypeVar("T")
 # Postgres aborted the statement for a reason of its own (deadlock, serialization, a
 # cancelled query, no room) -- the same statement may succeed later. Everything else (data
 # exceptions, constraints, syntax) is permanent: retrying it only repeats the failure.
+# asyncpg's InternalClientError ("cannot switch to state 12; another operation is in
+# progress") is what a pooled connection raises when its server died under a statement
+# (seen in test_an_event_stream_outlives_a_short_outage, 1 run in 4): the connection is gone.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
-    asyncpg.InsufficientResourcesError,
+    asyncpg.InsufficientResourcesError, asyncpg.InternalClientError,
 )
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, asyncpg.PostgresError)
 

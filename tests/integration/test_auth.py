@@ -4,6 +4,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -59,6 +60,7 @@ async def test_login_sets_the_session_cookie_for_get_only(
         cookie = resp.cookies["runner_session"]
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Lax"
+    assert not cookie["secure"]  # plain http, no https public URL: a browser would drop it
     assert cookie["max-age"] == "86400"
     assert cookie["path"] == "/"
     # The jar sends it back: GET works through the cookie alone...
@@ -407,9 +409,50 @@ async def test_cross_site_cookie_attributes(http: aiohttp.ClientSession, cors_ba
     assert cookie["secure"] is True
 
 
+async def _login_cookie(http: aiohttp.ClientSession, base: str,
+                        headers: dict[str, str] | None = None) -> Any:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base)).to_text()
+    async with http.post(f"{base}/auth/login", json={"message": text, "signature": wallet.sign(text)},
+                         headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        return resp.cookies["runner_session"]
+
+
+async def test_an_https_deployment_without_cors_sets_secure_cookies(
+        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """Behind a TLS-terminating proxy the service itself is reached over http: without
+    Secure, the browser would also send the session cookie to http:// on that host."""
+    rt = await cluster.start(public_url="https://runner.example")
+    cookie = await _login_cookie(http, f"http://127.0.0.1:{rt.port}")
+    assert cookie["secure"] is True and cookie["samesite"] == "Lax"
+
+
+async def test_a_request_forwarded_as_https_gets_a_secure_cookie(
+        http: aiohttp.ClientSession, base_url: str) -> None:
+    """No public URL set: the proxy's X-Forwarded-Proto says the browser used https."""
+    cookie = await _login_cookie(http, base_url, {"X-Forwarded-Proto": "https"})
+    assert cookie["secure"] is True and cookie["samesite"] == "Lax"
+    cookie = await _login_cookie(http, base_url, {"X-Forwarded-Proto": "http"})
+    assert not cookie["secure"]
+
+
 async def test_a_wrong_domain_names_the_accepted_ones(http: aiohttp.ClientSession, base_url: str) -> None:
     wallet = Wallet()
     text = wallet.message(await get_nonce(http, base_url), "portal.example").to_text()
     status, body = await login(http, base_url, text, wallet.sign(text))
     assert status == 401 and body["error"] == "invalid_domain"
     assert "runner.test" in body["message"] and "portal.example" in body["message"]
+
+
+async def test_a_domain_with_userinfo_is_refused(http: aiohttp.ClientSession, base_url: str) -> None:
+    """'phish.example@runner.test' is host runner.test to a URL parser, but a person reading the
+    wallet's prompt sees phish.example: a domain naming anything before the host is refused."""
+    wallet = Wallet()
+    for domain in ("phish.example@runner.test", "runner.test:x@runner.test", "@runner.test"):
+        text = wallet.message(await get_nonce(http, base_url), domain).to_text()
+        assert text.startswith(domain + " wants you to sign in")  # the message really names it
+        assert await _refused(http, base_url, text, wallet.sign(text)) in ("invalid_message", "invalid_domain")
+    # The same wallet, the same host without userinfo, signs in.
+    text = wallet.message(await get_nonce(http, base_url), "runner.test").to_text()
+    assert (await login(http, base_url, text, wallet.sign(text)))[0] == 200

@@ -327,6 +327,39 @@ async def test_a_second_sigint_skips_the_grace_period(
     assert row["status"] == "queued" and row["attempts"] == 0  # requeued, the attempt handed back
 
 
+async def test_sigusr_leaves_serve_running_and_sighup_drains(
+        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    """SIGUSR1/SIGUSR2 (sent by tools probing a process) used to kill it with no drain, and
+    so did SIGHUP (a closed terminal, a supervisor's reload): now the first two are logged
+    and ignored, and SIGHUP drains as SIGTERM does."""
+    serve = await ServeProcess(dsn, backends_toml(fake_gpu),
+                               env_extra={"RUNNER_SHUTDOWN_GRACE_S": "60"}).start()
+    try:
+        api = await Api.signed_in(http, serve.base_url)
+        job = await api.submit({"backend": "gpu", "input": {"mode": "until_released"}})
+        execution = job["executions"][0]["id"]
+        await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            serve.signal(sig)
+            await serve.wait_log("signal_ignored", signal=sig.name)  # fails if it died of it
+            assert serve.alive
+            assert await _status_of(http, serve.base_url + "/healthz") == 200
+            assert await _status_of(http, serve.base_url + "/readyz") == 200
+        assert not fake_gpu.web.closed[execution].is_set()  # the job's call is still open
+        serve.signal(signal.SIGHUP)
+        await serve.wait_log("draining", jobs=1)
+        assert await _status_of(http, serve.base_url + "/readyz") == 503
+        assert serve.alive and not fake_gpu.web.closed[execution].is_set()
+        fake_gpu.web.release.set()  # the job finishes within the grace period...
+        assert await serve.wait(timeout=30) == 0  # ...and the process ends cleanly
+        assert serve.events("drained") and serve.events("service_stopped")
+    finally:
+        await serve.stop()
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+        status = await pool.fetchval("SELECT status FROM jobs WHERE id = $1::uuid", job["id"])
+    assert status == "completed"
+
+
 async def test_a_remote_id_that_arrives_during_an_outage_is_kept_until_stored(
         own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     """The provider accepted the work while Postgres was away: its id is stored once Postgres

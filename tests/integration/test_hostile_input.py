@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -166,13 +167,68 @@ async def test_tokens_and_cookies_that_are_not_utf8_are_401(service: Runtime) ->
 
 
 async def test_a_chain_id_of_5000_digits_is_refused_not_a_500(api: Api, http: aiohttp.ClientSession) -> None:
+    """More digits than int() converts (4,300): a ValueError, not a SiweError, unless bounded."""
     async with http.get(api.base + "/auth/nonce") as resp:
         nonce = (await resp.json())["nonce"]
     wallet = Wallet()
-    text = str(wallet.message(nonce)).replace("Chain ID: 1", "Chain ID: " + "9" * 5000)
+    text = wallet.message(nonce).to_text().replace("\nChain ID: 1\n", "\nChain ID: " + "9" * 5000 + "\n")
+    assert "\nChain ID: " + "9" * 5000 + "\nNonce: " in text  # the message really carries it
     status, reply = await _raw_post(http, api.base + "/auth/login",
                                     json.dumps({"message": text, "signature": wallet.sign(text)}).encode())
-    assert status == 401 and reply["error"] == "invalid_message", reply
+    assert status == 401 and reply["error"] in ("invalid_message", "invalid_chain"), reply
+    assert "chain id" in reply["message"], reply
+
+
+async def test_a_last_event_id_of_unicode_digits_is_400(api: Api) -> None:
+    """'²'.isdigit() is true and int('²') raises: the id must be ASCII digits."""
+    port = int(api.base.rsplit(":", 1)[1])
+    head = (b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + api.token.encode()
+            + b"\r\nLast-Event-ID: \xc2\xb2\r\nConnection: close\r\n\r\n")  # UTF-8 of '²'
+    reply = await _raw_request(port, head)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
+    assert b'"invalid_request"' in reply and b"Last-Event-ID" in reply, reply[:300]
+    # The query form (for clients that cannot set the header), Arabic-Indic digits too.
+    for value in ("\u00b2", "\u0661\u0662"):
+        status, body = await api.call("GET", "/events?last_event_id=" + value)
+        assert status == 400 and body["error"] == "invalid_request", body
+
+
+async def test_a_usage_window_before_year_one_is_400(api: Api) -> None:
+    """The default window is the 30 days before `until`: from 10 January of year 1 that
+    falls before datetime.min (an OverflowError in the subtraction)."""
+    status, body = await api.call("GET", "/usage?until=0001-01-10T00:00:00Z")
+    assert status == 400 and body["error"] == "invalid_request", body
+    assert "'until'" in body["message"], body
+    # A window given whole, that early, is fine.
+    status, body = await api.call("GET", "/usage?since=0001-01-01T00:00:00Z&until=0001-01-10T00:00:00Z")
+    assert status == 200 and body["jobs"] == 0, body
+
+
+ARABIC_INDIC = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
+
+
+async def test_a_sign_in_time_in_arabic_indic_digits_is_invalid_message(
+        api: Api, http: aiohttp.ClientSession) -> None:
+    """RFC 3339 times are ASCII digits; a regex's \\d also takes '\u0662\u0660\u0662\u0666' (int() reads it as 2026)."""
+    wallet = Wallet()
+    now = datetime.now(UTC)
+    for field in ("issued_at", "expiration_time", "not_before"):
+        async with http.get(api.base + "/auth/nonce") as resp:
+            nonce = (await resp.json())["nonce"]
+        at = now + timedelta(minutes=5) if field == "expiration_time" else now - timedelta(minutes=1)
+        hostile = at.isoformat(timespec="milliseconds").replace("+00:00", "Z").translate(ARABIC_INDIC)
+        text = wallet.message(nonce, **{field: hostile}).to_text()
+        assert hostile in text and not hostile.isascii()  # the message really carries it
+        status, reply = await _raw_post(http, api.base + "/auth/login",
+                                        json.dumps({"message": text, "signature": wallet.sign(text)}).encode())
+        assert status == 401 and reply["error"] == "invalid_message", (field, reply)
+
+
+async def test_query_times_in_arabic_indic_digits_are_400(api: Api) -> None:
+    for name in ("since", "until"):
+        value = "2026-01-01T00:00:00Z".translate(ARABIC_INDIC)
+        status, body = await api.call("GET", f"/usage?{name}={value}")
+        assert status == 400 and body["error"] == "invalid_request" and f"'{name}'" in body["message"], body
 
 
 # -- validate before signalling ----------------------------------------------------------------

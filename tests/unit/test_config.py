@@ -117,3 +117,67 @@ def test_backends_toml_overrides_file() -> None:
 def test_bad_backends_are_refused_naming_backend_and_key(toml: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings({"RUNNER_BACKENDS_TOML": toml})
+
+
+def test_public_url_is_parsed_and_checked() -> None:
+    assert load_settings({}).public_url is None
+    s = load_settings({"RUNNER_PUBLIC_URL": "https://runner.example.com"})
+    assert s.public_url == "https://runner.example.com" and s.public_https
+    s = load_settings({"RUNNER_PUBLIC_URL": "http://127.0.0.1:8080/"})
+    assert not s.public_https
+    for bad in ("runner.example.com", "ftp://runner.example.com", "https://", "https://a.example/?x=1",
+                "https://user@a.example"):
+        with pytest.raises(ConfigError, match="RUNNER_PUBLIC_URL"):
+            load_settings({"RUNNER_PUBLIC_URL": bad})
+
+
+@pytest.mark.parametrize("origin", [
+    "null",  # what a sandboxed iframe or a file:// page sends: listing it lets every one in
+    "*", "https://*.example.com",  # never matched: an Origin header names one origin
+    "https://portal.example/",  # a browser's Origin has no trailing slash: never matched
+    "https://portal.example/app", "https://portal.example?x=1", "https://portal.example#top",
+    "https://user@portal.example", "portal.example", "https://", "https://portal.example:x",
+])
+def test_a_cors_origin_that_is_not_an_origin_is_refused(origin: str) -> None:
+    with pytest.raises(ConfigError, match="RUNNER_CORS_ORIGINS") as info:
+        load_settings({"RUNNER_CORS_ORIGINS": f"https://ok.example,{origin}"})
+    assert repr(origin) in str(info.value)
+
+
+def test_cors_origins_are_kept_as_browsers_send_them() -> None:
+    s = load_settings({"RUNNER_CORS_ORIGINS": "https://Portal.Example:8443, http://127.0.0.1:3000,"
+                                              "http://[::1]:5173"})
+    assert s.cors_origins == ("https://portal.example:8443", "http://127.0.0.1:3000", "http://[::1]:5173")
+
+
+CHECKSUMMED = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # an EIP-55 vector
+
+
+def test_an_admin_address_with_a_wrong_checksum_is_refused() -> None:
+    """Mixed case is a checksum: one that is wrong is a typo, maybe of another address."""
+    wrong = "0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # one letter's case flipped
+    assert wrong.lower() == CHECKSUMMED.lower() and wrong != CHECKSUMMED
+    with pytest.raises(ConfigError, match="RUNNER_ADMIN_WALLETS") as info:
+        load_settings({"RUNNER_ADMIN_WALLETS": f"{CHECKSUMMED},{wrong}"})
+    assert wrong in str(info.value) and "checksum" in str(info.value)
+    for fine in (CHECKSUMMED, CHECKSUMMED.lower(), "0x" + CHECKSUMMED[2:].upper()):
+        assert load_settings({"RUNNER_ADMIN_WALLETS": fine}).admin_wallets == {CHECKSUMMED}
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("RUNNER_CORS_ORIGINS", "*"), ("RUNNER_CORS_ORIGINS", "null"),
+    ("RUNNER_CORS_ORIGINS", "https://portal.example/"),
+    ("RUNNER_ADMIN_WALLETS", "0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"),
+])
+def test_refused_cors_and_admin_values_stop_startup_with_exit_2(
+        name: str, value: str, tmp_path: Path) -> None:
+    # Were the value accepted, start-up would go on: to a database nobody listens on (a quick
+    # exit 1), never to an embedded Postgres in the working directory.
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "serve"], cwd=tmp_path,
+        env={name: value, "PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://127.0.0.1:1/none"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], proc.stderr

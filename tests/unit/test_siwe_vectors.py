@@ -92,3 +92,18 @@ def test_verification_negative(name: str, case: dict[str, Any]) -> None:
     with pytest.raises(siwe.SiweError) as info:
         _verify(case)
     assert info.value.reason.value == EXPECTED_NEGATIVE[name]
+
+
+def test_a_domain_with_userinfo_parses_but_is_never_accepted() -> None:
+    """EIP-4361's domain is an RFC 3986 authority, so userinfo parses (two positive vectors
+    have it); the service refuses it, whatever host follows the '@'."""
+    case = _load("parsing_positive")
+    texts = [c["message"] for c in case.values() if "@" in c["fields"]["domain"]]
+    assert len(texts) == 2
+    for text in texts:
+        message = siwe.parse(text)
+        with pytest.raises(siwe.SiweError) as info:
+            siwe.check(message, "0x" + "00" * 65, domains=frozenset({message.host}), chain_ids=None,
+                       future_skew=None)
+        assert info.value.reason is siwe.Reason.INVALID_DOMAIN
+        assert "@" in info.value.message

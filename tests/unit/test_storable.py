@@ -39,8 +39,12 @@ def _tokens(rest: str) -> list[str]:
             name = rest[1:].split(".")[0].split("[")[0]
             out.append(json.dumps(name))
             rest = rest[1 + len(name):]
-        else:  # [n] or ["key"]
-            end = rest.index("]", 1) if rest[1] != '"' else rest.index('"]', 1) + 1
+        elif rest[1] == '"':  # ["key"]: the key is JSON text, read as such
+            key, end = json.JSONDecoder().raw_decode(rest, 1)
+            out.append(json.dumps(key))
+            rest = rest[end + 1:]
+        else:  # [n]
+            end = rest.index("]", 1)
             out.append(rest[1:end])
             rest = rest[end + 1:]
     return out

@@ -192,6 +192,15 @@ function startStream() {
       }
     });
     stream.addEventListener("reset", () => reloadList());
+    // The session was signed out (in another tab, on another device) or expired.
+    stream.addEventListener("signed_out", () => {
+      stream.close();
+      if (state.stream !== stream) return;
+      state.stream = null;
+      setToken(null);
+      showSignedOut();
+      toast("Your session ended; sign in again.");
+    });
     stream.addEventListener("message", (event) => {
       try {
         upsert(JSON.parse(event.data), "stream");
