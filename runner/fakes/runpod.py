@@ -24,6 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 WEEK_MS = 7 * 24 * 3600 * 1000
 DEFAULT_TTL_MS = 24 * 3600 * 1000  # send-requests.mdx: ttl default 86400000 (24 hours)
 RETENTION_S = 30 * 60  # operation-reference.mdx: "Result retention: 30 minutes after completion"
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 
 @dataclass
@@ -179,7 +180,7 @@ class FakeRunPod(Watched):
             return web.json_response({"error": "job not found"}, status=404)
         self.cancels.append(job.id)
         self.cancelled[job.id].set()
-        if job.status in ("IN_QUEUE", "IN_PROGRESS", "RUNNING"):
+        if job.status not in ENDED:
             # operation-reference.mdx: "Stops in-progress jobs, removes queued jobs before they
             # start, and returns immediately with the canceled status". A sync handler runs on.
             job.status, job.ended_at = "CANCELLED", job.ended_at or now
@@ -209,7 +210,7 @@ class FakeRunPod(Watched):
     def _advance(self, job: RunPodJob, now: float) -> None:
         if job.worker_done and job.worker_running:
             job.worker_running = False
-            if job.status in ("IN_PROGRESS", "RUNNING"):  # after a CANCELLED, /status stays so
+            if _running(job):  # after a CANCELLED, /status stays so
                 fail = job.input.get("fail")
                 job.status, job.error = ("FAILED", str(fail)) if fail else ("COMPLETED", None)
                 job.ended_at = now
@@ -220,7 +221,7 @@ class FakeRunPod(Watched):
             # endpoint-configurations.mdx: "When exceeded, the job fails and the worker stops."
             # Which status it shows is not stated; TIMED_OUT is job-states.mdx's.
             job.worker_running, job.ended_at = False, now
-            if job.status in ("IN_PROGRESS", "RUNNING"):
+            if _running(job):
                 job.status = "TIMED_OUT"
 
     def _body(self, job: RunPodJob, now: float) -> dict[str, Any]:
@@ -228,7 +229,7 @@ class FakeRunPod(Watched):
             return {"id": job.id, "status": job.status}
         picked = job.picked_at if job.picked_at is not None else job.ended_at or now
         body: dict[str, Any] = {"delayTime": math.ceil((picked - job.submitted_at) * 1000), "id": job.id}
-        if job.status in ("IN_PROGRESS", "RUNNING"):
+        if _running(job):
             # run-your-first.mdx: {"delayTime", "id", "input", "status": "IN_PROGRESS"}; a RUNNING
             # body is not documented (composed: the same shape).
             return {**body, "input": job.input, "status": job.status}
@@ -239,6 +240,11 @@ class FakeRunPod(Watched):
         if job.status == "FAILED":  # flash/apps/requests.mdx: {"id", "status": "FAILED", "error"}
             return {**body, "status": job.status, "error": job.error}
         return {**body, "status": job.status}  # CANCELLED, TIMED_OUT: no body documented (composed)
+
+
+def _running(job: RunPodJob) -> bool:
+    """Picked up by a worker and not over: IN_PROGRESS, RUNNING, or whatever `running_status`."""
+    return job.status != "IN_QUEUE" and job.status not in ENDED
 
 
 def _policy_problem(policy: Any) -> str | None:

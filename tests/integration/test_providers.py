@@ -78,6 +78,15 @@ async def test_runpod_running_status_is_still_running(api: Api, fake_gpu: FakePr
     assert done["status"] == "completed", done["executions"][0]["error"]
 
 
+async def test_an_unknown_status_is_waited_out_and_counted(service: Runtime, api: Api,
+                                                           fake_gpu: FakeProviders) -> None:
+    fake_gpu.runpod.running_status = "WARMING_UP"  # a state added at RunPod after this was written
+    job = await api.submit({"backend": "rp", "input": {"polls": 4}})
+    done = await api.until(job["id"], "completed", "failed")
+    assert done["status"] == "completed", done["executions"][0]["error"]
+    assert _metric(service, 'runner_remote_unknown_statuses_total{backend="rp"}') == 1.0
+
+
 async def test_throttled_status_polls_do_not_fail_or_cancel_healthy_work(
         api: Api, fake_gpu: FakeProviders) -> None:
     job, _ = await _running(api, "rp", {"polls": 4})
