@@ -104,7 +104,10 @@ async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
     dsn = await fresh_database(admin, "bench_remote_ours")
     toml = (f'[backends.rp]\nkind = "runpod"\nbase_url = "{fake.url}/v2"\nendpoint_id = "ep1"\n'
             f"poll_interval_s = {poll_s}\ncancel_rate_per_s = 1000\n")
+    # The measuring connection idles while the peers set up (minutes on a loaded machine):
+    # the server must not close it as idle meanwhile.
     env = {"RUNNER_BACKENDS_TOML": toml, "RUNNER_CONCURRENCY": str(n + 10), "RUNNER_DB_POOL_SIZE": "20",
+           "RUNNER_READ_TIMEOUT_S": "3600",
            "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 10),
            "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000)}
     services = []
