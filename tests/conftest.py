@@ -16,6 +16,7 @@ from runner.db import connect
 from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from runner.service import running_service
+from tests.chain import Anvil, running_anvil
 from tests.client import Api
 from tests.pg import TestPostgres
 
@@ -144,3 +145,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def api(http: aiohttp.ClientSession, base_url: str) -> Api:
     """A signed-in wallet on the `service` instance."""
     return await Api.signed_in(http, base_url)
+
+
+@pytest.fixture(scope="session")
+async def anvil() -> AsyncIterator[Anvil]:
+    """A real Ethereum node (anvil) with the test wallets' factory on it; skipped without one,
+    failed under CI (tests/chain.py)."""
+    async with running_anvil() as chain:
+        yield chain
