@@ -14,6 +14,7 @@ from aiohttp import web
 
 from api.app import create_app, create_metrics_app, create_probe_app
 from runner.backends import build_backends, new_http_session
+from runner.backends.base import HttpBackendBase
 from runner.cancel.remote import RemoteCanceller
 from runner.config import Settings
 from runner.db import create_pool, migrate, resolve_dsn
@@ -99,6 +100,9 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     """The worker's parts and its periodic tasks (the claim loop starts once serving)."""
     settings = runtime.settings
     backends = build_backends(settings.backends, http)
+    for backend in backends.values():  # their calls' latency and errors, on this instance's /metrics
+        if isinstance(backend, HttpBackendBase):
+            backend.metrics = runtime.metrics
     remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id)
     supervisor = runtime.supervisor
     worker = Worker(pool=runtime.pool, settings=settings, instance_id=runtime.instance_id,
