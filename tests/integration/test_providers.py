@@ -167,7 +167,9 @@ async def test_cancel_pacing_is_shared_by_every_instance(
     await fake_gpu.runpod.until(lambda: len(fake_gpu.runpod.cancels) == 16, 30)
     times = sorted(fake_gpu.runpod.cancel_times)
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= rate + 1, times  # the rate plus a burst of one
+    # The slots are spaced evenly; a send's own scheduling delay on a loaded machine may bunch
+    # two of them: the rate plus a small burst (unshared, two instances sent twice the rate).
+    assert busiest <= rate + 2, times
     for job in jobs:
         await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] == "acknowledged")
 

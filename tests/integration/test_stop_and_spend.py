@@ -86,7 +86,8 @@ async def test_work_that_never_stops_is_cancelled_again_and_counted(
     """fal: an app without a cancel route ignores the cancel and runs to its end
     (fal's e2e test_app_cancellation)."""
     fake_gpu.fal.cancel_route = False
-    rt = await cluster.start(backends=_fal(fake_gpu, confirm_within_s=0.3))
+    # Backoffs long enough to show past the sweeper's one-second tick.
+    rt = await cluster.start(backends=_fal(fake_gpu, confirm_within_s=0.3, poll_interval_s=0.5))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     job, remote_id = await _running(api, "fal", fake_gpu)
     assert (await api.cancel(job["id"]))[0] == 200
@@ -95,11 +96,11 @@ async def test_work_that_never_stops_is_cancelled_again_and_counted(
     def sent() -> bool:
         if len(fake_gpu.fal.cancels) > len(times):
             times.append(time.monotonic())
-        return len(times) >= 3
+        return len(times) >= 4
 
-    await fake_gpu.fal.until(sent, 20)
+    await fake_gpu.fal.until(sent, 30)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps[1] > gaps[0] * 1.2  # sent again with backoff
+    assert gaps[2] > gaps[0], gaps  # sent again with a backoff that doubles
     assert rt.worker is not None
     await rt.worker.housekeeping()
     assert await _metric(rt, 'runner_remote_unconfirmed{backend="fal"}') == 'runner_remote_unconfirmed{backend="fal"} 1.0'
