@@ -24,7 +24,7 @@ COOKIE = "runner_session"
 _EVENTS_PATH = re.compile(r"/jobs/[^/]+/events|/events")
 _CANCEL_PATH = re.compile(r"/jobs/[^/]+/cancel")
 _SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket", "/backends", "/usage",
-                            "/events"})
+                            "/events", "/webhooks/secret", "/webhooks/secret/rotate"})
 
 
 def identity_of(request: web.Request) -> Identity:

@@ -118,6 +118,12 @@ class Settings:
     chain_rpc_urls: Mapping[int, str] = field(default_factory=dict)
     chain_rpc_timeout_s: float = 5.0  # one validation call, queueing for it included
     public_url: str | None = None  # where browsers reach the service (behind any proxy)
+    webhook_allow_http: bool = False  # webhooks to http:// URLs too (tests, private networks)
+    webhook_allow_private: bool = False  # webhooks to loopback/private addresses (tests, private deployments)
+    # Not settable from the environment (the service promises these to receivers); tests shorten them.
+    webhook_timeout_s: float = 10.0  # an attempt with no answer by then failed
+    webhook_retry_base_s: float = 5.0  # the first retry's wait; doubled each time, jittered
+    webhook_retry_for_s: float = 86400.0  # an event is retried this long, then given up
     # 'fly' and/or proxy addresses whose forwarding headers name the client (rate limits).
     trusted_proxies: tuple[str, ...] = ()
 
@@ -204,6 +210,14 @@ def _public_url(name: str, raw: str) -> str:
     return raw
 
 
+def _flag(name: str, raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected 1 or 0")
+
+
 def _trusted_proxies(name: str, raw: str) -> tuple[str, ...]:
     import ipaddress
 
@@ -254,6 +268,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_CHAIN_RPC_URLS": ("chain_rpc_urls", _chain_rpc_urls),
     "RUNNER_CHAIN_RPC_TIMEOUT_S": ("chain_rpc_timeout_s", _seconds),
     "RUNNER_PUBLIC_URL": ("public_url", _public_url),
+    "RUNNER_WEBHOOK_ALLOW_HTTP": ("webhook_allow_http", _flag),
+    "RUNNER_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _flag),
     "RUNNER_TRUSTED_PROXY": ("trusted_proxies", _trusted_proxies),
 }
 

@@ -48,6 +48,13 @@ class Metrics:
             "runner_remote_unknown_statuses_total",
             "Executions that saw a status their provider's adapter does not know (waited out).",
             ["backend"], registry=self.registry)
+        self.webhooks_pending = Gauge(
+            "runner_webhooks_pending", "Webhook events not yet delivered (all instances').",
+            registry=self.registry)
+        self.webhook_failures = Counter(
+            "runner_webhook_failures_total",
+            "Failed webhook attempts by this instance, by answer status (or timeout, network, refused).",
+            ["status"], registry=self.registry)
         self.jobs_queued = Gauge(
             "runner_jobs_queued", "Queued jobs needing each backend (from the worker's housekeeping).",
             ["backend"], registry=self.registry)

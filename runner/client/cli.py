@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", action="append", required=True,
                         help="that execution's input, as JSON; repeatable")
     submit.add_argument("--timeout-s", type=int, help="cancel the job if it runs longer than this")
+    submit.add_argument("--webhook", metavar="URL",
+                        help="POST each of the job's events to this https URL, signed (see the README)")
+    submit.add_argument("--webhook-event", action="append", dest="webhook_events", metavar="EVENT",
+                        choices=("started", "completed", "failed", "cancelled", "remote_stopped"),
+                        help="only this event (repeat for several; default all)")
     submit.add_argument("--wait", action="store_true",
                         help="follow it live to its end; exit 0 only if it completes")
     jobs = _verb(verbs, "jobs", "list your jobs", "Newest first.")

@@ -158,6 +158,10 @@ async def submit(args: argparse.Namespace, client: Client, out: Printer) -> int:
     body: dict[str, Any] = {"executions": executions}
     if args.timeout_s is not None:
         body["timeout_s"] = args.timeout_s
+    if args.webhook is not None:
+        body["webhook"] = args.webhook
+    if args.webhook_events:
+        body["webhook_events"] = args.webhook_events
     job = await client.call("POST", "/jobs", json_body=body)
     return await _new_job(client, out, job, args.wait, f"submitted job {job['id']}")
 

@@ -377,6 +377,19 @@ async def test_rerun_verb(cli: Cli) -> None:
     await cli.run("cancel", new_id)
 
 
+async def test_submit_with_a_webhook(cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    rt = await cluster.start(port=port, siwe_domains=(f"127.0.0.1:{port}",), webhook_allow_http=True,
+                             webhook_allow_private=True)
+    cli = await _signed_in(Cli(f"http://127.0.0.1:{rt.port}", tmp_path / "config", {}))
+    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
+                               "--webhook", "http://127.0.0.1:9/hook", "--webhook-event", "completed")
+    assert code == 0 and job["webhook"] == "http://127.0.0.1:9/hook" and job["webhook_events"] == ["completed"]
+    code, doc = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
+                               "--webhook", "ftp://127.0.0.1/hook")
+    assert code != 0 and doc["error"] == "invalid_request" and "webhook" in doc["message"]
+
+
 async def test_login_print_token_prints_the_token_alone(cli: Cli, cli_server: Runtime) -> None:
     import aiohttp
 

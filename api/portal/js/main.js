@@ -466,6 +466,12 @@ async function submitJob(event) {
     if (!/^\d+$/.test(timeout)) return formError("The timeout is a whole number of seconds.", $("timeout"));
     body.timeout_s = Number(timeout);
   }
+  // Only its form is checked here: the service resolves the host and says what it refuses.
+  const webhook = $("webhook").value.trim();
+  if (webhook) {
+    if (!/^https?:\/\/\S+$/i.test(webhook)) return formError("The webhook is an https:// URL.", $("webhook"));
+    body.webhook = webhook;
+  }
   if (!(await ensureToken())) return;
   const button = $("submit-job");
   button.disabled = true;
