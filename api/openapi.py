@@ -58,7 +58,7 @@ SCHEMAS: dict[str, Any] = {
         "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
         "remote_id": {"type": ["string", "null"]}, "attempts": {"type": "integer"},
         "started_at": _TIME, "finished_at": _TIME, "output": {}, "error": {"type": ["string", "null"]},
-        "remote_cancel": {"enum": [None, "pending", "acknowledged", "confirmed", "failed"]},
+        "remote_cancel": {"enum": [None, "pending", "acknowledged", "confirmed", "failed", "gone"]},
         "remote_stopped_at": _TIME,
         "gpu_seconds": {"type": ["number", "null"],
                         "description": "the provider's figure, or the time it ran"}}},

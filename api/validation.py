@@ -42,6 +42,11 @@ def _only(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
                          f"allowed: {', '.join(sorted(allowed))}")
 
 
+# RunPod decodes `input` into an object (runpodctl cmd/serverless/run.go); Replicate's and
+# fal's inputs are objects of named parameters.
+OBJECT_INPUT_KINDS = frozenset({"runpod", "replicate", "fal"})
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -77,7 +82,13 @@ def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec
         name = item.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
             raise BadRequest(f"{where}.name must be a string of at most {MAX_NAME_CHARS} characters")
-        parsed.append(NewExecution(backend=backend, input=item.get("input", {}), name=name))
+        value = item.get("input", {})
+        kind = backends[backend].kind
+        if kind in OBJECT_INPUT_KINDS and not isinstance(value, dict):
+            # The provider would refuse it after the job was queued.
+            raise BadRequest(f"$.executions[{i}].input must be a JSON object for backend "
+                             f"{backend!r} (kind {kind})")
+        parsed.append(NewExecution(backend=backend, input=value, name=name))
 
     timeout_s = body.get("timeout_s")
     if timeout_s is not None and (not _is_int(timeout_s) or not 1 <= timeout_s <= MAX_TIMEOUT_S):

@@ -124,7 +124,11 @@ class _HoldProtocol(asyncio.Protocol):
 
 @dataclass
 class FakeGpu:
-    """Holds every request open (GPU work) and notes when its connection closes."""
+    """Holds every request open (GPU work) and notes when its connection closes.
+
+    Not a provider's fake (those are runner.fakes, shared with the tests and `runner demo`,
+    and remote_stop.py uses RunPod's): an instrument for the http kind's close latency, on
+    a raw protocol so that what is measured is the socket closing."""
 
     opened: dict[str, float] = field(default_factory=dict)
     closed: dict[str, float] = field(default_factory=dict)

@@ -1,6 +1,6 @@
-"""Remote stop: N jobs running at a RunPod-style provider (a local fake: submit, poll status,
-cancel); cancel them one at a time and measure from the cancel request leaving the client to
-the provider receiving `/cancel` for that job.
+"""Remote stop: N jobs running at RunPod (the faithful fake of runner.fakes, on a local
+socket: submit, poll status, cancel); cancel them one at a time and measure from the cancel
+request leaving the client to the provider receiving `/cancel` for that job.
 
 Ours through `POST /jobs/{id}/cancel`; procrastinate and pgqueuer each with a job that
 submits, polls, and calls the same fake's `/cancel` from its own cancellation handler (what
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from aiohttp import web
 
 from benchmarks.harness import (
     RawHttp,
@@ -51,73 +49,45 @@ from benchmarks.harness import (
     start_service,
     summary_line,
 )
+from runner.fakes import FakeProviders, FakeRunPod
 
 PEERS = Path(__file__).resolve().parent / "peers"
 CancelOne = Callable[[int], Awaitable[float]]
 
 
-class FakeRunPod:
-    """Submit, status, cancel; notes (on this process's clock) when each job's /cancel came."""
+class RunPodFake:
+    """The faithful RunPod fake (runner.fakes) on its own socket, with what this measurement
+    needs: how many jobs were submitted, and when the provider received each job's /cancel.
+    Its per-endpoint cancel limit is lifted (as our pacing is, above): what is measured is
+    the stop path, not the limit."""
 
     def __init__(self) -> None:
-        self.keys: dict[str, str] = {}  # remote id -> the job's key
-        self.stopped: set[str] = set()  # remote ids cancelled: reported over, as a provider would
-        self.cancelled: dict[str, asyncio.Future[float]] = {}
-        self.running = 0
-        self.everyone: asyncio.Event = asyncio.Event()
-        self.expected = 0
-        self._ids = itertools.count()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+        self.fakes = FakeProviders(runpod=FakeRunPod(cancel_limit=None))
+        self.remote_ids: dict[str, str] = {}  # the job's key -> its remote id
 
-    def cancel_of(self, key: str) -> asyncio.Future[float]:
-        return self.cancelled.setdefault(key, asyncio.get_running_loop().create_future())
+    @property
+    def url(self) -> str:
+        return self.fakes.base_url
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v2/ep1/run", self._run)
-        app.router.add_get("/v2/ep1/status/{id}", self._status)
-        app.router.add_post("/v2/ep1/cancel/{id}", self._cancel)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        await self.fakes.start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _run(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        remote_id = f"rp-{next(self._ids)}"
-        self.keys[remote_id] = str(body["input"]["key"])
-        self.running += 1
-        if self.running >= self.expected:
-            self.everyone.set()
-        return web.json_response({"id": remote_id, "status": "IN_QUEUE"})
-
-    async def _status(self, request: web.Request) -> web.Response:
-        remote_id = request.match_info["id"]
-        status = "CANCELLED" if remote_id in self.stopped else "IN_PROGRESS"
-        return web.json_response({"id": remote_id, "status": status, "executionTime": 1000})
-
-    async def _cancel(self, request: web.Request) -> web.Response:
-        at = time.perf_counter()
-        key = self.keys.get(request.match_info["id"], "")
-        self.stopped.add(request.match_info["id"])
-        future = self.cancel_of(key)
-        if not future.done():
-            future.set_result(at)
-        return web.json_response({"status": "CANCELLED"})
+        await self.fakes.stop()
 
     async def wait_running(self, n: int) -> None:
-        self.expected, self.running = n, 0
-        self.everyone.clear()
-        await asyncio.wait_for(self.everyone.wait(), 300)
+        runpod = self.fakes.runpod
+        await runpod.until(lambda: len(runpod.submits) >= n, 300)
+        self.remote_ids = {str(job.input.get("key")): job.id for job in runpod.jobs.values()}
+
+    async def cancel_received(self, key: str) -> float:
+        """When (perf_counter) the provider received /cancel for the job with this key."""
+        runpod, remote_id = self.fakes.runpod, self.remote_ids[key]
+        await runpod.until(lambda: remote_id in runpod.cancel_received, 60)
+        return runpod.cancel_received[remote_id]
 
 
-async def _worker(kind: str, dsn: str, fake: FakeRunPod, n: int, poll_s: float, log: Path) -> subprocess.Popen[bytes]:
+async def _worker(kind: str, dsn: str, fake: RunPodFake, n: int, poll_s: float, log: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, str(PEERS / "runpod_jobs.py"), kind, dsn, fake.url, str(n + 10),
                              str(poll_s)], stdout=subprocess.PIPE, stderr=log.open("wb"))
     assert proc.stdout is not None
@@ -129,12 +99,15 @@ async def _worker(kind: str, dsn: str, fake: FakeRunPod, n: int, poll_s: float, 
 @contextlib.asynccontextmanager
 async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
                client: str) -> AsyncIterator[CancelOne]:
-    fake = FakeRunPod()
+    fake = RunPodFake()
     await fake.start()
     dsn = await fresh_database(admin, "bench_remote_ours")
     toml = (f'[backends.rp]\nkind = "runpod"\nbase_url = "{fake.url}/v2"\nendpoint_id = "ep1"\n'
             f"poll_interval_s = {poll_s}\ncancel_rate_per_s = 1000\n")
+    # The measuring connection idles while the peers set up (minutes on a loaded machine):
+    # the server must not close it as idle meanwhile.
     env = {"RUNNER_BACKENDS_TOML": toml, "RUNNER_CONCURRENCY": str(n + 10), "RUNNER_DB_POOL_SIZE": "20",
+           "RUNNER_READ_TIMEOUT_S": "3600",
            "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 10),
            "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000)}
     services = []
@@ -161,12 +134,11 @@ async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
                        if client == "raw" else aiohttp_requests(http, api.base, headers))
 
             async def cancel(i: int) -> float:
-                received = fake.cancel_of(f"ours-{i}")
                 send = request("POST", f"/jobs/{ids[i]}/cancel")  # built before the clock starts
                 t0 = time.perf_counter()
                 status, body = await send()
                 assert status == 200, body
-                return (await asyncio.wait_for(received, 60) - t0) * 1000
+                return (await fake.cancel_received(f"ours-{i}") - t0) * 1000
 
             yield cancel
     finally:
@@ -179,7 +151,7 @@ async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
 async def procrastinate_peer(admin: str, n: int, poll_s: float, logdir: Path) -> AsyncIterator[CancelOne]:
     import procrastinate
 
-    fake = FakeRunPod()
+    fake = RunPodFake()
     await fake.start()
     dsn = await fresh_database(admin, "bench_remote_procrastinate")
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
@@ -193,10 +165,9 @@ async def procrastinate_peer(admin: str, n: int, poll_s: float, logdir: Path) ->
             await running
 
             async def cancel(i: int) -> float:
-                received = fake.cancel_of(f"procrastinate-{i}")
                 t0 = time.perf_counter()
                 assert await app.job_manager.cancel_job_by_id_async(ids[i], abort=True)
-                return (await asyncio.wait_for(received, 60) - t0) * 1000
+                return (await fake.cancel_received(f"procrastinate-{i}") - t0) * 1000
 
             yield cancel
         finally:
@@ -210,7 +181,7 @@ async def pgqueuer_peer(admin: str, n: int, poll_s: float, logdir: Path) -> Asyn
     import asyncpg
     from pgqueuer import AsyncpgDriver, Queries
 
-    fake = FakeRunPod()
+    fake = RunPodFake()
     await fake.start()
     dsn = await fresh_database(admin, "bench_remote_pgqueuer")
     conn = await asyncpg.connect(dsn)
@@ -223,10 +194,9 @@ async def pgqueuer_peer(admin: str, n: int, poll_s: float, logdir: Path) -> Asyn
         await running
 
         async def cancel(i: int) -> float:
-            received = fake.cancel_of(f"pgqueuer-{i}")
             t0 = time.perf_counter()
             await queries.mark_job_as_cancelled([ids[i]])
-            return (await asyncio.wait_for(received, 60) - t0) * 1000
+            return (await fake.cancel_received(f"pgqueuer-{i}") - t0) * 1000
 
         yield cancel
     finally:

@@ -68,19 +68,42 @@ class UnknownBackend(JobError):
 
 
 class BackendError(RunnerError):
-    """A backend answered something other than a result."""
+    """A backend answered something other than a result.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    `status`: the HTTP status, if an answer came. `sent`: False only where the request never
+    reached the provider (the connection was refused), so nothing can have started there.
+    `work_over`: the provider reported the work over (failed, timed out, gone): no cancel is
+    owed for it."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None,
+                 sent: bool = True, work_over: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status
+        self.sent = sent
+        self.work_over = work_over
+
+    @property
+    def safe_to_resend(self) -> bool:
+        """Whether a create may be sent again: only where no paid work can have started -- the
+        provider never got it, or throttled it (429). Never after a timeout or a 5xx."""
+        return not self.sent or self.status == 429
 
 
 class TransientBackendError(BackendError):
-    """Worth another try: connection errors, timeouts, 5xx, 429."""
+    """Worth another try: connection errors, timeouts, 5xx, 408, 409, 429."""
 
 
 class PermanentBackendError(BackendError):
     """Not worth another try: a 4xx, an unexpected answer, a failed job."""
+
+
+class RemoteGone(PermanentBackendError):
+    """The provider no longer knows the work (404 / NOT_FOUND: its record expired): nothing
+    more can be learnt of it or sent to it."""
+
+    def __init__(self, message: str, *, status: int | None = 404) -> None:
+        super().__init__(message, status=status, work_over=True)
 
 
 class InvalidJson(RunnerError):

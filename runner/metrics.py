@@ -44,6 +44,10 @@ class Metrics:
         self.remote_cancels = Counter(
             "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
             ["backend", "outcome"], registry=self.registry)
+        self.remote_unknown_statuses = Counter(
+            "runner_remote_unknown_statuses_total",
+            "Executions that saw a status their provider's adapter does not know (waited out).",
+            ["backend"], registry=self.registry)
         self.webhooks_pending = Gauge(
             "runner_webhooks_pending", "Webhook events not yet delivered (all instances').",
             registry=self.registry)

@@ -13,11 +13,11 @@ import pytest
 from runner.backends.config import BackendSpec
 from runner.config import Settings
 from runner.db import connect
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from runner.service import running_service
 from tests.chain import Anvil, running_anvil
 from tests.client import Api
-from tests.fakes import FakeGpu
 from tests.pg import TestPostgres
 
 
@@ -60,14 +60,14 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def fake_gpu() -> AsyncIterator[FakeGpu]:
-    fake = FakeGpu()
+async def fake_gpu() -> AsyncIterator[FakeProviders]:
+    fake = FakeProviders()
     await fake.start()
     yield fake
     await fake.stop()
 
 
-def backends_for(fake: FakeGpu) -> dict[str, BackendSpec]:
+def backends_for(fake: FakeProviders) -> dict[str, BackendSpec]:
     return {
         "demo": BackendSpec(name="demo", kind="demo"),
         "gpu": BackendSpec(name="gpu", kind="http", url=f"{fake.base_url}/run",
@@ -76,11 +76,19 @@ def backends_for(fake: FakeGpu) -> dict[str, BackendSpec]:
         "capped": BackendSpec(name="capped", kind="http", url=f"{fake.base_url}/run", max_output_bytes=1 << 20),
         "rp": BackendSpec(name="rp", kind="runpod", base_url=f"{fake.base_url}/v2",
                           endpoint_id="ep1", api_key="rp-key", poll_interval_s=0.02),
+        "rep": BackendSpec(name="rep", kind="replicate", base_url=fake.replicate_url,
+                           version="5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
+                           api_key="r8-key", poll_interval_s=0.02),
+        "fal": BackendSpec(name="fal", kind="fal", base_url=fake.fal_url, model="fal-ai/flux/dev",
+                           api_key="fal-key", poll_interval_s=0.02),
+        # A Modal web endpoint, with the user's own endpoint that calls FunctionCall.cancel.
+        "modal": BackendSpec(name="modal", kind="http", url=f"{fake.base_url}/run",
+                             cancel_url=f"{fake.base_url}/modal/cancel/{{remote_id}}"),
     }
 
 
 @pytest.fixture
-def settings(tmp_path: Path, fake_gpu: FakeGpu) -> Settings:
+def settings(tmp_path: Path, fake_gpu: FakeProviders) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         host="127.0.0.1",

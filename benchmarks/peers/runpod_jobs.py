@@ -23,7 +23,8 @@ async def run_at_runpod(key: str) -> None:
     try:
         while True:
             async with http.get(f"{FAKE}/v2/ep1/status/{remote_id}") as resp:
-                if (await resp.json())["status"] != "IN_PROGRESS":
+                # Still queued or running (RUNNING is in runpod/docs job-states.mdx too).
+                if (await resp.json())["status"] not in ("IN_QUEUE", "IN_PROGRESS", "RUNNING"):
                     return
             await asyncio.sleep(POLL_S)
     except asyncio.CancelledError:

@@ -6,10 +6,11 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import aiohttp
@@ -30,12 +31,19 @@ if TYPE_CHECKING:
 MAX_RETRY_AFTER_S = 60.0
 CANCEL_TIMEOUT = aiohttp.ClientTimeout(total=10)
 ERROR_TEXT_LIMIT = 500
+# Answers worth another try (of a poll, a result, a cancel): the provider was busy, throttled
+# or timed out. fal_client retries 408/409/429 and 502-504; runpodctl 429 and 5xx.
+TRANSIENT_STATUSES = frozenset({408, 409, 429})
+# A cancel refused for its credentials (a rotated key) may go through once the key is fixed:
+# retried with backoff and alerted on, never final while the work may run.
+KEY_REFUSALS = frozenset({401, 403})
 
 
 class CancelOutcome(StrEnum):
-    ACKNOWLEDGED = "acknowledged"  # the backend confirmed (or the work was already over)
-    FAILED = "failed"  # the backend refused; not retried
+    ACKNOWLEDGED = "acknowledged"  # the backend accepted the cancel (or the work was already over)
+    FAILED = "failed"  # the backend refused for good; not retried
     RETRY = "retry"  # transient trouble: the sweeper tries again
+    GONE = "gone"  # the provider no longer knows the work
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +62,12 @@ class ExecutionCall:
     input: Any
     remote_id: str | None = None
     attempts: int = 0
-    on_remote_id: Callable[[str, int], Awaitable[None]] | None = None
+    on_remote_id: Callable[[str, int, dict[str, str] | None], Awaitable[None]] | None = None
+    # URLs the provider returned for the work (fal's status/response/cancel, Modal's result
+    # URL), stored with the remote id: a resume or a cancel from another instance uses them.
+    remote_urls: dict[str, str] | None = None
+    # Told of a status the runner does not know (it is waited out as still running).
+    on_unknown_status: Callable[[str], None] | None = None
     # The provider stops the work after this many seconds, whatever becomes of us (RunPod's
     # policy.executionTimeout, Replicate's Cancel-After); None: no deadline.
     deadline_s: float | None = None
@@ -65,11 +78,11 @@ class ExecutionCall:
         """Count a submission to the backend (an execution's `attempts`)."""
         self.attempts += 1
 
-    async def set_remote_id(self, remote_id: str) -> None:
+    async def set_remote_id(self, remote_id: str, urls: dict[str, str] | None = None) -> None:
         """Store the remote id before anything else, so a cancel can always reach it."""
-        self.remote_id = remote_id
+        self.remote_id, self.remote_urls = remote_id, urls
         if self.on_remote_id is not None:
-            await self.on_remote_id(remote_id, self.attempts)
+            await self.on_remote_id(remote_id, self.attempts, urls)
 
 
 class Backend(Protocol):
@@ -79,8 +92,10 @@ class Backend(Protocol):
         """Run to the end and return the output; raise BackendError on failure."""
         ...
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None) -> CancelResult:
-        """Tell the backend to stop (only for kinds whose spec.cancels_remotely)."""
+    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
+                            urls: Mapping[str, str] | None = None) -> CancelResult:
+        """Tell the backend to stop (only for kinds whose spec.cancels_remotely); `urls`: those
+        the provider returned for the work (fal), when it did."""
         ...
 
 
@@ -108,22 +123,28 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int, what: str) -> byte
     return b"".join(chunks)
 
 
+def is_transient(status: int) -> bool:
+    """The one rule of which answers are worth another try."""
+    return status in TRANSIENT_STATUSES or status >= 500
+
+
 async def classify(resp: aiohttp.ClientResponse, what: str, limit: int) -> Any:
-    """The reply's JSON body, or the BackendError it amounts to. The body is read up to
-    `limit` bytes and parsed with its nesting bounded; whether the output can be stored is
-    the worker's check, made once for every kind."""
+    """The reply's JSON body, or the BackendError it amounts to (the one place answers are
+    classified). The body is read up to `limit` bytes and parsed with its nesting bounded;
+    whether the output can be stored is the worker's check, made once for every kind."""
     if resp.status >= 400:  # only its start is kept, as the error's text
         raw = await resp.content.read(ERROR_TEXT_LIMIT * 4)
     else:
         raw = await read_body(resp, limit, what)
     text = raw.decode("utf-8", "replace")
-    if resp.status == 429 or resp.status >= 500:
+    if is_transient(resp.status):
         raise TransientBackendError(
             f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}",
-            retry_after=_retry_after(resp.headers.get("Retry-After")),
+            retry_after=_retry_after(resp.headers.get("Retry-After")), status=resp.status,
         )
     if resp.status >= 400:
-        raise PermanentBackendError(f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}")
+        raise PermanentBackendError(f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}",
+                                    status=resp.status)
     return await parse_reply(raw, f"{what}: HTTP {resp.status}")
 
 
@@ -179,6 +200,9 @@ class HttpBackendBase:
                 result = await classify(resp, what, self.spec.max_output_bytes)
                 failure = ""
                 return result
+        except aiohttp.ClientConnectorError as exc:  # refused, unresolvable: nothing was sent
+            failure = "transient"
+            raise TransientBackendError(f"{what}: {type(exc).__name__}: {exc}", sent=False) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             failure = "transient"
             raise TransientBackendError(f"{what}: {type(exc).__name__}: {exc}") from None
@@ -195,20 +219,25 @@ class HttpBackendBase:
                 self.metrics.observe_backend_call(self.spec.name, operation, failure,
                                                   time.monotonic() - started)
 
+    def backoff_s(self, attempt: int, error: BackendError, floor_s: float = 0.0) -> float:
+        """Exponential backoff with jitter (half fixed, half drawn, so that throttled callers
+        neither hammer nor move in step); a Retry-After is a minimum."""
+        step = min(self.backoff_cap_s, max(self.backoff_base_s, floor_s) * 2 ** min(attempt - 1, 30))
+        delay = random.uniform(step / 2, step)
+        return max(delay, error.retry_after) if error.retry_after is not None else delay
+
     async def backoff(self, attempt: int, error: BackendError) -> None:
-        """Exponential backoff with full jitter; a Retry-After is honoured as given."""
-        if error.retry_after is not None:
-            delay = error.retry_after
-        else:
-            delay = random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
-        await asyncio.sleep(delay)
+        await asyncio.sleep(self.backoff_s(attempt, error))
 
     async def retrying(
         self, what: Callable[[], Awaitable[Any]], *, submits: ExecutionCall | None = None
     ) -> Any:
         """Call `what` until it succeeds, a permanent error, or max_attempts transient ones.
 
-        With `submits`, each try is a submission and counts in the execution's attempts.
+        With `submits`, each try is a submission and counts in the execution's attempts; it
+        is sent again only where nothing can have started at the provider (the connection
+        never reached it, or a 429): after a timeout or a 5xx the provider may have started
+        the paid work, and a second create could start it twice.
         """
         attempt = 0
         while True:
@@ -218,21 +247,47 @@ class HttpBackendBase:
             try:
                 return await what()
             except TransientBackendError as exc:
+                if submits is not None and not exc.safe_to_resend:
+                    raise PermanentBackendError(
+                        f"{exc} (not sent again: the provider may have started the work, and a "
+                        "second submission could pay for it twice)", status=exc.status) from None
                 if attempt >= self.spec.max_attempts:
                     raise TransientBackendError(
-                        f"{exc} (gave up after {attempt} attempts)", retry_after=exc.retry_after
-                    ) from None
+                        f"{exc} (gave up after {attempt} attempts)", retry_after=exc.retry_after,
+                        status=exc.status, sent=exc.sent) from None
                 await self.backoff(attempt, exc)
 
+    # A 404 to a cancel: the provider no longer knows the work (queue kinds); for the http
+    # kind, a user's endpoint, it is a refusal like any other 4xx.
+    cancel_404_is_gone: ClassVar[bool] = True
+
     async def cancel_call(self, method: str, url: str, what: str) -> CancelResult:
-        """A remote cancel whose 2xx means acknowledged and other 4xx means refused."""
+        """A remote cancel: a 2xx is acknowledged; a 401/403 (a rotated key) and transient
+        trouble are retried; a 404 is gone; other 4xx are refused for good."""
         try:
             body = await self.request(method, url, what, client_timeout=CANCEL_TIMEOUT)
         except TransientBackendError as exc:
             return CancelResult(CancelOutcome.RETRY, str(exc), retry_after=exc.retry_after)
         except PermanentBackendError as exc:
+            if exc.status in KEY_REFUSALS:
+                return CancelResult(CancelOutcome.RETRY, str(exc))
+            if exc.status == 404 and self.cancel_404_is_gone:
+                return CancelResult(CancelOutcome.GONE, str(exc))
             return CancelResult(CancelOutcome.FAILED, str(exc))
         return CancelResult(CancelOutcome.ACKNOWLEDGED, json.dumps(body)[:ERROR_TEXT_LIMIT])
+
+
+def same_origin(url: str, base: str) -> bool:
+    """Whether `url` is on `base`'s scheme, host and port: a URL taken from a provider's reply
+    is followed only there, so the API key never goes anywhere else."""
+    def origin(u: str) -> tuple[str, str | None, int | None]:
+        parts = urlsplit(u)
+        return parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
+
+    return origin(url) == origin(base)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def require_object(value: Any, what: str) -> dict[str, Any]:

@@ -74,8 +74,9 @@ class BackendSpec:
 
     @property
     def cancels_without_remote_id(self) -> bool:
-        """An http backend's cancel_url needs only our ids, not one from the backend."""
-        return bool(self.cancel_url)
+        """An http backend's cancel_url needs only our ids, not one from the backend -- unless
+        it names `{remote_id}` (Modal's call id, known from its first redirect on)."""
+        return bool(self.cancel_url) and "{remote_id}" not in (self.cancel_url or "")
 
     def can_cancel(self, remote_id: str | None) -> bool:
         """Whether a cancel can reach work of this backend that has `remote_id` (or none yet):

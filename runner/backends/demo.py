@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -37,5 +38,6 @@ class DemoBackend:
             raise PermanentBackendError("simulated failure (input had fail: true)")
         return {"slept_s": seconds}
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None) -> CancelResult:
+    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
+                            urls: Mapping[str, str] | None = None) -> CancelResult:
         return CancelResult(CancelOutcome.ACKNOWLEDGED, "in-process: the sleep was cancelled")

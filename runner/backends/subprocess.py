@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -138,7 +139,8 @@ class SubprocessBackend:
             await _reap(proc)
         tree.close()  # after the reap: the subreaper's close reaps the rest, never our child
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None) -> CancelResult:
+    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
+                            urls: Mapping[str, str] | None = None) -> CancelResult:
         return CancelResult(CancelOutcome.ACKNOWLEDGED, "local process: signalled by the task")
 
 

@@ -2,22 +2,26 @@
 any instance until the backend acknowledges or refuses -- so a job cancelled while its
 worker is dead still has its GPU stopped. For queue APIs an acknowledgement is not a stop:
 the sweeper then polls the work until the provider reports it over (`confirmed`,
-`remote_stopped_at`), and sends the cancel again, with backoff, while it runs on past
-`confirm_within_s`. Cancels to one backend are paced (`cancel_rate_per_s`)."""
+`remote_stopped_at`, where that report proves a stop), and sends the cancel again, with
+backoff, while it runs on past `confirm_within_s`; `gone` when the provider no longer knows
+the work. Cancels to one backend are paced across every instance (`cancel_rate_per_s`)."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 
 import asyncpg
 import structlog
 
 from runner.backends import Backend, CancelOutcome, CancelResult
 from runner.backends.polling import PollingBackend
-from runner.errors import BackendError
+from runner.db import DATABASE_ERRORS
+from runner.errors import BackendError, RemoteGone
 from runner.metrics import Metrics
 from runner.storable import readable
 
@@ -34,15 +38,15 @@ MAX_BACKOFF_S = 300
 _RECORD = """
 WITH ex AS (
     UPDATE executions SET
-        remote_cancel = CASE $3 WHEN 'acknowledged' THEN 'acknowledged'
-                                WHEN 'failed' THEN 'failed' ELSE 'pending' END,
+        remote_cancel = CASE WHEN $3 IN ('acknowledged', 'failed', 'gone') THEN $3 ELSE 'pending' END,
         remote_cancel_error = CASE WHEN $3 = 'acknowledged' THEN NULL ELSE $4 END,
         error = CASE WHEN $3 = 'failed' THEN 'remote cancel refused: ' || $4 ELSE error END,
         remote_cancel_tries = remote_cancel_tries + 1,
         remote_cancel_acknowledged_at = CASE WHEN $3 = 'acknowledged' THEN now() END,
         remote_cancel_due = CASE
-            WHEN $3 = 'retry' THEN now() + make_interval(secs => greatest(
-                coalesce($7::float8, 0), least($6::int, 2 ^ (remote_cancel_tries + 1))))
+            -- backoff with jitter (three quarters to the whole step); a Retry-After is a minimum
+            WHEN $3 = 'retry' THEN now() + make_interval(secs => greatest(coalesce($7::float8, 0),
+                least($6::int, 2 ^ least(remote_cancel_tries + 1, 20)) * (0.75 + random() / 4)))
             WHEN $3 = 'acknowledged' AND $8::float8 IS NOT NULL THEN now() + make_interval(secs => $8) END
     WHERE id = $2 AND remote_cancel = 'pending'
     RETURNING id, job_id, remote_id, remote_cancel_tries)
@@ -53,10 +57,12 @@ FROM ex, runner_notify_job(ex.job_id)"""
 
 
 # An acknowledged cancel whose work is over: confirmed, with when and what it cost.
-# $1 execution, $2 the provider's GPU-seconds (or null), $3 instance, $4 the answer.
+# $1 execution, $2 the provider's GPU-seconds (or null), $3 instance, $4 the answer, $5 the
+# provider's own end time (or null: when it was seen over).
 _CONFIRM = """
 WITH ex AS (
-    UPDATE executions SET remote_cancel = 'confirmed', remote_stopped_at = now(), remote_cancel_due = NULL,
+    UPDATE executions SET remote_cancel = 'confirmed', remote_stopped_at = coalesce($5::timestamptz, now()),
+        remote_cancel_due = NULL,
         gpu_seconds = coalesce($2::float8, gpu_seconds)
     WHERE id = $1 AND remote_cancel = 'acknowledged'
     RETURNING id, job_id, remote_id, extract(epoch FROM now() - finished_at) AS after_cancel_s),
@@ -67,11 +73,66 @@ ev AS (
     FROM ex)
 SELECT ex.after_cancel_s FROM ex, runner_notify_job(ex.job_id)"""
 
+# Over by the provider's word, but a word that proves no stop (RunPod's CANCELLED, answered at
+# once whatever the worker does): stays `acknowledged`, and nothing more can be learnt by
+# polling. $1 execution, $2 instance, $3 the answer.
+_REPORTED = """
+WITH ex AS (
+    UPDATE executions SET remote_cancel_due = NULL
+    WHERE id = $1 AND remote_cancel = 'acknowledged'
+    RETURNING id, job_id, remote_id)
+INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+SELECT ex.job_id, ex.id, 'remote_cancel_reported', $2, jsonb_build_object(
+    'remote_id', ex.remote_id, 'answer', $3::text,
+    'proves_stop', false)
+FROM ex, runner_notify_job(ex.job_id)"""
+
+# The provider no longer knows the work (404): nothing more can be sent or learnt.
+# $1 execution, $2 instance, $3 the answer.
+_GONE = """
+WITH ex AS (
+    UPDATE executions SET remote_cancel = 'gone', remote_cancel_due = NULL, remote_cancel_error = $3
+    WHERE id = $1 AND remote_cancel IN ('pending', 'acknowledged')
+    RETURNING id, job_id, remote_id)
+INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+SELECT ex.job_id, ex.id, 'remote_cancel', $2, jsonb_build_object(
+    'outcome', 'gone', 'answer', $3::text, 'remote_id', ex.remote_id)
+FROM ex, runner_notify_job(ex.job_id)"""
+
+# Remote cancels to one backend, paced across every instance: take the backend's next free
+# send time and move it on by one interval, in one statement (the row lock orders takers).
+# $1 backend, $2 seconds between sends. Returns how long to wait for the slot taken.
+_PACE = """
+INSERT INTO cancel_pacing AS p (backend, next_at) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
+ON CONFLICT (backend) DO UPDATE
+    SET next_at = greatest(p.next_at, clock_timestamp()) + make_interval(secs => $2)
+RETURNING extract(epoch FROM next_at - clock_timestamp())::float8 - $2"""
+
 # Still running: poll again after $2 seconds; $3: a cancel was sent again (tries + 1).
 _STILL_RUNNING = """
 UPDATE executions SET remote_cancel_due = now() + make_interval(secs => $2),
     remote_cancel_tries = remote_cancel_tries + $3::int
 WHERE id = $1 AND remote_cancel = 'acknowledged'"""
+
+
+class SharedPace:
+    """Remote cancels to one backend at most `rate` per second, evenly, across every instance
+    (a provider's limit is per endpoint: RunPod allows 100 cancels per 10 s): each send takes
+    the next free slot from Postgres and waits for it. While Postgres cannot be reached, this
+    instance paces alone."""
+
+    def __init__(self, pool: asyncpg.Pool, backend: str, rate: float) -> None:
+        self.pool, self.backend, self.interval = pool, backend, 1.0 / rate
+        self.local = TokenBucket(rate)
+
+    async def take(self) -> None:
+        try:
+            wait = await self.pool.fetchval(_PACE, self.backend, self.interval)
+        except DATABASE_ERRORS:
+            await self.local.take()
+            return
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 class TokenBucket:
@@ -103,12 +164,12 @@ class RemoteCanceller:
         self.backends = backends
         self.metrics = metrics
         self.instance_id = instance_id
-        self._pace = {name: TokenBucket(rate) for name, b in backends.items()
+        self._pace = {name: SharedPace(pool, name, rate) for name, b in backends.items()
                       if (rate := b.spec.cancel_rate) is not None}
         self._warned: set[uuid.UUID] = set()
 
     async def send(self, job_id: uuid.UUID, execution_id: uuid.UUID, backend_name: str,
-                   remote_id: str | None) -> CancelResult:
+                   remote_id: str | None, urls: Mapping[str, str] | None = None) -> CancelResult:
         """Tell the backend to stop (bounded in time) and record its answer."""
         backend = self.backends.get(backend_name)
         if backend is None:
@@ -116,7 +177,7 @@ class RemoteCanceller:
         elif not backend.spec.can_cancel(remote_id):
             result = CancelResult(CancelOutcome.FAILED, "no remote id is known to cancel")
         else:
-            result = await self._cancel(backend, backend_name, job_id, execution_id, remote_id)
+            result = await self._cancel(backend, backend_name, job_id, execution_id, remote_id, urls)
         confirms = backend is not None and backend.spec.confirms_stop
         confirm_in = backend.spec.poll_interval_s if backend is not None and confirms else None
         await self.pool.execute(_RECORD, job_id, execution_id, result.outcome.value,
@@ -129,13 +190,14 @@ class RemoteCanceller:
         return result
 
     async def _cancel(self, backend: Backend, backend_name: str, job_id: uuid.UUID,
-                      execution_id: uuid.UUID, remote_id: str | None) -> CancelResult:
+                      execution_id: uuid.UUID, remote_id: str | None,
+                      urls: Mapping[str, str] | None) -> CancelResult:
         pace = self._pace.get(backend_name)
         if pace is not None:
             await pace.take()  # the provider's rate limit: a cancel-all queues here
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                return await backend.cancel_remote(job_id, execution_id, remote_id)
+                return await backend.cancel_remote(job_id, execution_id, remote_id, urls)
         except TimeoutError:
             return CancelResult(CancelOutcome.RETRY, f"no answer within {SEND_TIMEOUT_S} s")
 
@@ -149,7 +211,8 @@ class RemoteCanceller:
                    ORDER BY remote_cancel_due LIMIT $1 FOR UPDATE SKIP LOCKED)
                UPDATE executions e SET remote_cancel_due = now() + make_interval(secs => $2)
                FROM due WHERE e.id = due.id
-               RETURNING e.id, e.job_id, e.backend, e.remote_id, e.remote_cancel, e.remote_cancel_tries,
+               RETURNING e.id, e.job_id, e.backend, e.remote_id, e.remote_urls, e.remote_cancel,
+                   e.remote_cancel_tries,
                    extract(epoch FROM now() - e.remote_cancel_acknowledged_at) AS acknowledged_s""",
             SWEEP_BATCH, CLAIM_S)
         # A few at a time: a hundred calls at once would fill every turn of the loop, and a
@@ -159,7 +222,8 @@ class RemoteCanceller:
         async def one(row: asyncpg.Record) -> None:
             async with limit:
                 if row["remote_cancel"] == "pending":
-                    await self.send(row["job_id"], row["id"], row["backend"], row["remote_id"])
+                    await self.send(row["job_id"], row["id"], row["backend"], row["remote_id"],
+                                    row["remote_urls"])
                 else:
                     await self._confirm(row)
 
@@ -167,22 +231,38 @@ class RemoteCanceller:
         return len(rows)
 
     async def _confirm(self, row: asyncpg.Record) -> None:
-        """Has the work of an acknowledged cancel stopped? Confirmed when the provider says
-        so; still running past confirm_within_s: the cancel is sent again, with backoff."""
+        """Has the work of an acknowledged cancel stopped? Confirmed when the provider reports
+        it over in a way that proves a stop; `gone` when it no longer knows the work; still
+        running past confirm_within_s: the cancel is sent again, with backoff."""
         backend = self.backends.get(row["backend"])
         if backend is None or not isinstance(backend, PollingBackend) or row["remote_id"] is None:
             return  # another instance, which has the backend, looks at it
         spec = backend.spec
+        next_look = spec.poll_interval_s * random.uniform(0.8, 1.2)
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                over = await backend.remote_over(row["remote_id"])
+                over = await backend.remote_over(row["remote_id"], row["remote_urls"])
+        except RemoteGone as exc:
+            await self.pool.execute(_GONE, row["id"], self.instance_id, readable(str(exc)))
+            self._warned.discard(row["id"])
+            log.info("remote_work_gone", execution_id=str(row["id"]), remote_id=row["remote_id"],
+                     backend=row["backend"], answer=str(exc))
+            return
         except (BackendError, TimeoutError) as exc:
             log.info("remote_stop_check_failed", execution_id=str(row["id"]), error=str(exc))
-            await self.pool.execute(_STILL_RUNNING, row["id"], spec.poll_interval_s, 0)
+            backoff = min(MAX_BACKOFF_S, next_look * 2 ** min(row["remote_cancel_tries"], 10))
+            await self.pool.execute(_STILL_RUNNING, row["id"], backoff, 0)
+            return
+        if over is not None and not over.proves_stop:
+            await self.pool.execute(_REPORTED, row["id"], self.instance_id, readable(over.error or ""))
+            self._warned.discard(row["id"])
+            log.info("remote_cancel_reported", execution_id=str(row["id"]), remote_id=row["remote_id"],
+                     backend=row["backend"], proves_stop=False)
             return
         if over is not None:
+            stopped_at: datetime | None = over.stopped_at
             after = await self.pool.fetchval(_CONFIRM, row["id"], over.gpu_seconds, self.instance_id,
-                                             over.state.value)
+                                             over.state.value, stopped_at)
             if after is not None:
                 self.metrics.cancel_to_stop_seconds.observe(max(float(after), 0.0))
                 if over.gpu_seconds is not None:
@@ -192,14 +272,18 @@ class RemoteCanceller:
             self._warned.discard(row["id"])
             return
         if (row["acknowledged_s"] or 0) < spec.confirm_within_s:
-            await self.pool.execute(_STILL_RUNNING, row["id"], spec.poll_interval_s, 0)
+            await self.pool.execute(_STILL_RUNNING, row["id"], next_look, 0)
             return
         if row["id"] not in self._warned:
             self._warned.add(row["id"])
             log.warning("remote_work_runs_on_after_cancel", execution_id=str(row["id"]),
                         remote_id=row["remote_id"], backend=row["backend"],
                         acknowledged_s=round(float(row["acknowledged_s"]), 1))
-        result = await self._cancel(backend, row["backend"], row["job_id"], row["id"], row["remote_id"])
+        result = await self._cancel(backend, row["backend"], row["job_id"], row["id"], row["remote_id"],
+                                    row["remote_urls"])
         self.metrics.remote_cancels.labels(row["backend"], f"resent_{result.outcome.value}").inc()
-        backoff = min(MAX_BACKOFF_S, spec.poll_interval_s * 2 ** min(row["remote_cancel_tries"], 10))
+        if result.outcome is CancelOutcome.GONE:
+            await self.pool.execute(_GONE, row["id"], self.instance_id, readable(result.detail))
+            return
+        backoff = min(MAX_BACKOFF_S, next_look * 2 ** min(row["remote_cancel_tries"], 10))
         await self.pool.execute(_STILL_RUNNING, row["id"], max(backoff, result.retry_after or 0), 1)

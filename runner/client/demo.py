@@ -1,6 +1,7 @@
 """`runner demo`: the product in one run. Starts the service on the embedded Postgres with a
-simulated GPU endpoint, signs in, submits three executions, cancels them while their HTTP
-calls are in flight, and prints what happened when, in milliseconds."""
+simulated GPU endpoint (the web endpoint of runner.fakes, the same fake the tests use), signs
+in, submits three executions, cancels them while their HTTP calls are in flight, and prints
+what happened when, in milliseconds."""
 
 from __future__ import annotations
 
@@ -11,74 +12,21 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from aiohttp import web
 from eth_account import Account
 
 from runner.backends.config import BackendSpec
 from runner.client.http import Client, WalletKey
 from runner.config import Settings
 from runner.db import connect, resolve_dsn
+from runner.fakes import FakeProviders, FakeWebEndpoint
 from runner.service import running_service
 
 EXECUTIONS = 3
 STEP_TIMEOUT_S = 10.0
-
-
-@dataclass
-class SimulatedGpu:
-    """Holds each request as GPU work would, and notes (on this process's clock) when the
-    runner opened it, when its connection closed, and when a cancel_url call came."""
-
-    opened: dict[str, float] = field(default_factory=dict)
-    closed: dict[str, float] = field(default_factory=dict)
-    cancel_calls: dict[str, float] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _runner: web.AppRunner | None = None
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/infer", self._infer)
-        app.router.add_post("/cancel/{execution_id}", self._cancel)
-        # handler_cancellation: the handler is cancelled when the client hangs up.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def _note(self, where: dict[str, float], execution_id: str) -> None:
-        where[execution_id] = time.perf_counter()
-        self.changed.set()
-
-    async def _infer(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        execution_id = request.headers["X-Runner-Execution-Id"]
-        self._note(self.opened, execution_id)
-        try:
-            await asyncio.sleep(float(body.get("seconds", 600)))  # the GPU at work
-        except asyncio.CancelledError:
-            self._note(self.closed, execution_id)
-            raise
-        return web.json_response({"image": f"{body.get('prompt', '')}.png"})
-
-    async def _cancel(self, request: web.Request) -> web.Response:
-        self._note(self.cancel_calls, request.match_info["execution_id"])
-        return web.json_response({"stopping": True})
-
-    async def until(self, condition: Any) -> None:
-        async with asyncio.timeout(STEP_TIMEOUT_S):
-            while not condition():
-                self.changed.clear()
-                await self.changed.wait()
 
 
 DEMO_DATABASE = "runner_demo"
@@ -116,12 +64,13 @@ def _free_port() -> int:
 
 async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbose: bool = False) -> int:
     began = time.perf_counter()
-    gpu = SimulatedGpu()
-    gpu_url = await gpu.start()
+    fakes = FakeProviders()
+    gpu_url = await fakes.start()
+    gpu = fakes.web
     port = _free_port()
     settings = base.replace(
         host="127.0.0.1", port=port, siwe_domains=(f"127.0.0.1:{port}",), metrics_port=None,
-        backends={"gpu-sim": BackendSpec(name="gpu-sim", kind="http", url=f"{gpu_url}/infer",
+        backends={"gpu-sim": BackendSpec(name="gpu-sim", kind="http", url=f"{gpu_url}/run",
                                          cancel_url=f"{gpu_url}/cancel/{{execution_id}}")})
 
     def say(text: str) -> None:
@@ -141,18 +90,18 @@ async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbos
                 say(f"signed in as {key.address} (a development key made for this demo)")
                 job = await client.call("POST", "/jobs", json_body={
                     "executions": [{"backend": "gpu-sim", "name": f"frame-{i}",
-                                    "input": {"prompt": f"frame {i}", "seconds": 600}}
+                                    "input": {"mode": "slow", "prompt": f"frame {i}", "seconds": 600}}
                                    for i in range(1, EXECUTIONS + 1)],
                     "metadata": {"demo": True}})
                 ids = [e["id"] for e in job["executions"]]
                 say(f"submitted job {job['id']}: {EXECUTIONS} executions of 600 s of simulated GPU work")
-                await gpu.until(lambda: all(i in gpu.opened for i in ids))
+                await gpu.until(lambda: all(i in gpu.opened_at for i in ids), STEP_TIMEOUT_S)
                 say(f"all {EXECUTIONS} HTTP calls are in flight at the GPU; cancelling now\n")
                 result = await _cancel_and_watch(client, runtime, gpu, job["id"], ids)
             finally:
                 await client.close()
     finally:
-        await gpu.stop()
+        await fakes.stop()
     result["total_s"] = round(time.perf_counter() - began, 2)
     if as_json:
         print(json.dumps(result), file=out)
@@ -161,7 +110,7 @@ async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbos
     return 0 if result["ok"] else 1
 
 
-async def _cancel_and_watch(client: Client, runtime: Any, gpu: SimulatedGpu, job_id: str,
+async def _cancel_and_watch(client: Client, runtime: Any, gpu: FakeWebEndpoint, job_id: str,
                             ids: list[str]) -> dict[str, Any]:
     ctx = runtime.manager.get(uuid.UUID(job_id))
     stopped_at: dict[str, float] = {}
@@ -176,7 +125,7 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: SimulatedGpu, job
     reply = await client.call("POST", f"/jobs/{job_id}/cancel",
                               json_body={"reason": "demo: cancelled while in flight"})
     answered = time.perf_counter()
-    await gpu.until(lambda: all(i in gpu.closed and i in gpu.cancel_calls for i in ids))
+    await gpu.until(lambda: all(i in gpu.closed_at and i in gpu.url_cancel_at for i in ids), STEP_TIMEOUT_S)
     await asyncio.wait_for(watcher, STEP_TIMEOUT_S)
     final = await client.call("GET", f"/jobs/{job_id}")
     checked = time.perf_counter()
@@ -196,9 +145,9 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: SimulatedGpu, job
                          + ", ".join(f"{e['status']}/remote_cancel={e['remote_cancel']}"
                                      for e in final["executions"])}]
     for n, execution_id in enumerate(ids, 1):
-        events.append({"ms": ms(gpu.closed[execution_id]), "what": "connection closed",
+        events.append({"ms": ms(gpu.closed_at[execution_id]), "what": "connection closed",
                        "detail": f"frame-{n}, as the simulated GPU saw it"})
-        events.append({"ms": ms(gpu.cancel_calls[execution_id]), "what": "remote cancel received",
+        events.append({"ms": ms(gpu.url_cancel_at[execution_id]), "what": "remote cancel received",
                        "detail": f"frame-{n}: POST cancel_url at the GPU"})
     events.sort(key=lambda e: e["ms"])
     ok = final["status"] == "cancelled" and all(

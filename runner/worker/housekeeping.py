@@ -54,10 +54,12 @@ async def note_waiting(pool: asyncpg.Pool, backends: list[str]) -> int | None:
 
 
 async def unconfirmed(pool: asyncpg.Pool) -> dict[str, int]:
-    """Executions per backend whose cancel the provider acknowledged but whose work has not
-    yet been seen over."""
+    """Executions per backend whose work may still run at the provider after a cancel: the
+    cancel acknowledged but the work not yet seen over, or the cancel tried and not yet
+    accepted (a 401/403 from a rotated key, the provider down): what to alert on."""
     rows = await pool.fetch("""SELECT backend, count(*) AS n FROM executions
-                               WHERE remote_cancel = 'acknowledged' AND remote_cancel_due IS NOT NULL
+                               WHERE (remote_cancel = 'acknowledged' AND remote_cancel_due IS NOT NULL)
+                                  OR (remote_cancel = 'pending' AND remote_cancel_tries > 0)
                                GROUP BY backend""")
     return {r["backend"]: r["n"] for r in rows}
 

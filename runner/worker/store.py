@@ -31,6 +31,7 @@ class ClaimedExecution:
     input: Any
     remote_id: str | None
     attempts: int
+    remote_urls: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +104,10 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
                UPDATE executions e SET status = 'running', started_at = coalesce(e.started_at, now())
                FROM job WHERE e.job_id = job.id AND e.status IN ('queued', 'running')
                  AND NOT e.backend = ANY($5::text[])
-               RETURNING e.id, e.job_id, e.position, e.backend, e.input, e.remote_id, e.attempts),
+               RETURNING e.id, e.job_id, e.position, e.backend, e.input, e.remote_id, e.attempts,
+                   e.remote_urls),
            waiting AS (
-               SELECT e.id, e.job_id, e.position, e.backend, e.input, e.remote_id, e.attempts
+               SELECT e.id, e.job_id, e.position, e.backend, e.input, e.remote_id, e.attempts, e.remote_urls
                FROM executions e JOIN job ON e.job_id = job.id
                WHERE e.status IN ('queued', 'running') AND e.backend = ANY($5::text[])),
            open AS (SELECT * FROM ex UNION ALL SELECT * FROM waiting),
@@ -118,7 +120,8 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
                ON CONFLICT (owner) DO UPDATE SET last_claimed_at = EXCLUDED.last_claimed_at)
            SELECT job.*, runner_notify_job(job.id), coalesce(json_agg(json_build_object(
                    'id', open.id, 'backend', open.backend, 'input', open.input,
-                   'remote_id', open.remote_id, 'attempts', open.attempts) ORDER BY open.position)
+                   'remote_id', open.remote_id, 'attempts', open.attempts, 'remote_urls', open.remote_urls)
+                   ORDER BY open.position)
                FILTER (WHERE open.id IS NOT NULL), '[]')::text AS executions
            FROM job LEFT JOIN open ON open.job_id = job.id
            GROUP BY job.id, job.owner, job.timeout_s, job.started_at, job.attempts""",
@@ -130,7 +133,7 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
             id=r["id"], owner=r["owner"], timeout_s=r["timeout_s"], started_at=r["started_at"],
             attempts=r["attempts"],
             executions=[ClaimedExecution(uuid.UUID(e["id"]), e["backend"], e["input"],
-                                         e["remote_id"], e["attempts"])
+                                         e["remote_id"], e["attempts"], e["remote_urls"])
                         for e in await jsontext.loads_async(r["executions"])],
         )
         for r in rows
@@ -138,14 +141,15 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
 
 
 async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: str, attempts: int,
-                        *, cancel_grace_s: float) -> str:
-    """Store the remote id at once. If the execution was cancelled meanwhile, a cancel is owed."""
+                        *, cancel_grace_s: float, urls: dict[str, str] | None = None) -> str:
+    """Store the remote id (and the URLs the provider returned for the work) at once. If the
+    execution was cancelled meanwhile, a cancel is owed."""
     owed = "status = 'cancelled' AND remote_cancel IS NULL"
     status: str = await pool.fetchval(
-        f"""UPDATE executions SET remote_id = $2, attempts = $3,
+        f"""UPDATE executions SET remote_id = $2, attempts = $3, remote_urls = $5::jsonb,
                {owe_remote_cancel(owed, "now() + make_interval(secs => $4)")}
            WHERE id = $1 RETURNING status, runner_notify_job(job_id)""",
-        execution_id, remote_id, attempts, cancel_grace_s)
+        execution_id, remote_id, attempts, cancel_grace_s, urls)
     return status
 
 

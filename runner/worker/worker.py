@@ -234,18 +234,22 @@ class Worker(LeaseKeeping):
                 error=f"backend {execution.backend!r} is not configured on this instance"))
             return
 
-        async def on_remote_id(remote_id: str, attempts: int) -> None:
+        async def on_remote_id(remote_id: str, attempts: int, urls: dict[str, str] | None) -> None:
             # Kept until Postgres has it: without it, only this task could cancel the work.
             await until_written(
                 lambda: store.set_remote_id(self.pool, execution.id, remote_id, attempts,
-                                            cancel_grace_s=self.settings.lease_renew_s),
+                                            cancel_grace_s=self.settings.lease_renew_s, urls=urls),
                 "remote_id", execution_id=str(execution.id))
             xlog.info("remote_id_stored", remote_id=remote_id)
+
+        def on_unknown_status(status: str) -> None:
+            self.metrics.remote_unknown_statuses.labels(execution.backend).inc()
 
         deadlines = [d for d in (self._remaining(job), backend.spec.deadline_s) if d is not None]
         call = ExecutionCall(job.id, execution.id, execution.input, remote_id=execution.remote_id,
                              attempts=execution.attempts, on_remote_id=on_remote_id,
-                             deadline_s=min(deadlines) if deadlines else None)
+                             deadline_s=min(deadlines) if deadlines else None,
+                             remote_urls=execution.remote_urls, on_unknown_status=on_unknown_status)
         slots = backend.spec.concurrency
         # Waiting for a turn at a limited backend: a cancel meanwhile ends it, nothing was sent.
         if slots is not None and not await self.slots.take(execution.id, execution.backend, slots):
@@ -271,22 +275,24 @@ class Worker(LeaseKeeping):
                 ctx.spent[execution.id] = spent()
             if await self._backend_must_be_told(ctx, execution.id, backend, call):
                 try:
-                    await asyncio.shield(
-                        self.remote.send(job.id, execution.id, execution.backend, call.remote_id))
+                    await asyncio.shield(self.remote.send(job.id, execution.id, execution.backend,
+                                                          call.remote_id, call.remote_urls))
                 except Exception:
                     # The cancel stays owed ("pending"): the sweeper sends it. Whatever went
                     # wrong here must not replace the CancelledError.
                     xlog.exception("remote_cancel_failed")
             raise
         except BackendError as exc:
-            owes = backend.spec.can_cancel(call.remote_id)
+            # Work the provider reported over (or forgot) is owed no cancel.
+            owes = backend.spec.can_cancel(call.remote_id) and not exc.work_over
             written = await self._write_result(ctx, store.ExecutionResult(
                 job.id, execution.id, "failed", None, error=str(exc), attempts=call.attempts,
                 owe_remote_cancel=owes, gpu_seconds=spent()), execution.backend)
             xlog.info("execution_failed", error=str(exc), written=written)
             if written and owes:
                 # It failed on our side (an answer we cannot use): the GPU may still run.
-                await self.remote.send(job.id, execution.id, execution.backend, call.remote_id)
+                await self.remote.send(job.id, execution.id, execution.backend, call.remote_id,
+                                       call.remote_urls)
             return
         except Exception as exc:
             xlog.exception("execution_crashed")

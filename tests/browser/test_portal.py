@@ -10,24 +10,24 @@ from typing import Any
 import aiohttp
 from playwright.async_api import Browser, expect
 
+from runner.fakes import FakeProviders
 from tests.browser.conftest import Portal, open_portal
 from tests.client import wait_event
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 from tests.wallets import Wallet
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 
 
-async def _running(portal: Portal, job: dict[str, Any], fake: FakeGpu) -> str:
+async def _running(portal: Portal, job: dict[str, Any], fake: FakeProviders) -> str:
     """Wait until the job runs at the fake and the page shows it running; its execution id."""
     execution_id: str = job["executions"][0]["id"]
-    await wait_event(fake.started[execution_id])
+    await wait_event(fake.web.started[execution_id])
     await expect(portal.job(job["id"])).to_have_attribute("data-status", "running")
     return execution_id
 
 
-async def test_sign_in_submit_watch_and_cancel_through_the_dialog(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_sign_in_submit_watch_and_cancel_through_the_dialog(portal: Portal, fake_gpu: FakeProviders) -> None:
     page = await portal.sign_in()
     # Signed in: the short checksummed address, a Sign out button, a message for this host.
     address = portal.wallet.address
@@ -54,10 +54,10 @@ async def test_sign_in_submit_watch_and_cancel_through_the_dialog(portal: Portal
     dialog = page.get_by_role("dialog")
     await expect(dialog).to_be_visible()
     await expect(item.get_by_role("button", name="Cancelling…")).to_be_disabled()
-    assert not fake_gpu.closed[execution_id].is_set()  # nothing stops before the confirmation
+    assert not fake_gpu.web.closed[execution_id].is_set()  # nothing stops before the confirmation
     await dialog.get_by_role("button", name="Cancel job").click()
 
-    await wait_event(fake_gpu.closed[execution_id])  # the backend's connection closed
+    await wait_event(fake_gpu.web.closed[execution_id])  # the backend's connection closed
     await expect(item.locator(".job-head .status")).to_have_text("cancelled")
     await expect(page.get_by_role("status")).to_contain_text(f"Job {job_id[:8]} cancelled")
     await expect(item.get_by_role("button", name="Re-run")).to_be_visible()
@@ -66,7 +66,7 @@ async def test_sign_in_submit_watch_and_cancel_through_the_dialog(portal: Portal
 
 
 async def test_a_dismissed_dialog_cancels_nothing_and_the_keyboard_alone_cancels(
-    portal: Portal, fake_gpu: FakeGpu
+    portal: Portal, fake_gpu: FakeProviders
 ) -> None:
     page = await portal.sign_in()
     job = await (await portal.api()).submit(HOLD)  # from a script: it appears live
@@ -85,35 +85,35 @@ async def test_a_dismissed_dialog_cancels_nothing_and_the_keyboard_alone_cancels
     await expect(page.get_by_role("dialog")).to_be_hidden()
     await expect(cancel).to_be_enabled()
     await expect(cancel).to_be_focused()
-    assert not fake_gpu.closed[execution_id].is_set()
+    assert not fake_gpu.web.closed[execution_id].is_set()
 
     await page.keyboard.press("Enter")
     await expect(page.get_by_role("dialog").get_by_role("button", name="Keep running")).to_be_focused()
     await page.keyboard.press("Tab")
     await expect(page.get_by_role("dialog").get_by_role("button", name="Cancel job")).to_be_focused()
     await page.keyboard.press("Enter")
-    await wait_event(fake_gpu.closed[execution_id])
+    await wait_event(fake_gpu.web.closed[execution_id])
     await expect(portal.job(job["id"])).to_have_attribute("data-status", "cancelled")
     assert portal.problems == []
 
 
-async def test_cancel_one_execution_and_the_rest_go_on(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_cancel_one_execution_and_the_rest_go_on(portal: Portal, fake_gpu: FakeProviders) -> None:
     page = await portal.sign_in()
     job = await (await portal.api()).submit(HOLD, HOLD)
     first, second = (execution["id"] for execution in job["executions"])
-    await wait_event(fake_gpu.started[first])
-    await wait_event(fake_gpu.started[second])
+    await wait_event(fake_gpu.web.started[first])
+    await wait_event(fake_gpu.web.started[second])
     row = page.locator(f'li[data-execution-id="{first}"]')
     await row.get_by_role("button", name="Cancel execution").click()
     await page.get_by_role("dialog").get_by_role("button", name="Cancel execution").click()
-    await wait_event(fake_gpu.closed[first])
+    await wait_event(fake_gpu.web.closed[first])
     await expect(row).to_have_attribute("data-status", "cancelled")
-    assert not fake_gpu.closed[second].is_set()
+    assert not fake_gpu.web.closed[second].is_set()
     await expect(portal.job(job["id"])).to_have_attribute("data-status", "running")
     await expect(page.locator(f'li[data-execution-id="{second}"]')).to_have_attribute("data-status", "running")
 
 
-async def test_cancel_all_after_a_confirmation(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_cancel_all_after_a_confirmation(portal: Portal, fake_gpu: FakeProviders) -> None:
     page = await portal.sign_in()
     api = await portal.api()
     jobs = [await api.submit(HOLD) for _ in range(3)]
@@ -121,13 +121,13 @@ async def test_cancel_all_after_a_confirmation(portal: Portal, fake_gpu: FakeGpu
     await page.get_by_role("button", name="Cancel all").click()
     await page.get_by_role("dialog").get_by_role("button", name="Cancel all jobs").click()
     for execution_id in executions:
-        await wait_event(fake_gpu.closed[execution_id])
+        await wait_event(fake_gpu.web.closed[execution_id])
     for job in jobs:
         await expect(portal.job(job["id"])).to_have_attribute("data-status", "cancelled")
     await expect(page.get_by_role("status")).to_contain_text("3 job(s) cancelled")
 
 
-async def test_rerun_a_cancelled_job_and_read_its_output(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_rerun_a_cancelled_job_and_read_its_output(portal: Portal, fake_gpu: FakeProviders) -> None:
     page = await portal.sign_in()
     api = await portal.api()
     job = await api.submit({"backend": "gpu", "input": {"mode": "hold", "n": 7}})
@@ -142,7 +142,7 @@ async def test_rerun_a_cancelled_job_and_read_its_output(portal: Portal, fake_gp
     await expect(rerun).to_contain_text(f"re-run of {job['id'][:8]}")
     new_job = await api.job(rerun_id)
     assert new_job["rerun_of"] == job["id"]
-    await wait_event(fake_gpu.started[new_job["executions"][0]["id"]])  # the backend was called again
+    await wait_event(fake_gpu.web.started[new_job["executions"][0]["id"]])  # the backend was called again
 
     # The old job's audit trail, on demand, records the cancel and the re-run.
     await portal.job(job["id"]).get_by_role("button", name="Audit trail").click()
@@ -151,7 +151,7 @@ async def test_rerun_a_cancelled_job_and_read_its_output(portal: Portal, fake_gp
     await expect(audit).to_contain_text("rerun")
 
 
-async def test_output_and_error_on_demand(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_output_and_error_on_demand(portal: Portal, fake_gpu: FakeProviders) -> None:
     page = await portal.sign_in()
     api = await portal.api()
     done = await api.submit({"backend": "gpu", "input": {"note": "hello"}})
@@ -192,7 +192,7 @@ async def test_api_errors_are_shown_as_their_message(portal: Portal, http: aioht
     assert sent == []
 
 
-async def test_load_more_pages_through_older_jobs(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_load_more_pages_through_older_jobs(portal: Portal, fake_gpu: FakeProviders) -> None:
     api = await portal.api()
     for n in range(23):
         await api.submit({"backend": "gpu", "input": {"n": n}})
@@ -209,7 +209,7 @@ async def test_load_more_pages_through_older_jobs(portal: Portal, fake_gpu: Fake
 
 
 async def test_a_narrow_viewport_never_scrolls_sideways(
-    cluster: Cluster, browser: Browser, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+    cluster: Cluster, browser: Browser, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     portal = await open_portal(cluster, browser, http, [Wallet()], width=375, height=740)
     try:
@@ -218,7 +218,7 @@ async def test_a_narrow_viewport_never_scrolls_sideways(
         job = await api.submit(HOLD, {"backend": "gpu", "input": {"mode": "hold", "note": "x" * 300},
                                       "name": "a-long-name-" * 5})
         for execution in job["executions"]:
-            await wait_event(fake_gpu.started[execution["id"]])
+            await wait_event(fake_gpu.web.started[execution["id"]])
         await expect(portal.job(job["id"]).locator('li[data-status="running"]')).to_have_count(2)
         widths = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1] == 375, widths
@@ -232,7 +232,7 @@ async def test_a_narrow_viewport_never_scrolls_sideways(
         await portal.context.close()
 
 
-async def test_a_reload_keeps_the_list_and_acting_asks_the_wallet_again(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_a_reload_keeps_the_list_and_acting_asks_the_wallet_again(portal: Portal, fake_gpu: FakeProviders) -> None:
     page = await portal.sign_in()
     job = await (await portal.api()).submit(HOLD)
     execution_id = await _running(portal, job, fake_gpu)
@@ -243,7 +243,7 @@ async def test_a_reload_keeps_the_list_and_acting_asks_the_wallet_again(portal: 
     signed = len(portal.signatures)
     await portal.job(job["id"]).get_by_role("button", name="Cancel", exact=True).click()
     await page.get_by_role("dialog").get_by_role("button", name="Cancel job").click()
-    await wait_event(fake_gpu.closed[execution_id])
+    await wait_event(fake_gpu.web.closed[execution_id])
     assert len(portal.signatures) == signed + 1
 
 
@@ -295,7 +295,7 @@ async def test_eip55_checksums_match_eth_account(portal: Portal) -> None:
     assert got == addresses
 
 
-async def test_screenshot_of_the_page(portal: Portal, fake_gpu: FakeGpu, tmp_path: Any) -> None:
+async def test_screenshot_of_the_page(portal: Portal, fake_gpu: FakeProviders, tmp_path: Any) -> None:
     """The README's picture (written to docs/ when RUNNER_UPDATE_SCREENSHOT=1)."""
     api = await portal.api()
     done = await api.submit({"backend": "gpu", "input": {"prompt": "a lighthouse at dusk"}})
@@ -320,7 +320,7 @@ async def test_screenshot_of_the_page(portal: Portal, fake_gpu: FakeGpu, tmp_pat
     assert target.read_bytes().startswith(b"\x89PNG") and target.stat().st_size > 20_000
 
 
-async def test_a_late_reply_never_turns_a_job_back(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_a_late_reply_never_turns_a_job_back(portal: Portal, fake_gpu: FakeProviders) -> None:
     """The submit's reply (queued) held until the stream has shown the job running: the
     reply must not put the page back to queued (found by the suite, once, on 2 cores)."""
     page = await portal.sign_in()
@@ -328,7 +328,7 @@ async def test_a_late_reply_never_turns_a_job_back(portal: Portal, fake_gpu: Fak
     async def hold_reply(route: Any) -> None:
         response = await route.fetch()
         job = await response.json()
-        await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+        await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
         await expect(portal.job(job["id"])).to_have_attribute("data-status", "running")
         await route.fulfill(response=response)
 
@@ -340,7 +340,7 @@ async def test_a_late_reply_never_turns_a_job_back(portal: Portal, fake_gpu: Fak
     await expect(page.locator("[data-job-id]")).to_have_attribute("data-status", "running")
 
 
-async def test_spend_is_shown_as_the_usage_route_reports_it(portal: Portal, fake_gpu: FakeGpu) -> None:
+async def test_spend_is_shown_as_the_usage_route_reports_it(portal: Portal, fake_gpu: FakeProviders) -> None:
     page = await portal.sign_in()
     await expect(page.locator("#spend-totals")).to_contain_text("Jobs0")
     api = await portal.api()

@@ -13,10 +13,10 @@ import pytest
 
 from runner.cancel.notifications import CHANNEL as CANCEL
 from runner.config import Settings
+from runner.fakes import FakeProviders
 from runner.service import running_service
 from tests.client import Api, freeze, wait_event
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 RP_HOLD = {"backend": "rp", "input": {"hold": True}}
@@ -39,14 +39,14 @@ async def _until_event(api: Api, job_id: str, kind: str, timeout: float = 10.0) 
             await asyncio.sleep(0.02)
 
 
-async def _running_with_remote(api: Api, job: dict[str, Any], fake: FakeGpu) -> dict[str, Any]:
+async def _running_with_remote(api: Api, job: dict[str, Any], fake: FakeProviders) -> dict[str, Any]:
     """Wait until the http call is in flight and the RunPod job has its remote id."""
-    await wait_event(fake.started[job["executions"][0]["id"]])
+    await wait_event(fake.web.started[job["executions"][0]["id"]])
     return await api.until_execution(job["id"], 1, lambda e: e["remote_id"] is not None)
 
 
 async def test_cancel_running_job_closes_http_call_and_cancels_at_runpod(
-    api: Api, fake_gpu: FakeGpu
+    api: Api, fake_gpu: FakeProviders
 ) -> None:
     job = await api.submit(HOLD, RP_HOLD, {"backend": "demo", "input": {"seconds": 0}})
     await api.until_execution(job["id"], 2, lambda e: e["status"] == "completed")
@@ -64,16 +64,16 @@ async def test_cancel_running_job_closes_http_call_and_cancels_at_runpod(
     assert reply["executions_cancelled"] == 2  # the demo execution had completed already
     assert reply["cancelled_at"].endswith("Z")
 
-    await wait_event(fake_gpu.closed[http_id])  # the provider saw its connection close
-    await wait_event(fake_gpu.url_cancelled[http_id])  # and got the cancel_url call
-    await wait_event(fake_gpu.runpod_cancelled[remote_id])  # RunPod got /cancel/{id}
+    await wait_event(fake_gpu.web.closed[http_id])  # the provider saw its connection close
+    await wait_event(fake_gpu.web.url_cancelled[http_id])  # and got the cancel_url call
+    await wait_event(fake_gpu.runpod.cancelled[remote_id])  # RunPod got /cancel/{id}
     done = await api.until_execution(job["id"], 1, lambda e: e["remote_cancel"] == "acknowledged")
     assert done["status"] == "cancelled" and done["cancel_reason"] == "wrong prompt"
     assert done["cancelled_by"] == api.wallet.address  # type: ignore[union-attr]
     statuses = [e["status"] for e in done["executions"]]
     assert statuses == ["cancelled", "cancelled", "completed"]  # earlier results are kept
     assert done["executions"][2]["output"] == {"slept_s": 0}
-    assert fake_gpu.runpod_cancels == [remote_id] and fake_gpu.url_cancels == [http_id]
+    assert fake_gpu.runpod.cancels == [remote_id] and fake_gpu.web.url_cancels == [http_id]
 
     events = await _audit(api, job["id"])
     cancelled = next(e for e in events if e["kind"] == "cancelled")
@@ -88,14 +88,14 @@ async def test_cancel_running_job_closes_http_call_and_cancels_at_runpod(
     assert {e["detail"]["outcome"] for e in remote} == {"acknowledged"}
 
 
-async def test_cancel_wait_answers_once_the_task_stopped(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_cancel_wait_answers_once_the_task_stopped(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit(HOLD)
-    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
     status, reply = await api.cancel(job["id"], wait=True)
     assert status == 200 and reply["stopped"] is True
     # By the time it answered, the connection was closed and the remote cancel sent.
-    assert fake_gpu.closed[job["executions"][0]["id"]].is_set()
-    assert fake_gpu.url_cancels == [job["executions"][0]["id"]]
+    assert fake_gpu.web.closed[job["executions"][0]["id"]].is_set()
+    assert fake_gpu.web.url_cancels == [job["executions"][0]["id"]]
     assert any(e["kind"] == "task_stopped" for e in await _audit(api, job["id"]))
 
 
@@ -132,7 +132,7 @@ async def test_cancel_codes(api: Api, http: aiohttp.ClientSession) -> None:
 
 
 async def test_cancel_queued_job_never_reaches_the_backend(
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     async with running_service(settings, "api", dsn=dsn) as front:
         api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
@@ -146,29 +146,29 @@ async def test_cancel_queued_job_never_reaches_the_backend(
             await api.until(later["id"], "completed")  # the worker ran what was there to run
         final = await api.job(job["id"])
     assert final["status"] == "cancelled" and final["started_at"] is None
-    assert [c["headers"]["X-Runner-Job-Id"] for c in fake_gpu.http_calls] == [later["id"]]
+    assert [c["headers"]["X-Runner-Job-Id"] for c in fake_gpu.web.calls] == [later["id"]]
 
 
 async def test_cancel_on_one_instance_stops_a_job_running_on_another(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     a = await cluster.start("api")
     b = await cluster.start("worker")
     api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
     job = await api.submit(HOLD)
     execution_id = job["executions"][0]["id"]
-    await wait_event(fake_gpu.started[execution_id])
+    await wait_event(fake_gpu.web.started[execution_id])
     assert b.manager.is_running(uuid.UUID(job["id"])) and a.manager.count() == 0
     status, reply = await api.cancel(job["id"], wait=True)
     assert status == 200 and reply["context_cancelled"] is True and reply["stopped"] is True
-    assert fake_gpu.closed[execution_id].is_set()
+    assert fake_gpu.web.closed[execution_id].is_set()
     stopped = await _until_event(api, job["id"], "task_stopped")
     assert stopped["actor"] == b.instance_id
     assert b.listener is not None and b.listener.reconnects == 0  # it came by NOTIFY
 
 
 async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu,
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import runner.cancel.canceller
@@ -182,12 +182,12 @@ async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(cluster:
     await a.listener.watch(CANCEL, a_heard.append)  # an API instance does not listen for cancels
     jobs = [await api.submit(HOLD) for _ in range(3)]
     for job in jobs:
-        await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+        await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
     assert all(b.manager.is_running(uuid.UUID(j["id"])) for j in jobs) and a.manager.count() == 0
     status, reply = await api.call("POST", "/jobs/cancel")
     assert status == 200 and reply["count"] == 3
     for job in jobs:
-        await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+        await wait_event(fake_gpu.web.closed[job["executions"][0]["id"]])
         stopped = await _until_event(api, job["id"], "task_stopped")
         assert stopped["actor"] == b.instance_id
     # Bulk notifications name their sender, which has signalled its own tasks already.
@@ -218,41 +218,41 @@ async def _listener_pid(runtime: Any) -> int:
 
 
 async def test_listener_killed_reconnects_and_rechecks(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu, db: asyncpg.Connection
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders, db: asyncpg.Connection
 ) -> None:
     a = await cluster.start("api")
     b = await cluster.start("worker", settings.replace(lease_s=60))
     api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
     job = await api.submit(HOLD)
-    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
     assert await db.fetchval("SELECT pg_terminate_backend($1)", await _listener_pid(b))
     await api.cancel(job["id"])  # its NOTIFY may well be lost while B is away
     # With a 60 s lease, only the reconnect's re-check can have stopped it this soon.
-    await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.closed[job["executions"][0]["id"]])
     assert b.listener is not None and b.listener.reconnects == 1
 
 
 async def test_cancel_lands_within_one_lease_renewal_without_the_listener(
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     lease = settings.replace(lease_s=1.5)  # renewed every 0.5 s
     async with running_service(lease, "api", dsn=dsn) as a, \
             running_service(lease, "worker", dsn=dsn) as b:
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
         job = await api.submit(HOLD)
-        await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+        await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
         b.supervisor.tasks["listener"].cancel()  # B hears no notification at all from here on
         await asyncio.gather(b.supervisor.tasks["listener"], return_exceptions=True)
         status, _ = await api.cancel(job["id"])
         assert status == 200
-        await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+        await wait_event(fake_gpu.web.closed[job["executions"][0]["id"]])
         stopped = await _until_event(api, job["id"], "task_stopped")
     # Measured by Postgres' clock from the cancel's commit to the stop record.
     assert stopped["detail"]["latency_ms"] < lease.lease_renew_s * 1000 + 300
 
 
 async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_another_instance(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeGpu
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     async with running_service(settings, dsn=dsn) as a:
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
@@ -265,26 +265,26 @@ async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_an
         status, reply = await other.cancel(job["id"])
         assert status == 200 and reply["previous_status"] == "running"
         assert (await other.job(job["id"]))["executions"][0]["remote_cancel"] == "pending"
-        await wait_event(fake_gpu.runpod_cancelled[remote_id])  # B's sweeper delivered it
+        await wait_event(fake_gpu.runpod.cancelled[remote_id])  # B's sweeper delivered it
         done = await other.until_execution(job["id"], 0,
                                            lambda e: e["remote_cancel"] == "acknowledged")
         remote = [e for e in await _audit(other, job["id"]) if e["kind"] == "remote_cancel"]
     assert done["status"] == "cancelled"
     assert [e["actor"] for e in remote] == [b.instance_id]
-    assert fake_gpu.runpod_cancels == [remote_id]
+    assert fake_gpu.runpod.cancels == [remote_id]
 
 
-async def test_cancel_one_execution_while_the_other_completes(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_cancel_one_execution_while_the_other_completes(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit(HOLD, {"backend": "rp", "input": {"polls": 15}})
     held = job["executions"][0]["id"]
-    await wait_event(fake_gpu.started[held])
+    await wait_event(fake_gpu.web.started[held])
     status, reply = await api.call("POST", f"/jobs/{job['id']}/executions/{held}/cancel",
                                    json={"reason": "not needed"})
     assert status == 200
     assert reply == {"ok": True, "job_id": job["id"], "execution_id": held,
                      "previous_status": "running", "new_status": "cancelled",
                      "context_cancelled": True, "cancelled_at": reply["cancelled_at"]}
-    await wait_event(fake_gpu.closed[held])
+    await wait_event(fake_gpu.web.closed[held])
     done = await api.until(job["id"], "completed", "failed", "cancelled")
     assert done["status"] == "completed"
     assert [e["status"] for e in done["executions"]] == ["cancelled", "completed"]
@@ -309,12 +309,12 @@ async def test_cancelling_every_execution_of_a_queued_job_cancels_it(
     assert final["status"] == "cancelled" and final["cancelled_by"] == api.wallet.address  # type: ignore[union-attr]
 
 
-async def test_timeout_cancels_with_reason_timeout(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_timeout_cancels_with_reason_timeout(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit(HOLD, timeout_s=1)
-    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
     done = await api.until(job["id"], "cancelled", timeout=10)
     assert done["cancel_reason"] == "timeout" and done["cancelled_by"] == "system"
-    await wait_event(fake_gpu.closed[job["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.closed[job["executions"][0]["id"]])
     stopped = await _until_event(api, job["id"], "task_stopped")
     assert stopped["detail"]["reason"] == "timeout"
     events = await _audit(api, job["id"])
@@ -322,14 +322,14 @@ async def test_timeout_cancels_with_reason_timeout(api: Api, fake_gpu: FakeGpu) 
 
 
 async def test_cancel_all_of_the_callers_active_jobs(api: Api, http: aiohttp.ClientSession,
-                                                     fake_gpu: FakeGpu) -> None:
+                                                     fake_gpu: FakeProviders) -> None:
     running = await api.submit(HOLD)
     queued_ids = [(await api.submit({"backend": "demo", "input": {"seconds": 60}},
                                     {"backend": "demo", "input": {"seconds": 60}}))["id"]
                   for _ in range(2)]
     finished = await api.submit({"backend": "demo", "input": {"seconds": 0}})
     await api.until(finished["id"], "completed")
-    await wait_event(fake_gpu.started[running["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.started[running["executions"][0]["id"]])
     stranger = await Api.signed_in(http, api.base)
     theirs = await stranger.submit({"backend": "demo", "input": {"seconds": 60}})
 
@@ -340,7 +340,7 @@ async def test_cancel_all_of_the_callers_active_jobs(api: Api, http: aiohttp.Cli
     assert status == 200
     assert sorted(reply["cancelled"]) == sorted([running["id"], *queued_ids])
     assert reply["count"] == 3 and reply["executions_cancelled"] >= 3
-    await wait_event(fake_gpu.closed[running["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.closed[running["executions"][0]["id"]])
     assert (await api.job(finished["id"]))["status"] == "completed"
     assert (await stranger.job(theirs["id"]))["status"] != "cancelled"
     again = await api.call("POST", "/jobs/cancel", json={"statuses": ["queued"]})

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 
 from runner.cancel.registry import JobContext
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from tests.client import Api, wait_event
-from tests.fakes import FakeGpu
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 
@@ -36,10 +36,10 @@ async def job_row_locked(db: asyncpg.Connection, job_id: str) -> AsyncIterator[a
             await db.execute("ROLLBACK")
 
 
-async def _running(api: Api, service: Runtime, fake: FakeGpu) -> tuple[dict[str, str], str, JobContext]:
+async def _running(api: Api, service: Runtime, fake: FakeProviders) -> tuple[dict[str, str], str, JobContext]:
     job = await api.submit(HOLD)
     execution_id = job["executions"][0]["id"]
-    await wait_event(fake.started[execution_id])
+    await wait_event(fake.web.started[execution_id])
     ctx = service.manager.get(uuid.UUID(job["id"]))
     assert ctx is not None
     return job, execution_id, ctx
@@ -59,12 +59,12 @@ async def _kinds(db: asyncpg.Connection, job_id: str) -> list[str]:
 
 @pytest.mark.parametrize("how", ["job", "all"])
 async def test_the_task_stops_before_the_cancel_commits(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str, how: str
+    api: Api, service: Runtime, fake_gpu: FakeProviders, db: asyncpg.Connection, dsn: str, how: str
 ) -> None:
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     async with job_row_locked(db, job["id"]):
         cancel = asyncio.create_task(_cancel(api, job["id"], how))
-        await wait_event(fake_gpu.closed[execution_id])  # closed while the commit waits
+        await wait_event(fake_gpu.web.closed[execution_id])  # closed while the commit waits
         assert not cancel.done()
         other = await asyncpg.connect(dsn)
         try:  # nothing is committed yet
@@ -82,7 +82,7 @@ async def test_the_task_stops_before_the_cancel_commits(
     # The remote cancel waited for the commit, so its one call was recorded as answered (sent
     # before, it would find no cancel owed, and the sweeper would send a second one).
     done = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] == "acknowledged")
-    assert done["status"] == "cancelled" and fake_gpu.url_cancels == [execution_id]
+    assert done["status"] == "cancelled" and fake_gpu.web.url_cancels == [execution_id]
     kinds = await _kinds(db, job["id"])
     assert kinds.index("cancelled") < kinds.index("task_stopped")
     assert kinds.count("task_stopped") == 1
@@ -90,12 +90,12 @@ async def test_the_task_stops_before_the_cancel_commits(
 
 @pytest.mark.parametrize("how", ["job", "all"])
 async def test_a_job_that_finished_first_stays_finished_with_no_stop_recorded(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, how: str
+    api: Api, service: Runtime, fake_gpu: FakeProviders, db: asyncpg.Connection, how: str
 ) -> None:
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     async with job_row_locked(db, job["id"]) as tx:
         cancel = asyncio.create_task(_cancel(api, job["id"], how))
-        await wait_event(fake_gpu.closed[execution_id])
+        await wait_event(fake_gpu.web.closed[execution_id])
         # Its completion commits first (as the worker's final write would).
         await tx.execute("UPDATE executions SET status = 'completed', finished_at = now() "
                          "WHERE job_id = $1", uuid.UUID(job["id"]))
@@ -110,24 +110,24 @@ async def test_a_job_that_finished_first_stays_finished_with_no_stop_recorded(
     await asyncio.wait_for(ctx.stopped.wait(), 10)
     assert (await api.job(job["id"]))["status"] == "completed"
     assert "task_stopped" not in await _kinds(db, job["id"])
-    assert fake_gpu.url_cancels == []  # nothing was left running to cancel remotely
+    assert fake_gpu.web.url_cancels == []  # nothing was left running to cancel remotely
 
 
 @pytest.mark.parametrize("how", ["job", "all"])
 async def test_a_cancel_whose_statement_failed_is_retried_until_recorded(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection, dsn: str, how: str
+    api: Api, service: Runtime, fake_gpu: FakeProviders, db: asyncpg.Connection, dsn: str, how: str
 ) -> None:
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     async with job_row_locked(db, job["id"]):
         cancel = asyncio.create_task(_cancel(api, job["id"], how, reason="too slow"))
-        await wait_event(fake_gpu.closed[execution_id])
+        await wait_event(fake_gpu.web.closed[execution_id])
         # The connection carrying the cancel is cut while it waits for the lock.
         pid = await _waiting_on_a_lock(db)
         assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
         status, reply = await cancel
         assert status == 503 and reply["error"] == "unavailable"
         # The work stopped all the same, and the GPU was told at once.
-        await wait_event(fake_gpu.url_cancelled[execution_id])
+        await wait_event(fake_gpu.web.url_cancelled[execution_id])
     # The lock is gone: the worker's retry records the cancel, then the stop.
     await asyncio.wait_for(ctx.stopped.wait(), 10)
     done = await api.job(job["id"])
@@ -152,19 +152,19 @@ async def _waiting_on_a_lock(db: asyncpg.Connection, timeout: float = 10.0) -> i
 
 
 async def test_another_wallets_cancel_does_not_touch_the_task(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, http: aiohttp.ClientSession
+    api: Api, service: Runtime, fake_gpu: FakeProviders, http: aiohttp.ClientSession
 ) -> None:
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     stranger = await Api.signed_in(http, api.base)
     status, body = await stranger.cancel(job["id"])
     assert status == 403 and body["error"] == "forbidden"
     assert ctx.reason is None and not ctx.task.done()
-    assert not fake_gpu.closed[execution_id].is_set()
+    assert not fake_gpu.web.closed[execution_id].is_set()
     assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
 
 
 async def test_a_cancel_all_interrupted_right_after_its_signals_still_settles_them(
-    api: Api, service: Runtime, fake_gpu: FakeGpu, db: asyncpg.Connection
+    api: Api, service: Runtime, fake_gpu: FakeProviders, db: asyncpg.Connection
 ) -> None:
     """The request is cancelled while the tasks it signalled ahead are stopping: each must
     still learn the cancel's fate (here: retried until recorded), not wait for ever."""
@@ -175,7 +175,7 @@ async def test_a_cancel_all_interrupted_right_after_its_signals_still_settles_th
     await asyncio.sleep(0)  # it has signalled the task and yields for its stop to run
     bulk.cancel()
     await asyncio.gather(bulk, return_exceptions=True)
-    await wait_event(fake_gpu.closed[execution_id])
+    await wait_event(fake_gpu.web.closed[execution_id])
     await asyncio.wait_for(ctx.stopped.wait(), 10)
     done = await api.job(job["id"])
     assert done["status"] == "cancelled"

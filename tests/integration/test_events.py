@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
+from runner.fakes import FakeProviders
 from tests.client import Api, wait_event
-from tests.fakes import FakeGpu
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 
 
 @pytest.mark.parametrize("via", ["cookie", "ticket", "bearer"])
-async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, via: str) -> None:
+async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeProviders, via: str) -> None:
     job = await api.submit(HOLD)
     headers: dict[str, str] = {}
     url = f"{api.base}/jobs/{job['id']}/events"
@@ -37,7 +37,7 @@ async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeGpu, 
                 continue
             seen.append(json.loads(line[len("data: "):]))
             if not cancel_sent and seen[-1]["executions"][0]["status"] == "running":
-                await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+                await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
                 assert (await api.cancel(job["id"]))[0] == 200
                 cancel_sent = True
     # The stream ended by itself after the terminal status.
@@ -61,7 +61,7 @@ async def _read_event(resp: Any) -> dict[str, str]:
 
 
 async def test_one_stream_carries_every_change_of_the_callers_jobs(
-        api: Api, http: Any, fake_gpu: FakeGpu) -> None:
+        api: Api, http: Any, fake_gpu: FakeProviders) -> None:
     from tests.wallets import Wallet
 
     stranger = await Api.signed_in(http, api.base, Wallet())

@@ -18,10 +18,10 @@ import psutil
 import pytest
 
 from runner.config import Settings
+from runner.fakes import FakeProviders
 from runner.service import running_service
 from tests.client import Api
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 from tests.pg import StoppablePostgres
 from tests.procs import ServeProcess
 
@@ -38,7 +38,7 @@ def own_pg(tmp_path: Path) -> Iterator[StoppablePostgres]:
     pg.cleanup()
 
 
-def backends_toml(fake: FakeGpu) -> str:
+def backends_toml(fake: FakeProviders) -> str:
     return f"""
 [backends.gpu]
 kind = "http"
@@ -75,7 +75,7 @@ def _requeues(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- results survive an outage -----------------------------------------------------------------
 
 async def test_a_3s_outage_loses_no_result_and_calls_no_backend_twice(
-        own_pg: StoppablePostgres, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        own_pg: StoppablePostgres, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     serve = await ServeProcess(own_pg.dsn, backends_toml(fake_gpu),
                                env_extra={"RUNNER_LEASE_S": "15"}).start()
     try:
@@ -83,10 +83,10 @@ async def test_a_3s_outage_loses_no_result_and_calls_no_backend_twice(
         jobs = [await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
                 for i in range(10)]
         executions = [j["executions"][0]["id"] for j in jobs]
-        await asyncio.wait_for(asyncio.gather(*(fake_gpu.started[e].wait() for e in executions)), 30)
+        await asyncio.wait_for(asyncio.gather(*(fake_gpu.web.started[e].wait() for e in executions)), 30)
 
         own_pg.stop()
-        fake_gpu.release.set()  # the GPU work ends while the database is away
+        fake_gpu.web.release.set()  # the GPU work ends while the database is away
         took = await until_status(http, serve.base_url + "/readyz", 503, timeout=15)
         await asyncio.sleep(max(OUTAGE_S - took, 0))
         own_pg.start()
@@ -97,13 +97,13 @@ async def test_a_3s_outage_loses_no_result_and_calls_no_backend_twice(
         print(f"\nmeasured: 3 s outage: /readyz 503 after {took:.2f} s; 200 {ready:.2f} s after the "
               f"restart; all 10 results written {time.monotonic() - back:.2f} s after it")
         assert [j["status"] for j in done] == ["completed"] * 10, done
-        assert [fake_gpu.calls_for(e) for e in executions] == [1] * 10
+        assert [fake_gpu.web.calls_for(e) for e in executions] == [1] * 10
     finally:
         await serve.stop()
 
 
 async def test_an_outage_of_two_leases_takes_no_job_from_a_live_instance(
-        own_pg: StoppablePostgres, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        own_pg: StoppablePostgres, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     lease = {"RUNNER_LEASE_S": "1.5", "RUNNER_CONCURRENCY": "3"}
     one = await ServeProcess(own_pg.dsn, backends_toml(fake_gpu), env_extra=lease).start()
     two = await ServeProcess(own_pg.dsn, backends_toml(fake_gpu), env_extra=lease).start()
@@ -112,7 +112,7 @@ async def test_an_outage_of_two_leases_takes_no_job_from_a_live_instance(
         jobs = [await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
                 for i in range(6)]  # three on each instance: each runs at most three
         executions = [j["executions"][0]["id"] for j in jobs]
-        await asyncio.wait_for(asyncio.gather(*(fake_gpu.started[e].wait() for e in executions)), 30)
+        await asyncio.wait_for(asyncio.gather(*(fake_gpu.web.started[e].wait() for e in executions)), 30)
 
         own_pg.stop()
         await asyncio.sleep(2 * 1.5 + 0.5)  # the outage: two leases and a half
@@ -124,11 +124,11 @@ async def test_an_outage_of_two_leases_takes_no_job_from_a_live_instance(
         print(f"\nmeasured: outage of 2.3 leases, two instances: both ready {time.monotonic() - back:.2f} s "
               "after the restart")
         await asyncio.sleep(2 * 1.5)
-        fake_gpu.release.set()
+        fake_gpu.web.release.set()
 
         done = await until_all(api, [j["id"] for j in jobs], ("completed", "failed", "cancelled"))
         assert [j["status"] for j in done] == ["completed"] * 6, done
-        assert [fake_gpu.calls_for(e) for e in executions] == [1] * 6
+        assert [fake_gpu.web.calls_for(e) for e in executions] == [1] * 6
         for job in jobs:
             _, audit = await api.call("GET", f"/jobs/{job['id']}/audit")
             assert not _requeues(audit["events"]), audit
@@ -231,21 +231,21 @@ async def test_an_event_stream_outlives_a_short_outage(
 # -- a cancel during an outage -----------------------------------------------------------------
 
 async def test_a_cancel_during_an_outage_stops_the_work_and_is_recorded_after(
-        own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeGpu,
+        own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeProviders,
         http: aiohttp.ClientSession) -> None:
     async with running_service(settings, dsn=own_pg.dsn) as runtime:
         base = f"http://127.0.0.1:{runtime.port}"
         client = await Api.signed_in(http, base)
         job = await client.submit({"backend": "gpu", "input": {"mode": "hold"}})
         execution = job["executions"][0]["id"]
-        await asyncio.wait_for(fake_gpu.started[execution].wait(), 10)
+        await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
         own_pg.stop()
         await asyncio.sleep(1.0)  # longer than the session cache's life: the token must be remembered
         began = time.perf_counter()
         status, reply = await client.cancel(job["id"], reason="stop it")
         assert status == 503 and reply["error"] == "unavailable", reply
-        await asyncio.wait_for(fake_gpu.closed[execution].wait(), 1.0)
-        closed_ms = (fake_gpu.closed_at[execution] - began) * 1000
+        await asyncio.wait_for(fake_gpu.web.closed[execution].wait(), 1.0)
+        closed_ms = (fake_gpu.web.closed_at[execution] - began) * 1000
         # Someone else's token, or none, is still refused: the fallback fails closed.
         other = Api(http, base, "not-a-token")
         assert (await other.cancel(job["id"]))[0] in (401, 503)
@@ -255,8 +255,8 @@ async def test_a_cancel_during_an_outage_stops_the_work_and_is_recorded_after(
         print(f"\nmeasured: cancel during an outage: 503, the backend's connection closed {closed_ms:.1f} ms "
               f"after the request; on record {time.monotonic() - back:.2f} s after the restart")
         assert done["cancel_reason"] == "stop it" and done["cancelled_by"] == client.wallet.address  # type: ignore[union-attr]
-        await asyncio.wait_for(fake_gpu.url_cancelled[execution].wait(), 30)
-        assert fake_gpu.calls_for(execution) == 1
+        await asyncio.wait_for(fake_gpu.web.url_cancelled[execution].wait(), 30)
+        assert fake_gpu.web.calls_for(execution) == 1
 
 
 # -- processes clean up after themselves -------------------------------------------------------
@@ -308,27 +308,27 @@ async def test_an_instance_does_not_stop_the_embedded_postgres_under_another(
 # -- signals ------------------------------------------------------------------------------------
 
 async def test_a_second_sigint_skips_the_grace_period(
-        dsn: str, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     serve = await ServeProcess(dsn, backends_toml(fake_gpu),
                                env_extra={"RUNNER_SHUTDOWN_GRACE_S": "60"}).start()
     api = await Api.signed_in(http, serve.base_url)
     job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
     execution = job["executions"][0]["id"]
-    await asyncio.wait_for(fake_gpu.started[execution].wait(), 10)
+    await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
     serve.signal(signal.SIGINT)
     await serve.wait_log("draining")
     serve.signal(signal.SIGINT)
     began = time.monotonic()
     assert await serve.wait(timeout=15) == 0  # not the 60 s grace
     print(f"\nmeasured: second SIGINT: exited {time.monotonic() - began:.2f} s after it (grace 60 s)")
-    await asyncio.wait_for(fake_gpu.closed[execution].wait(), 5)
+    await asyncio.wait_for(fake_gpu.web.closed[execution].wait(), 5)
     async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
         row = await pool.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1::uuid", job["id"])
     assert row["status"] == "queued" and row["attempts"] == 0  # requeued, the attempt handed back
 
 
 async def test_sigusr_leaves_serve_running_and_sighup_drains(
-        dsn: str, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     """SIGUSR1/SIGUSR2 (sent by tools probing a process) used to kill it with no drain, and
     so did SIGHUP (a closed terminal, a supervisor's reload): now the first two are logged
     and ignored, and SIGHUP drains as SIGTERM does."""
@@ -338,19 +338,19 @@ async def test_sigusr_leaves_serve_running_and_sighup_drains(
         api = await Api.signed_in(http, serve.base_url)
         job = await api.submit({"backend": "gpu", "input": {"mode": "until_released"}})
         execution = job["executions"][0]["id"]
-        await asyncio.wait_for(fake_gpu.started[execution].wait(), 10)
+        await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
         for sig in (signal.SIGUSR1, signal.SIGUSR2):
             serve.signal(sig)
             await serve.wait_log("signal_ignored", signal=sig.name)  # fails if it died of it
             assert serve.alive
             assert await _status_of(http, serve.base_url + "/healthz") == 200
             assert await _status_of(http, serve.base_url + "/readyz") == 200
-        assert not fake_gpu.closed[execution].is_set()  # the job's call is still open
+        assert not fake_gpu.web.closed[execution].is_set()  # the job's call is still open
         serve.signal(signal.SIGHUP)
         await serve.wait_log("draining", jobs=1)
         assert await _status_of(http, serve.base_url + "/readyz") == 503
-        assert serve.alive and not fake_gpu.closed[execution].is_set()
-        fake_gpu.release.set()  # the job finishes within the grace period...
+        assert serve.alive and not fake_gpu.web.closed[execution].is_set()
+        fake_gpu.web.release.set()  # the job finishes within the grace period...
         assert await serve.wait(timeout=30) == 0  # ...and the process ends cleanly
         assert serve.events("drained") and serve.events("service_stopped")
     finally:
@@ -361,19 +361,19 @@ async def test_sigusr_leaves_serve_running_and_sighup_drains(
 
 
 async def test_a_remote_id_that_arrives_during_an_outage_is_kept_until_stored(
-        own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     """The provider accepted the work while Postgres was away: its id is stored once Postgres
     is back (never lost, never submitted again), and the job finishes."""
-    fake_gpu.runpod_answer_gate = asyncio.Event()
+    fake_gpu.runpod.answer_gate = asyncio.Event()
     async with running_service(settings, dsn=own_pg.dsn) as runtime:
         client = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
         job = await client.submit({"backend": "rp", "input": {"polls": 2}})
-        await asyncio.wait_for(fake_gpu.runpod_submitted.wait(), 10)
+        await asyncio.wait_for(fake_gpu.runpod.submitted.wait(), 10)
         own_pg.stop()
-        fake_gpu.runpod_answer_gate.set()
+        fake_gpu.runpod.answer_gate.set()
         await asyncio.sleep(OUTAGE_S)
         own_pg.start()
         done = await client.until(job["id"], "completed", "failed", timeout=30)
         assert done["status"] == "completed", done
-        assert done["executions"][0]["remote_id"] == "rp-0"
-        assert len(fake_gpu.runpod_submits) == 1
+        assert done["executions"][0]["remote_id"] in fake_gpu.runpod.jobs
+        assert len(fake_gpu.runpod.submits) == 1

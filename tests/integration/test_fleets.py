@@ -12,13 +12,13 @@ import aiohttp
 import asyncpg
 
 from runner.backends.config import BackendSpec
+from runner.fakes import FakeProviders
 from tests.client import Api
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 from tests.procs import ServeProcess
 
 
-def _http(name: str, fake: FakeGpu, **extra: object) -> BackendSpec:
+def _http(name: str, fake: FakeProviders, **extra: object) -> BackendSpec:
     return BackendSpec(name=name, kind="http", url=f"{fake.base_url}/run", **extra)  # type: ignore[arg-type]
 
 
@@ -29,7 +29,7 @@ async def _metric(http: aiohttp.ClientSession, base: str, line_start: str) -> st
 
 
 async def test_an_instance_claims_only_what_it_can_run(
-        cluster: Cluster, fake_gpu: FakeGpu, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
     every = {n: _http(n, fake_gpu) for n in ("gpu-a", "gpu-b", "gpu-none")}
     front = await cluster.start("api", backends=every)
     a = await cluster.start("worker", backends={"gpu-a": every["gpu-a"]})
@@ -65,7 +65,7 @@ async def test_an_instance_claims_only_what_it_can_run(
 
 
 async def test_concurrency_is_a_limit_across_instances_even_when_one_dies(
-        dsn: str, fake_gpu: FakeGpu, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
     toml = f"""
 [backends.gpu]
 kind = "http"
@@ -91,21 +91,21 @@ concurrency = 2
         await victim.wait()
         done = [await api.on(survivor.base_url).until(j["id"], "completed", "failed", timeout=60) for j in jobs]
         assert [j["status"] for j in done] == ["completed"] * 8
-        assert fake_gpu.open_max <= 2, fake_gpu.open_max
-        assert fake_gpu.open_max == 2  # and the limit was used, not just respected
+        assert fake_gpu.web.open_max <= 2, fake_gpu.web.open_max
+        assert fake_gpu.web.open_max == 2  # and the limit was used, not just respected
     finally:
         await asyncio.gather(one.stop(), two.stop())
 
 
 async def test_a_waiting_execution_is_cancelled_at_once(
-        cluster: Cluster, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     rt = await cluster.start(backends={"gpu": _http("gpu", fake_gpu, concurrency=1)})
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     first = await api.submit({"backend": "gpu", "input": {"mode": "hold"}},
                              {"backend": "gpu", "input": {"mode": "hold"}})
     ids = [e["id"] for e in first["executions"]]
     # One slot: whichever execution takes it first runs, the other waits its turn.
-    turns = {asyncio.ensure_future(fake_gpu.started[i].wait()): i for i in ids}
+    turns = {asyncio.ensure_future(fake_gpu.web.started[i].wait()): i for i in ids}
     done, pending = await asyncio.wait(turns, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     for future in pending:
         future.cancel()
@@ -117,7 +117,7 @@ async def test_a_waiting_execution_is_cancelled_at_once(
     assert job["executions"][index]["status"] == "queued"  # its turn has not come: one slot, taken
     status, reply = await api.call("POST", f"/jobs/{first['id']}/executions/{waiting}/cancel")
     assert status == 200 and reply["previous_status"] == "queued"
-    assert fake_gpu.calls_for(waiting) == 0  # never sent
+    assert fake_gpu.web.calls_for(waiting) == 0  # never sent
     assert (await api.cancel(first["id"], wait=True))[1]["stopped"] is True
 
 

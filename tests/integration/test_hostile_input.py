@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from runner.config import Settings
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from tests.client import Api
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 from tests.procs import ServeProcess
 from tests.wallets import Wallet
 
@@ -233,18 +233,18 @@ async def test_query_times_in_arabic_indic_digits_are_400(api: Api) -> None:
 
 # -- validate before signalling ----------------------------------------------------------------
 
-async def test_a_nul_reason_does_not_stop_a_running_job(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_a_nul_reason_does_not_stop_a_running_job(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
     execution = job["executions"][0]["id"]
-    await asyncio.wait_for(fake_gpu.started[execution].wait(), 10)
+    await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
     status, reply = await _raw_post(api.http, api.base + f"/jobs/{job['id']}/cancel",
                                     b'{"reason": "stop\\u0000now"}', api.headers)
     assert status == 400 and "$.reason" in reply["message"], reply
-    assert not fake_gpu.closed[execution].is_set()  # the GPU call is still open
+    assert not fake_gpu.web.closed[execution].is_set()  # the GPU call is still open
     assert (await api.job(job["id"]))["status"] == "running"
     status, reply = await api.cancel(job["id"], wait=True, reason="stop now")
     assert status == 200 and reply["previous_status"] == "running" and reply["stopped"] is True, reply
-    await asyncio.wait_for(fake_gpu.closed[execution].wait(), 5)
+    await asyncio.wait_for(fake_gpu.web.closed[execution].wait(), 5)
     assert (await api.job(job["id"]))["cancel_reason"] == "stop now"
 
 
@@ -261,7 +261,7 @@ POISONED_REPLIES: dict[str, tuple[dict[str, Any], str]] = {
 
 
 async def test_poisoned_replies_fail_their_execution_once_and_spare_the_rest(
-        service: Runtime, http: aiohttp.ClientSession, base_url: str, fake_gpu: FakeGpu) -> None:
+        service: Runtime, http: aiohttp.ClientSession, base_url: str, fake_gpu: FakeProviders) -> None:
     alice, bob = await Api.signed_in(http, base_url), await Api.signed_in(http, base_url)
     # Bob's ordinary jobs go in with Alice's poisoned ones, so that they share result batches.
     submitted = await asyncio.gather(
@@ -274,21 +274,21 @@ async def test_poisoned_replies_fail_their_execution_once_and_spare_the_rest(
         assert done["status"] == "failed" and execution["status"] == "failed", done
         assert expected in execution["error"], execution["error"]
         assert "\x00" not in execution["error"]
-        assert fake_gpu.calls_for(execution["id"]) == 1
+        assert fake_gpu.web.calls_for(execution["id"]) == 1
     for job in ordinary:
         done = await bob.until(job["id"], "completed", "failed", "cancelled")
         assert done["status"] == "completed", done
-        assert fake_gpu.calls_for(done["executions"][0]["id"]) == 1
+        assert fake_gpu.web.calls_for(done["executions"][0]["id"]) == 1
     events = [e["kind"] for e in (await alice.call("GET", f"/jobs/{poisoned[0]['id']}/audit"))[1]["events"]]
     assert "requeued" not in events and events.count("started") == 1, events
 
 
 async def test_a_remote_cancel_answer_with_a_nul_is_recorded_readably(
-        api: Api, fake_gpu: FakeGpu) -> None:
-    fake_gpu.url_cancel_reply = (409, b'not stopp\x00ed: \xff')  # a refusal, with a NUL byte
+        api: Api, fake_gpu: FakeProviders) -> None:
+    fake_gpu.web.url_cancel_reply = (422, b'not stopp\x00ed: \xff', {})  # a refusal, with a NUL byte
     job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
     execution = job["executions"][0]["id"]
-    await asyncio.wait_for(fake_gpu.started[execution].wait(), 10)
+    await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
     status, _ = await api.cancel(job["id"])
     assert status == 200
     done = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] != "pending")
@@ -297,7 +297,7 @@ async def test_a_remote_cancel_answer_with_a_nul_is_recorded_readably(
     [answer] = [e for e in (await api.call("GET", f"/jobs/{job['id']}/audit"))[1]["events"]
                 if e["kind"] == "remote_cancel"]
     assert "stopp" in answer["detail"]["answer"] and "\x00" not in answer["detail"]["answer"]
-    assert fake_gpu.url_cancels == [execution]
+    assert fake_gpu.web.url_cancels == [execution]
 
 
 # -- slow clients ------------------------------------------------------------------------------

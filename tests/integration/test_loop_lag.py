@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from tests.client import Api
-from tests.fakes import FakeGpu
 
 # The target is 50 ms (benchmarks/hostile.py measures it); this bound leaves room for a
 # loaded 2-core machine. The faults it guards against held the loop for seconds to hours.
@@ -88,7 +88,7 @@ async def test_concurrent_mebibyte_submits_of_tiny_items_do_not_hold_the_loop(
 
 
 async def test_a_reply_of_escaped_quotes_fails_its_execution_without_holding_the_loop(
-        api: Api, fake_gpu: FakeGpu) -> None:
+        api: Api, fake_gpu: FakeProviders) -> None:
     poison = escaped_quotes(ONE_MIB // 3).decode("latin-1")  # doubled by JSON escaping on the way in
     async with loop_lag() as worst:
         job = await api.submit({"backend": "plain", "input": {"mode": "raw", "raw": poison}})
@@ -101,18 +101,18 @@ async def test_a_reply_of_escaped_quotes_fails_its_execution_without_holding_the
 
 # -- replies are read only up to max_output_bytes, counted once inflated ------------------------------
 
-async def test_an_endless_reply_fails_its_execution_once_the_cap_is_read(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_an_endless_reply_fails_its_execution_once_the_cap_is_read(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit({"backend": "capped", "input": {"mode": "endless"}})
     done = await api.until(job["id"], "failed", "completed", timeout=60)
     execution = done["executions"][0]
     assert done["status"] == "failed"
     assert "larger than 1048576 bytes" in execution["error"], execution["error"]
     assert execution["attempts"] == 1  # never sent again: the work was done
-    sent = fake_gpu.endless_sent[execution["id"]]
+    sent = fake_gpu.web.endless_sent[execution["id"]]
     assert sent < 64 << 20, f"the runner went on reading: {sent} bytes"
 
 
-async def test_a_gzip_bomb_fails_its_execution_at_the_cap_counted_inflated(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_a_gzip_bomb_fails_its_execution_at_the_cap_counted_inflated(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit({"backend": "capped", "input": {"mode": "gzip_bomb", "mib": 64}})
     done = await api.until(job["id"], "failed", "completed", timeout=60)
     execution = done["executions"][0]

@@ -7,10 +7,10 @@ from aiohttp import web
 from api.app import create_app
 from api.openapi import document
 from runner.config import Settings
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from tests.client import Api, free_port, wait_event
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 
 
 def _routes(app: web.Application) -> set[tuple[str, str]]:
@@ -60,9 +60,9 @@ async def test_metrics_port_keeps_metrics_off_the_main_port(cluster: Cluster,
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 
 
-async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit(HOLD)
-    await wait_event(fake_gpu.started[job["executions"][0]["id"]])
+    await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
     assert (await api.cancel(job["id"], wait=True))[1]["stopped"] is True
     await api.cancel(job["id"])
     async with api.http.get(f"{api.base}/metrics") as resp:
@@ -97,7 +97,7 @@ async def test_http_requests_are_counted_by_route_not_raw_url(
 
 
 async def test_queue_depth_and_oldest_age_per_backend(
-        cluster: Cluster, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     from runner.backends.config import BackendSpec
 
     spec = BackendSpec(name="gpu-q", kind="http", url=f"{fake_gpu.base_url}/run")  # type: ignore[call-arg]
@@ -114,7 +114,7 @@ async def test_queue_depth_and_oldest_age_per_backend(
     assert 0 < float(age.split()[-1]) < 60
 
 
-async def test_backend_calls_are_timed_and_their_errors_counted(fake_gpu: FakeGpu) -> None:
+async def test_backend_calls_are_timed_and_their_errors_counted(fake_gpu: FakeProviders) -> None:
     import aiohttp as _aiohttp
 
     from runner.backends import build_backend

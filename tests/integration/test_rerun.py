@@ -6,26 +6,26 @@ import uuid
 
 import aiohttp
 
+from runner.fakes import FakeProviders
 from tests.client import Api, wait_event
-from tests.fakes import FakeGpu
 from tests.wallets import Wallet
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 
 
-async def _cancelled_after_one_completed(api: Api, fake: FakeGpu) -> dict[str, object]:
+async def _cancelled_after_one_completed(api: Api, fake: FakeProviders) -> dict[str, object]:
     job = await api.submit({"backend": "plain", "input": {"n": 1}}, HOLD, HOLD)
     await api.until_execution(job["id"], 0, lambda e: e["status"] == "completed")
     for execution in job["executions"][1:]:
-        await wait_event(fake.started[execution["id"]])
+        await wait_event(fake.web.started[execution["id"]])
     assert (await api.cancel(job["id"], wait=True))[0] == 200
     return await api.job(job["id"])
 
 
-async def test_a_rerun_keeps_what_completed_and_runs_the_rest_once(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_a_rerun_keeps_what_completed_and_runs_the_rest_once(api: Api, fake_gpu: FakeProviders) -> None:
     old = await _cancelled_after_one_completed(api, fake_gpu)
     first = old["executions"][0]  # type: ignore[index]
-    calls_before = len(fake_gpu.http_calls)
+    calls_before = len(fake_gpu.web.calls)
     status, new = await api.call("POST", f"/jobs/{old['id']}/rerun")
     assert status == 201 and new["rerun_of"] == old["id"] and new["id"] != old["id"]
     assert new["timeout_s"] == old["timeout_s"] and new["metadata"] == old["metadata"]
@@ -33,9 +33,9 @@ async def test_a_rerun_keeps_what_completed_and_runs_the_rest_once(api: Api, fak
     assert kept["status"] == "completed" and kept["output"] == first["output"]
     assert [e["status"] for e in rest] == ["queued", "queued"] and all(e["remote_id"] is None for e in rest)
     for execution in (await api.until_execution(new["id"], 1, lambda e: e["status"] == "running"))["executions"][1:]:
-        await wait_event(fake_gpu.started[execution["id"]])
+        await wait_event(fake_gpu.web.started[execution["id"]])
     # The kept execution never reached the backend again; the other two, once each.
-    new_calls = fake_gpu.http_calls[calls_before:]
+    new_calls = fake_gpu.web.calls[calls_before:]
     assert sorted(c["headers"]["X-Runner-Execution-Id"] for c in new_calls) == sorted(e["id"] for e in rest)
     await api.cancel(new["id"], wait=True)
     trail = [e for e in (await api.call("GET", f"/jobs/{old['id']}/audit"))[1]["events"] if e["kind"] == "rerun"]
@@ -49,7 +49,7 @@ async def test_a_rerun_keeps_what_completed_and_runs_the_rest_once(api: Api, fak
     await api.cancel(again["id"])
 
 
-async def test_naming_a_completed_execution_runs_it_again(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_naming_a_completed_execution_runs_it_again(api: Api, fake_gpu: FakeProviders) -> None:
     old = await _cancelled_after_one_completed(api, fake_gpu)
     first = old["executions"][0]["id"]  # type: ignore[index]
     status, new = await api.call("POST", f"/jobs/{old['id']}/rerun", json={"executions": [first]})
@@ -57,7 +57,7 @@ async def test_naming_a_completed_execution_runs_it_again(api: Api, fake_gpu: Fa
     await api.cancel(new["id"])
 
 
-async def test_refusals(api: Api, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+async def test_refusals(api: Api, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     done = await api.submit({"backend": "demo", "input": {"seconds": 0}})
     await api.until(done["id"], "completed")
     status, body = await api.call("POST", f"/jobs/{done['id']}/rerun")
@@ -73,7 +73,7 @@ async def test_refusals(api: Api, fake_gpu: FakeGpu, http: aiohttp.ClientSession
     await api.cancel(other["id"])
 
 
-async def test_a_rerun_honours_the_idempotency_key(api: Api, fake_gpu: FakeGpu) -> None:
+async def test_a_rerun_honours_the_idempotency_key(api: Api, fake_gpu: FakeProviders) -> None:
     old = await _cancelled_after_one_completed(api, fake_gpu)
     key = {"Idempotency-Key": "again-1"}
     status, first = await api.call("POST", f"/jobs/{old['id']}/rerun", headers=key)

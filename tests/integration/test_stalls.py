@@ -14,11 +14,11 @@ import pytest
 
 from runner.cancel.registry import StopReason
 from runner.config import Settings
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from runner.worker import store
 from tests.client import Api, wait_event
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 from tests.integration.test_faults import backends_toml, until_status
 from tests.procs import ServeProcess
 
@@ -27,7 +27,7 @@ STALL_S = 3.5 * LEASE_S  # the fault itself: a stall of three leases and a half
 
 
 async def test_a_stall_longer_than_a_lease_holds_each_job_once_and_claims_go_on(
-        dsn: str, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     serve = await ServeProcess(dsn, backends_toml(fake_gpu),
                                env_extra={"RUNNER_LEASE_S": str(LEASE_S)}).start()
     try:
@@ -35,7 +35,7 @@ async def test_a_stall_longer_than_a_lease_holds_each_job_once_and_claims_go_on(
         jobs = [await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
                 for i in range(3)]
         executions = [j["executions"][0]["id"] for j in jobs]
-        await asyncio.wait_for(asyncio.gather(*(fake_gpu.started[e].wait() for e in executions)), 30)
+        await asyncio.wait_for(asyncio.gather(*(fake_gpu.web.started[e].wait() for e in executions)), 30)
 
         serve.signal(signal.SIGSTOP)
         await asyncio.sleep(STALL_S)
@@ -47,13 +47,13 @@ async def test_a_stall_longer_than_a_lease_holds_each_job_once_and_claims_go_on(
         await until_status(http, serve.base_url + "/readyz", 200, timeout=10)
         assert not serve.events("background_task_died"), serve.events("background_task_died")
 
-        fake_gpu.release.set()
+        fake_gpu.web.release.set()
         for job in jobs:
             assert (await api.until(job["id"], "completed", "failed", "cancelled", timeout=20))["status"] \
                 == "completed"
             _, audit = await api.call("GET", f"/jobs/{job['id']}/audit")
             assert [e for e in audit["events"] if e["kind"] == "requeued"] == [], audit
-        assert [fake_gpu.calls_for(e) for e in executions] == [1, 1, 1]
+        assert [fake_gpu.web.calls_for(e) for e in executions] == [1, 1, 1]
         assert serve.alive
     finally:
         serve.signal(signal.SIGCONT)

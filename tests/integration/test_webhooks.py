@@ -16,13 +16,13 @@ import pytest
 from runner.backends.config import BackendSpec
 from runner.config import Settings
 from runner.db import connect
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
 from runner.service import running_service
 from runner.webhooks.delivery import WebhookSender
 from runner.webhooks.signing import new_secret
 from tests.client import Api
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 from tests.pg import StoppablePostgres
 from tests.procs import ServeProcess
 from tests.webhook_receiver import Receiver, payload_of
@@ -86,9 +86,10 @@ def _metric(rt: Runtime, start: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-async def test_every_event_of_a_completed_a_failed_and_a_cancelled_runpod_job_in_order(
-        cluster: Cluster, fake_gpu: FakeGpu, receiver: Receiver, http: aiohttp.ClientSession) -> None:
-    fake_gpu.runpod_cancel_lag = 2  # the provider reports the work over two polls after the cancel
+async def test_every_event_of_a_completed_a_failed_and_a_cancelled_replicate_job_in_order(
+        cluster: Cluster, fake_gpu: FakeProviders, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    # Replicate reports a cancelled prediction over (`canceled`, with its completed_at): a
+    # confirmed stop. (RunPod's CANCELLED proves none, so it never sends remote_stopped.)
     rt = await cluster.start(**OPEN)
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     await _signed_up(api, receiver)
@@ -99,7 +100,7 @@ async def test_every_event_of_a_completed_a_failed_and_a_cancelled_runpod_job_in
         "started", "completed", "failed", "cancelled", "remote_stopped"]
     failed = await api.submit({"backend": "demo", "input": {"fail": True}}, webhook=receiver.url,
                               webhook_events=["failed"])
-    held = await api.submit({"backend": "rp", "input": {"hold": True}}, webhook=receiver.url)
+    held = await api.submit({"backend": "rep", "input": {"hold": True}}, webhook=receiver.url)
     await api.until_execution(held["id"], 0, lambda e: e["remote_id"] is not None)
     assert (await api.cancel(held["id"]))[0] == 200
 

@@ -18,7 +18,7 @@ from runner.backends.polling import next_poll_in
 from runner.backends.replicate import ReplicateBackend
 from runner.backends.runpod import RunPodBackend
 from runner.errors import PermanentBackendError, TransientBackendError
-from tests.fakes import FakeGpu
+from runner.fakes import FakeProviders
 from tests.mock_http import aioresponses_ as aioresponses
 
 RP = "https://rp.test/v2/ep1"
@@ -31,7 +31,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def _call(log: list[Any] | None = None, remote_id: str | None = None, input: Any = None) -> ExecutionCall:
-    async def on_remote_id(rid: str, attempts: int) -> None:
+    async def on_remote_id(rid: str, attempts: int, urls: dict[str, str] | None) -> None:
         if log is not None:
             log.append(("remote_id", rid, attempts))
 
@@ -94,19 +94,19 @@ async def test_runpod_failures_are_failures(session: aiohttp.ClientSession, stat
             await _runpod(session).run(_call())
 
 
-async def test_runpod_unknown_status_is_a_failure_not_a_success(session: aiohttp.ClientSession) -> None:
+async def test_runpod_unknown_status_is_not_a_success(session: aiohttp.ClientSession) -> None:
     with aioresponses() as m:
         m.post(f"{RP}/run", payload={"id": "abc"})
         m.get(f"{RP}/status/abc", payload={"status": "SOMETHING_NEW", "output": "looks done"})
-        with pytest.raises(PermanentBackendError, match="unexpected status 'SOMETHING_NEW'"):
-            await _runpod(session).run(_call())
+        m.get(f"{RP}/status/abc", payload={"status": "COMPLETED", "output": "done"})
+        assert await _runpod(session).run(_call()) == "done"
 
 
-async def test_runpod_retries_5xx_and_429_honouring_retry_after(session: aiohttp.ClientSession) -> None:
+async def test_runpod_resends_a_429_honouring_retry_after(session: aiohttp.ClientSession) -> None:
     call = _call()
     with aioresponses() as m:
-        m.post(f"{RP}/run", status=503, body="busy")
         m.post(f"{RP}/run", status=429, body="slow down", headers={"Retry-After": "0"})
+        m.post(f"{RP}/run", status=429, body="slow down")
         m.post(f"{RP}/run", payload={"id": "abc"})
         m.get(f"{RP}/status/abc", status=502, body="bad gateway")
         m.get(f"{RP}/status/abc", payload={"status": "COMPLETED", "output": 7})
@@ -119,7 +119,7 @@ async def test_runpod_retries_5xx_and_429_honouring_retry_after(session: aiohttp
 async def test_runpod_gives_up_after_max_attempts(session: aiohttp.ClientSession) -> None:
     call = _call()
     with aioresponses() as m:
-        m.post(f"{RP}/run", status=500, body="down", repeat=True)
+        m.post(f"{RP}/run", status=429, body="", repeat=True)
         with pytest.raises(TransientBackendError, match="gave up after 2 attempts"):
             await _runpod(session, max_attempts=2).run(call)
         assert len(_requests(m, "POST", f"{RP}/run")) == 2
@@ -153,7 +153,7 @@ async def test_runpod_cancel_outcomes(session: aiohttp.ClientSession) -> None:
     backend = _runpod(session)
     with aioresponses() as m:
         m.post(f"{RP}/cancel/a", payload={"id": "a", "status": "CANCELLED"})
-        m.post(f"{RP}/cancel/b", status=404, body="no such job")
+        m.post(f"{RP}/cancel/b", status=422, body="no such job")
         m.post(f"{RP}/cancel/c", status=503, body="try later")
         jid, eid = uuid.uuid4(), uuid.uuid4()
         assert (await backend.cancel_remote(jid, eid, "a")).outcome is CancelOutcome.ACKNOWLEDGED
@@ -240,14 +240,14 @@ async def test_fal_queue_flow(session: aiohttp.ClientSession) -> None:
         jid, eid = uuid.uuid4(), uuid.uuid4()
         assert (await backend.cancel_remote(jid, eid, "r1")).outcome is CancelOutcome.ACKNOWLEDGED
         assert (await backend.cancel_remote(jid, eid, "r2")).outcome is CancelOutcome.ACKNOWLEDGED
-        assert (await backend.cancel_remote(jid, eid, "r3")).outcome is CancelOutcome.FAILED
+        assert (await backend.cancel_remote(jid, eid, "r3")).outcome is CancelOutcome.GONE
     assert log == [("remote_id", "r1", 1)]
 
 
 # -- the http kind, against a real local server ------------------------------------------------
 
 
-def _http(fake: FakeGpu, session: aiohttp.ClientSession, **kw: Any) -> Any:
+def _http(fake: FakeProviders, session: aiohttp.ClientSession, **kw: Any) -> Any:
     spec = BackendSpec(
         name="h",
         kind="http",
@@ -263,63 +263,71 @@ def _http(fake: FakeGpu, session: aiohttp.ClientSession, **kw: Any) -> Any:
 
 
 async def test_http_posts_input_with_runner_headers(
-    fake_gpu: FakeGpu, session: aiohttp.ClientSession
+    fake_gpu: FakeProviders, session: aiohttp.ClientSession
 ) -> None:
     call = _call(input={"mode": "echo", "n": 1})
     out = await _http(fake_gpu, session).run(call)
     assert out == {"echo": {"mode": "echo", "n": 1}, "job": str(call.job_id)}
-    headers = fake_gpu.http_calls[-1]["headers"]
+    headers = fake_gpu.web.calls[-1]["headers"]
     assert headers["X-Runner-Job-Id"] == str(call.job_id)
     assert headers["X-Runner-Execution-Id"] == str(call.execution_id)
     assert headers["X-Team"] == "gpu" and headers["Authorization"] == "Bearer secret"
 
 
-async def test_http_follows_303_result_redirects(fake_gpu: FakeGpu, session: aiohttp.ClientSession) -> None:
+async def test_http_follows_303_result_redirects(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
     assert await _http(fake_gpu, session).run(_call(input={"mode": "redirect", "hops": 3})) == {
         "result": "done"
     }
 
 
-async def test_http_refuses_off_origin_redirects(fake_gpu: FakeGpu, session: aiohttp.ClientSession) -> None:
+async def test_http_refuses_off_origin_redirects(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
     with pytest.raises(PermanentBackendError, match="off-origin"):
         await _http(fake_gpu, session).run(_call(input={"mode": "offsite"}))
 
 
 async def test_http_non_json_and_4xx_fail_without_retry(
-    fake_gpu: FakeGpu, session: aiohttp.ClientSession
+    fake_gpu: FakeProviders, session: aiohttp.ClientSession
 ) -> None:
     backend = _http(fake_gpu, session, max_attempts=3)
     with pytest.raises(PermanentBackendError, match="non-JSON"):
         await backend.run(_call(input={"mode": "text"}))
-    before = len(fake_gpu.http_calls)
+    before = len(fake_gpu.web.calls)
     call = _call(input={"mode": "status", "status": 422})
     with pytest.raises(PermanentBackendError, match="HTTP 422"):
         await backend.run(call)
-    assert len(fake_gpu.http_calls) == before + 1 and call.attempts == 1
+    assert len(fake_gpu.web.calls) == before + 1 and call.attempts == 1
 
 
-async def test_http_retries_5xx_then_gives_up(fake_gpu: FakeGpu, session: aiohttp.ClientSession) -> None:
-    call = _call(input={"mode": "status", "status": 503, "retry_after": 0})
+async def test_http_retries_429_then_gives_up(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
+    call = _call(input={"mode": "status", "status": 429, "retry_after": 0})
     with pytest.raises(TransientBackendError, match="gave up after 3 attempts"):
         await _http(fake_gpu, session, max_attempts=3).run(call)
     assert call.attempts == 3
 
 
-async def test_http_cancel_url_is_posted(fake_gpu: FakeGpu, session: aiohttp.ClientSession) -> None:
+async def test_http_is_not_posted_again_after_a_5xx(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
+    """The work may have started: a second POST could pay for it twice."""
+    call = _call(input={"mode": "status", "status": 503, "retry_after": 0})
+    with pytest.raises(PermanentBackendError, match="not sent again"):
+        await _http(fake_gpu, session, max_attempts=3).run(call)
+    assert call.attempts == 1
+
+
+async def test_http_cancel_url_is_posted(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
     execution_id = uuid.uuid4()
     result = await _http(fake_gpu, session).cancel_remote(uuid.uuid4(), execution_id, None)
     assert result.outcome is CancelOutcome.ACKNOWLEDGED
-    assert fake_gpu.url_cancels == [str(execution_id)]
+    assert fake_gpu.web.url_cancels == [str(execution_id)]
 
 
 async def test_http_call_cancelled_closes_the_connection(
-    fake_gpu: FakeGpu, session: aiohttp.ClientSession
+    fake_gpu: FakeProviders, session: aiohttp.ClientSession
 ) -> None:
     call = _call(input={"mode": "hold"})
     task = asyncio.create_task(_http(fake_gpu, session).run(call))
-    await asyncio.wait_for(fake_gpu.started[str(call.execution_id)].wait(), 5)
+    await asyncio.wait_for(fake_gpu.web.started[str(call.execution_id)].wait(), 5)
     task.cancel()
-    await asyncio.wait_for(fake_gpu.closed[str(call.execution_id)].wait(), 5)
+    await asyncio.wait_for(fake_gpu.web.closed[str(call.execution_id)].wait(), 5)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert call.attempts == 1  # a cancelled call is never retried
@@ -420,7 +428,7 @@ async def test_the_deadline_goes_to_the_provider(session: aiohttp.ClientSession)
         call.deadline_s = 2.0  # below RunPod's minimum
         await _runpod(session).run(call)
         [submit] = _requests(m, "POST", f"{RP}/run")
-        assert submit.kwargs["json"]["policy"] == {"executionTimeout": 5000}
+        assert submit.kwargs["json"]["policy"] == {"executionTimeout": 5000, "ttl": 10_000}
     replicate = ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url="https://rep.test/v1",
                                              version="v", poll_interval_s=0.001), session)
     with aioresponses() as m:
