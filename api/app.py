@@ -89,7 +89,9 @@ def create_app(runtime: Runtime) -> web.Application:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[RUNTIME].metrics.render()
+    runtime = request.app[RUNTIME]
+    await runtime.metrics.read_database(runtime.pool)
+    body = runtime.metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -9,6 +9,7 @@ import gc
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -17,7 +18,8 @@ from runner.backends import build_backends, new_http_session
 from runner.cancel.remote import RemoteCanceller
 from runner.config import Settings
 from runner.db import create_pool, migrate, resolve_dsn
-from runner.db.listener import SUBMIT, Listener
+from runner.db import listener as db_listener
+from runner.db.listener import POOLER, PROBE, SUBMIT, Listener
 from runner.db.pool import describe_dsn
 from runner.errors import MigrationError, StartupError
 from runner.runtime import ROLES, Runtime
@@ -61,7 +63,7 @@ async def running_service(
         assert runtime.listener is not None
         runtime.supervisor.spawn("listener", runtime.listener.run)
         runtime.supervisor.spawn("loop_lag", runtime.metrics.watch_loop_lag)
-        await runtime.listener.wait_connected()
+        await _notify_self_test(runtime.listener, pool, dsn)
 
         runtime.port = await _serve_app(stack, app, settings)
         log.info("api_listening", host=settings.host, port=runtime.port, role=role)
@@ -85,8 +87,46 @@ async def _starting(dsn: str) -> AsyncIterator[None]:
     except (MigrationError, asyncio.CancelledError):
         raise
     except Exception as exc:
+        if _lost_by_a_pooler(exc):
+            raise StartupError(f"cannot use the database at {describe_dsn(dsn)}: {POOLER}") from exc
         reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
         raise StartupError(f"cannot use the database at {describe_dsn(dsn)}: {reason}") from exc
+
+
+def _lost_by_a_pooler(exc: BaseException) -> bool:
+    """A prepared statement that vanished or already exists: the statements of one session
+    went to several server connections, as through a transaction-mode pooler."""
+    return isinstance(exc, asyncpg.InvalidSQLStatementNameError | asyncpg.DuplicatePreparedStatementError)
+
+
+# How long the listener may take to connect once migrations and the pool have worked.
+LISTENER_CONNECT_TIMEOUT_S = 30.0
+
+
+async def _notify_self_test(listener: Listener, pool: asyncpg.Pool, dsn: str) -> None:
+    """SPEC section 2: NOTIFY ourselves and wait for it on the listener's connection. Sent on
+    another (pool) connection as one simple-protocol statement, which any pooler passes."""
+    async def send(payload: str) -> None:  # a hex nonce: nothing to escape
+        async with pool.acquire() as conn:
+            await conn.execute(f"NOTIFY {PROBE}, '{payload}'")
+
+    try:
+        async with asyncio.timeout(LISTENER_CONNECT_TIMEOUT_S):
+            await listener.wait_connected()
+    except TimeoutError:
+        error = listener.last_error
+        reason = (str(error).splitlines() or [""])[0] if error is not None else "no answer"
+        if error is not None and _lost_by_a_pooler(error):
+            reason = POOLER
+        raise StartupError(f"the listener cannot use the database at {describe_dsn(dsn)}: {reason}") from None
+    async with _starting(dsn):
+        took = await listener.self_test(send)
+    if took is None:
+        waited = db_listener.SELF_TEST_TIMEOUT_S
+        log.error("notify_self_test_failed", timeout_s=waited)
+        raise StartupError(f"a NOTIFY sent at start-up did not come back within {waited:g} s "
+                           f"on the listener's connection to {describe_dsn(dsn)}: {POOLER}")
+    log.info("notify_self_test_passed", ms=round(took * 1000, 3))
 
 
 async def migrate_database(dsn: str) -> list[str]:

@@ -24,6 +24,14 @@ log = structlog.get_logger("runner.db.listener")
 SUBMIT = "runner_submit"  # "" - work is queued
 JOB_PREFIX = "runner_job_"  # + the job id's hex: that job or one of its executions changed
 AUTH = "runner_auth"  # "<token hash hex>" - a session was revoked
+PROBE = "runner_probe"  # "<nonce hex>" - the start-up self-test (Listener.self_test)
+
+# How long the start-up self-test waits for its own notification (SPEC section 2).
+SELF_TEST_TIMEOUT_S = 5.0
+# What a lost self-test (or a prepared statement gone missing) means, for the one line.
+POOLER = ("DATABASE_URL goes through a transaction-mode pooler (PgBouncer), which loses LISTEN/NOTIFY "
+          "(and prepared statements): connect directly, or through a session-mode pooler "
+          "(Fly Managed Postgres' `fly mpg attach` sets the pooled URL: use the direct one)")
 
 Callback = Callable[[str], None]
 
@@ -51,6 +59,9 @@ class Listener:
         self._lock = asyncio.Lock()
         self.connections = 0
         self.reconnects = 0
+        self.last_error: BaseException | None = None
+        self._probes: dict[str, asyncio.Event] = {}
+        self.subscribe(PROBE, self._probe_came)
 
     @property
     def connected(self) -> bool:
@@ -96,6 +107,32 @@ class Listener:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
+    async def self_test(self, send: Callable[[str], Awaitable[None]]) -> float | None:
+        """Whether a notification sent now (by `send(payload)`, on another connection) reaches
+        this listener: its round trip in seconds, or None if it did not come within
+        SELF_TEST_TIMEOUT_S.
+        Through a transaction-mode pooler the LISTEN stays on a server connection the pooler
+        has handed to other clients, so nothing ever comes back."""
+        nonce = uuid.uuid4().hex
+        came = self._probes[nonce] = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            began = loop.time()
+            await send(nonce)
+            try:
+                async with asyncio.timeout(SELF_TEST_TIMEOUT_S):
+                    await came.wait()
+            except TimeoutError:
+                return None
+            return loop.time() - began
+        finally:
+            self._probes.pop(nonce, None)
+
+    def _probe_came(self, payload: str) -> None:
+        came = self._probes.get(payload)
+        if came is not None:
+            came.set()
+
     def _dispatch(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
         for callback in self._handlers.get(channel, ()):
             try:
@@ -113,6 +150,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.last_error = exc
                 log.warning("listener_connect_failed", error=repr(exc), retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay * (1 + random.random() / 2))
                 delay = min(delay * 2, 5.0)
