@@ -17,7 +17,7 @@ from api.portal import setup_portal
 from api.sessions import Sessions
 from api.state import RUNTIME
 from api.streams import STREAMS, Streams
-from runner.db.listener import AUTH
+from runner.db.notify import AUTH
 from runner.runtime import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024  # a submit body of at most 1 MiB

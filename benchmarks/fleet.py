@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import inspect
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -251,9 +250,7 @@ async def _notifier(pool: asyncpg.Pool, *, quiet: bool) -> Any:
         from runner.db.notify import Notifier  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
-    notes = Notifier(pool, instance_id=f"bench-{uuid.uuid4().hex[:6]}", enabled=not quiet)
-    notes.start()
-    return notes
+    return Notifier(pool, enabled=not quiet)
 
 
 async def cancel_all(admin_dsn: str, workers: int, n: int, logdir: Path) -> float:

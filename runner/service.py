@@ -19,7 +19,8 @@ from runner.cancel.remote import RemoteCanceller
 from runner.config import Settings
 from runner.db import create_pool, migrate, resolve_dsn
 from runner.db import listener as db_listener
-from runner.db.listener import POOLER, PROBE, SUBMIT, Listener
+from runner.db.listener import POOLER, Listener
+from runner.db.notify import PROBE, SUBMIT
 from runner.db.pool import describe_dsn
 from runner.errors import MigrationError, StartupError
 from runner.runtime import ROLES, Runtime
@@ -49,6 +50,7 @@ async def running_service(
             pool = await create_pool(dsn, settings.db_pool_size)
         stack.push_async_callback(pool.close)
         runtime = Runtime(settings=settings, dsn=dsn, pool=pool, role=role, listener=Listener(dsn))
+        stack.push_async_callback(runtime.notifier.close)  # before the pool closes
         structlog.contextvars.bind_contextvars(instance=runtime.instance_id)
         stack.push_async_callback(runtime.supervisor.stop)
         if embedded is not None:
@@ -139,11 +141,11 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     """The worker's parts and its periodic tasks (the claim loop starts once serving)."""
     settings = runtime.settings
     backends = build_backends(settings.backends, http)
-    remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id)
+    remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id, runtime.notifier)
     supervisor = runtime.supervisor
     worker = Worker(pool=runtime.pool, settings=settings, instance_id=runtime.instance_id,
                     manager=runtime.manager, backends=backends, canceller=runtime.canceller,
-                    remote=remote, metrics=runtime.metrics, supervisor=supervisor)
+                    remote=remote, metrics=runtime.metrics, supervisor=supervisor, notifier=runtime.notifier)
     assert runtime.listener is not None
     runtime.listener.subscribe(SUBMIT, worker.notify_work)
     runtime.listener.on_reconnect(worker.recheck)

@@ -17,6 +17,7 @@ import structlog
 
 from runner.backends import Backend, CancelOutcome, CancelResult
 from runner.backends.polling import PollingBackend
+from runner.db.notify import Notifier
 from runner.errors import BackendError
 from runner.metrics import Metrics
 from runner.storable import readable
@@ -45,11 +46,13 @@ WITH ex AS (
                 coalesce($7::float8, 0), least($6::int, 2 ^ (remote_cancel_tries + 1))))
             WHEN $3 = 'acknowledged' AND $8::float8 IS NOT NULL THEN now() + make_interval(secs => $8) END
     WHERE id = $2 AND remote_cancel = 'pending'
-    RETURNING id, job_id, remote_id, remote_cancel_tries)
-INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-SELECT $1, ex.id, 'remote_cancel', $5, jsonb_build_object(
-    'outcome', $3::text, 'answer', $4::text, 'remote_id', ex.remote_id, 'try', ex.remote_cancel_tries)
-FROM ex, runner_notify_job(ex.job_id)"""
+    RETURNING id, job_id, remote_id, remote_cancel_tries),
+ev AS (
+    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+    SELECT $1, ex.id, 'remote_cancel', $5, jsonb_build_object(
+        'outcome', $3::text, 'answer', $4::text, 'remote_id', ex.remote_id, 'try', ex.remote_cancel_tries)
+    FROM ex)
+SELECT j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
 
 
 # An acknowledged cancel whose work is over: confirmed, with when and what it cost.
@@ -65,7 +68,7 @@ ev AS (
     SELECT ex.job_id, ex.id, 'remote_stop_confirmed', $3, jsonb_build_object(
         'remote_id', ex.remote_id, 'answer', $4::text, 'after_cancel_s', round(ex.after_cancel_s::numeric, 3))
     FROM ex)
-SELECT ex.after_cancel_s FROM ex, runner_notify_job(ex.job_id)"""
+SELECT ex.after_cancel_s, ex.job_id, j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
 
 # Still running: poll again after $2 seconds; $3: a cancel was sent again (tries + 1).
 _STILL_RUNNING = """
@@ -98,8 +101,9 @@ class TokenBucket:
 
 class RemoteCanceller:
     def __init__(self, pool: asyncpg.Pool, backends: Mapping[str, Backend], metrics: Metrics,
-                 instance_id: str) -> None:
+                 instance_id: str, notifier: Notifier | None = None) -> None:
         self.pool = pool
+        self.notifier = notifier
         self.backends = backends
         self.metrics = metrics
         self.instance_id = instance_id
@@ -119,9 +123,11 @@ class RemoteCanceller:
             result = await self._cancel(backend, backend_name, job_id, execution_id, remote_id)
         confirms = backend is not None and backend.spec.confirms_stop
         confirm_in = backend.spec.poll_interval_s if backend is not None and confirms else None
-        await self.pool.execute(_RECORD, job_id, execution_id, result.outcome.value,
-                                readable(result.detail), self.instance_id, MAX_BACKOFF_S,
-                                result.retry_after, confirm_in)
+        recorded = await self.pool.fetchrow(_RECORD, job_id, execution_id, result.outcome.value,
+                                            readable(result.detail), self.instance_id, MAX_BACKOFF_S,
+                                            result.retry_after, confirm_in)
+        if recorded is not None and self.notifier is not None:
+            self.notifier.changed(job_id, recorded["owner"])
         self.metrics.remote_cancels.labels(backend_name, result.outcome.value).inc()
         log.info("remote_cancel", job_id=str(job_id), execution_id=str(execution_id),
                  backend=backend_name, remote_id=remote_id, outcome=result.outcome.value,
@@ -181,8 +187,11 @@ class RemoteCanceller:
             await self.pool.execute(_STILL_RUNNING, row["id"], spec.poll_interval_s, 0)
             return
         if over is not None:
-            after = await self.pool.fetchval(_CONFIRM, row["id"], over.gpu_seconds, self.instance_id,
-                                             over.state.value)
+            confirmed = await self.pool.fetchrow(_CONFIRM, row["id"], over.gpu_seconds, self.instance_id,
+                                                 over.state.value)
+            after = None if confirmed is None else confirmed["after_cancel_s"]
+            if confirmed is not None and self.notifier is not None:
+                self.notifier.changed(confirmed["job_id"], confirmed["owner"])
             if after is not None:
                 self.metrics.cancel_to_stop_seconds.observe(max(float(after), 0.0))
                 if over.gpu_seconds is not None:
