@@ -8,16 +8,17 @@ import structlog
 from aiohttp import web
 
 from api.bodies import iso, json_reply, read_json_object
-from api.errors import BadRequest, Handler, TooManyRequests, Unauthenticated
+from api.errors import BadRequest, Handler, TooManyRequests, Unauthenticated, Unavailable
 from api.ratelimit import RateLimiter
 from api.sessions import Identity, Sessions
-from runner import siwe
+from runner import erc6492, siwe
 from runner.db import is_transient
 
 log = structlog.get_logger("api.auth")
 
 SESSIONS = web.AppKey("sessions", Sessions)
 NONCE_LIMITER = web.AppKey("nonce_limiter", RateLimiter)
+CONTRACT_WALLETS = web.AppKey("contract_wallets", erc6492.Validator)
 IDENTITY = web.RequestKey("identity", Identity)
 COOKIE = "runner_session"
 _EVENTS_PATH = re.compile(r"/jobs/[^/]+/events|/events")
@@ -107,8 +108,11 @@ async def login(request: web.Request) -> web.Response:
     runtime_settings = request.app[SESSIONS].settings
     try:
         parsed = siwe.parse(message)
-        siwe.check(parsed, signature, domains=runtime_settings.allowed_siwe_domains,
-                   chain_ids=runtime_settings.siwe_chain_ids)
+        siwe.check_claims(parsed, domains=runtime_settings.allowed_siwe_domains,
+                          chain_ids=runtime_settings.siwe_chain_ids)
+        raw_signature = siwe.signature_bytes(signature)
+        if not siwe.signed_by_key(parsed, raw_signature):
+            await _check_contract_signature(request.app[CONTRACT_WALLETS], parsed, raw_signature)
     except siwe.SiweError as exc:
         log.info("login_refused", reason=exc.reason.value, detail=exc.message)
         raise Unauthenticated(exc.message, code=exc.reason.value) from None
@@ -139,6 +143,30 @@ def _over_https(request: web.Request, public_https: bool) -> bool:
     return public_https or request.secure or forwarded == "https"
 
 
+async def _check_contract_signature(wallets: erc6492.Validator, message: siwe.SiweMessage,
+                                    signature: bytes) -> None:
+    """Not a key's signature of the address: a contract wallet's (ERC-1271, or ERC-6492 before
+    its deployment), if the message's chain says so in one eth_call. Fails closed: only the
+    chain's yes signs in; no answer is a 503, never a sign-in."""
+    address, chain_id = message.address, message.chain_id
+    if not wallets.covers(chain_id):
+        raise siwe.SiweError(
+            siwe.Reason.INVALID_SIGNATURE,
+            f"the signature is not {address}'s key's; a contract wallet's signature (ERC-1271, "
+            f"ERC-6492) is checked on its chain, and this service has no RPC for chain id {chain_id}: "
+            f"contract wallets need RUNNER_CHAIN_RPC_URLS to name chain id {chain_id}")
+    try:
+        valid = await wallets.is_valid(chain_id, address, siwe.signed_hash(message), signature)
+    except erc6492.ChainUnavailable as exc:
+        log.warning("contract_wallet_check_unavailable", chain_id=chain_id, address=address, error=str(exc))
+        raise Unavailable(f"the contract wallet's signature could not be checked: {exc}; try again") from None
+    if not valid:
+        raise siwe.SiweError(
+            siwe.Reason.INVALID_SIGNATURE,
+            f"the signature is not {address}'s: not its key's, and on chain id {chain_id} its "
+            "contract (ERC-1271, ERC-6492) does not accept it")
+
+
 async def logout(request: web.Request) -> web.Response:
     identity = identity_of(request)
     await request.app[SESSIONS].revoke(identity)
@@ -164,6 +192,9 @@ async def ticket(request: web.Request) -> web.Response:
 def setup_auth(app: web.Application, sessions: Sessions) -> None:
     app[SESSIONS] = sessions
     app[NONCE_LIMITER] = RateLimiter(capacity=20, refill_per_s=0.5)
+    wallets = app[CONTRACT_WALLETS] = erc6492.Validator(sessions.settings.chain_rpc_urls,
+                                                        sessions.settings.chain_rpc_timeout_s)
+    app.on_cleanup.append(lambda _app: wallets.close())
     app.router.add_get("/auth/nonce", nonce)
     app.router.add_post("/auth/login", login)
     app.router.add_post("/auth/logout", logout)

@@ -24,7 +24,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     meaning = {400: "Bad request", 401: "Not signed in / sign-in refused", 403: "Another wallet's job",
                404: "No such job or route", 409: "Not cancellable / idempotency conflict",
                413: "Body over 1 MiB", 415: "Not JSON", 429: "Quota or rate limit",
-               503: "Not ready, or the database did not answer (retry)"}
+               503: "Not ready, or the database (or, at sign-in, the chain's RPC) did not answer (retry)"}
     return {str(c): _json(_ref("Error"), meaning[c]) for c in codes}
 
 
@@ -167,10 +167,13 @@ def document(server_url: str = "/") -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["message", "signature"],
                 "properties": {"message": {"type": "string"},
-                               "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"}}}}}},
+                               "signature": {
+                                   "type": "string", "pattern": "^(0x)?([0-9a-fA-F]{2})+$",
+                                   "description": "a key's 65 bytes, or a contract wallet's "
+                                                  "(ERC-1271, ERC-6492; checked on its chain)"}}}}}},
             "responses": {"200": _json({"type": "object", "properties": {
                 "token": {"type": "string"}, "address": {"type": "string"}, "expires_at": _TIME}}),
-                **_errors(400, 401, 415)}}},
+                **_errors(400, 401, 415, 503)}}},
         "/auth/logout": {"post": {"summary": "Revoke this session everywhere", "security": [{"bearer": []}],
                                   "responses": {"200": _json({"type": "object"}), **_errors(401)}}},
         "/auth/me": {"get": {"summary": "The caller's session", "security": _SESSION, "responses": {

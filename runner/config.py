@@ -111,6 +111,9 @@ class Settings:
     max_streams_per_wallet: int = 16  # open event streams of one wallet on one instance (429 past it)
     max_streams: int = 2000  # open event streams on one instance, all wallets (429 past it)
     max_submits_per_minute: int = 120  # jobs one wallet may submit (or re-run) a minute
+    # Chain id -> JSON-RPC URL that checks contract wallets' sign-ins (ERC-1271, ERC-6492).
+    chain_rpc_urls: Mapping[int, str] = field(default_factory=dict)
+    chain_rpc_timeout_s: float = 5.0  # one validation call, queueing for it included
     public_url: str | None = None  # where browsers reach the service (behind any proxy)
 
     @property
@@ -156,6 +159,30 @@ def _positive(name: str, raw: str) -> int:
 
 def _chain_ids(name: str, raw: str) -> frozenset[int]:
     return frozenset(_int(name, part, 1) for part in _split(raw))
+
+
+def _chain_rpc_urls(name: str, raw: str) -> dict[int, str]:
+    """`CHAIN_ID=URL,...`. Errors never print a URL: it often carries the provider's key."""
+    from urllib.parse import urlsplit
+
+    urls: dict[int, str] = {}
+    for n, entry in enumerate(_split(raw), 1):
+        chain, sep, url = (part.strip() for part in entry.partition("="))
+        if not sep or not chain.isdigit() or int(chain) < 1:
+            raise ConfigError(f"{name}: entry {n} is not CHAIN_ID=URL (a chain id of 1 or more)")
+        chain_id = int(chain)
+        if chain_id in urls:
+            raise ConfigError(f"{name}: chain id {chain_id} is given twice")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{name}: chain id {chain_id}'s URL must be http:// or https:// with a host")
+        urls[chain_id] = url
+    return urls
 
 
 def _public_url(name: str, raw: str) -> str:
@@ -204,6 +231,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_MAX_STREAMS_PER_WALLET": ("max_streams_per_wallet", _positive),
     "RUNNER_MAX_STREAMS": ("max_streams", _positive),
     "RUNNER_MAX_SUBMITS_PER_MINUTE": ("max_submits_per_minute", _positive),
+    "RUNNER_CHAIN_RPC_URLS": ("chain_rpc_urls", _chain_rpc_urls),
+    "RUNNER_CHAIN_RPC_TIMEOUT_S": ("chain_rpc_timeout_s", _seconds),
     "RUNNER_PUBLIC_URL": ("public_url", _public_url),
 }
 

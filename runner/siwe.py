@@ -1,7 +1,9 @@
 """EIP-4361 "Sign-In with Ethereum": a strict message parser, its printer, and verification.
 
 The grammar is the EIP's ABNF; URIs and authorities follow RFC 3986, times RFC 3339.
-Signature recovery is eth-account's (EIP-191 personal_sign); nothing here is crypto.
+Signature recovery is eth-account's (EIP-191 personal_sign); nothing here is crypto. A
+signature is always checked over the message as the wallet signed it, never over a reprint.
+Contract wallets' signatures (ERC-1271, ERC-6492) are checked on chain: runner.erc6492.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 
 from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_utils.address import is_checksum_address
+from eth_account.messages import defunct_hash_message, encode_defunct
+from eth_utils.address import is_checksum_address, to_checksum_address
 
 # RFC 3986 building blocks.
 _UNRESERVED = r"A-Za-z0-9\-._~"
@@ -45,7 +47,12 @@ _STATEMENT = re.compile(rf"[{_UNRESERVED}{_SUB_DELIMS}:/?#\[\]@ ]*")
 _NONCE = re.compile(r"[A-Za-z0-9]{8,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _REQUEST_ID = re.compile(rf"{_PCHAR}*")
-_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
+# Hex digits in whole bytes, the 0x optional (eth-account's `hex()` leaves it out).
+_SIGNATURE = re.compile(r"(?:0x)?((?:[0-9a-fA-F]{2})+)")
+KEY_SIGNATURE_BYTES = 65
+# Contract wallets' signatures run to thousands of hex digits (an ERC-6492 wrapper carries
+# the wallet's deployment call); none comes near this.
+MAX_SIGNATURE_BYTES = 64 * 1024
 _MAX_CHAIN_ID_DIGITS = len(str(2**256 - 1))
 
 HEADER_SUFFIX = " wants you to sign in with your Ethereum account:"
@@ -114,7 +121,7 @@ def parse_time(text: str) -> datetime:
 @dataclass(frozen=True, slots=True)
 class SiweMessage:
     domain: str
-    address: str
+    address: str  # EIP-55 checksummed, whatever case the message wrote it in
     uri: str
     version: str
     chain_id: int
@@ -127,6 +134,13 @@ class SiweMessage:
     request_id: str | None = None
     resources: tuple[str, ...] | None = None
     _times: dict[str, datetime] = field(default_factory=dict, compare=False, repr=False)
+    # The text as sent, when parsed: what the wallet signed (an address in lower case or a
+    # chain id with leading zeros reprints differently).
+    _text: str | None = field(default=None, compare=False, repr=False)
+
+    def signed_text(self) -> str:
+        """What the wallet signed: the text parsed, else (a message built here) its print."""
+        return self._text if self._text is not None else self.to_text()
 
     def to_text(self) -> str:
         """The message in EIP-4361 form: what the wallet signs."""
@@ -202,8 +216,13 @@ def parse(text: str) -> SiweMessage:
         raise _bad("the domain has no host")
     pos = 1
     address = take("", "address")
-    if not _ADDRESS.fullmatch(address) or not is_checksum_address(address):
-        raise _bad("the address is not an EIP-55 checksummed Ethereum address")
+    if not _ADDRESS.fullmatch(address):
+        raise _bad("the address is not 0x and 40 hex digits")
+    digits = address[2:]
+    # EIP-4361: the address SHOULD be EIP-55; wallets' one-click flows send it in one case,
+    # which carries no checksum. Mixed case is a checksum, and it must hold.
+    if digits not in (digits.lower(), digits.upper()) and not is_checksum_address(address):
+        raise _bad("the address is in mixed case but its EIP-55 checksum is wrong")
     if take("", "blank") != "":
         raise _bad("expected a blank line after the address")
     statement: str | None = take("", "statement")
@@ -264,9 +283,9 @@ def parse(text: str) -> SiweMessage:
     if pos != len(lines):
         raise _bad(f"unexpected content at line {pos + 1}")
     return SiweMessage(
-        domain=origin, address=address, uri=uri, version="1", chain_id=int(chain),
-        nonce=nonce, issued_at=issued_at, statement=statement, scheme=scheme,
-        resources=resources, _times=times, **optional,
+        domain=origin, address=to_checksum_address(address), uri=uri, version="1",
+        chain_id=int(chain), nonce=nonce, issued_at=issued_at, statement=statement, scheme=scheme,
+        resources=resources, _times=times, _text=text, **optional,
     )
 
 
@@ -279,7 +298,22 @@ def check(
     now: datetime | None = None,
     future_skew: timedelta | None = timedelta(seconds=60),
 ) -> None:
-    """The checks after parsing, in the order the README gives: domain, chain, time, signature.
+    """Every check after parsing, with a key's signature only (the service adds contract
+    wallets': api.auth)."""
+    check_claims(message, domains=domains, chain_ids=chain_ids, now=now, future_skew=future_skew)
+    if not signed_by_key(message, signature_bytes(signature)):
+        raise SiweError(Reason.INVALID_SIGNATURE, f"the signature is not {message.address}'s")
+
+
+def check_claims(
+    message: SiweMessage,
+    *,
+    domains: frozenset[str],
+    chain_ids: frozenset[int] | None,
+    now: datetime | None = None,
+    future_skew: timedelta | None = timedelta(seconds=60),
+) -> None:
+    """The checks before the signature, in the order the README gives: domain, chain, time.
 
     `future_skew` is how far Issued At may lie ahead of `now`. The EIP itself has no such
     rule; the service does (60 s). None turns it off, to check a message by the EIP alone.
@@ -307,13 +341,32 @@ def check(
         raise SiweError(Reason.EXPIRED, "the message has expired")
     if not_before is not None and not_before > now:
         raise SiweError(Reason.EXPIRED, "the message is not yet valid")
-    if recover(message.to_text(), signature) != message.address:
-        raise SiweError(Reason.INVALID_SIGNATURE, "the signature is not the address's")
 
 
-def recover(text: str, signature: str) -> str | None:
+def signature_bytes(signature: str) -> bytes:
+    """The signature's bytes; text that cannot be any wallet's signature is `malformed`."""
+    match = _SIGNATURE.fullmatch(signature)
+    if match is None or len(match.group(1)) > 2 * MAX_SIGNATURE_BYTES:
+        raise SiweError(Reason.INVALID_SIGNATURE,
+                        "the signature is malformed: expected hex digits in whole bytes (0x optional), "
+                        f"at most {MAX_SIGNATURE_BYTES} bytes")
+    return bytes.fromhex(match.group(1))
+
+
+def signed_hash(message: SiweMessage) -> bytes:
+    """The EIP-191 personal_sign hash of the message as sent: what a contract wallet signs."""
+    return bytes(defunct_hash_message(text=message.signed_text()))
+
+
+def signed_by_key(message: SiweMessage, signature: bytes) -> bool:
+    """Whether `signature` is a 65-byte key signature of the message by its address."""
+    return (len(signature) == KEY_SIGNATURE_BYTES
+            and recover(message.signed_text(), signature) == message.address)
+
+
+def recover(text: str, signature: bytes) -> str | None:
     """The address that signed `text` (EIP-191 personal_sign), or None for a bad signature."""
-    if not _SIGNATURE.fullmatch(signature):
+    if len(signature) != KEY_SIGNATURE_BYTES:
         return None
     try:
         address: str = Account.recover_message(encode_defunct(text=text), signature=signature)

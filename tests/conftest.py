@@ -15,6 +15,7 @@ from runner.config import Settings
 from runner.db import connect
 from runner.runtime import Runtime
 from runner.service import running_service
+from tests.chain import Anvil, running_anvil
 from tests.client import Api
 from tests.fakes import FakeGpu
 from tests.pg import TestPostgres
@@ -136,3 +137,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def api(http: aiohttp.ClientSession, base_url: str) -> Api:
     """A signed-in wallet on the `service` instance."""
     return await Api.signed_in(http, base_url)
+
+
+@pytest.fixture(scope="session")
+async def anvil() -> AsyncIterator[Anvil]:
+    """A real Ethereum node (anvil) with the test wallets' factory on it; skipped without one,
+    failed under CI (tests/chain.py)."""
+    async with running_anvil() as chain:
+        yield chain

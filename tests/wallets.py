@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,6 +14,10 @@ from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
 from runner.siwe import SiweMessage
+
+# Messages as viem and the siwe library write and sign them (how they were made: its README).
+CLIENT_MESSAGES: dict[str, dict[str, str]] = json.loads(
+    (Path(__file__).resolve().parent / "data" / "siwe-clients" / "messages.json").read_text())
 
 
 def _ts(at: datetime) -> str:

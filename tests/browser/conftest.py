@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 # An EIP-1193 wallet announced through EIP-6963 (and as window.ethereum). It answers with a
-# lowercase address, as MetaMask does, and signs through a function exposed from Python.
+# lowercase address, as MetaMask does, and signs through a function exposed from Python
+# (a key's 65 bytes, or a contract wallet's long signature: personal_sign returns either).
 WALLET_SCRIPT = """
 (() => {
   const wallets = %s;
@@ -67,7 +68,7 @@ WALLET_SCRIPT = """
     provider: {
       async request({ method, params }) {
         if (method === "eth_requestAccounts" || method === "eth_accounts") return [w.address];
-        if (method === "eth_chainId") return "0x1";
+        if (method === "eth_chainId") return w.chainId;
         if (method === "personal_sign") return window.__testWalletSign(params[0], params[1]);
         throw Object.assign(new Error(`unsupported: ${method}`), { code: 4200 });
       },
@@ -120,24 +121,35 @@ class Portal:
         return self.page.locator(f'[data-job-id="{job_id}"]')
 
 
+Signer = Callable[[str], str]  # a message's text -> its signature, as personal_sign returns it
+
+
+def _key_signer(wallet: Wallet) -> Signer:
+    def sign(text: str) -> str:
+        return "0x" + bytes(wallet.account.sign_message(encode_defunct(text=text)).signature).hex()
+    return sign
+
+
 async def open_portal(cluster: Cluster, browser: Browser, http: aiohttp.ClientSession,
-                      wallets: list[Wallet], *, width: int = 1280, height: int = 900) -> Portal:
+                      wallets: list[Wallet], *, width: int = 1280, height: int = 900, chain_id: int = 1,
+                      contract_wallets: Mapping[str, Signer] | None = None, **changes: Any) -> Portal:
+    """The portal with test wallets in the browser: keys (`wallets`), and contract wallets
+    (address -> signer) after them; `changes` go to the service's settings."""
     port = free_port()
-    runtime = await cluster.start(port=port, siwe_domains=("runner.test", f"127.0.0.1:{port}"))
+    runtime = await cluster.start(port=port, siwe_domains=("runner.test", f"127.0.0.1:{port}"), **changes)
     context = await browser.new_context(viewport={"width": width, "height": height})
     portal = Portal(runtime, f"http://127.0.0.1:{port}", context, await context.new_page(), wallets, http)
-    by_address = {wallet.address.lower(): wallet for wallet in wallets}
+    signers = {wallet.address.lower(): _key_signer(wallet) for wallet in wallets}
+    signers.update({address.lower(): signer for address, signer in (contract_wallets or {}).items()})
 
     def sign(_source: Any, message_hex: str, address: str) -> str:
-        wallet = by_address[address.lower()]
         text = bytes.fromhex(message_hex.removeprefix("0x")).decode()
         portal.signatures.append(text)
-        signed = wallet.account.sign_message(encode_defunct(text=text))
-        return "0x" + bytes(signed.signature).hex()
+        return signers[address.lower()](text)
 
     await context.expose_binding("__testWalletSign", sign)
     described = [{"uuid": f"wallet-{n}", "name": f"Test Wallet {n + 1}", "rdns": f"test.wallet{n}",
-                  "address": wallet.address.lower()} for n, wallet in enumerate(wallets)]
+                  "address": address, "chainId": hex(chain_id)} for n, address in enumerate(signers)]
     await context.add_init_script(WALLET_SCRIPT % json.dumps(described))
     # A failed load (a 401 before sign-in) is logged by the browser too; what counts here is
     # what the page would break on: a refused script or style, or an uncaught error.

@@ -10,12 +10,13 @@ import aiohttp
 import asyncpg
 import pytest
 
+from runner import siwe
 from runner.config import Settings
 from runner.db.listener import AUTH
 from runner.runtime import Runtime
 from runner.service import running_service
 from tests.conftest import Cluster
-from tests.wallets import Wallet, _ts, get_nonce, login, sign_in
+from tests.wallets import CLIENT_MESSAGES, Wallet, _ts, get_nonce, login, sign_in
 
 
 async def _refused(http: aiohttp.ClientSession, base: str, text: str, sig: str) -> str:
@@ -443,6 +444,74 @@ async def test_a_wrong_domain_names_the_accepted_ones(http: aiohttp.ClientSessio
     status, body = await login(http, base_url, text, wallet.sign(text))
     assert status == 401 and body["error"] == "invalid_domain"
     assert "runner.test" in body["message"] and "portal.example" in body["message"]
+
+
+@pytest.mark.parametrize("case", ["lower", "upper"])
+async def test_an_address_in_one_case_signs_in_as_its_checksummed_form(
+    http: aiohttp.ClientSession, base_url: str, case: str
+) -> None:
+    """Wallets' one-click flows send the address lowercase; the signature is over that text."""
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    text = text.replace(wallet.address, "0x" + getattr(wallet.address[2:], case)())
+    status, body = await login(http, base_url, text, wallet.sign(text))
+    assert status == 200, body
+    assert body["address"] == wallet.address
+    async with http.get(f"{base_url}/auth/me", headers={"Authorization": f"Bearer {body['token']}"}) as r:
+        assert (await r.json())["address"] == wallet.address
+
+
+async def test_a_mixed_case_address_with_a_wrong_checksum_is_invalid_message(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    digits = wallet.address[2:]
+    at = next(i for i, c in enumerate(digits) if c.isalpha())
+    text = text.replace(wallet.address, "0x" + digits[:at] + digits[at].swapcase() + digits[at + 1:])
+    assert await _refused(http, base_url, text, wallet.sign(text)) == "invalid_message"
+
+
+async def test_a_message_is_verified_as_sent_not_as_reprinted(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """`Chain ID: 01` is EIP-4361 (1*DIGIT); the wallet signed those very bytes."""
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text().replace("Chain ID: 1", "Chain ID: 01")
+    status, body = await login(http, base_url, text, wallet.sign(text))
+    assert status == 200, body
+
+
+async def test_a_signature_without_0x_signs_in(http: aiohttp.ClientSession, base_url: str) -> None:
+    """eth-account's `signature.hex()` has no 0x."""
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    status, body = await login(http, base_url, text, wallet.sign(text).removeprefix("0x"))
+    assert status == 200, body
+
+
+async def test_a_malformed_signature_is_called_malformed(http: aiohttp.ClientSession, base_url: str) -> None:
+    wallet = Wallet()
+    text = wallet.message(await get_nonce(http, base_url)).to_text()
+    for malformed in ("not hex", "0x123", ""):
+        status, body = await login(http, base_url, text, malformed)
+        assert status == 401 and body["error"] == "invalid_signature", body
+        assert "malformed" in body["message"]
+
+
+async def test_messages_written_by_viem_and_siwe_sign_in(
+    cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    """tests/data/siwe-clients/: as the libraries wrote and signed them, byte for byte. Their
+    nonces were made there, so they are put where /auth/nonce would have put them."""
+    rt = await cluster.start(siwe_domains=tuple({case["domain"] for case in CLIENT_MESSAGES.values()}))
+    base = f"http://127.0.0.1:{rt.port}"
+    for name, case in CLIENT_MESSAGES.items():
+        nonce = siwe.parse(case["message"]).nonce
+        await db.execute("INSERT INTO auth_nonces (nonce, expires_at) VALUES ($1, now() + interval '1 minute')", nonce)
+        status, body = await login(http, base, case["message"], case["signature"])
+        assert status == 200, (name, body)
+        assert body["address"] == case["address"], name
 
 
 async def test_a_domain_with_userinfo_is_refused(http: aiohttp.ClientSession, base_url: str) -> None:

@@ -119,6 +119,27 @@ def test_bad_backends_are_refused_naming_backend_and_key(toml: str, message: str
         load_settings({"RUNNER_BACKENDS_TOML": toml})
 
 
+def test_chain_rpc_urls_are_parsed() -> None:
+    assert load_settings({}).chain_rpc_urls == {}
+    s = load_settings({"RUNNER_CHAIN_RPC_URLS":
+                       " 1=https://eth.example/v2/key?x=a=b , 8453=http://127.0.0.1:8545/ "})
+    assert s.chain_rpc_urls == {1: "https://eth.example/v2/key?x=a=b", 8453: "http://127.0.0.1:8545/"}
+    assert load_settings({"RUNNER_CHAIN_RPC_TIMEOUT_S": "2.5"}).chain_rpc_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["https://eth.example", "1=", "=https://eth.example", "x=https://eth.example",
+     "0=https://eth.example", "1=ftp://eth.example", "1=https://", "1=eth.example",
+     "1=https://a.example,1=https://b.example"],
+)
+def test_a_bad_chain_rpc_url_names_the_variable_and_never_echoes_the_url(value: str) -> None:
+    with pytest.raises(ConfigError, match="RUNNER_CHAIN_RPC_URLS") as info:
+        load_settings({"RUNNER_CHAIN_RPC_URLS": value})
+    # An RPC URL often carries its API key: a start-up error line must not print it.
+    assert "eth.example" not in str(info.value)
+
+
 def test_public_url_is_parsed_and_checked() -> None:
     assert load_settings({}).public_url is None
     s = load_settings({"RUNNER_PUBLIC_URL": "https://runner.example.com"})

@@ -35,8 +35,17 @@ def test_parsing_positive(name: str, case: dict[str, Any]) -> None:
     assert message.to_text() == case["message"]
 
 
+# Where the service departs from the vectors on purpose. The vector's address is all
+# lowercase: EIP-4361 says SHOULD be EIP-55, wallets' one-click flows send lowercase, and
+# the maintained `siwe` library accepts it (with a warning); so does the service (README).
+ACCEPTED_HERE = {"address not EIP-55": "0xe5A12547fe4E872D192E3eCecb76F2Ce1aeA4946"}
+
+
 @pytest.mark.parametrize(("name", "text"), _load("parsing_negative").items())
 def test_parsing_negative(name: str, text: str) -> None:
+    if name in ACCEPTED_HERE:
+        assert siwe.parse(text).address == ACCEPTED_HERE[name]  # checksummed
+        return
     with pytest.raises(siwe.SiweError) as info:
         siwe.parse(text)
     assert info.value.reason is siwe.Reason.INVALID_MESSAGE

@@ -81,6 +81,8 @@ export async function signIn(provider) {
     issuedAt: new Date().toISOString(),
   });
   const signature = await provider.request({ method: "personal_sign", params: [utf8Hex(message), address] });
+  // As given, whatever its length: a contract wallet's (ERC-1271, ERC-6492) runs to thousands
+  // of hex digits, and the server checks it on chain.
   return api.login(message, String(signature));
 }
 
