@@ -11,9 +11,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from runner.config import Settings
 from runner.db import connect
 from runner.db.notify import CANCEL
-from runner.config import Settings
 from runner.service import running_service
 from tests.client import Api, freeze, wait_event
 from tests.conftest import Cluster
