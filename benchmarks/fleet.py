@@ -2,7 +2,7 @@
 every connection on loopback.
 
     python -m benchmarks.fleet [--instances 2,8,16] [--cancels 300] [--knee-instances 16]
-        [--step-s 4] [--cancel-all 8000] [--parts cancel,knee,cancel_all] [--logs DIR]
+        [--step-s 4] [--cancel-all 8000] [--parts cancel,knee,knee_fleet,cancel_all] [--logs DIR]
 
 - cancel: `--cancels` jobs in flight, held by whichever worker claimed each (a job anywhere),
   cancelled one at a time through the API instance: from the request leaving the client to
@@ -14,7 +14,10 @@ every connection on loopback.
   rising in steps of `--step-s` seconds, and reports the commits per second at which a
   statement's p99 (queueing for a connection included) crosses 50 ms: with notifications as
   the service sends them, and with every notification turned off (the floor: pg_notify
-  shadowed by a no-op through search_path, the instance's notifier silenced).
+  shadowed by a no-op, first on the database's search_path, for every connection).
+- knee_fleet: the same, but the fleet's workers have the bench backend (demo, zero seconds)
+  and run the jobs themselves -- each submit may wake every worker -- and the load is
+  submits alone.
 - cancel_all: `--cancel-all` jobs of one wallet in flight over 4 workers, then over 1, and
   one POST /jobs/cancel: until every connection closed.
 """
@@ -129,9 +132,21 @@ async def cancel_latency(admin_dsn: str, size: int, n: int, logdir: Path) -> dic
         await fake.stop()
 
 
-# The floor: every pg_notify (the in-statement NOTIFYs) is this no-op, found first on the path.
-QUIET = """CREATE SCHEMA IF NOT EXISTS bench_quiet;
-CREATE OR REPLACE FUNCTION bench_quiet.pg_notify(text, text) RETURNS void LANGUAGE sql AS 'SELECT'"""
+async def _quiet(dsn: str) -> None:
+    """The floor: every pg_notify of every connection to this database -- the service's and
+    the load's, in statements or sent after them -- is a no-op found first on the path. The
+    schema is migrated first (with that path, new tables would go into the no-op's schema)."""
+    from runner.db import migrate
+
+    await migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("""CREATE SCHEMA bench_quiet;
+            CREATE FUNCTION bench_quiet.pg_notify(text, text) RETURNS void LANGUAGE sql AS 'SELECT'""")
+        await conn.execute(f'ALTER DATABASE "{await conn.fetchval("SELECT current_database()")}" '
+                           "SET search_path = bench_quiet, public, pg_catalog")
+    finally:
+        await conn.close()
 
 
 class Load:
@@ -151,8 +166,9 @@ class Load:
         from runner import jobs
 
         kw = {"notifier": self.notes} if "notifier" in inspect.signature(jobs.submit).parameters else {}
+        job_input = {"seconds": 0}  # the demo backend, where the fleet runs the jobs
         self.submitted += 1
-        await jobs.submit(self.pool, owner=OWNERS[self.submitted % len(OWNERS)], executions=[jobs.NewExecution(BENCH_BACKEND, {"x": 1})],
+        await jobs.submit(self.pool, owner=OWNERS[self.submitted % len(OWNERS)], executions=[jobs.NewExecution(BENCH_BACKEND, job_input)],
                           timeout_s=None, metadata={}, max_active=10**9, per_minute=10**9, **kw)
 
     async def claim(self) -> None:
@@ -175,11 +191,23 @@ class Load:
             worker, **self.kw)
 
 
-async def _step(load: Load, rate: float, seconds: float) -> tuple[dict[str, float], float]:
+async def _commits(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        n: int = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        return n
+    finally:
+        await conn.close()
+
+
+async def _step(load: Load, rate: float, seconds: float, *, submits_only: bool = False,
+                ) -> tuple[dict[str, float], float]:
     """Statements at `rate` per second, paced open loop: BATCH submits, then a claim of up to
-    BATCH jobs and a write of up to BATCH results (as a worker claims and writes, batched).
-    Returns their latencies' percentiles and the rate achieved."""
-    ops = [load.submit] * BATCH + [load.claim, load.result]
+    BATCH jobs and a write of up to BATCH results (as a worker claims and writes, batched);
+    `submits_only`: submits alone (the fleet's workers run the jobs). Returns their
+    latencies' percentiles and the rate achieved."""
+    ops = [load.submit] if submits_only else [load.submit] * BATCH + [load.claim, load.result]
     samples: list[float] = []
     tasks: set[asyncio.Task[None]] = set()
 
@@ -201,40 +229,45 @@ async def _step(load: Load, rate: float, seconds: float) -> tuple[dict[str, floa
     return percentiles(samples), total / (time.perf_counter() - began)
 
 
-async def knee(admin_dsn: str, size: int, step_s: float, logdir: Path) -> dict[str, float]:
+async def knee(admin_dsn: str, size: int, step_s: float, logdir: Path, *,
+               fleet_runs: bool = False) -> dict[str, float]:
+    """`fleet_runs`: the fleet's workers have the bench backend (`demo`, zero seconds) and
+    run the jobs -- every worker may claim each; the load is submits alone."""
     fake = FakeGpu()
     await fake.start()
-    rates = [50, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1250, 1500, 2000]
+    rates = [25, 50, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1250, 1500, 2000]
     found: dict[str, float] = {}
+    kind = "fleet runs the jobs" if fleet_runs else "no instance has the backend"
+    env = _env(fake, 10**6)
+    if fleet_runs:
+        env["RUNNER_BACKENDS_TOML"] += f'[backends.{BENCH_BACKEND}]\nkind = "demo"\n'
     try:
         for mode in ("notify", "quiet"):
-            dsn = await fresh_database(admin_dsn, f"bench_fleet_knee_{size}_{mode}")
-            async with fleet(dsn, size, _env(fake, 100), logdir):
-                settings = {"application_name": "bench-load"}
-                if mode == "quiet":
-                    conn = await asyncpg.connect(dsn)
-                    await conn.execute(QUIET)
-                    await conn.close()
-                    settings["search_path"] = "bench_quiet, public, pg_catalog"
+            dsn = await fresh_database(admin_dsn, f"bench_fleet_knee_{size}_{mode}_{int(fleet_runs)}")
+            if mode == "quiet":
+                await _quiet(dsn)
+            async with fleet(dsn, size, env, logdir):
                 from runner.db import pool as runner_pool
 
-                pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20, server_settings=settings,
-                                                 init=runner_pool._init_connection)
+                pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20, init=runner_pool._init_connection,
+                                                 server_settings={"application_name": "bench-load"})
                 notes = await _notifier(pool, quiet=mode == "quiet")
                 try:
                     load = Load(pool, notes)
-                    await _step(load, 100, 1.0)  # warm: connections, prepared statements
+                    await _step(load, 20, 1.0, submits_only=fleet_runs)  # warm: connections, statements
                     last_ok = 0.0
                     for rate in rates:
-                        stats, achieved = await _step(load, rate, step_s)
+                        before, began = await _commits(dsn), time.perf_counter()
+                        stats, achieved = await _step(load, rate, step_s, submits_only=fleet_runs)
+                        commits = (await _commits(dsn) - before) / (time.perf_counter() - began)
                         summary_line(f"  {size} instances, {mode}: {rate}/s offered",
-                                     f"{achieved:.0f}/s done; {fmt(stats)}")
+                                     f"{achieved:.0f}/s done, {commits:.0f} commits/s in all; {fmt(stats)}")
                         if stats["p99"] > KNEE_P99_MS or achieved < 0.9 * rate:
                             break
                         last_ok = rate
                     found[mode] = last_ok
-                    summary_line(f"  {size} instances, {mode}: knee (p99 <= {KNEE_P99_MS:.0f} ms)",
-                                 f"{last_ok:.0f} commits/s")
+                    summary_line(f"  {size} instances, {mode} ({kind}): knee (p99 <= {KNEE_P99_MS:.0f} ms)",
+                                 f"{last_ok:.0f} {'submits' if fleet_runs else 'commits'}/s")
                 finally:
                     if notes is not None and hasattr(notes, "close"):
                         await notes.close()
@@ -292,7 +325,7 @@ async def main() -> None:
     parser.add_argument("--knee-instances", default="16")
     parser.add_argument("--step-s", type=float, default=4.0)
     parser.add_argument("--cancel-all", type=int, default=8000)
-    parser.add_argument("--parts", default="cancel,knee,cancel_all")
+    parser.add_argument("--parts", default="cancel,knee,knee_fleet,cancel_all")
     parser.add_argument("--logs", type=Path)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -317,6 +350,12 @@ async def main() -> None:
                 found = await knee(admin_dsn, size, args.step_s, Path(logs))
                 summary_line(f"knee, {size} instances: notifying / floor",
                              f"{found['notify']:.0f} / {found['quiet']:.0f} commits/s")
+        if "knee_fleet" in parts:
+            print(f"the same, the fleet's workers running the jobs: submits until p99 > {KNEE_P99_MS:.0f} ms:")
+            for size in (int(s) for s in args.knee_instances.split(",")):
+                found = await knee(admin_dsn, size, args.step_s, Path(logs), fleet_runs=True)
+                summary_line(f"knee, {size} instances, fleet runs the jobs: notifying / floor",
+                             f"{found['notify']:.0f} / {found['quiet']:.0f} submits/s")
         if "cancel_all" in parts:
             print(f"cancel-all of {args.cancel_all} jobs of one wallet:")
             one = await cancel_all(admin_dsn, 1, args.cancel_all, Path(logs))

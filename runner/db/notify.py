@@ -179,7 +179,7 @@ class Notifier:
                     "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
                     channels, payloads)
                 self.sent += 1
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # any failure: dropped, never retried in a loop
                 # A hint, not the truth: what it would have woken re-reads on its own.
                 log.warning("notify_failed", error=repr(exc), notifications=len(payloads))
 
