@@ -46,6 +46,11 @@ PROBE = "runner_probe"
 
 BULK_IDS = 200
 MAX_PAYLOAD = 7900  # Postgres refuses 8000 bytes or more
+# Between two NOTIFY transactions of one instance, at least this long: each one wakes every
+# listening backend of the database (Postgres up to 18 signals them all, whatever the
+# channel), so a busy instance sends one per interval, everything since in it. An idle one
+# sends at once.
+MIN_INTERVAL_S = 0.01
 
 
 # -- runner_cancel ---------------------------------------------------------------------------
@@ -142,6 +147,7 @@ class Notifier:
         self._changes: dict[str, None] = {}  # ordered, without repeats
         self._work: dict[str, None] = {}
         self._sending: asyncio.Task[None] | None = None
+        self._last_sent = float("-inf")
         self.sent = 0  # NOTIFY transactions, for tests and benchmarks
 
     def changed(self, job_id: uuid.UUID, owner: str | None) -> None:
@@ -165,7 +171,11 @@ class Notifier:
             self._sending = asyncio.get_running_loop().create_task(self._send(), name="notifier")
 
     async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._changes or self._work:
+            wait = self._last_sent + MIN_INTERVAL_S - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # pacing, not synchronisation: more hints join this one
             channels: list[str] = []
             payloads: list[str] = []
             for channel, pending in ((SUBMIT, self._work), (CHANGE, self._changes)):
@@ -179,6 +189,7 @@ class Notifier:
                     "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
                     channels, payloads)
                 self.sent += 1
+                self._last_sent = loop.time()
             except Exception as exc:  # any failure: dropped, never retried in a loop
                 # A hint, not the truth: what it would have woken re-reads on its own.
                 log.warning("notify_failed", error=repr(exc), notifications=len(payloads))

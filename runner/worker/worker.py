@@ -36,6 +36,7 @@ log = structlog.get_logger("runner.worker.worker")
 
 CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
+EMPTY_CLAIM_COOLDOWN_S = 0.1  # after a claim that found nothing (River's fetch cooldown: 100 ms)
 
 
 class Worker(LeaseKeeping):
@@ -116,6 +117,11 @@ class Worker(LeaseKeeping):
             for job in jobs:
                 self._start(job)
             self._claiming = False
+            if not jobs and not self.draining:
+                # Nothing to claim: the work a hint announced went to another instance (every
+                # worker hears every hint). Hints heard meanwhile wake one claim after this
+                # pause, so a fleet does not answer each submit with a claim per instance.
+                await asyncio.sleep(EMPTY_CLAIM_COOLDOWN_S)
             if len(jobs) < want and not self.draining:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_INTERVAL_S):
