@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -56,10 +58,38 @@ async def readyz(request: web.Request) -> web.Response:
     return json_reply({"ok": True})
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def http_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests by route and status. The route is the resource's canonical path
+    ('/jobs/{job_id}'), never the URL: one label per job id would grow without bound."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    started, status = time.monotonic(), 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = request.app[RUNTIME].metrics
+        metrics.http_requests.labels(method, route, str(status)).inc()
+        metrics.http_request_seconds.labels(method, route).observe(time.monotonic() - started)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def create_app(runtime: Runtime) -> web.Application:
     """The API of one instance. Background work it needs is started through the runtime."""
     app = web.Application(
-        middlewares=[error_middleware, preflight_middleware, big_body_middleware, auth_middleware],
+        middlewares=[http_metrics_middleware, error_middleware, preflight_middleware,
+                     big_body_middleware, auth_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime

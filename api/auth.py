@@ -9,7 +9,7 @@ from aiohttp import web
 
 from api.bodies import iso, json_reply, read_json_object
 from api.errors import BadRequest, Handler, TooManyRequests, Unauthenticated, Unavailable
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, client_key
 from api.sessions import Identity, Sessions
 from runner import erc6492, siwe
 from runner.db import is_transient
@@ -24,7 +24,7 @@ COOKIE = "runner_session"
 _EVENTS_PATH = re.compile(r"/jobs/[^/]+/events|/events")
 _CANCEL_PATH = re.compile(r"/jobs/[^/]+/cancel")
 _SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket", "/backends", "/usage",
-                            "/events"})
+                            "/events", "/webhooks/secret", "/webhooks/secret/rotate"})
 
 
 def identity_of(request: web.Request) -> Identity:
@@ -91,7 +91,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def nonce(request: web.Request) -> web.Response:
-    client = request.remote or "unknown"
+    client = client_key(request, request.app[SESSIONS].settings.trusted_proxies)
     if not request.app[NONCE_LIMITER].allow(client):
         raise TooManyRequests("too many nonce requests from this address; wait a little")
     value, expires_at = await request.app[SESSIONS].issue_nonce()

@@ -29,6 +29,8 @@ from api.validation import (
 from runner import jobs
 from runner.cancel.waiting import wait_stopped
 from runner.runtime import Runtime
+from runner.webhooks.addresses import Refused, check_destination
+from runner.webhooks.signing import current_secret, rotate_secret
 
 log = structlog.get_logger("api.jobs")
 
@@ -46,11 +48,19 @@ def _job_id(request: web.Request) -> uuid.UUID:
 async def submit(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     body = await read_json_object(request)
-    submission = parse_submission(body, runtime.settings.backends)
+    submission = parse_submission(body, runtime.settings.backends,
+                                  allow_http=runtime.settings.webhook_allow_http)
+    if submission.webhook is not None:
+        try:
+            await check_destination(submission.webhook,
+                                    allow_private=runtime.settings.webhook_allow_private)
+        except Refused as exc:
+            raise BadRequest(f"'webhook' {exc}") from None
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     job, created = await jobs.submit(
         runtime.pool, owner=identity.address, executions=submission.executions,
         timeout_s=submission.timeout_s, metadata=submission.metadata,
+        webhook=submission.webhook, webhook_events=submission.webhook_events,
         max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
         per_minute=runtime.settings.max_submits_per_minute,
         body_hash=jobs.request_hash(body) if key else None, notifier=runtime.notifier)
@@ -160,3 +170,18 @@ def setup_jobs(app: web.Application) -> None:
     app.router.add_post("/jobs/{job_id}/executions/{execution_id}/cancel", cancel_execution)
     app.router.add_post("/jobs/{job_id}/rerun", rerun)
     app.router.add_get("/usage", usage)
+    app.router.add_get("/webhooks/secret", webhook_secret)
+    app.router.add_post("/webhooks/secret/rotate", rotate_webhook_secret)
+
+
+async def webhook_secret(request: web.Request) -> web.Response:
+    """The wallet's webhook signing secret, created on first use."""
+    runtime, identity = _runtime(request), identity_of(request)
+    return json_reply({"secret": await current_secret(runtime.pool, identity.address)})
+
+
+async def rotate_webhook_secret(request: web.Request) -> web.Response:
+    """A new signing secret; deliveries are signed with the old one too for 24 h."""
+    runtime, identity = _runtime(request), identity_of(request)
+    await read_json_object(request, required=False)
+    return json_reply({"secret": await rotate_secret(runtime.pool, identity.address)})

@@ -70,7 +70,14 @@ SCHEMAS: dict[str, Any] = {
         "timeout_s": {"type": ["integer", "null"]}, "metadata": {"type": "object"},
         "error": {"type": ["string", "null"]}, "gpu_seconds": {"type": ["number", "null"]},
         "rerun_of": {"type": ["string", "null"], "format": "uuid"},
+        "webhook": {"type": ["string", "null"], "format": "uri"},
+        "webhook_events": {"type": ["array", "null"], "items": _ref("WebhookEvent")},
         "executions": {"type": "array", "items": _ref("Execution")}}},
+    "WebhookEvent": {"enum": ["started", "completed", "failed", "cancelled", "remote_stopped"],
+                     "description": "remote_stopped: the provider reported cancelled work over"},
+    "WebhookSecret": {"type": "object", "properties": {
+        "secret": {"type": "string", "pattern": "^whsec_",
+                   "description": "Standard Webhooks signing secret (whsec_<base64>)"}}},
     "Submit": {"type": "object", "required": ["executions"], "additionalProperties": False,
                "properties": {
                    "executions": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
@@ -78,7 +85,14 @@ SCHEMAS: dict[str, Any] = {
                        "properties": {"backend": {"type": "string"}, "input": {},
                                       "name": {"type": "string", "maxLength": 200}}}},
                    "timeout_s": {"type": ["integer", "null"], "minimum": 1, "maximum": 86400},
-                   "metadata": {"type": "object", "description": "at most 16 KiB"}}},
+                   "metadata": {"type": "object", "description": "at most 16 KiB"},
+                   "webhook": {"type": "string", "format": "uri", "maxLength": 2048, "description":
+                               "POSTed each event, signed the Standard Webhooks way (see /webhooks/secret); "
+                               "https only (http with RUNNER_WEBHOOK_ALLOW_HTTP=1); a host resolving to a "
+                               "loopback, private, link-local, multicast or metadata address is a 400 "
+                               "(unless RUNNER_WEBHOOK_ALLOW_PRIVATE=1)"},
+                   "webhook_events": {"type": "array", "minItems": 1, "items": _ref("WebhookEvent"),
+                                      "description": "which events; default all (needs webhook)"}}},
     "CancelReply": {"type": "object", "properties": {
         "ok": {"const": True}, "job_id": _ID, "previous_status": {"type": "string"},
         "new_status": {"const": "cancelled"}, "context_cancelled": {"type": "boolean"},
@@ -96,6 +110,7 @@ _EXAMPLE_JOB = {
     "created_at": "2026-11-30T12:00:00.000Z", "started_at": "2026-11-30T12:00:00.020Z",
     "finished_at": None, "cancelled_at": None, "cancelled_by": None, "cancel_reason": None,
     "timeout_s": 900, "metadata": {"project": "demo"}, "error": None, "gpu_seconds": None, "rerun_of": None,
+    "webhook": "https://api.example.com/hooks/runner", "webhook_events": ["completed", "failed"],
     "executions": [{"id": "0b9d7c1e-2f3a-4b5c-8d6e-7f8091a2b3c4", "name": None, "backend": "demo",
                     "input": {"seconds": 30}, "status": "running", "remote_id": None, "attempts": 1,
                     "started_at": "2026-11-30T12:00:00.020Z", "finished_at": None, "output": None,
@@ -135,6 +150,8 @@ EXAMPLES: dict[str, Any] = {
                "until": "2026-11-30T12:00:00.000Z", "jobs": 12, "executions": 30, "gpu_seconds": 5400.5,
                "backends": {"sdxl": {"executions": 30, "cancelled": 4, "gpu_seconds": 5400.5,
                                      "gpu_seconds_after_cancel": 12.3}}},
+    "/webhooks/secret": {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+    "/webhooks/secret/rotate": {"secret": "whsec_2ZfTcFZ8nw1CgQ3wSF/3bL1Kb3yA9ZCq"},
     "/healthz": {"ok": True},
     "/readyz": {"ok": True},
     "/metrics": "runner_jobs_running 3.0\n",
@@ -288,6 +305,15 @@ def document(server_url: str = "/") -> dict[str, Any]:
                     "executions": {"type": "integer"}, "cancelled": {"type": "integer"},
                     "gpu_seconds": {"type": "number"}, "gpu_seconds_after_cancel": {"type": "number"}}}}}}),
                 **_errors(400, 401)}}},
+        "/webhooks/secret": {"get": {
+            "summary": "The caller's webhook signing secret, created on first use. Each delivery has "
+                       "headers webhook-id (the same on every retry), webhook-timestamp and "
+                       "webhook-signature (v1,<base64 HMAC-SHA256 of id.timestamp.body>); the body is "
+                       '{"type": "job.<event>", "timestamp", "data": <the job>}',
+            "security": _SESSION, "responses": {"200": _json(_ref("WebhookSecret")), **_errors(401)}}},
+        "/webhooks/secret/rotate": {"post": {
+            "summary": "Replace the signing secret; deliveries are signed with the old one too for 24 h",
+            "security": _SESSION, "responses": {"200": _json(_ref("WebhookSecret")), **_errors(401)}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}},
         "/readyz": {"get": {"summary": "Readiness: database, listener, not draining",
                             "responses": {"200": _json({"type": "object"}), **_errors(503)}}},

@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from aiohttp import web
+
+
+def client_key(request: web.Request, trusted_proxies: Sequence[str]) -> str:
+    """The address a rate limit counts a request against. Forwarding headers are anyone's to
+    write, so they name the client only behind a proxy the operator trusts
+    (RUNNER_TRUSTED_PROXY); otherwise every client behind one proxy would share its bucket,
+    or a client could pick a fresh bucket per request."""
+    peer = request.remote or "unknown"
+    if "fly" in trusted_proxies and (fly := request.headers.get("Fly-Client-IP", "").strip()):
+        return fly
+    if peer in trusted_proxies:
+        # Walk back from the proxy nearest us: the first address not a trusted proxy's is the
+        # client; anything left of it the client wrote itself.
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if hop not in trusted_proxies:
+                return hop
+    return peer
 
 
 @dataclass

@@ -18,6 +18,7 @@ def job(row: JobRow) -> dict[str, Any]:
         "cancelled_by": row["cancelled_by"], "cancel_reason": row["cancel_reason"],
         "timeout_s": row["timeout_s"], "metadata": row["metadata"], "error": row["error"],
         "gpu_seconds": row["gpu_seconds"], "rerun_of": str(row["rerun_of"]) if row["rerun_of"] else None,
+        "webhook": row["webhook"], "webhook_events": row["webhook_events"],
         "executions": row["executions"],
     }
 

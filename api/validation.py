@@ -15,6 +15,7 @@ from runner.errors import JobNotFound, UnknownBackend
 from runner.jobs import NewExecution
 from runner.statuses import ACTIVE, STATUSES
 from runner.timeutil import parse_iso
+from runner.webhooks.addresses import Refused, check_url
 
 MAX_EXECUTIONS = 64
 MAX_METADATA_BYTES = 16 * 1024
@@ -22,6 +23,7 @@ MAX_TIMEOUT_S = 86400
 MAX_REASON_CHARS = 500
 MAX_NAME_CHARS = 200
 MAX_IDEMPOTENCY_KEY = 255
+WEBHOOK_EVENTS = ("started", "completed", "failed", "cancelled", "remote_stopped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,8 @@ class Submission:
     executions: list[NewExecution]
     timeout_s: int | None
     metadata: dict[str, Any]
+    webhook: str | None = None
+    webhook_events: list[str] | None = None  # with a webhook: the events it gets (default all)
 
 
 def _only(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -50,8 +54,9 @@ def parse_id(value: str, what: str = "job") -> uuid.UUID:
         raise JobNotFound(f"no {what} {value!r}") from None
 
 
-def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec]) -> Submission:
-    _only(body, {"executions", "timeout_s", "metadata"}, "body")
+def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec], *,
+                     allow_http: bool = False) -> Submission:
+    _only(body, {"executions", "timeout_s", "metadata", "webhook", "webhook_events"}, "body")
     executions = body.get("executions")
     if not isinstance(executions, list) or not executions:
         raise BadRequest("'executions' must be a non-empty list")
@@ -83,7 +88,28 @@ def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec
         raise BadRequest("'metadata' must be an object")
     if len(json.dumps(metadata, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
         raise BadRequest(f"'metadata' is larger than {MAX_METADATA_BYTES // 1024} KiB")
-    return Submission(parsed, timeout_s, metadata)
+    webhook, events = parse_webhook(body, allow_http=allow_http)
+    return Submission(parsed, timeout_s, metadata, webhook, events)
+
+
+def parse_webhook(body: Mapping[str, Any], *, allow_http: bool) -> tuple[str | None, list[str] | None]:
+    """The webhook URL's form and its events; where its host leads is checked by the caller
+    (it takes a DNS lookup: runner.webhooks.addresses.check_destination)."""
+    url, events = body.get("webhook"), body.get("webhook_events")
+    if url is None:
+        if events is not None:
+            raise BadRequest("'webhook_events' needs a 'webhook'")
+        return None, None
+    try:
+        check_url(url, allow_http=allow_http)
+    except Refused as exc:
+        raise BadRequest(f"'webhook' {exc}") from None
+    if events is None:
+        return url, list(WEBHOOK_EVENTS)
+    if (not isinstance(events, list) or not events
+            or not all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events)):
+        raise BadRequest(f"'webhook_events' must be a non-empty list of: {', '.join(WEBHOOK_EVENTS)}")
+    return url, [e for e in WEBHOOK_EVENTS if e in events]
 
 
 def parse_reason(body: Mapping[str, Any], extra: set[str] | None = None) -> str | None:

@@ -68,6 +68,9 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
 
     out = []
     for part in _split(raw):
+        if "://" not in part and part != "null" and "*" not in part:
+            raise ConfigError(f"{name}: {part!r} has no scheme: an origin is scheme://host[:port], "
+                              f"such as http://{part} or https://{part}")
         try:
             url = urlsplit(part)
             url.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -115,6 +118,14 @@ class Settings:
     chain_rpc_urls: Mapping[int, str] = field(default_factory=dict)
     chain_rpc_timeout_s: float = 5.0  # one validation call, queueing for it included
     public_url: str | None = None  # where browsers reach the service (behind any proxy)
+    webhook_allow_http: bool = False  # webhooks to http:// URLs too (tests, private networks)
+    webhook_allow_private: bool = False  # webhooks to loopback/private addresses (tests, private deployments)
+    # Not settable from the environment (the service promises these to receivers); tests shorten them.
+    webhook_timeout_s: float = 10.0  # an attempt with no answer by then failed
+    webhook_retry_base_s: float = 5.0  # the first retry's wait; doubled each time, jittered
+    webhook_retry_for_s: float = 86400.0  # an event is retried this long, then given up
+    # 'fly' and/or proxy addresses whose forwarding headers name the client (rate limits).
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def allowed_siwe_domains(self) -> frozenset[str]:
@@ -199,6 +210,29 @@ def _public_url(name: str, raw: str) -> str:
     return raw
 
 
+def _flag(name: str, raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected 1 or 0")
+
+
+def _trusted_proxies(name: str, raw: str) -> tuple[str, ...]:
+    import ipaddress
+
+    out = []
+    for part in _split(raw):
+        if part.lower() == "fly":
+            out.append("fly")
+            continue
+        try:
+            out.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise ConfigError(f"{name}: {part!r} is neither 'fly' nor a proxy's IP address") from None
+    return tuple(out)
+
+
 def _log_format(name: str, raw: str) -> str:
     if raw not in ("json", "console"):
         raise ConfigError(f"{name}={raw!r}: expected 'json' or 'console'")
@@ -234,7 +268,38 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUNNER_CHAIN_RPC_URLS": ("chain_rpc_urls", _chain_rpc_urls),
     "RUNNER_CHAIN_RPC_TIMEOUT_S": ("chain_rpc_timeout_s", _seconds),
     "RUNNER_PUBLIC_URL": ("public_url", _public_url),
+    "RUNNER_WEBHOOK_ALLOW_HTTP": ("webhook_allow_http", _flag),
+    "RUNNER_WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _flag),
+    "RUNNER_TRUSTED_PROXY": ("trusted_proxies", _trusted_proxies),
 }
+
+# RUNNER_* names read elsewhere: the backends, the CLI client, the test suite, and those
+# another part of the service reads on its own.
+_OTHER_NAMES = frozenset({
+    "RUNNER_BACKENDS_TOML", "RUNNER_BACKENDS_FILE", "RUNNER_CHAIN_RPC_URLS",
+    "RUNNER_API_URL", "RUNNER_WALLET_KEY", "RUNNER_CONFIG_DIR",
+    "RUNNER_REQUIRE_BROWSER", "RUNNER_TEST_CHROMIUM", "RUNNER_UPDATE_SCREENSHOT",
+})
+KNOWN_NAMES = frozenset(_VARIABLES) | _OTHER_NAMES
+
+
+def settings_warnings(env: Mapping[str, str], settings: Settings) -> list[str]:
+    """What start-up warns about, one line each: settings that parse but are likely mistakes
+    (a misspelt name is otherwise silently ignored)."""
+    import difflib
+
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("RUNNER_") and name not in KNOWN_NAMES:
+            close = difflib.get_close_matches(name, sorted(KNOWN_NAMES), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"{name} is not a setting of runner and is ignored{hint}")
+    for domain in settings.siwe_domains or ():
+        if "://" in domain:
+            bare = domain.split("://", 1)[1].rstrip("/")
+            warnings.append(f"RUNNER_SIWE_DOMAIN: {domain!r} has a scheme; a sign-in domain is "
+                            f"host[:port], such as {bare!r}: sign-ins naming it will be refused")
+    return warnings
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -31,7 +31,7 @@ JobRow = Mapping[str, Any]
 JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,
     j.cancelled_at, j.cancelled_by, j.cancel_reason, j.timeout_s, j.metadata, j.error,
     (SELECT sum(e.gpu_seconds) FROM executions e WHERE e.job_id = j.id) AS gpu_seconds, j.rerun_of,
-    runner_executions_json(j.id) AS executions"""
+    j.webhook, j.webhook_events, runner_executions_json(j.id) AS executions"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,8 @@ async def _within_rate(pool: asyncpg.Pool, owner: str, per_minute: int) -> None:
 async def submit(
     pool: asyncpg.Pool, *, owner: str, executions: list[NewExecution], timeout_s: int | None,
     metadata: dict[str, Any], max_active: int, per_minute: int, idempotency_key: str | None = None,
-    body_hash: str | None = None, notifier: Notifier | None = None,
+    body_hash: str | None = None, webhook: str | None = None, webhook_events: list[str] | None = None,
+    notifier: Notifier | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert a queued job in one round trip (runner_submit, migration 0003); returns
     (job, created). A repeated idempotency key returns the original job."""
@@ -70,9 +71,17 @@ async def submit(
     job_id = uuid.uuid4()
     rows = [{"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input}
             for e in executions]
-    row = await pool.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)",
-                              job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash,
-                              max_active)
+    args = (job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash, max_active)
+    if webhook is None:  # one round trip, as before webhooks
+        row = await pool.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)", *args)
+    else:
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)", *args)
+            if row is not None and row["outcome"] == "created":
+                # In the submit's transaction: no worker can start the job (an event) before
+                # its webhook is there.
+                await conn.execute("UPDATE jobs SET webhook = $2, webhook_events = $3 WHERE id = $1",
+                                   job_id, webhook, webhook_events)
     assert row is not None
     if row["outcome"] == "conflict":
         raise IdempotencyConflict("this Idempotency-Key was used with a different body in the last 24 h")
@@ -92,7 +101,8 @@ async def submit(
         "id": job_id, "owner": owner, "status": "queued", "created_at": row["created"],
         "started_at": None, "finished_at": None, "cancelled_at": None, "cancelled_by": None,
         "cancel_reason": None, "timeout_s": timeout_s, "metadata": metadata, "error": None,
-        "gpu_seconds": None, "rerun_of": None,
+        "gpu_seconds": None, "rerun_of": None, "webhook": webhook,
+        "webhook_events": webhook_events if webhook is not None else None,
         "executions": fresh}, True)
 
 

@@ -13,6 +13,8 @@ log = structlog.get_logger("runner.metrics")
 
 LOOP_LAG_INTERVAL_S = 0.1
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BACKEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 STOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -46,6 +48,33 @@ class Metrics:
         self.remote_cancels = Counter(
             "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
             ["backend", "outcome"], registry=self.registry)
+        self.webhooks_pending = Gauge(
+            "runner_webhooks_pending", "Webhook events not yet delivered (all instances').",
+            registry=self.registry)
+        self.webhook_failures = Counter(
+            "runner_webhook_failures_total",
+            "Failed webhook attempts by this instance, by answer status (or timeout, network, refused).",
+            ["status"], registry=self.registry)
+        self.jobs_queued = Gauge(
+            "runner_jobs_queued", "Queued jobs needing each backend (from the worker's housekeeping).",
+            ["backend"], registry=self.registry)
+        self.oldest_queued_age = Gauge(
+            "runner_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job needing each backend (from the worker's housekeeping).",
+            ["backend"], registry=self.registry)
+        self.backend_request_seconds = Histogram(
+            "runner_backend_request_seconds", "One HTTP call to a backend, by operation.",
+            ["backend", "operation"], buckets=BACKEND_BUCKETS, registry=self.registry)
+        self.backend_request_errors = Counter(
+            "runner_backend_request_errors_total",
+            "Failed HTTP calls to a backend: transient (retried) or permanent.",
+            ["backend", "operation", "kind"], registry=self.registry)
+        self.http_requests = Counter(
+            "runner_http_requests_total", "HTTP requests answered, by route and status.",
+            ["method", "route", "status"], registry=self.registry)
+        self.http_request_seconds = Histogram(
+            "runner_http_request_duration_seconds", "Time to answer an HTTP request (a stream: its life).",
+            ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
 
         self.notify_queue_usage = Gauge(
             "runner_notify_queue_usage",
@@ -72,6 +101,21 @@ class Metrics:
             if lag > worst:
                 worst = lag
                 self.loop_lag_max_seconds.set(lag)
+
+    def observe_backend_call(self, backend: str, operation: str, failure: str, seconds: float) -> None:
+        """One HTTP call to a backend; `failure` is "", "transient" or "permanent"."""
+        self.backend_request_seconds.labels(backend, operation).observe(seconds)
+        if failure:
+            self.backend_request_errors.labels(backend, operation, failure).inc()
+
+    def set_queue(self, rows: dict[str, tuple[int, float]]) -> None:
+        """Queued jobs and the oldest one's age per backend; a backend with none drops to 0."""
+        self.set_counts(self.jobs_queued, {b: n for b, (n, _age) in rows.items()})
+        for labels in list(self.oldest_queued_age._metrics):
+            if labels[0] not in rows:
+                self.oldest_queued_age.labels(labels[0]).set(0)
+        for backend, (_n, age) in rows.items():
+            self.oldest_queued_age.labels(backend).set(age)
 
     async def read_database(self, pool: asyncpg.Pool) -> None:
         """The gauges read from Postgres at a scrape; left as last read when it does not answer

@@ -13,8 +13,10 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from api import render
 from api.app import create_app, create_metrics_app, create_probe_app
 from runner.backends import build_backends, new_http_session
+from runner.backends.base import HttpBackendBase
 from runner.cancel.remote import RemoteCanceller
 from runner.config import Settings
 from runner.db import create_pool, migrate, resolve_dsn
@@ -24,6 +26,7 @@ from runner.db.notify import PROBE, SUBMIT
 from runner.db.pool import describe_dsn
 from runner.errors import MigrationError, StartupError
 from runner.runtime import ROLES, Runtime
+from runner.webhooks.delivery import WAKE_CHANNEL, WebhookSender
 from runner.worker.worker import Worker
 
 log = structlog.get_logger("runner.service")
@@ -60,6 +63,7 @@ async def running_service(
             http = new_http_session()
             stack.push_async_callback(http.close)
             runtime.worker = _start_worker(runtime, http)
+            _start_webhooks(runtime, stack)
         # A worker-only instance serves its probes and metrics, nothing else.
         app = create_app(runtime) if role in ("all", "api") else create_probe_app(runtime)
         assert runtime.listener is not None
@@ -141,6 +145,9 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     """The worker's parts and its periodic tasks (the claim loop starts once serving)."""
     settings = runtime.settings
     backends = build_backends(settings.backends, http)
+    for backend in backends.values():  # their calls' latency and errors, on this instance's /metrics
+        if isinstance(backend, HttpBackendBase):
+            backend.metrics = runtime.metrics
     remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id, runtime.notifier)
     supervisor = runtime.supervisor
     worker = Worker(pool=runtime.pool, settings=settings, instance_id=runtime.instance_id,
@@ -153,6 +160,21 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     supervisor.every("housekeeping", settings.lease_renew_s, worker.housekeeping)
     supervisor.every("remote_cancel_sweep", min(1.0, settings.lease_renew_s), remote.sweep)
     return worker
+
+
+def _start_webhooks(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    """Any worker instance delivers the webhook outbox: a periodic claim, and a NOTIFY from the
+    triggers (migration 0014) to look at once."""
+    sender = WebhookSender(runtime.pool, runtime.settings, runtime.metrics, runtime.instance_id,
+                           render.job)
+    stack.push_async_callback(sender.close)
+    assert runtime.listener is not None
+    runtime.listener.subscribe(WAKE_CHANNEL, sender.wake)
+    runtime.supervisor.every("webhook_delivery", WEBHOOK_INTERVAL_S, sender.tick)
+
+
+# How often a worker looks for due webhook retries (new events also wake it by NOTIFY).
+WEBHOOK_INTERVAL_S = 0.5
 
 
 async def _serve_app(stack: contextlib.AsyncExitStack, app: web.Application, settings: Settings,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from uuid import UUID
 
 import aiohttp
@@ -22,6 +23,9 @@ from runner.errors import (
     TransientBackendError,
     Unstorable,
 )
+
+if TYPE_CHECKING:
+    from runner.metrics import Metrics
 
 MAX_RETRY_AFTER_S = 60.0
 CANCEL_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -144,6 +148,7 @@ class HttpBackendBase:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     auth_scheme: ClassVar[str] = "Bearer"  # fal: "Key"
+    metrics: Metrics | None = None  # set by the worker that owns the backend
 
     def headers(self, call: ExecutionCall | None = None) -> dict[str, str]:
         headers = dict(self.spec.headers)
@@ -163,14 +168,32 @@ class HttpBackendBase:
     async def request(self, method: str, url: str, what: str, *, json_body: Any = None,
                       call: ExecutionCall | None = None, headers: dict[str, str] | None = None,
                       client_timeout: aiohttp.ClientTimeout | None = None) -> Any:
+        # "cancelled" until an answer or an error says otherwise: a call cut short by the
+        # job's cancel is neither, and is not counted.
+        started, failure = time.monotonic(), "cancelled"
         try:
             async with self.session.request(
                 method, url, json=json_body, headers={**self.headers(call), **(headers or {})},
                 timeout=client_timeout or self.request_timeout, allow_redirects=False,
             ) as resp:
-                return await classify(resp, what, self.spec.max_output_bytes)
+                result = await classify(resp, what, self.spec.max_output_bytes)
+                failure = ""
+                return result
         except (aiohttp.ClientError, TimeoutError) as exc:
+            failure = "transient"
             raise TransientBackendError(f"{what}: {type(exc).__name__}: {exc}") from None
+        except TransientBackendError:
+            failure = "transient"
+            raise
+        except PermanentBackendError:
+            failure = "permanent"
+            raise
+        finally:
+            if self.metrics is not None and failure != "cancelled":
+                # A call with an execution submits it; one named "... cancel..." cancels it.
+                operation = "submit" if call is not None else "cancel" if "cancel" in what else "poll"
+                self.metrics.observe_backend_call(self.spec.name, operation, failure,
+                                                  time.monotonic() - started)
 
     async def backoff(self, attempt: int, error: BackendError) -> None:
         """Exponential backoff with full jitter; a Retry-After is honoured as given."""

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                      description="GPU jobs on serverless backends, whose Cancel really stops them. "
                                  "Exit codes: 0 ok, 1 error, 2 usage, 3 not cancellable, "
                                  "4 not signed in or forbidden, 5 not found.")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
+    # Not required: bare `runner` prints this help (main), not an error.
+    verbs = parser.add_subparsers(dest="verb", parser_class=_Parser, metavar="VERB")
     serve = _verb(verbs, "serve", "run the service",
                   "Applies pending migrations, then serves the API and/or runs the worker, "
                   "configured by RUNNER_* environment variables (see the README). SIGTERM, "
@@ -80,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     _verb(verbs, "demo", "see a cancel stop GPU calls",
           "Starts the service on the embedded Postgres with a simulated GPU endpoint, submits "
           "three executions, cancels them in flight, and prints the timeline in milliseconds.")
-    _verb(verbs, "login", "sign in with a wallet key (EIP-4361)",
-          "Signs a Sign-In with Ethereum message for the API URL's host:port with "
-          "RUNNER_WALLET_KEY, or with a development key generated once in the config dir "
-          "(RUNNER_CONFIG_DIR, default ~/.config/runner); the session is kept there.")
+    login = _verb(verbs, "login", "sign in with a wallet key (EIP-4361)",
+                  "Signs a Sign-In with Ethereum message for the API URL's host:port with "
+                  "RUNNER_WALLET_KEY, or with a development key generated once in the config dir "
+                  "(RUNNER_CONFIG_DIR, default ~/.config/runner); the session is kept there.")
+    login.add_argument("--print-token", action="store_true",
+                       help="print the session token alone, for scripts: "
+                            "TOKEN=$(runner login --print-token)")
     _verb(verbs, "logout", "sign out", "Revokes the session on every instance and forgets it here.")
     submit = _verb(verbs, "submit", "submit a job",
                    "One execution per --backend/--input pair, in order. Prints the job's id.")
@@ -92,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", action="append", required=True,
                         help="that execution's input, as JSON; repeatable")
     submit.add_argument("--timeout-s", type=int, help="cancel the job if it runs longer than this")
+    submit.add_argument("--webhook", metavar="URL",
+                        help="POST each of the job's events to this https URL, signed (see the README)")
+    submit.add_argument("--webhook-event", action="append", dest="webhook_events", metavar="EVENT",
+                        choices=("started", "completed", "failed", "cancelled", "remote_stopped"),
+                        help="only this event (repeat for several; default all)")
     submit.add_argument("--wait", action="store_true",
                         help="follow it live to its end; exit 0 only if it completes")
     jobs = _verb(verbs, "jobs", "list your jobs", "Newest first.")
@@ -100,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--all", action="store_true", help="every page, not just the first")
     status = _verb(verbs, "status", "show a job",
                    "Its executions with their status, elapsed time, output or error, and spend.")
-    status.add_argument("job_id", help="the job's id")
+    status.add_argument("job_id", help="the job's id, or a unique prefix of 8 or more characters")
     status.add_argument("--watch", action="store_true",
                         help="follow it live to its end; exit 0 only if it completes")
     cancel = _verb(verbs, "cancel", "cancel a job, or all of yours",
@@ -155,8 +164,22 @@ class Output:
         return EXIT_ERROR
 
 
+def _check_api_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f"http://{url}" if "://" not in url else "http://host:port"
+        raise Usage(f"--api-url {url!r} is not an http(s) URL: write {hint} (or https://...)")
+
+
 async def _client_verb(args: argparse.Namespace, out: Output) -> int:
     verb = CLIENT_VERBS[args.verb]
+    _check_api_url(args.api_url)
     client = Client(args.api_url, verbose=args.verbose)
     try:
         if args.verb != "login":
@@ -167,7 +190,13 @@ async def _client_verb(args: argparse.Namespace, out: Output) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        if args.json:
+            parser.error("give a verb")
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     out = Output(args)
     try:
         if args.verb in SERVICE_VERBS:

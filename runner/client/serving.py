@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -12,7 +14,8 @@ from typing import Any
 
 import structlog
 
-from runner.config import load_settings
+from runner.config import load_settings, settings_warnings
+from runner.errors import ConfigError
 
 log = structlog.get_logger("runner.client.cli")
 
@@ -28,10 +31,27 @@ def _raise_open_files_limit() -> None:
     log.info("open_files_limit", soft=hard, was=soft)
 
 
+def _require_shared_database(database_url: str | None, role: str) -> None:
+    """Refuse the embedded database where it cannot be shared: a fleet's api or worker role,
+    or any machine on Fly (which sets FLY_APP_NAME), the release machine's migrate included.
+    There each machine would get a throw-away database, and jobs would reach no worker."""
+    if database_url:
+        return
+    if role != "all":
+        raise ConfigError(f"--role {role} needs DATABASE_URL: an embedded database cannot be "
+                          "shared between instances, so its jobs would reach no other machine")
+    if os.environ.get("FLY_APP_NAME"):
+        raise ConfigError("on Fly (FLY_APP_NAME is set) DATABASE_URL is needed: an embedded database "
+                          "cannot be shared between machines; set it as a secret (docs/deploy-fly.md)")
+
+
 async def serve_verb(args: argparse.Namespace) -> int:
     from runner.service import serve
 
     settings = load_settings()  # first: a bad setting is the one line start-up prints
+    _require_shared_database(settings.database_url, args.role)
+    for warning in settings_warnings(os.environ, settings):
+        log.warning(warning)
     _raise_open_files_limit()
     if args.host:
         settings = settings.replace(host=args.host)
@@ -61,6 +81,7 @@ async def migrate_verb(args: argparse.Namespace) -> int:
     from runner.service import migrate_database
 
     settings = load_settings()
+    _require_shared_database(settings.database_url, "all")
     dsn, embedded = await resolve_dsn(settings.database_url, settings.data_dir)
     try:
         applied = await migrate_database(dsn)
@@ -68,6 +89,8 @@ async def migrate_verb(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     log.info("migrations_done", applied=applied)
+    if args.json:  # stdout holds exactly one JSON document with --json
+        print(json.dumps({"ok": True, "applied": applied}))
     return 0
 
 

@@ -7,11 +7,12 @@ import asyncio
 import json
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from runner.client.http import Client, TokenStore, config_dir, wallet_key
+from runner.client.http import Client, ClientError, TokenStore, config_dir, wallet_key
 from runner.client.progress import Progress, execution_line, follow, job_line
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -59,7 +60,8 @@ def job_text(job: dict[str, Any], *, details: bool = False) -> str:
 
 async def _follow(client: Client, job_id: str, out: Printer) -> dict[str, Any]:
     """Follow a job live; Ctrl-C asks whether to cancel it (on a terminal)."""
-    progress = None if out.json or out.quiet else Progress(sys.stdout, tty=sys.stdout.isatty())
+    # Progress on stderr: stdout holds only the result, for ID=$(runner -q submit ... --wait).
+    progress = None if out.json or out.quiet else Progress(sys.stderr, tty=sys.stderr.isatty())
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
@@ -98,6 +100,11 @@ async def login(args: argparse.Namespace, client: Client, out: Printer) -> int:
     if key.development:
         note = (f"\n(a development key, kept in {config_dir() / 'dev-wallet.key'}: not a real wallet; "
                 "set RUNNER_WALLET_KEY to sign in with yours)")
+    if args.print_token:  # the token alone on stdout, for TOKEN=$(runner login --print-token)
+        if note:
+            print(note.strip(), file=sys.stderr)
+        print(session["token"])
+        return EXIT_OK
     out.result({"ok": True, "address": session["address"], "expires_at": session["expires_at"],
                 "development_key": key.development},
                f"signed in to {client.api_url} as {session['address']}{note}")
@@ -109,6 +116,34 @@ async def logout(args: argparse.Namespace, client: Client, out: Printer) -> int:
     TokenStore().forget(client.api_url)
     out.result({"ok": True}, f"signed out of {client.api_url}; the session is revoked")
     return EXIT_OK
+
+
+MIN_PREFIX = 8  # what the portal shows
+
+
+async def job_id(client: Client, given: str) -> str:
+    """A job id, or a unique prefix of one (at least 8 characters) looked up among the
+    wallet's jobs, newest first."""
+    try:
+        return str(uuid.UUID(given))
+    except ValueError:
+        pass
+    prefix = given.lower()
+    if len(prefix) < MIN_PREFIX or not all(c in "0123456789abcdef-" for c in prefix):
+        raise Usage(f"{given!r} is not a job id, nor a prefix of one of at least {MIN_PREFIX} characters")
+    found: list[str] = []
+    query = {"limit": "200"}
+    while True:
+        reply = await client.call("GET", "/jobs?" + urlencode(query))
+        found += [j["id"] for j in reply["jobs"] if j["id"].startswith(prefix)]
+        if len(found) > 1 or not reply["next_cursor"]:
+            break
+        query["cursor"] = reply["next_cursor"]
+    if not found:
+        raise ClientError(404, "not_found", f"no job of yours starts with {given!r}")
+    if len(found) > 1:
+        raise Usage(f"{given!r} is the start of several jobs' ids; give more of it")
+    return found[0]
 
 
 async def submit(args: argparse.Namespace, client: Client, out: Printer) -> int:
@@ -123,6 +158,10 @@ async def submit(args: argparse.Namespace, client: Client, out: Printer) -> int:
     body: dict[str, Any] = {"executions": executions}
     if args.timeout_s is not None:
         body["timeout_s"] = args.timeout_s
+    if args.webhook is not None:
+        body["webhook"] = args.webhook
+    if args.webhook_events:
+        body["webhook_events"] = args.webhook_events
     job = await client.call("POST", "/jobs", json_body=body)
     return await _new_job(client, out, job, args.wait, f"submitted job {job['id']}")
 
@@ -133,9 +172,9 @@ async def _new_job(client: Client, out: Printer, job: dict[str, Any], wait: bool
         out.result(job, job["id"], always=True)
         return EXIT_OK
     if not (out.json or out.quiet):
-        print(note, flush=True)
+        print(note, file=sys.stderr, flush=True)
     final = await _follow(client, job["id"], out)
-    out.result(final, "")
+    out.result(final, final["id"] if out.quiet else job_text(final), always=True)
     return _exit_for(final)
 
 
@@ -161,9 +200,10 @@ async def jobs(args: argparse.Namespace, client: Client, out: Printer) -> int:
 
 
 async def status(args: argparse.Namespace, client: Client, out: Printer) -> int:
+    args.job_id = await job_id(client, args.job_id)
     if args.watch:
-        final = await _follow(client, args.job_id, out)  # the live view has shown it all
-        out.result(final, "")
+        final = await _follow(client, args.job_id, out)
+        out.result(final, job_text(final))
         return _exit_for(final)
     job = await client.call("GET", f"/jobs/{args.job_id}")
     out.result(job, job_text(job, details=True))
@@ -181,6 +221,7 @@ async def cancel(args: argparse.Namespace, client: Client, out: Printer) -> int:
         return EXIT_OK
     if not args.job_id or args.queued_only:
         raise Usage("give a job id, or --all [--queued-only]")
+    args.job_id = await job_id(client, args.job_id)
     reply = await client.call("POST", f"/jobs/{args.job_id}/cancel" + ("?wait=true" if args.wait else ""),
                               json_body=body)
     if reply["previous_status"] == "cancelled":
@@ -206,6 +247,7 @@ async def backends(args: argparse.Namespace, client: Client, out: Printer) -> in
 
 async def rerun(args: argparse.Namespace, client: Client, out: Printer) -> int:
     body = {"executions": args.execution} if args.execution else None
+    args.job_id = await job_id(client, args.job_id)
     job = await client.call("POST", f"/jobs/{args.job_id}/rerun", json_body=body)
     return await _new_job(client, out, job, args.wait, f"re-running job {args.job_id} as {job['id']}")
 

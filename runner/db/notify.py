@@ -17,6 +17,9 @@ for every notification):
   watchers re-read it) and `w<wallet hex>` (that wallet's event streams re-read).
 - `runner_auth` (API instances): `<token hash hex>`, a session was revoked.
 - `runner_probe`: `<nonce hex>`, the start-up self-test (runner.db.listener).
+- `runner_webhook` (workers): `""`, a webhook delivery is due (runner.webhooks); sent by
+  migration 0014's triggers inside the transaction that queues it, deduplicated there by
+  Postgres -- only jobs that asked for webhooks pay for it.
 
 Work and change hints are sent after their commit by the instance's Notifier, coalesced:
 whatever is noted while one NOTIFY transaction is on its way goes out in the next. A
@@ -43,6 +46,7 @@ SUBMIT = "runner_submit"
 CHANGE = "runner_change"
 AUTH = "runner_auth"
 PROBE = "runner_probe"
+WEBHOOK = "runner_webhook"
 
 BULK_IDS = 200
 MAX_PAYLOAD = 7900  # Postgres refuses 8000 bytes or more

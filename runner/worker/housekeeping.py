@@ -22,6 +22,16 @@ async def unclaimable(pool: asyncpg.Pool) -> dict[str, int]:
     return {r["backend"]: r["jobs"] for r in rows}
 
 
+async def queue(pool: asyncpg.Pool) -> dict[str, tuple[int, float]]:
+    """Per backend: queued jobs needing it and the oldest one's age in seconds (one scan of
+    the queued jobs, by their partial index)."""
+    rows = await pool.fetch(
+        """SELECT b AS backend, count(*) AS jobs,
+                  extract(epoch FROM now() - min(j.created_at))::float8 AS age
+           FROM jobs j, unnest(j.backends) b WHERE j.status = 'queued' GROUP BY b""")
+    return {r["backend"]: (r["jobs"], max(r["age"], 0.0)) for r in rows}
+
+
 async def note_waiting(pool: asyncpg.Pool, backends: list[str],
                        notifier: Notifier | None = None) -> int | None:
     """Say in the audit trail of each queued job that needs one of `backends` (which no live

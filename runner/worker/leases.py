@@ -114,6 +114,7 @@ class LeaseKeeping:
         if unclaimable:
             await housekeeping.note_waiting(self.pool, sorted(unclaimable), self.notifier)
         self.metrics.set_counts(self.metrics.remote_unconfirmed, await housekeeping.unconfirmed(self.pool))
+        self.metrics.set_queue(await housekeeping.queue(self.pool))
         days = self.settings.retention_days
         now = asyncio.get_running_loop().time()
         if days is not None and now - self._retention_ran >= RETENTION_EVERY_S:

@@ -370,3 +370,16 @@ async def test_the_page_follows_the_systems_scheme_and_motion(portal: Portal) ->
     assert await page.evaluate(toast) == "toast-in"
     await page.emulate_media(reduced_motion="reduce")
     assert await page.evaluate(toast) == "none"
+
+
+async def test_the_submit_form_sends_a_webhook(portal: Portal) -> None:
+    page = await portal.sign_in()
+    await page.get_by_label("Input (JSON)").fill("{}")
+    await page.get_by_label("Webhook URL (optional)").fill("not a url")
+    await page.get_by_role("button", name="Submit job").click()
+    await expect(page.get_by_role("alert")).to_contain_text("webhook")
+    await expect(page.get_by_label("Webhook URL (optional)")).to_be_focused()
+    # The service resolves the host and refuses a loopback one: its message is shown.
+    await page.get_by_label("Webhook URL (optional)").fill("https://127.0.0.1/hook")
+    await page.get_by_role("button", name="Submit job").click()
+    await expect(page.get_by_role("alert")).to_contain_text("'webhook' host '127.0.0.1' resolves to")

@@ -222,8 +222,8 @@ async def test_status_watch_follows_to_the_end(cli: Cli) -> None:
 async def test_interrupting_submit_wait_leaves_the_job_running(cli: Cli, cli_server: Runtime) -> None:
     await _signed_in(cli)
     proc = await cli.start("submit", "--backend", "demo", "--input", '{"seconds": 60}', "--wait")
-    assert proc.stdout is not None
-    first = await asyncio.wait_for(proc.stdout.readline(), 30)  # "submitted job <id>"
+    assert proc.stderr is not None
+    first = await asyncio.wait_for(proc.stderr.readline(), 30)  # "submitted job <id>", on stderr
     job_id = first.decode().split()[-1]
     while not cli_server.manager.is_running(uuid.UUID(job_id)):  # noqa: ASYNC110 - another process
         await asyncio.sleep(0.02)
@@ -375,3 +375,72 @@ async def test_rerun_verb(cli: Cli) -> None:
     code, new = await cli.json("status", new_id)
     assert code == 0 and new["rerun_of"] == job["id"]
     await cli.run("cancel", new_id)
+
+
+async def test_submit_with_a_webhook(cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    rt = await cluster.start(port=port, siwe_domains=(f"127.0.0.1:{port}",), webhook_allow_http=True,
+                             webhook_allow_private=True)
+    cli = await _signed_in(Cli(f"http://127.0.0.1:{rt.port}", tmp_path / "config", {}))
+    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
+                               "--webhook", "http://127.0.0.1:9/hook", "--webhook-event", "completed")
+    assert code == 0 and job["webhook"] == "http://127.0.0.1:9/hook" and job["webhook_events"] == ["completed"]
+    code, doc = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
+                               "--webhook", "ftp://127.0.0.1/hook")
+    assert code != 0 and doc["error"] == "invalid_request" and "webhook" in doc["message"]
+
+
+async def test_login_print_token_prints_the_token_alone(cli: Cli, cli_server: Runtime) -> None:
+    import aiohttp
+
+    code, out, err = await cli.run("login", "--print-token")
+    token = out.strip()
+    assert code == 0 and out == token + "\n" and " " not in token, (out, err)
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{cli.api_url}/auth/me", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200  # what a curl script does with it
+    assert "development key" in err  # the note goes to stderr, out of $(...)
+
+
+async def test_an_api_url_without_a_scheme_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    bare = Cli("127.0.0.1:8080", tmp_path / "config", {})
+    for args in (("jobs",), ("--api-url", "127.0.0.1:8080", "login")):
+        code, out, err = await bare.run(*args)
+        assert code == 2 and out == "", err
+        [line] = err.strip().splitlines()
+        assert "127.0.0.1:8080" in line and "http://127.0.0.1:8080" in line
+
+
+async def test_status_takes_an_8_character_prefix(cli: Cli) -> None:
+    await _signed_in(cli)
+    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}')
+    code, doc = await cli.json("status", job["id"][:8])
+    assert code == 0 and doc["id"] == job["id"]
+
+
+async def test_submit_wait_keeps_progress_off_stdout(cli: Cli) -> None:
+    await _signed_in(cli)
+    code, out, err = await cli.run("-q", "submit", "--backend", "demo", "--input", '{"seconds": 0.2}',
+                                   "--wait")
+    assert code == 0 and uuid.UUID(out.strip()), (out, err)  # ID=$(runner -q submit ... --wait)
+    code, out, err = await cli.run("submit", "--backend", "demo", "--input", '{"seconds": 0.2}', "--wait")
+    assert code == 0 and "completed" in out
+    assert "running" not in out, out  # the transcript of its progress went to stderr
+
+
+async def test_bare_runner_prints_the_help_with_every_verb(tmp_path: Path) -> None:
+    bare = Cli("http://127.0.0.1:1", tmp_path / "config", {})
+    code, out, err = await bare.run()
+    assert code in (0, 2)
+    for verb in ("serve", "migrate", "demo", "login", "logout", "submit", "jobs", "status",
+                 "cancel", "backends", "rerun", "usage"):
+        assert verb in out + err, verb
+    assert "usage:" in out + err and "runner: error" not in out + err
+
+
+async def test_json_migrate_prints_one_document(dsn: str, tmp_path: Path) -> None:
+    bare = Cli("http://127.0.0.1:1", tmp_path / "config", {})
+    code, out, err = await bare.run("--json", "migrate", DATABASE_URL=dsn)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["ok"] is True and isinstance(doc["applied"], list)

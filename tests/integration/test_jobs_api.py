@@ -25,7 +25,7 @@ async def test_submit_returns_the_queued_job(api: Api) -> None:
     assert status == 201
     assert set(job) == {"id", "owner", "status", "created_at", "started_at", "finished_at",
                         "cancelled_at", "cancelled_by", "cancel_reason", "timeout_s", "metadata",
-                        "executions", "error", "gpu_seconds", "rerun_of"}
+                        "executions", "error", "gpu_seconds", "rerun_of", "webhook", "webhook_events"}
     assert uuid.UUID(job["id"]) and job["owner"] == api.wallet.address  # type: ignore[union-attr]
     assert job["status"] == "queued" and job["timeout_s"] == 900 and job["metadata"] == {"project": "x"}
     assert job["created_at"].endswith("Z")

@@ -12,7 +12,8 @@ from runner.errors import MigrationError
 
 EXPECTED_TABLES = {
     "jobs", "executions", "job_events", "idempotency_keys", "auth_nonces", "sessions",
-    "auth_tickets", "schema_migrations", "workers", "wallet_turns",
+    "auth_tickets", "schema_migrations", "workers", "wallet_turns", "webhook_secrets",
+    "webhook_outbox",
 }
 
 
@@ -28,8 +29,8 @@ async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str
                        "0004_terminal_guard_in_when.sql", "0005_final_status_rule.sql",
                        "0006_executions_show_input.sql", "0007_fleets.sql",
                        "0008_proven_stop_and_spend.sql", "0009_rerun.sql",
-                       "0010_wallet_notifications.sql", "0011_waiting.sql",
-                       "0012_notify_after_commit.sql"]
+                       "0010_wallet_notifications.sql", "0011_waiting.sql", "0014_webhooks.sql",
+                       "0015_notify_after_commit.sql"]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)
     try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from api.app import create_app
@@ -74,3 +75,61 @@ async def test_metrics_count_cancels_and_stops(api: Api, fake_gpu: FakeGpu) -> N
     assert 'runner_jobs_finished_total{status="cancelled"} 1.0' in lines
     assert 'runner_remote_cancels_total{backend="gpu",outcome="acknowledged"} 1.0' in lines
     assert "runner_jobs_running 0.0" in lines
+
+
+async def _metrics_text(http: aiohttp.ClientSession, base: str) -> str:
+    async with http.get(base + "/metrics") as resp:
+        return await resp.text()
+
+
+async def test_http_requests_are_counted_by_route_not_raw_url(
+        http: aiohttp.ClientSession, base_url: str) -> None:
+    job_id = "0b8e0f0e-35f6-4a4c-9d3e-2f6f3c0f3b11"
+    async with http.get(f"{base_url}/jobs/{job_id}") as resp:
+        assert resp.status == 401
+    async with http.get(f"{base_url}/no/such/page") as resp:
+        assert resp.status == 404
+    text = await _metrics_text(http, base_url)
+    assert 'runner_http_requests_total{method="GET",route="/jobs/{job_id}",status="401"} 1.0' in text
+    assert 'route="unmatched",status="404"' in text
+    assert job_id not in text and "/no/such/page" not in text  # no label per URL
+    assert 'runner_http_request_duration_seconds_count{method="GET",route="/jobs/{job_id}"} 1.0' in text
+
+
+async def test_queue_depth_and_oldest_age_per_backend(
+        cluster: Cluster, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+    from runner.backends.config import BackendSpec
+
+    spec = BackendSpec(name="gpu-q", kind="http", url=f"{fake_gpu.base_url}/run")  # type: ignore[call-arg]
+    front = await cluster.start("api", backends={"gpu-q": spec})
+    worker = await cluster.start("worker")  # runs the default backends only: gpu-q waits
+    api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
+    for n in range(2):
+        await api.submit({"backend": "gpu-q", "input": {"n": n}})
+    assert worker.worker is not None
+    await worker.worker.housekeeping()
+    text = await _metrics_text(http, f"http://127.0.0.1:{worker.port}")
+    assert 'runner_jobs_queued{backend="gpu-q"} 2.0' in text
+    [age] = [ln for ln in text.splitlines() if ln.startswith('runner_oldest_queued_job_age_seconds{backend="gpu-q"}')]
+    assert 0 < float(age.split()[-1]) < 60
+
+
+async def test_backend_calls_are_timed_and_their_errors_counted(fake_gpu: FakeGpu) -> None:
+    import aiohttp as _aiohttp
+
+    from runner.backends import build_backend
+    from runner.backends.base import HttpBackendBase, TransientBackendError
+    from runner.backends.config import BackendSpec
+    from runner.metrics import Metrics
+
+    metrics = Metrics()
+    async with _aiohttp.ClientSession() as session:
+        backend = build_backend(BackendSpec(name="gpu-m", kind="http", url=f"{fake_gpu.base_url}/run"),  # type: ignore[call-arg]
+                                session)
+        assert isinstance(backend, HttpBackendBase)
+        backend.metrics = metrics
+        with pytest.raises(TransientBackendError):
+            await backend.request("GET", "http://127.0.0.1:1/closed", "gpu-m poll")
+    text = metrics.render().decode()
+    assert 'runner_backend_request_errors_total{backend="gpu-m",kind="transient",operation="poll"} 1.0' in text
+    assert 'runner_backend_request_seconds_count{backend="gpu-m",operation="poll"} 1.0' in text

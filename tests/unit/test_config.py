@@ -202,3 +202,80 @@ def test_refused_cors_and_admin_values_stop_startup_with_exit_2(
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_a_shared_role_without_database_url_refuses_to_start(role: str, tmp_path: Path) -> None:
+    # An embedded database per machine would split the fleet: jobs the API takes would
+    # never reach a worker. Refused before any database is started in tmp_path.
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "serve", "--role", role], cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0] and "embedded" in lines[0], proc.stderr
+    assert not (tmp_path / ".runner").exists()
+
+
+def test_an_unknown_runner_variable_is_warned_about_naming_the_closest() -> None:
+    from runner.config import settings_warnings
+
+    env = {"RUNNER_CONCURENCY": "5", "RUNNER_PORT": "9000", "RUNNER_API_URL": "http://x:1",
+           "RUNNER_BACKENDS_TOML": "", "RUNNER_TRUSTED_PROXY": "fly", "HOME": "/root"}
+    warnings = settings_warnings(env, load_settings(env))
+    assert len(warnings) == 1 and "RUNNER_CONCURENCY" in warnings[0]
+    assert "RUNNER_CONCURRENCY" in warnings[0]
+
+
+def test_a_siwe_domain_with_a_scheme_is_warned_about() -> None:
+    from runner.config import settings_warnings
+
+    env = {"RUNNER_SIWE_DOMAIN": "https://app.fly.dev,ok.example"}
+    [warning] = settings_warnings(env, load_settings(env))
+    assert "RUNNER_SIWE_DOMAIN" in warning and "'https://app.fly.dev'" in warning
+    assert "app.fly.dev" in warning
+    assert settings_warnings({}, load_settings({})) == []
+
+
+@pytest.mark.parametrize("origin", ["portal.example", "localhost:3000", "127.0.0.1:5173"])
+def test_a_cors_origin_without_a_scheme_is_refused_saying_so(origin: str) -> None:
+    with pytest.raises(ConfigError, match="RUNNER_CORS_ORIGINS") as info:
+        load_settings({"RUNNER_CORS_ORIGINS": origin})
+    assert "no scheme" in str(info.value) and f"http://{origin}" in str(info.value)
+
+
+def test_warnings_are_one_line_each_at_start_up(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "serve"], cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://127.0.0.1:1/none",
+             "RUNNER_CONCURENCY": "5", "RUNNER_LOG_FORMAT": "console"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    [line] = [ln for ln in proc.stderr.splitlines() if "RUNNER_CONCURENCY" in ln]
+    assert "RUNNER_CONCURRENCY" in line
+
+
+def test_trusted_proxy_is_parsed() -> None:
+    assert load_settings({}).trusted_proxies == ()
+    assert load_settings({"RUNNER_TRUSTED_PROXY": "fly"}).trusted_proxies == ("fly",)
+    assert load_settings({"RUNNER_TRUSTED_PROXY": "10.0.0.1, fdaa::3"}).trusted_proxies == (
+        "10.0.0.1", "fdaa::3")
+    with pytest.raises(ConfigError, match="RUNNER_TRUSTED_PROXY"):
+        load_settings({"RUNNER_TRUSTED_PROXY": "my-proxy"})
+
+
+@pytest.mark.parametrize("verb", [["migrate"], ["serve"]])
+def test_on_fly_no_verb_falls_back_to_an_embedded_database(verb: list[str], tmp_path: Path) -> None:
+    # Fly sets FLY_APP_NAME on every machine, the release machine's `runner migrate` included:
+    # there a throw-away embedded database would be migrated, or served, unseen.
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", *verb], cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "FLY_APP_NAME": "runner-demo"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0] and "Fly" in lines[0], proc.stderr
+    assert not (tmp_path / ".runner").exists()

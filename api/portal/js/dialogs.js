@@ -3,10 +3,14 @@ import { el } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 const TOAST_MS = 8000;
+const MAX_TOASTS = 2;
 
 export function toast(text, kind = "info") {
   const item = el("p", { className: `toast toast-${kind}` }, text);
-  $("toasts").append(item);
+  const toasts = $("toasts");
+  toasts.append(item);
+  // The latest two at most: a burst of notes must not cover the page (the list shows state).
+  while (toasts.children.length > MAX_TOASTS) toasts.firstElementChild.remove();
   setTimeout(() => item.remove(), TOAST_MS);
 }
 

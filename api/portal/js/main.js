@@ -30,10 +30,9 @@ async function signInFlow() {
   button.disabled = true;
   try {
     const wallets = await discoverWallets();
-    if (wallets.length === 0) {
-      toast("No Ethereum wallet was found in this browser. Install one (MetaMask, Rabby, …) and reload.", "error");
-      return false;
-    }
+    // A lasting note, not a toast: a first visitor needs time to read what to do instead.
+    $("no-wallet").hidden = wallets.length > 0;
+    if (wallets.length === 0) return false;
     const wallet = await chooseWallet(wallets);
     if (!wallet) return false;
     const session = await signIn(wallet.provider);
@@ -397,6 +396,22 @@ function fillBackends(select) {
   const chosen = select.value;
   select.replaceChildren(...state.backends.map((backend) => el("option", { value: backend.name }, backend.name)));
   if (chosen) select.value = chosen;
+  select.dispatchEvent(new Event("change")); // its input's example follows the backend
+}
+
+// What each kind of backend takes, as the input box's placeholder.
+const INPUT_EXAMPLES = {
+  demo: '{"seconds": 5}',
+  http: '{"prompt": "a red fox in the snow"}',
+  runpod: '{"prompt": "a red fox in the snow"}',
+  replicate: '{"prompt": "a red fox in the snow"}',
+  fal: '{"prompt": "a red fox in the snow", "num_images": 1}',
+  subprocess: '{"any": "JSON, given to the command on its stdin"}',
+};
+
+function inputExample(name) {
+  const backend = state.backends.find((b) => b.name === name);
+  return (backend && INPUT_EXAMPLES[backend.kind]) || "{}";
 }
 
 let fieldCount = 0;
@@ -411,8 +426,12 @@ function addExecutionFields() {
     el("legend", {}, "Execution"),
     el("label", { for: `backend-${n}` }, "Backend"), select,
     el("label", { for: `input-${n}` }, "Input (JSON)"),
-    el("textarea", { id: `input-${n}`, name: "input", rows: 3, spellcheck: "false" }, "{}"),
+    el("textarea", { id: `input-${n}`, name: "input", rows: 3, spellcheck: "false" }),
     remove);
+  const textarea = fields.querySelector("textarea");
+  const hint = () => { textarea.placeholder = inputExample(select.value); };
+  select.addEventListener("change", hint);
+  hint();
   remove.addEventListener("click", () => {
     if (document.querySelectorAll(".execution-fields").length > 1) fields.remove();
   });
@@ -447,6 +466,12 @@ async function submitJob(event) {
     if (!/^\d+$/.test(timeout)) return formError("The timeout is a whole number of seconds.", $("timeout"));
     body.timeout_s = Number(timeout);
   }
+  // Only its form is checked here: the service resolves the host and says what it refuses.
+  const webhook = $("webhook").value.trim();
+  if (webhook) {
+    if (!/^https?:\/\/\S+$/i.test(webhook)) return formError("The webhook is an https:// URL.", $("webhook"));
+    body.webhook = webhook;
+  }
   if (!(await ensureToken())) return;
   const button = $("submit-job");
   button.disabled = true;
@@ -471,6 +496,7 @@ async function start() {
   $("cancel-all").addEventListener("click", cancelAll);
   $("add-execution").addEventListener("click", () => addExecutionFields().querySelector("select").focus());
   $("submit-form").addEventListener("submit", submitJob);
+  for (const node of document.querySelectorAll(".here")) node.textContent = location.origin;
   setInterval(() => tick($("jobs")), 1000);
   try {
     const me = await api.me(); // the cookie of an earlier sign-in, if any

@@ -99,10 +99,53 @@ function auditList(events) {
   return el("ol", { className: "audit" }, ...events.map((event) => el(
     "li", {},
     when(event.at), " ",
-    el("strong", {}, event.kind),
-    event.actor ? ` by ${event.actor}` : "",
-    event.detail && Object.keys(event.detail).length ? el("code", {}, ` ${JSON.stringify(event.detail)}`) : null,
+    describeEvent(event),
+    // The raw record on demand only: words first, JSON for whoever needs every field.
+    event.detail && Object.keys(event.detail).length
+      ? el("details", { className: "raw" }, el("summary", {}, "Details"),
+        el("pre", {}, JSON.stringify(event.detail, null, 2)))
+      : null,
   )));
+}
+
+/** 0xA9Cf…180c for a wallet, "the service" for the system, an instance id as it is. */
+function who(actor) {
+  if (!actor || actor === "system") return "the service";
+  if (/^0x[0-9a-fA-F]{40}$/.test(actor)) return `${actor.slice(0, 6)}…${actor.slice(-4)}`;
+  return actor;
+}
+
+/** One audit event in words: "cancelled by 0xA9Cf…180c: changed my mind". */
+export function describeEvent({ kind, actor, detail = {} }) {
+  const d = detail || {};
+  const reason = typeof d.reason === "string" && d.reason ? `: ${d.reason}` : "";
+  const n = (count, noun) => `${count} ${noun}${count === 1 ? "" : "s"}`;
+  switch (kind) {
+    case "submitted":
+      return `submitted by ${who(actor)}${d.executions ? ` (${n(d.executions, "execution")})` : ""}`;
+    case "started":
+      return `started on ${d.worker || "an instance"}${d.attempt > 1 ? ` (attempt ${d.attempt})` : ""}`;
+    case "cancelled":
+      return `cancelled by ${who(actor)}${reason}`;
+    case "execution_cancelled":
+      return `an execution cancelled by ${who(actor)}${reason}`;
+    case "task_stopped":
+      return `its task stopped${typeof d.latency_ms === "number" ? ` ${Math.round(d.latency_ms)} ms after the cancel` : ""}`;
+    case "remote_cancel":
+      return `the provider was asked to stop it (${d.outcome || "sent"})`;
+    case "remote_stop_confirmed":
+      return `the provider confirmed the work stopped${typeof d.after_cancel_s === "number" ? `, ${d.after_cancel_s} s after the cancel` : ""}`;
+    case "requeued":
+      return `put back in the queue${reason}`;
+    case "waiting":
+      return `waiting${reason}`;
+    case "completed":
+    case "failed":
+      return `${kind}${d.error ? `: ${d.error}` : ""}`;
+    default:
+      if (kind.startsWith("execution_")) return `an execution ${kind.slice(10)}${d.error ? `: ${d.error}` : ""}`;
+      return `${kind.replaceAll("_", " ")}${actor && actor !== "system" ? ` by ${who(actor)}` : ""}${reason}`;
+  }
 }
 
 /**

@@ -1,0 +1,208 @@
+"""Delivering the webhook outbox (migration 0014): any live worker instance claims due rows
+(FOR UPDATE SKIP LOCKED), POSTs each signed, and marks it delivered only after a 2xx.
+
+A claim pushes the row's next attempt past the attempt's timeout instead of holding a lock or
+a connection for it: if the instance dies mid-delivery (kill -9, Postgres gone) the row simply
+comes due again and another instance sends it, with the same webhook-id (at least once).
+A job's events go out in order: a row waits while an earlier one of its job is pending."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import structlog
+
+from runner import jsontext
+from runner.config import Settings
+from runner.db import notify, until_written
+from runner.jobs import JOB_COLUMNS, JobRow
+from runner.metrics import Metrics
+from runner.timeutil import iso
+from runner.webhooks.addresses import CheckedResolver, Refused, check_literal
+from runner.webhooks.signing import signature_header, signing_secrets
+
+log = structlog.get_logger("runner.webhooks")
+
+MAX_ANSWER_BYTES = 64 * 1024  # what is read of a receiver's answer (then dropped, never stored)
+MAX_IN_FLIGHT = 32  # deliveries one instance makes at once
+RETRY_CAP_S = 3600.0  # the longest wait between two attempts
+WAKE_CHANNEL = notify.WEBHOOK
+
+_CLAIM = """
+WITH due AS (
+    SELECT w.id FROM webhook_outbox w
+    WHERE w.state = 'pending' AND w.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM webhook_outbox p
+                      WHERE p.job_id = w.job_id AND p.state = 'pending' AND p.id < w.id)
+    ORDER BY w.next_attempt_at LIMIT $1 FOR UPDATE OF w SKIP LOCKED)
+UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+FROM due, jobs j WHERE o.id = due.id AND j.id = o.job_id
+RETURNING o.id, o.msg_id, o.job_id, o.event, o.url, o.created_at, o.payload, o.attempts, j.owner"""
+
+_DELIVERED = """
+WITH done AS (
+    UPDATE webhook_outbox SET state = 'delivered', finished_at = now()
+    WHERE id = $1 AND state = 'pending' RETURNING job_id, execution_id, msg_id, event, attempts)
+INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+SELECT job_id, execution_id, 'webhook_delivered', $2, jsonb_build_object(
+    'event', event, 'webhook_id', msg_id, 'attempt', attempts, 'status', $3::int) FROM done"""
+
+# Retried at now + $3 s, but never past created_at + $4 s: then it is given up.
+_FAILED = """
+WITH f AS (
+    UPDATE webhook_outbox SET
+        state = CASE WHEN now() >= created_at + make_interval(secs => $4) THEN 'failed' ELSE 'pending' END,
+        finished_at = CASE WHEN now() >= created_at + make_interval(secs => $4) THEN now() END,
+        next_attempt_at = least(now() + make_interval(secs => $3), created_at + make_interval(secs => $4))
+    WHERE id = $1 AND state = 'pending'
+    RETURNING job_id, execution_id, msg_id, event, attempts, state, next_attempt_at)
+INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+SELECT job_id, execution_id, 'webhook_failed', $2, jsonb_build_object(
+    'event', event, 'webhook_id', msg_id, 'attempt', attempts, 'error', $5::text,
+    'status', $6::int, 'gave_up', state = 'failed',
+    'next_attempt_at', CASE WHEN state = 'pending' THEN next_attempt_at END) FROM f"""
+
+
+def retry_delay_s(attempt: int, base_s: float) -> float:
+    """Exponential backoff with jitter (half to all of the step), so that a receiver coming
+    back is not hit by every instance's retries at once."""
+    step = min(RETRY_CAP_S, base_s * 2 ** (attempt - 1))
+    return random.uniform(step / 2, step)
+
+
+class WebhookSender:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics, instance_id: str,
+                 render: Callable[[JobRow], dict[str, Any]]) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.metrics = metrics
+        self.instance_id = instance_id
+        self.render = render
+        self.in_flight: set[asyncio.Task[None]] = set()  # deliveries under way
+        self._wakes: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+        self._ticking = False
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            # Its own client: no proxy from the environment, no cookies, and a resolver that
+            # leaves out every address a webhook may not reach (checked again at each connect).
+            connector = aiohttp.TCPConnector(
+                resolver=CheckedResolver(allow_private=self.settings.webhook_allow_private),
+                use_dns_cache=False, limit=MAX_IN_FLIGHT)
+            self._http = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                               cookie_jar=aiohttp.DummyCookieJar())
+        return self._http
+
+    def wake(self, _payload: str = "") -> None:
+        """A NOTIFY from a trigger: an event was just written; look now, not at the next tick."""
+        if not self._ticking:
+            task = asyncio.get_running_loop().create_task(self._woken(), name="webhook_wake")
+            self._wakes.add(task)
+            task.add_done_callback(self._wakes.discard)
+
+    async def _woken(self) -> None:
+        try:
+            await self.tick()
+        except Exception as exc:  # the periodic tick tries again shortly
+            log.warning("webhook_wake_failed", error=repr(exc))
+
+    async def tick(self) -> None:
+        """Claim what is due (as many as there is room for) and start delivering it."""
+        if self._ticking:
+            return
+        self._ticking = True
+        try:
+            room = MAX_IN_FLIGHT - len(self.in_flight)
+            if room > 0:
+                lease_s = self.settings.webhook_timeout_s + 5.0
+                for row in await self.pool.fetch(_CLAIM, room, lease_s):
+                    task = asyncio.get_running_loop().create_task(self._guarded(row), name="webhook")
+                    self.in_flight.add(task)
+                    task.add_done_callback(self.in_flight.discard)
+            pending = await self.pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE state = 'pending'")
+            self.metrics.webhooks_pending.set(pending)
+        finally:
+            self._ticking = False
+
+    async def close(self) -> None:
+        """Stop: deliveries under way are abandoned (their rows come due again elsewhere)."""
+        tasks = [*self.in_flight, *self._wakes]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    async def _body(self, row: asyncpg.Record) -> bytes | None:
+        if row["payload"] is not None:
+            return str(row["payload"]).encode()
+        job = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1", row["job_id"])
+        if job is None:
+            return None  # deleted by retention; its outbox rows go with it
+        body = jsontext.dumps_bytes({"type": f"job.{row['event']}", "timestamp": iso(row["created_at"]),
+                                     "data": self.render(job)}).decode()
+        # Fixed at the first attempt (another instance may have fixed it first: keep theirs).
+        fixed: str = await self.pool.fetchval(
+            "UPDATE webhook_outbox SET payload = coalesce(payload, $2) WHERE id = $1 RETURNING payload",
+            row["id"], body)
+        return fixed.encode() if fixed is not None else None
+
+    async def _guarded(self, row: asyncpg.Record) -> None:
+        try:
+            await self._deliver(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Unrecorded: the row's claim lapses and it is tried again (here or elsewhere).
+            log.warning("webhook_attempt_unrecorded", job_id=str(row["job_id"]), error=repr(exc))
+
+    async def _deliver(self, row: asyncpg.Record) -> None:
+        body = await self._body(row)
+        if body is None:
+            return
+        secrets = await signing_secrets(self.pool, row["owner"])
+        status, error = await self._post(row["url"], row["msg_id"], body, secrets)
+        fields = {"job_id": str(row["job_id"]), "hook_event": row["event"], "webhook_id": row["msg_id"],
+                  "attempt": row["attempts"]}
+        if status is not None and 200 <= status < 300:
+            await until_written(lambda: self.pool.execute(_DELIVERED, row["id"], self.instance_id, status),
+                                "webhook_delivered", **fields)
+            log.info("webhook_delivered", status=status, **fields)
+            return
+        label = str(status) if status is not None else (error or "error").split(":")[0]
+        self.metrics.webhook_failures.labels(label).inc()
+        delay = retry_delay_s(row["attempts"], self.settings.webhook_retry_base_s)
+        await until_written(lambda: self.pool.execute(
+            _FAILED, row["id"], self.instance_id, delay, self.settings.webhook_retry_for_s,
+            error, status), "webhook_failed", **fields)
+        log.warning("webhook_failed", status=status, error=error, retry_in_s=round(delay, 2), **fields)
+
+    async def _post(self, url: str, msg_id: str, body: bytes,
+                    secrets: list[str]) -> tuple[int | None, str | None]:
+        """(status, None) for an answer, (None, why) for none. The answer's body is read up
+        to MAX_ANSWER_BYTES and dropped: a receiver cannot make us hold more."""
+        stamp = int(time.time())
+        headers = {"content-type": "application/json", "webhook-id": msg_id,
+                   "webhook-timestamp": str(stamp),
+                   "webhook-signature": signature_header(secrets, msg_id, stamp, body),
+                   "user-agent": "runner-webhooks"}
+        try:
+            check_literal(url, allow_private=self.settings.webhook_allow_private)
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                async with self.http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                    await resp.content.read(MAX_ANSWER_BYTES)
+                    return resp.status, None
+        except Refused as exc:
+            return None, f"refused: {exc}"
+        except TimeoutError:
+            return None, f"timeout: no answer within {self.settings.webhook_timeout_s:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return None, f"network: {type(exc).__name__}: {exc}"[:500]
