@@ -10,23 +10,23 @@ import time
 import aiohttp
 import asyncpg
 
+from runner.fakes import FakeProviders
 from tests.client import Api, wait_event
 from tests.conftest import Cluster
-from tests.fakes import FakeGpu
 
 HOLD = {"backend": "gpu", "input": {"mode": "hold"}}
 MARGIN_S = 1.0  # the renewal's statement, the task's stop and this loaded machine's scheduling
 
 
 async def test_a_cancel_whose_notify_is_lost_stops_within_a_renewal(
-        cluster: Cluster, db: asyncpg.Connection, fake_gpu: FakeGpu, http: aiohttp.ClientSession) -> None:
+        cluster: Cluster, db: asyncpg.Connection, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
     front = await cluster.start("api")
     worker = await cluster.start("worker")
     assert worker.listener is not None and worker.listener.backend_pid is not None
     api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
     job = await api.submit(HOLD)
     execution = job["executions"][0]["id"]
-    await wait_event(fake_gpu.started[execution])
+    await wait_event(fake_gpu.web.started[execution])
 
     # No way back for the listener (it retries a port nothing listens on) ...
     worker.listener.dsn = "postgresql://nobody@127.0.0.1:1/none"
@@ -36,8 +36,8 @@ async def test_a_cancel_whose_notify_is_lost_stops_within_a_renewal(
     began = time.perf_counter()
     status, reply = await api.cancel(job["id"])
     assert status == 200, reply
-    await wait_event(fake_gpu.closed[execution], timeout=cluster.settings.lease_s)
-    took = fake_gpu.closed_at[execution] - began
+    await wait_event(fake_gpu.web.closed[execution], timeout=cluster.settings.lease_s)
+    took = fake_gpu.web.closed_at[execution] - began
     bound = cluster.settings.lease_renew_s + MARGIN_S
     print(f"\nmeasured: a cancel whose NOTIFY was lost stopped the job after {took:.2f} s "
           f"(renewal every {cluster.settings.lease_renew_s:.2f} s; bound {bound:.2f} s)")
