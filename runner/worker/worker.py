@@ -130,9 +130,8 @@ class Worker(LeaseKeeping):
     def _start(self, job: store.ClaimedJob) -> None:
         old = self.manager.get(job.id)
         if old is not None:
-            # Claimed again while an old task of ours still holds it: after a stall, another
-            # instance requeued it and it came back here. The old task's claim is void: stop
-            # it (no writes: its lease was lost), then run the new claim once it has ended.
+            # Requeued by another instance during our stall, and claimed back here: the old
+            # task's claim is void (no writes); the new one runs once it has ended.
             log.warning("job_reclaimed_while_held", job_id=str(job.id), attempt=job.attempts)
             self.manager.cancel(job.id, StopReason.LEASE_LOST)
             self.supervisor.track(self._start_after(old.task, job), f"reclaim-{job.id}")
@@ -144,10 +143,7 @@ class Worker(LeaseKeeping):
 
     async def _start_after(self, old: asyncio.Task[Any], job: store.ClaimedJob) -> None:
         await asyncio.wait([old])
-        if self.manager.get(job.id) is None:
-            self._start(job)
-        else:  # yet another claim got there first; this one is void too
-            log.warning("job_reclaim_dropped", job_id=str(job.id))
+        self._start(job)  # a task holding it by now is stopped in its turn
 
     def _job_done(self, job_id: uuid.UUID, ctx: JobContext, task: asyncio.Task[None]) -> None:
         self.manager.unregister(job_id)
@@ -364,10 +360,6 @@ class Worker(LeaseKeeping):
         if written and backend is not None and result.gpu_seconds is not None:
             self.metrics.gpu_seconds.labels(backend, result.status).inc(result.gpu_seconds)
         return written
-
-    async def until_stopped(self, ctx: JobContext) -> None:
-        """Wait until the job's task has stopped and its stop is on record."""
-        await self.stops.until_stopped(ctx)
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ async def test_the_listener_listens_on_a_few_fixed_channels_whatever_is_watched(
     assert service.listener is not None and service.listener._conn is not None
     async with service.watch.watching(uuid.uuid4()), service.watch.watching_wallet(OWNER):
         channels = {r[0] for r in await service.listener._conn.fetch("SELECT pg_listening_channels()")}
-    assert channels == {notify.CANCEL, notify.SUBMIT, notify.CHANGE, notify.AUTH, notify.PROBE}
+    assert channels == {notify.CANCEL, notify.SUBMIT, notify.CHANGE, notify.AUTH, notify.PROBE, notify.WEBHOOK}
 
 
 async def test_a_job_changing_transaction_sends_no_notify_of_its_own(dsn: str, service: Runtime) -> None:
