@@ -19,7 +19,7 @@ from api.portal import setup_portal
 from api.sessions import Sessions
 from api.state import RUNTIME
 from api.streams import STREAMS, Streams
-from runner.db.listener import AUTH
+from runner.db.notify import AUTH
 from runner.runtime import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024  # a submit body of at most 1 MiB
@@ -119,7 +119,9 @@ def create_app(runtime: Runtime) -> web.Application:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[RUNTIME].metrics.render()
+    runtime = request.app[RUNTIME]
+    await runtime.metrics.read_database(runtime.pool)
+    body = runtime.metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -63,7 +63,7 @@ async def submit(request: web.Request) -> web.Response:
         webhook=submission.webhook, webhook_events=submission.webhook_events,
         max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
         per_minute=runtime.settings.max_submits_per_minute,
-        body_hash=jobs.request_hash(body) if key else None)
+        body_hash=jobs.request_hash(body) if key else None, notifier=runtime.notifier)
     if created:
         log.info("job_submitted", job_id=str(job["id"]), executions=len(job["executions"]))
     return json_reply(render.job(job), status=201)
@@ -138,7 +138,8 @@ async def rerun(request: web.Request) -> web.Response:
         runtime.pool, job_id, caller=identity.address, admin=identity.admin, executions=named,
         max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
         per_minute=runtime.settings.max_submits_per_minute,
-        body_hash=jobs.request_hash({"rerun": str(job_id), **body}) if key else None)
+        body_hash=jobs.request_hash({"rerun": str(job_id), **body}) if key else None,
+        notifier=runtime.notifier)
     if created:
         log.info("job_rerun", job_id=str(job["id"]), rerun_of=str(job_id))
     return json_reply(render.job(job), status=201)

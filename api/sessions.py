@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from runner.config import Settings
-from runner.db.listener import AUTH
+from runner.db.notify import AUTH
 
 log = structlog.get_logger("api.sessions")
 

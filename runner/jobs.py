@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from runner.db.notify import Notifier
 from runner.errors import (
     IdempotencyConflict,
     JobError,
@@ -62,6 +63,7 @@ async def submit(
     pool: asyncpg.Pool, *, owner: str, executions: list[NewExecution], timeout_s: int | None,
     metadata: dict[str, Any], max_active: int, per_minute: int, idempotency_key: str | None = None,
     body_hash: str | None = None, webhook: str | None = None, webhook_events: list[str] | None = None,
+    notifier: Notifier | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert a queued job in one round trip (runner_submit, migration 0003); returns
     (job, created). A repeated idempotency key returns the original job."""
@@ -88,6 +90,9 @@ async def submit(
     if row["outcome"] == "quota":
         raise QuotaExceeded(f"this wallet already has {row['active']} active jobs (limit {max_active})",
                             limit=max_active)
+    if notifier is not None:
+        notifier.work(e.backend for e in executions)
+        notifier.changed(job_id, owner)
     fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "input": r["input"],
               "status": "queued", "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
               "output": None, "error": None, "remote_cancel": None, "remote_stopped_at": None,
@@ -103,7 +108,8 @@ async def submit(
 
 async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool,
                 executions: list[uuid.UUID] | None, max_active: int, per_minute: int,
-                idempotency_key: str | None = None, body_hash: str | None = None) -> tuple[JobRow, bool]:
+                idempotency_key: str | None = None, body_hash: str | None = None,
+                notifier: Notifier | None = None) -> tuple[JobRow, bool]:
     """A new job re-running a cancelled or failed one (runner_rerun, migration 0009): the
     completed executions not named are kept, the rest run again. Returns (job, created)."""
     await _within_rate(pool, caller, per_minute)
@@ -131,6 +137,9 @@ async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bo
         raise QuotaExceeded(f"this wallet already has {row['detail']} active jobs (limit {max_active})",
                             limit=max_active)
     assert job is not None
+    if outcome == "created" and notifier is not None:
+        notifier.work(e["backend"] for e in job["executions"])  # a claim needs all of them
+        notifier.changed(job["id"], job["owner"])
     return job, outcome == "created"
 
 

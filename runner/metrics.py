@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import asyncpg
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = structlog.get_logger("runner.metrics")
 
 LOOP_LAG_INTERVAL_S = 0.1
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -76,6 +80,11 @@ class Metrics:
             "runner_http_request_duration_seconds", "Time to answer an HTTP request (a stream: its life).",
             ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
 
+        self.notify_queue_usage = Gauge(
+            "runner_notify_queue_usage",
+            "pg_notification_queue_usage(): the fill of Postgres' NOTIFY queue (0-1; at 1 every "
+            "notifying commit fails), read at each scrape.", registry=self.registry)
+
         self.loop_lag_seconds = Histogram(
             "runner_event_loop_lag_seconds",
             f"How late a timer of {LOOP_LAG_INTERVAL_S} s fired on the event loop (work holding the loop).",
@@ -111,6 +120,17 @@ class Metrics:
                 self.oldest_queued_age.labels(labels[0]).set(0)
         for backend, (_n, age) in rows.items():
             self.oldest_queued_age.labels(backend).set(age)
+
+    async def read_database(self, pool: asyncpg.Pool) -> None:
+        """The gauges read from Postgres at a scrape; left as last read when it does not answer
+        within a second (the scrape still answers)."""
+        try:
+            async with asyncio.timeout(1.0):
+                usage = await pool.fetchval("SELECT pg_notification_queue_usage()")
+        except Exception as exc:  # any failure: the scrape shows the last figure
+            log.warning("metrics_database_read_failed", error=repr(exc))
+            return
+        self.notify_queue_usage.set(float(usage))
 
     def track_running(self, count: Callable[[], int]) -> None:
         self.jobs_running.set_function(lambda: float(count()))

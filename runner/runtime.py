@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from runner.cancel import notifications
 from runner.cancel.canceller import Canceller
 from runner.cancel.registry import JobContextManager, StopReason
 from runner.config import Settings
+from runner.db import notify
 from runner.db.listener import Listener
 from runner.metrics import Metrics
 from runner.supervisor import Supervisor
@@ -44,25 +44,30 @@ class Runtime:
     worker: Worker | None = None
     canceller: Canceller = field(init=False)
     watch: JobWatch = field(init=False)
+    notifier: notify.Notifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics.track_running(self.manager.count)
+        self.notifier = notify.Notifier(self.pool)
         url_cancels = [n for n, s in self.settings.backends.items() if s.cancels_without_remote_id]
         self.canceller = Canceller(self.pool, self.manager, self.metrics,
                                    remote_cancel_backends=url_cancels,
                                    holder_grace_s=self.settings.lease_renew_s,
-                                   instance_id=self.instance_id)
-        self.watch = JobWatch(self.listener)
+                                   instance_id=self.instance_id, notifier=self.notifier)
+        self.watch = JobWatch()
         if self.listener is not None:
             if self.role != "api":
                 # Only instances that run jobs act on cancels; an API instance does not even
-                # wake for them (every listener is woken at each cancel's commit).
-                self.listener.subscribe(notifications.CHANNEL, self.on_cancel_notification)
+                # LISTEN for them, so its Python is not woken by them.
+                self.listener.subscribe(notify.CANCEL, self.on_cancel_notification)
+            if self.role != "worker":
+                # Only instances with the API have watchers (event streams, `?wait=true`).
+                self.listener.subscribe(notify.CHANGE, self.watch.on_change)
             self.listener.on_reconnect(self.watch.wake_all)
 
     def on_cancel_notification(self, payload: str) -> None:
         """A cancel committed on some instance: stop the tasks here that we hold."""
-        for job_id, execution_id in notifications.decode(payload, self.instance_id):
+        for job_id, execution_id in notify.decode_cancel(payload, self.instance_id):
             if execution_id is None:
                 self.manager.cancel(job_id, StopReason.CANCELLED)
             else:

@@ -9,6 +9,7 @@ import gc
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -19,7 +20,9 @@ from runner.backends.base import HttpBackendBase
 from runner.cancel.remote import RemoteCanceller
 from runner.config import Settings
 from runner.db import create_pool, migrate, resolve_dsn
-from runner.db.listener import SUBMIT, Listener
+from runner.db import listener as db_listener
+from runner.db.listener import POOLER, Listener
+from runner.db.notify import PROBE, SUBMIT
 from runner.db.pool import describe_dsn
 from runner.errors import MigrationError, StartupError
 from runner.runtime import ROLES, Runtime
@@ -50,6 +53,7 @@ async def running_service(
             pool = await create_pool(dsn, settings.db_pool_size)
         stack.push_async_callback(pool.close)
         runtime = Runtime(settings=settings, dsn=dsn, pool=pool, role=role, listener=Listener(dsn))
+        stack.push_async_callback(runtime.notifier.close)  # before the pool closes
         structlog.contextvars.bind_contextvars(instance=runtime.instance_id)
         stack.push_async_callback(runtime.supervisor.stop)
         if embedded is not None:
@@ -65,7 +69,7 @@ async def running_service(
         assert runtime.listener is not None
         runtime.supervisor.spawn("listener", runtime.listener.run)
         runtime.supervisor.spawn("loop_lag", runtime.metrics.watch_loop_lag)
-        await runtime.listener.wait_connected()
+        await _notify_self_test(runtime.listener, pool, dsn)
 
         runtime.port = await _serve_app(stack, app, settings)
         log.info("api_listening", host=settings.host, port=runtime.port, role=role)
@@ -89,8 +93,46 @@ async def _starting(dsn: str) -> AsyncIterator[None]:
     except (MigrationError, asyncio.CancelledError):
         raise
     except Exception as exc:
+        if _lost_by_a_pooler(exc):
+            raise StartupError(f"cannot use the database at {describe_dsn(dsn)}: {POOLER}") from exc
         reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
         raise StartupError(f"cannot use the database at {describe_dsn(dsn)}: {reason}") from exc
+
+
+def _lost_by_a_pooler(exc: BaseException) -> bool:
+    """A prepared statement that vanished or already exists: the statements of one session
+    went to several server connections, as through a transaction-mode pooler."""
+    return isinstance(exc, asyncpg.InvalidSQLStatementNameError | asyncpg.DuplicatePreparedStatementError)
+
+
+# How long the listener may take to connect once migrations and the pool have worked.
+LISTENER_CONNECT_TIMEOUT_S = 30.0
+
+
+async def _notify_self_test(listener: Listener, pool: asyncpg.Pool, dsn: str) -> None:
+    """SPEC section 2: NOTIFY ourselves and wait for it on the listener's connection. Sent on
+    another (pool) connection as one simple-protocol statement, which any pooler passes."""
+    async def send(payload: str) -> None:  # a hex nonce: nothing to escape
+        async with pool.acquire() as conn:
+            await conn.execute(f"NOTIFY {PROBE}, '{payload}'")
+
+    try:
+        async with asyncio.timeout(LISTENER_CONNECT_TIMEOUT_S):
+            await listener.wait_connected()
+    except TimeoutError:
+        error = listener.last_error
+        reason = (str(error).splitlines() or [""])[0] if error is not None else "no answer"
+        if error is not None and _lost_by_a_pooler(error):
+            reason = POOLER
+        raise StartupError(f"the listener cannot use the database at {describe_dsn(dsn)}: {reason}") from None
+    async with _starting(dsn):
+        took = await listener.self_test(send)
+    if took is None:
+        waited = db_listener.SELF_TEST_TIMEOUT_S
+        log.error("notify_self_test_failed", timeout_s=waited)
+        raise StartupError(f"a NOTIFY sent at start-up did not come back within {waited:g} s "
+                           f"on the listener's connection to {describe_dsn(dsn)}: {POOLER}")
+    log.info("notify_self_test_passed", ms=round(took * 1000, 3))
 
 
 async def migrate_database(dsn: str) -> list[str]:
@@ -106,11 +148,11 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
     for backend in backends.values():  # their calls' latency and errors, on this instance's /metrics
         if isinstance(backend, HttpBackendBase):
             backend.metrics = runtime.metrics
-    remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id)
+    remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id, runtime.notifier)
     supervisor = runtime.supervisor
     worker = Worker(pool=runtime.pool, settings=settings, instance_id=runtime.instance_id,
                     manager=runtime.manager, backends=backends, canceller=runtime.canceller,
-                    remote=remote, metrics=runtime.metrics, supervisor=supervisor)
+                    remote=remote, metrics=runtime.metrics, supervisor=supervisor, notifier=runtime.notifier)
     assert runtime.listener is not None
     runtime.listener.subscribe(SUBMIT, worker.notify_work)
     runtime.listener.on_reconnect(worker.recheck)

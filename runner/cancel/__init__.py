@@ -8,7 +8,7 @@
 4. the task's cleanup sends the remote cancels (remote.RemoteCanceller.send, shielded) and
    hands its stop record to the stops batcher (stops.StopRecorder);
 5. whatever cancel is still owed, the sweeper (remote.RemoteCanceller.sweep) sends from any
-   instance. Across instances: the NOTIFY (notifications) reaches every listener
+   instance. Across instances: the NOTIFY (runner.db.notify) reaches every listener
    (runner.db.listener), and runner.runtime hands it to the registry; a lost one is made
    good by the lease renewal (runner.worker). `?wait=true` waits in waiting.wait_stopped.
 """

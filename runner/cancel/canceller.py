@@ -19,6 +19,7 @@ import structlog
 from runner.cancel.registry import JobContextManager, PendingCancel, StopReason
 from runner.cancel.statements import CANCEL_ALL, CANCEL_EXECUTION, CANCEL_JOB
 from runner.db import fetchrow_retrying_aborts
+from runner.db.notify import Notifier
 from runner.errors import JobForbidden, JobNotFound, NotCancellable
 from runner.metrics import Metrics
 
@@ -72,8 +73,10 @@ async def _let_the_stop_run_first() -> None:
 
 class Canceller:
     def __init__(self, pool: asyncpg.Pool, manager: JobContextManager, metrics: Metrics, *,
-                 remote_cancel_backends: list[str], holder_grace_s: float, instance_id: str) -> None:
+                 remote_cancel_backends: list[str], holder_grace_s: float, instance_id: str,
+                 notifier: Notifier | None = None) -> None:
         self.pool = pool
+        self.notifier = notifier  # the watchers' hints, after each commit
         self.instance_id = instance_id
         self.manager = manager
         self.metrics = metrics
@@ -108,6 +111,8 @@ class Canceller:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no job {job_id}")
         previous = row["previous_status"]
+        if row["changed"] and self.notifier is not None:
+            self.notifier.changed(job_id, row["owner"])
         self._refuse_unless_changed(row, actor, admin, "job")
         running = row["changed"] and previous == "running"
         if running and not signalled and self.manager.cancel(job_id, stop):
@@ -140,6 +145,8 @@ class Canceller:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no execution {execution_id} in job {job_id}")
         previous = row["previous_status"]
+        if row["changed"] and self.notifier is not None:
+            self.notifier.changed(job_id, row["owner"])
         self._refuse_unless_changed(row, actor, admin, "execution")
         running = row["changed"] and previous == "running" and row["job_status"] == "running"
         if running and self.manager.cancel_execution(job_id, execution_id):
@@ -182,6 +189,9 @@ class Canceller:
                     await _let_the_stop_run_first()
                 ids += row["ids"]
                 executions += row["executions_cancelled"]
+                if self.notifier is not None:
+                    for job_id in row["ids"]:
+                        self.notifier.changed(job_id, owner)
         except BaseException as exc:
             for landed in ahead.values():  # the statement's fate is unknown: each finds out
                 if isinstance(exc, Exception):

@@ -21,6 +21,7 @@ import structlog
 from runner.backends import Backend, CancelOutcome, CancelResult
 from runner.backends.polling import PollingBackend
 from runner.db import DATABASE_ERRORS
+from runner.db.notify import Notifier
 from runner.errors import BackendError, RemoteGone
 from runner.metrics import Metrics
 from runner.storable import readable
@@ -49,11 +50,13 @@ WITH ex AS (
                 least($6::int, 2 ^ least(remote_cancel_tries + 1, 20)) * (0.75 + random() / 4)))
             WHEN $3 = 'acknowledged' AND $8::float8 IS NOT NULL THEN now() + make_interval(secs => $8) END
     WHERE id = $2 AND remote_cancel = 'pending'
-    RETURNING id, job_id, remote_id, remote_cancel_tries)
-INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-SELECT $1, ex.id, 'remote_cancel', $5, jsonb_build_object(
-    'outcome', $3::text, 'answer', $4::text, 'remote_id', ex.remote_id, 'try', ex.remote_cancel_tries)
-FROM ex, runner_notify_job(ex.job_id)"""
+    RETURNING id, job_id, remote_id, remote_cancel_tries),
+ev AS (
+    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+    SELECT $1, ex.id, 'remote_cancel', $5, jsonb_build_object(
+        'outcome', $3::text, 'answer', $4::text, 'remote_id', ex.remote_id, 'try', ex.remote_cancel_tries)
+    FROM ex)
+SELECT j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
 
 
 # An acknowledged cancel whose work is over: confirmed, with when and what it cost.
@@ -71,7 +74,7 @@ ev AS (
     SELECT ex.job_id, ex.id, 'remote_stop_confirmed', $3, jsonb_build_object(
         'remote_id', ex.remote_id, 'answer', $4::text, 'after_cancel_s', round(ex.after_cancel_s::numeric, 3))
     FROM ex)
-SELECT ex.after_cancel_s FROM ex, runner_notify_job(ex.job_id)"""
+SELECT ex.after_cancel_s, ex.job_id, j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
 
 # Over by the provider's word, but a word that proves no stop (RunPod's CANCELLED, answered at
 # once whatever the worker does): stays `acknowledged`, and nothing more can be learnt by
@@ -80,12 +83,14 @@ _REPORTED = """
 WITH ex AS (
     UPDATE executions SET remote_cancel_due = NULL
     WHERE id = $1 AND remote_cancel = 'acknowledged'
-    RETURNING id, job_id, remote_id)
-INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-SELECT ex.job_id, ex.id, 'remote_cancel_reported', $2, jsonb_build_object(
-    'remote_id', ex.remote_id, 'answer', $3::text,
-    'proves_stop', false)
-FROM ex, runner_notify_job(ex.job_id)"""
+    RETURNING id, job_id, remote_id),
+ev AS (
+    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+    SELECT ex.job_id, ex.id, 'remote_cancel_reported', $2, jsonb_build_object(
+        'remote_id', ex.remote_id, 'answer', $3::text,
+        'proves_stop', false)
+    FROM ex)
+SELECT ex.job_id, j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
 
 # The provider no longer knows the work (404): nothing more can be sent or learnt.
 # $1 execution, $2 instance, $3 the answer.
@@ -93,11 +98,13 @@ _GONE = """
 WITH ex AS (
     UPDATE executions SET remote_cancel = 'gone', remote_cancel_due = NULL, remote_cancel_error = $3
     WHERE id = $1 AND remote_cancel IN ('pending', 'acknowledged')
-    RETURNING id, job_id, remote_id)
-INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-SELECT ex.job_id, ex.id, 'remote_cancel', $2, jsonb_build_object(
-    'outcome', 'gone', 'answer', $3::text, 'remote_id', ex.remote_id)
-FROM ex, runner_notify_job(ex.job_id)"""
+    RETURNING id, job_id, remote_id),
+ev AS (
+    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
+    SELECT ex.job_id, ex.id, 'remote_cancel', $2, jsonb_build_object(
+        'outcome', 'gone', 'answer', $3::text, 'remote_id', ex.remote_id)
+    FROM ex)
+SELECT ex.job_id, j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
 
 # Remote cancels to one backend, paced across every instance: take the backend's next free
 # send time and move it on by one interval, in one statement (the row lock orders takers).
@@ -159,8 +166,9 @@ class TokenBucket:
 
 class RemoteCanceller:
     def __init__(self, pool: asyncpg.Pool, backends: Mapping[str, Backend], metrics: Metrics,
-                 instance_id: str) -> None:
+                 instance_id: str, notifier: Notifier | None = None) -> None:
         self.pool = pool
+        self.notifier = notifier
         self.backends = backends
         self.metrics = metrics
         self.instance_id = instance_id
@@ -180,9 +188,11 @@ class RemoteCanceller:
             result = await self._cancel(backend, backend_name, job_id, execution_id, remote_id, urls)
         confirms = backend is not None and backend.spec.confirms_stop
         confirm_in = backend.spec.poll_interval_s if backend is not None and confirms else None
-        await self.pool.execute(_RECORD, job_id, execution_id, result.outcome.value,
-                                readable(result.detail), self.instance_id, MAX_BACKOFF_S,
-                                result.retry_after, confirm_in)
+        recorded = await self.pool.fetchrow(_RECORD, job_id, execution_id, result.outcome.value,
+                                            readable(result.detail), self.instance_id, MAX_BACKOFF_S,
+                                            result.retry_after, confirm_in)
+        if recorded is not None and self.notifier is not None:
+            self.notifier.changed(job_id, recorded["owner"])
         self.metrics.remote_cancels.labels(backend_name, result.outcome.value).inc()
         log.info("remote_cancel", job_id=str(job_id), execution_id=str(execution_id),
                  backend=backend_name, remote_id=remote_id, outcome=result.outcome.value,
@@ -200,6 +210,13 @@ class RemoteCanceller:
                 return await backend.cancel_remote(job_id, execution_id, remote_id, urls)
         except TimeoutError:
             return CancelResult(CancelOutcome.RETRY, f"no answer within {SEND_TIMEOUT_S} s")
+
+    async def _record(self, statement: str, *args: object) -> None:
+        """Run a statement that changes an execution and returns its job and owner; wake
+        whoever watches them."""
+        changed = await self.pool.fetchrow(statement, *args)
+        if changed is not None and self.notifier is not None:
+            self.notifier.changed(changed["job_id"], changed["owner"])
 
     async def sweep(self) -> int:
         """Send the cancels that are due (their holder is gone, or an earlier try failed), and
@@ -243,7 +260,7 @@ class RemoteCanceller:
             async with asyncio.timeout(SEND_TIMEOUT_S):
                 over = await backend.remote_over(row["remote_id"], row["remote_urls"])
         except RemoteGone as exc:
-            await self.pool.execute(_GONE, row["id"], self.instance_id, readable(str(exc)))
+            await self._record(_GONE, row["id"], self.instance_id, readable(str(exc)))
             self._warned.discard(row["id"])
             log.info("remote_work_gone", execution_id=str(row["id"]), remote_id=row["remote_id"],
                      backend=row["backend"], answer=str(exc))
@@ -254,15 +271,18 @@ class RemoteCanceller:
             await self.pool.execute(_STILL_RUNNING, row["id"], backoff, 0)
             return
         if over is not None and not over.proves_stop:
-            await self.pool.execute(_REPORTED, row["id"], self.instance_id, readable(over.error or ""))
+            await self._record(_REPORTED, row["id"], self.instance_id, readable(over.error or ""))
             self._warned.discard(row["id"])
             log.info("remote_cancel_reported", execution_id=str(row["id"]), remote_id=row["remote_id"],
                      backend=row["backend"], proves_stop=False)
             return
         if over is not None:
             stopped_at: datetime | None = over.stopped_at
-            after = await self.pool.fetchval(_CONFIRM, row["id"], over.gpu_seconds, self.instance_id,
-                                             over.state.value, stopped_at)
+            confirmed = await self.pool.fetchrow(_CONFIRM, row["id"], over.gpu_seconds, self.instance_id,
+                                                 over.state.value, stopped_at)
+            after = None if confirmed is None else confirmed["after_cancel_s"]
+            if confirmed is not None and self.notifier is not None:
+                self.notifier.changed(confirmed["job_id"], confirmed["owner"])
             if after is not None:
                 self.metrics.cancel_to_stop_seconds.observe(max(float(after), 0.0))
                 if over.gpu_seconds is not None:
@@ -283,7 +303,7 @@ class RemoteCanceller:
                                     row["remote_urls"])
         self.metrics.remote_cancels.labels(row["backend"], f"resent_{result.outcome.value}").inc()
         if result.outcome is CancelOutcome.GONE:
-            await self.pool.execute(_GONE, row["id"], self.instance_id, readable(result.detail))
+            await self._record(_GONE, row["id"], self.instance_id, readable(result.detail))
             return
         backoff = min(MAX_BACKOFF_S, next_look * 2 ** min(row["remote_cancel_tries"], 10))
         await self.pool.execute(_STILL_RUNNING, row["id"], max(backoff, result.retry_after or 0), 1)

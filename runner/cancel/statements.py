@@ -1,9 +1,10 @@
-"""The cancel statements: each does the job, its executions, the audit row and the NOTIFY
-in one statement and one commit, and names the statuses it may leave."""
+"""The cancel statements: each does the job, its executions, the audit row and the cancel's
+NOTIFY (its only one: watchers hear of it from the canceller's Notifier, after the commit) in
+one statement and one commit, and names the statuses it may leave."""
 
 from __future__ import annotations
 
-from runner.cancel import notifications
+from runner.db import notify
 
 
 def owe_remote_cancel(when: str, due: str = "now()") -> str:
@@ -48,7 +49,7 @@ event AS (
         'executions_cancelled', (SELECT count(*) FROM execs))
     FROM job, target t),
 notify AS (
-    SELECT {notifications.job_sql("job.id")}, runner_notify_job(job.id) FROM job)
+    SELECT {notify.cancel_job_sql("job.id")} FROM job)
 SELECT t.status AS previous_status, t.owner, coalesce(job.cancelled_at, t.cancelled_at) AS cancelled_at,
     job.id IS NOT NULL AS changed, (SELECT count(*) FROM execs) AS executions_cancelled,
     (SELECT count(*) FROM notify) AS notified
@@ -87,7 +88,7 @@ event AS (
     SELECT $1, NULL, fin.status, $2, jsonb_build_object('reason', 'its last execution was cancelled')
     FROM fin),
 notify AS (
-    SELECT {notifications.execution_sql("$1", "ex.id")}, runner_notify_job($1) FROM ex)
+    SELECT {notify.cancel_execution_sql("$1", "ex.id")} FROM ex)
 SELECT t.job_status, t.owner, t.status AS previous_status,
     coalesce(ex.finished_at, t.finished_at) AS cancelled_at, ex.id IS NOT NULL AS changed,
     (SELECT count(*) FROM notify) AS notified
@@ -116,16 +117,14 @@ event AS (
     SELECT id, 'cancelled', $1, jsonb_build_object(
         'reason', $3::text, 'previous_status', previous_status, 'bulk', true)
     FROM job),
--- Running jobs' notifications in chunks (runner.cancel.notifications): cancelling 10,000
+-- Running jobs' notifications in chunks (runner.db.notify): cancelling 10,000
 -- jobs wakes each instance 50 times, not 10,000.
 notify AS (
-    {notifications.bulk_sql("$7", "SELECT id FROM job WHERE previous_status = 'running'")}),
-watchers AS (
-    SELECT runner_notify_job(id) FROM job)
+    {notify.cancel_bulk_sql("$7", "SELECT id FROM job WHERE previous_status = 'running'")})
 SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
     coalesce((SELECT array_agg(id) FROM job WHERE previous_status = 'running'), '{{}}') AS running,
     (SELECT count(*) FROM execs) AS executions_cancelled,
-    (SELECT count(*) FROM notify) + (SELECT count(*) FROM watchers) AS notified"""
+    (SELECT count(*) FROM notify) AS notified"""
 
 
 # Whether a job's task has stopped, wherever it ran: its last start was followed by a

@@ -22,6 +22,7 @@ import structlog
 from runner.cancel.canceller import Canceller, cancel_applied
 from runner.cancel.registry import JobContext, PendingCancel, StopReason
 from runner.db import DATABASE_ERRORS, backoff_s, is_transient
+from runner.db.notify import Notifier
 from runner.errors import JobError
 from runner.metrics import Metrics
 from runner.worker.batch import Batcher
@@ -40,13 +41,14 @@ class StopRecord:
     spent: tuple[tuple[uuid.UUID, float], ...] = ()
 
 
-async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str) -> list[None]:
+async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str,
+                       notifier: Notifier | None = None) -> list[None]:
     """Tasks of cancelled jobs have stopped: record each with its latency; one
     statement for the batch. The reason comes from the row (a timeout and a user's cancel
     stop the task alike)."""
     # Typed arrays, not a JSON document: asyncpg encodes them in binary, which is cheaper
     # for the thousands of rows a cancel-all brings.
-    await pool.execute(
+    rows = await pool.fetch(
         """WITH s AS (
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int[])
                    AS s(job_id, reason, local_latency_ms, executions)),
@@ -67,10 +69,13 @@ async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: s
                    'local_latency_ms', round(s.local_latency_ms::numeric, 3)))
                FROM s JOIN jobs j ON j.id = s.job_id
                RETURNING job_id)
-           SELECT count(*) FROM ev, runner_notify_job(ev.job_id)""",
+           SELECT ev.job_id, j.owner FROM ev JOIN jobs j ON j.id = ev.job_id""",
         [r.job_id for r in stops], [r.reason for r in stops], [r.local_latency_ms for r in stops],
         [r.executions for r in stops], worker_id,
         [eid for r in stops for eid, _ in r.spent], [sec for r in stops for _, sec in r.spent])
+    if notifier is not None:
+        for row in rows:
+            notifier.changed(row["job_id"], row["owner"])
     return [None] * len(stops)
 
 LINGER_S = 0.02
@@ -87,7 +92,7 @@ def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
 
 class StopRecorder:
     def __init__(self, pool: asyncpg.Pool, instance_id: str, canceller: Canceller, metrics: Metrics,
-                 spawn: Spawn) -> None:
+                 spawn: Spawn, notifier: Notifier | None = None) -> None:
         self.canceller = canceller
         self.metrics = metrics
         self._spawn = spawn  # the supervisor's short tasks, awaited when the worker drains
@@ -96,7 +101,7 @@ class StopRecorder:
         # `running` here, and must not be taken for orphans.
         self.in_progress: set[uuid.UUID] = set()
         self.batch: Batcher[StopRecord, None] = Batcher(
-            "task_stopped", lambda stops: record_stops(pool, stops, instance_id),
+            "task_stopped", lambda stops: record_stops(pool, stops, instance_id, notifier),
             linger_s=LINGER_S)
 
     def record(self, ctx: JobContext, reason: StopReason) -> None:

@@ -21,7 +21,7 @@ async def wait_stopped(pool: asyncpg.Pool, watch: JobWatch, worker: Worker | Non
     try:
         async with asyncio.timeout(limit_s):
             if ctx is not None and worker is not None:  # only a worker holds tasks
-                await worker.until_stopped(ctx)
+                await worker.stops.until_stopped(ctx)
                 return True
             async with watch.watching(job_id) as changed:
                 while True:

@@ -117,7 +117,7 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: FakeWebEndpoint, 
 
     async def note_stop() -> None:
         if ctx is not None and runtime.worker is not None:
-            await runtime.worker.until_stopped(ctx)
+            await runtime.worker.stops.until_stopped(ctx)
             stopped_at["t"] = time.perf_counter()
 
     watcher = asyncio.create_task(note_stop(), name="demo_stop_watch")

@@ -16,26 +16,19 @@ import asyncpg
 import structlog
 
 from runner.db import connect
+from runner.db.notify import PROBE
 
 log = structlog.get_logger("runner.db.listener")
 
-# Channels: payloads are short text.
-# (the cancel channel and its format: runner.cancel.notifications)
-SUBMIT = "runner_submit"  # "" - work is queued
-JOB_PREFIX = "runner_job_"  # + the job id's hex: that job or one of its executions changed
-AUTH = "runner_auth"  # "<token hash hex>" - a session was revoked
+# The channels and their payloads: runner.db.notify.
+# How long the start-up self-test waits for its own notification (SPEC section 2).
+SELF_TEST_TIMEOUT_S = 5.0
+# What a lost self-test (or a prepared statement gone missing) means, for the one line.
+POOLER = ("DATABASE_URL goes through a transaction-mode pooler (PgBouncer), which loses LISTEN/NOTIFY "
+          "(and prepared statements): connect directly, or through a session-mode pooler "
+          "(Fly Managed Postgres' `fly mpg attach` sets the pooled URL: use the direct one)")
 
 Callback = Callable[[str], None]
-
-
-def job_channel(job_id: uuid.UUID) -> str:
-    """The channel runner_notify_job() (SQL) signals for this job."""
-    return JOB_PREFIX + job_id.hex
-
-
-def wallet_channel(address: str) -> str:
-    """The channel runner_notify_job() (SQL) signals for any job of this wallet."""
-    return "runner_wallet_" + address[2:].lower()
 
 
 class Listener:
@@ -51,6 +44,9 @@ class Listener:
         self._lock = asyncio.Lock()
         self.connections = 0
         self.reconnects = 0
+        self.last_error: BaseException | None = None
+        self._probes: dict[str, asyncio.Event] = {}
+        self.subscribe(PROBE, self._probe_came)
 
     @property
     def connected(self) -> bool:
@@ -61,40 +57,41 @@ class Listener:
         return self._conn.get_server_pid() if self._conn is not None else None
 
     def subscribe(self, channel: str, callback: Callback) -> None:
+        """Before run(): the listener LISTENs on every subscribed channel at each connection
+        (a few fixed ones; the routing is in the payloads, runner.db.notify)."""
         self._handlers.setdefault(channel, []).append(callback)
-
-    async def watch(self, channel: str, callback: Callback) -> None:
-        """Subscribe while running (per-job channels): LISTEN now if connected, or at the
-        next connection (which LISTENs every subscribed channel). Bounded in time."""
-        callbacks = self._handlers.setdefault(channel, [])
-        callbacks.append(callback)
-        if len(callbacks) == 1:
-            await self._bounded(lambda conn: conn.add_listener(channel, self._dispatch))
-
-    async def unwatch(self, channel: str, callback: Callback) -> None:
-        callbacks = self._handlers.get(channel, [])
-        if callback in callbacks:
-            callbacks.remove(callback)
-        if not callbacks and self._handlers.pop(channel, None) is not None:
-            await self._bounded(lambda conn: conn.remove_listener(channel, self._dispatch))
-
-    async def _bounded(self, statement: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
-        """One statement on the connection, waiting at most a health interval (for the lock
-        too). A connection that does not answer in time, or fails, is dropped: the session
-        reconnects and LISTENs every subscribed channel again, so nothing is lost."""
-        try:
-            async with asyncio.timeout(self.health_interval_s), self._lock:
-                if self._conn is not None and self.connected:
-                    await statement(self._conn)
-        except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
-            log.warning("listener_statement_failed", error=repr(exc))
-            self._lost.set()
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._on_reconnect.append(callback)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    async def self_test(self, send: Callable[[str], Awaitable[None]]) -> float | None:
+        """Whether a notification sent now (by `send(payload)`, on another connection) reaches
+        this listener: its round trip in seconds, or None if it did not come within
+        SELF_TEST_TIMEOUT_S.
+        Through a transaction-mode pooler the LISTEN stays on a server connection the pooler
+        has handed to other clients, so nothing ever comes back."""
+        nonce = uuid.uuid4().hex
+        came = self._probes[nonce] = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            began = loop.time()
+            await send(nonce)
+            try:
+                async with asyncio.timeout(SELF_TEST_TIMEOUT_S):
+                    await came.wait()
+            except TimeoutError:
+                return None
+            return loop.time() - began
+        finally:
+            self._probes.pop(nonce, None)
+
+    def _probe_came(self, payload: str) -> None:
+        came = self._probes.get(payload)
+        if came is not None:
+            came.set()
 
     def _dispatch(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
         for callback in self._handlers.get(channel, ()):
@@ -113,6 +110,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.last_error = exc
                 log.warning("listener_connect_failed", error=repr(exc), retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay * (1 + random.random() / 2))
                 delay = min(delay * 2, 5.0)

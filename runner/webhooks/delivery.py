@@ -20,7 +20,7 @@ import structlog
 
 from runner import jsontext
 from runner.config import Settings
-from runner.db import until_written
+from runner.db import notify, until_written
 from runner.jobs import JOB_COLUMNS, JobRow
 from runner.metrics import Metrics
 from runner.timeutil import iso
@@ -32,7 +32,7 @@ log = structlog.get_logger("runner.webhooks")
 MAX_ANSWER_BYTES = 64 * 1024  # what is read of a receiver's answer (then dropped, never stored)
 MAX_IN_FLIGHT = 32  # deliveries one instance makes at once
 RETRY_CAP_S = 3600.0  # the longest wait between two attempts
-WAKE_CHANNEL = "runner_webhook"
+WAKE_CHANNEL = notify.WEBHOOK
 
 _CLAIM = """
 WITH due AS (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from runner.db.notify import Notifier
+
 RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
 WAITING_LOCK_KEY = 0x72756E6E65720003  # one instance at a time notes why jobs wait
 
@@ -30,14 +32,15 @@ async def queue(pool: asyncpg.Pool) -> dict[str, tuple[int, float]]:
     return {r["backend"]: (r["jobs"], max(r["age"], 0.0)) for r in rows}
 
 
-async def note_waiting(pool: asyncpg.Pool, backends: list[str]) -> int | None:
+async def note_waiting(pool: asyncpg.Pool, backends: list[str],
+                       notifier: Notifier | None = None) -> int | None:
     """Say in the audit trail of each queued job that needs one of `backends` (which no live
     instance has) why it waits: a `waiting` event, once per reason, which also reaches the
     wallet's event stream. The number noted; None if another instance is at it."""
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WAITING_LOCK_KEY):
             return None
-        noted: int = await conn.fetchval(
+        noted = await conn.fetch(
             """WITH stranded AS (
                    SELECT j.id, runner_waiting_reason(j.backends) AS reason FROM jobs j
                    WHERE j.status = 'queued' AND j.backends && $1::text[]),
@@ -49,8 +52,11 @@ async def note_waiting(pool: asyncpg.Pool, backends: list[str]) -> int | None:
                        SELECT 1 FROM job_events e WHERE e.job_id = s.id AND e.kind = 'waiting'
                        AND e.detail->>'reason' = s.reason)
                    RETURNING job_id)
-               SELECT count(runner_notify_job(job_id)) FROM noted""", backends)
-        return noted
+               SELECT n.job_id, j.owner FROM noted n JOIN jobs j ON j.id = n.job_id""", backends)
+    if notifier is not None:
+        for row in noted:
+            notifier.changed(row["job_id"], row["owner"])
+    return len(noted)
 
 
 async def unconfirmed(pool: asyncpg.Pool) -> dict[str, int]:

@@ -13,6 +13,7 @@ import structlog
 from runner.cancel.registry import JobContextManager, StopReason
 from runner.cancel.stops import StopRecorder
 from runner.config import Settings
+from runner.db.notify import Notifier
 from runner.metrics import Metrics
 from runner.supervisor import Supervisor
 from runner.worker import housekeeping, store
@@ -35,6 +36,7 @@ class LeaseKeeping:
     supervisor: Supervisor
     stops: StopRecorder
     capacity: store.Capacity
+    notifier: Notifier | None
     unsettled: set[uuid.UUID]
     _claiming: bool
     _claims_started: int
@@ -75,7 +77,8 @@ class LeaseKeeping:
         for job_id in unheld:
             if job_id in busy or self.manager.is_running(job_id):
                 continue
-            if await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="not_held"):
+            if await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="not_held",
+                                               notifier=self.notifier):
                 log.warning("job_requeued", job_id=str(job_id), reason="not_held")
 
     async def _settle(self) -> None:
@@ -83,9 +86,10 @@ class LeaseKeeping:
         job_ids = list(self.unsettled)
         self.unsettled.clear()
         for job_id, (written, status) in zip(job_ids, await store.finalize(
-                self.pool, job_ids, self.instance_id), strict=True):
+                self.pool, job_ids, self.instance_id, self.notifier), strict=True):
             if not written and status == "running":
-                await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="unsettled")
+                await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="unsettled",
+                                                notifier=self.notifier)
                 log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
 
     async def requeue_expired(self) -> None:
@@ -95,7 +99,8 @@ class LeaseKeeping:
         if self._db_ok_since is None or loop.time() - self._db_ok_since < self.settings.lease_s:
             return
         rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts,
-                                           lease_s=self.settings.lease_s, instance_id=self.instance_id)
+                                           lease_s=self.settings.lease_s, instance_id=self.instance_id,
+                                           notifier=self.notifier)
         for row in rows:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
 
@@ -107,7 +112,7 @@ class LeaseKeeping:
         unclaimable = await housekeeping.unclaimable(self.pool)
         self.metrics.set_counts(self.metrics.jobs_unclaimable, unclaimable)
         if unclaimable:
-            await housekeeping.note_waiting(self.pool, sorted(unclaimable))
+            await housekeeping.note_waiting(self.pool, sorted(unclaimable), self.notifier)
         self.metrics.set_counts(self.metrics.remote_unconfirmed, await housekeeping.unconfirmed(self.pool))
         self.metrics.set_queue(await housekeeping.queue(self.pool))
         days = self.settings.retention_days

@@ -12,19 +12,22 @@ import uuid
 import asyncpg
 
 from runner.db import until_written
+from runner.db.notify import Notifier
 
 TAKE = "SELECT runner_take_slot($1, $2, $3)"
 POLL_MAX_S = 1.0  # a slot freed on another instance is seen within this
 
 
 class Slots:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, notifier: Notifier | None = None) -> None:
         self.pool = pool
+        self.notifier = notifier
         # Set when one of this instance's executions of the backend ends: its waiters try
         # again at once rather than at their next poll.
         self._freed: dict[str, asyncio.Event] = {}
 
-    async def take(self, execution_id: uuid.UUID, backend: str, total: int) -> bool:
+    async def take(self, execution_id: uuid.UUID, backend: str, total: int,
+                   job_id: uuid.UUID, owner: str) -> bool:
         """Wait for a slot and take it (the execution is then `running`); False if the
         execution was cancelled meanwhile."""
         attempt = 0
@@ -34,6 +37,8 @@ class Slots:
                 lambda: self.pool.fetchval(TAKE, execution_id, backend, total),
                 "slot", execution_id=str(execution_id))
             if outcome != "full":
+                if outcome == "taken" and self.notifier is not None:
+                    self.notifier.changed(job_id, owner)  # the execution is running now
                 return outcome == "taken"
             attempt += 1
             with contextlib.suppress(TimeoutError):

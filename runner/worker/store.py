@@ -12,7 +12,7 @@ import asyncpg
 
 from runner import jsontext
 from runner.cancel.statements import owe_remote_cancel
-from runner.db.listener import SUBMIT
+from runner.db.notify import Notifier
 from runner.storable import readable
 
 # A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A
@@ -54,7 +54,7 @@ class Capacity:
 
 
 async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: float,
-                capacity: Capacity) -> list[ClaimedJob]:
+                capacity: Capacity, notifier: Notifier | None = None) -> list[ClaimedJob]:
     """Claim up to `limit` queued jobs and mark their open executions running.
 
     Only jobs whose every backend this worker has (claim by capability). In turn over the
@@ -118,7 +118,7 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
            turns AS (
                INSERT INTO wallet_turns (owner, last_claimed_at) SELECT DISTINCT owner, now() FROM job
                ON CONFLICT (owner) DO UPDATE SET last_claimed_at = EXCLUDED.last_claimed_at)
-           SELECT job.*, runner_notify_job(job.id), coalesce(json_agg(json_build_object(
+           SELECT job.*, coalesce(json_agg(json_build_object(
                    'id', open.id, 'backend', open.backend, 'input', open.input,
                    'remote_id', open.remote_id, 'attempts', open.attempts, 'remote_urls', open.remote_urls)
                    ORDER BY open.position)
@@ -126,6 +126,9 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
            FROM job LEFT JOIN open ON open.job_id = job.id
            GROUP BY job.id, job.owner, job.timeout_s, job.started_at, job.attempts""",
         limit, worker_id, lease_s, capacity.backends, limited, [capacity.limits[b] for b in limited])
+    if notifier is not None:
+        for r in rows:
+            notifier.changed(r["id"], r["owner"])
     # The executions come as text, decoded here one job at a time (big ones beside the
     # loop): a claim of many big inputs decoded in one go held the loop for 100s of ms.
     return [
@@ -141,15 +144,21 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
 
 
 async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: str, attempts: int,
-                        *, cancel_grace_s: float, urls: dict[str, str] | None = None) -> str:
+                        *, cancel_grace_s: float, urls: dict[str, str] | None = None,
+                        notifier: Notifier | None = None) -> str:
     """Store the remote id (and the URLs the provider returned for the work) at once. If the
     execution was cancelled meanwhile, a cancel is owed."""
     owed = "status = 'cancelled' AND remote_cancel IS NULL"
-    status: str = await pool.fetchval(
+    row = await pool.fetchrow(
         f"""UPDATE executions SET remote_id = $2, attempts = $3, remote_urls = $5::jsonb,
                {owe_remote_cancel(owed, "now() + make_interval(secs => $4)")}
-           WHERE id = $1 RETURNING status, runner_notify_job(job_id)""",
+           WHERE id = $1 RETURNING status, job_id, (SELECT owner FROM jobs WHERE id = job_id)""",
         execution_id, remote_id, attempts, cancel_grace_s, urls)
+    if row is None:
+        return "missing"
+    if notifier is not None:
+        notifier.changed(row["job_id"], row["owner"])
+    status: str = row["status"]
     return status
 
 
@@ -165,8 +174,8 @@ class ExecutionResult:
     gpu_seconds: float | None = None  # the provider's figure, or the time it ran here
 
 
-async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
-                        worker_id: str) -> list[tuple[bool, str | None]]:
+async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult], worker_id: str,
+                        notifier: Notifier | None = None) -> list[tuple[bool, str | None]]:
     """Record execution results, each unless it is no longer running (a cancel won the race),
     and finish the jobs whose last open execution this was -- what `finalize` would do next,
     in the same statement and commit. One statement for the whole batch.
@@ -221,18 +230,23 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult],
            changed AS (SELECT DISTINCT job_id FROM ex)
            SELECT 'execution' AS kind, id, NULL AS status FROM ex
            UNION ALL SELECT 'job', id, status FROM job
-           UNION ALL SELECT 'notified', NULL, NULL FROM changed, runner_notify_job(changed.job_id)""",
+           UNION ALL SELECT 'changed', c.job_id, j.owner FROM changed c JOIN jobs j ON j.id = c.job_id""",
         [{"id": str(r.execution_id), "status": r.status, "output": r.output,
           "error": None if r.error is None else readable(r.error),
           "attempts": r.attempts, "owe": r.owe_remote_cancel, "gpu": r.gpu_seconds} for r in results],
         worker_id, list({r.job_id for r in results}))
+    if notifier is not None:
+        for row in rows:
+            if row["kind"] == "changed":
+                notifier.changed(row["id"], row["status"])  # the owner, in that column
     written = {row["id"] for row in rows if row["kind"] == "execution"}
     finished = {row["id"]: row["status"] for row in rows if row["kind"] == "job"}
     return [(r.execution_id in written, finished.get(r.job_id) if r.execution_id in written else None)
             for r in results]
 
 
-async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str) -> list[tuple[bool, str]]:
+async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
+                   notifier: Notifier | None = None) -> list[tuple[bool, str]]:
     """Give running jobs their final status from their executions, in one statement.
 
     For each job: (written, status) -- the status written, or the row's status when it was not
@@ -260,29 +274,33 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str)
                     LEFT JOIN last_cancel ON last_cancel.job_id = agg.job_id
                 WHERE j.id = locked.id AND j.status = 'running' AND j.worker_id = $2
                   AND agg.final IS NOT NULL
-                RETURNING j.id, j.status),
+                RETURNING j.id, j.status, j.owner),
             ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
                 SELECT id, status, 'system', '{}'::jsonb FROM job)
-            SELECT job.id, job.status, true AS written FROM job, runner_notify_job(job.id)
+            SELECT job.id, job.status, true AS written, job.owner FROM job
             UNION ALL
-            SELECT j.id, j.status, false FROM jobs j
+            SELECT j.id, j.status, false, j.owner FROM jobs j
             WHERE j.id = ANY($1) AND j.id NOT IN (SELECT id FROM job)""",
         job_ids, worker_id)
+    if notifier is not None:
+        for r in rows:
+            if r["written"]:
+                notifier.changed(r["id"], r["owner"])
     found = {r["id"]: (r["written"], r["status"]) for r in rows}
     return [found.get(job_id, (False, "missing")) for job_id in job_ids]
 
 
 async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str, *,
-                              reason: str = "shutdown") -> bool:
+                              reason: str = "shutdown", notifier: Notifier | None = None) -> bool:
     """The job goes back to queued, keeping remote ids. Only a clean shutdown hands back the
     attempt it used: anything else that interrupts a job again and again must end in
     RUNNER_MAX_JOB_ATTEMPTS, never in a loop."""
-    done: bool = await pool.fetchval(
-        f"""WITH job AS (
+    row = await pool.fetchrow(
+        """WITH job AS (
                 UPDATE jobs SET status = 'queued', worker_id = NULL,
                     attempts = CASE WHEN $3 = 'shutdown' THEN greatest(attempts - 1, 0) ELSE attempts END
-                WHERE id = $1 AND status = 'running' AND worker_id = $2 RETURNING id),
+                WHERE id = $1 AND status = 'running' AND worker_id = $2 RETURNING id, owner, backends),
             ex AS (
                 UPDATE executions e SET status = 'queued'
                 FROM job WHERE e.job_id = job.id AND e.status = 'running' RETURNING e.id),
@@ -292,9 +310,14 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
                     jsonb_build_object('reason', $3::text, 'worker', $2::text,
                                        'executions', (SELECT count(*) FROM ex))
                 FROM job)
-            SELECT count(*) > 0 FROM job, pg_notify('{SUBMIT}', ''), runner_notify_job($1)""",
+            SELECT owner, backends FROM job""",
         job_id, worker_id, reason)
-    return done
+    if row is None:
+        return False
+    if notifier is not None:
+        notifier.changed(job_id, row["owner"])
+        notifier.work(row["backends"])
+    return True
 
 
 async def renew_lease(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
@@ -320,7 +343,7 @@ async def end_lease(pool: asyncpg.Pool, worker_id: str) -> None:
 
 
 async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: float, instance_id: str,
-                          limit: int = 500) -> list[asyncpg.Record]:
+                          limit: int = 500, notifier: Notifier | None = None) -> list[asyncpg.Record]:
     """Requeue running jobs whose lease expired (their instance died); fail those out of attempts.
     Never the caller's own: after a stall its lease may have lapsed, but what it holds it
     judges itself, at its next renewal (jobs no task holds go back to the queue there).
@@ -349,7 +372,7 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
                     finished_at = CASE WHEN x.attempts >= $1 THEN now() END,
                     worker_id = NULL
                 FROM expired x WHERE j.id = x.id
-                RETURNING j.id, j.status, x.worker_id AS lost_worker, x.attempts),
+                RETURNING j.id, j.status, j.owner, j.backends, x.worker_id AS lost_worker, x.attempts),
             ex AS (
                 UPDATE executions e SET
                     status = CASE WHEN job.status = 'failed' THEN 'failed' ELSE 'queued' END,
@@ -364,10 +387,13 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
                     jsonb_build_object('reason', 'lease_expired', 'lost_worker', lost_worker,
                                        'attempts', attempts)
                 FROM job)
-            SELECT id, status, runner_notify_job(id) FROM job""",
+            SELECT id, status, owner, backends FROM job""",
         max_attempts, limit, lease_s, instance_id)
-    if any(r["status"] == "queued" for r in rows):
-        await pool.execute(f"SELECT pg_notify('{SUBMIT}', '')")
+    if notifier is not None:
+        for r in rows:
+            notifier.changed(r["id"], r["owner"])
+            if r["status"] == "queued":
+                notifier.work(r["backends"])
     # Forget workers long gone (nothing of theirs is left running after the requeue).
     await pool.execute("DELETE FROM workers WHERE lease_expires_at < now() - interval '1 day'")
     return rows

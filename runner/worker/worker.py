@@ -22,7 +22,8 @@ from runner.cancel.registry import JobContext, JobContextManager, StopReason
 from runner.cancel.remote import RemoteCanceller
 from runner.cancel.stops import StopRecorder
 from runner.config import Settings
-from runner.db import DATABASE_ERRORS, backoff_s, is_database_error, is_transient, until_written
+from runner.db import DATABASE_ERRORS, backoff_s, is_database_error, is_transient, notify, until_written
+from runner.db.notify import Notifier
 from runner.errors import BackendError, JobError, Unstorable
 from runner.metrics import Metrics
 from runner.supervisor import Supervisor
@@ -35,14 +36,16 @@ log = structlog.get_logger("runner.worker.worker")
 
 CLAIM_BATCH = 100
 POLL_INTERVAL_S = 2.0  # the fallback when a NOTIFY of new work is lost
+EMPTY_CLAIM_COOLDOWN_S = 0.1  # after a claim that found nothing (River's fetch cooldown: 100 ms)
 
 
 class Worker(LeaseKeeping):
     def __init__(self, *, pool: asyncpg.Pool, settings: Settings, instance_id: str,
                  manager: JobContextManager, backends: Mapping[str, Backend],
                  canceller: Canceller, remote: RemoteCanceller, metrics: Metrics,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor, notifier: Notifier | None = None) -> None:
         self.pool = pool
+        self.notifier = notifier
         self.settings = settings
         self.instance_id = instance_id
         self.manager = manager
@@ -57,14 +60,15 @@ class Worker(LeaseKeeping):
         self.capacity = store.Capacity(
             sorted(backends), {name: b.spec.concurrency for name, b in backends.items()
                                if b.spec.concurrency is not None})
-        self.slots = Slots(pool)
+        self._have = frozenset(self.capacity.backends)
+        self.slots = Slots(pool, notifier)
         # Completions are batched: one statement (and one WAL flush) for many jobs; it also
         # finishes the jobs whose last execution it records.
         self.results: Batcher[store.ExecutionResult, tuple[bool, str | None]] = Batcher(
-            "execution_results", lambda items: store.write_results(pool, items, instance_id))
+            "execution_results", lambda items: store.write_results(pool, items, instance_id, notifier))
         self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
-            "finalize", lambda ids: store.finalize(pool, ids, instance_id))
-        self.stops = StopRecorder(pool, instance_id, canceller, metrics, supervisor.track)
+            "finalize", lambda ids: store.finalize(pool, ids, instance_id, notifier))
+        self.stops = StopRecorder(pool, instance_id, canceller, metrics, supervisor.track, notifier)
         # Jobs whose task ended but whose final write did not happen (an execution's result
         # could not be written): retried with the lease renewal, then requeued.
         self.unsettled: set[uuid.UUID] = set()
@@ -77,8 +81,11 @@ class Worker(LeaseKeeping):
 
     # -- claiming --------------------------------------------------------------------------
 
-    def notify_work(self, _payload: str = "") -> None:
-        self.wake.set()
+    def notify_work(self, payload: str = "") -> None:
+        """A runner_submit hint: claim now, unless every job it names needs a backend this
+        instance lacks (its claim would find nothing)."""
+        if notify.wanted(payload, self._have):
+            self.wake.set()
 
     async def claim_loop(self) -> None:
         failures = 0
@@ -94,7 +101,8 @@ class Worker(LeaseKeeping):
             self._claims_started += 1
             try:
                 jobs = await store.claim(self.pool, worker_id=self.instance_id, limit=want,
-                                         lease_s=self.settings.lease_s, capacity=self.capacity)
+                                         lease_s=self.settings.lease_s, capacity=self.capacity,
+                                         notifier=self.notifier)
                 failures = 0
             except DATABASE_ERRORS as exc:
                 self._claiming = False
@@ -109,6 +117,11 @@ class Worker(LeaseKeeping):
             for job in jobs:
                 self._start(job)
             self._claiming = False
+            if not jobs and not self.draining:
+                # Nothing to claim: the work a hint announced went to another instance (every
+                # worker hears every hint). Hints heard meanwhile wake one claim after this
+                # pause, so a fleet does not answer each submit with a claim per instance.
+                await asyncio.sleep(EMPTY_CLAIM_COOLDOWN_S)
             if len(jobs) < want and not self.draining:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_INTERVAL_S):
@@ -117,9 +130,8 @@ class Worker(LeaseKeeping):
     def _start(self, job: store.ClaimedJob) -> None:
         old = self.manager.get(job.id)
         if old is not None:
-            # Claimed again while an old task of ours still holds it: after a stall, another
-            # instance requeued it and it came back here. The old task's claim is void: stop
-            # it (no writes: its lease was lost), then run the new claim once it has ended.
+            # Requeued by another instance during our stall, and claimed back here: the old
+            # task's claim is void (no writes); the new one runs once it has ended.
             log.warning("job_reclaimed_while_held", job_id=str(job.id), attempt=job.attempts)
             self.manager.cancel(job.id, StopReason.LEASE_LOST)
             self.supervisor.track(self._start_after(old.task, job), f"reclaim-{job.id}")
@@ -131,10 +143,7 @@ class Worker(LeaseKeeping):
 
     async def _start_after(self, old: asyncio.Task[Any], job: store.ClaimedJob) -> None:
         await asyncio.wait([old])
-        if self.manager.get(job.id) is None:
-            self._start(job)
-        else:  # yet another claim got there first; this one is void too
-            log.warning("job_reclaim_dropped", job_id=str(job.id))
+        self._start(job)  # a task holding it by now is stopped in its turn
 
     def _job_done(self, job_id: uuid.UUID, ctx: JobContext, task: asyncio.Task[None]) -> None:
         self.manager.unregister(job_id)
@@ -217,7 +226,8 @@ class Worker(LeaseKeeping):
     async def _requeue(self, job: store.ClaimedJob, jlog: Any) -> None:
         """This instance is stopping: the job goes back to the queue for another."""
         try:
-            requeued = await store.requeue_interrupted(self.pool, job.id, self.instance_id)
+            requeued = await store.requeue_interrupted(self.pool, job.id, self.instance_id,
+                                                       notifier=self.notifier)
             jlog.info("job_requeued", reason="shutdown", requeued=requeued)
         except Exception:
             jlog.exception("job_requeue_failed")
@@ -238,7 +248,8 @@ class Worker(LeaseKeeping):
             # Kept until Postgres has it: without it, only this task could cancel the work.
             await until_written(
                 lambda: store.set_remote_id(self.pool, execution.id, remote_id, attempts,
-                                            cancel_grace_s=self.settings.lease_renew_s, urls=urls),
+                                            cancel_grace_s=self.settings.lease_renew_s, urls=urls,
+                                            notifier=self.notifier),
                 "remote_id", execution_id=str(execution.id))
             xlog.info("remote_id_stored", remote_id=remote_id)
 
@@ -252,7 +263,8 @@ class Worker(LeaseKeeping):
                              remote_urls=execution.remote_urls, on_unknown_status=on_unknown_status)
         slots = backend.spec.concurrency
         # Waiting for a turn at a limited backend: a cancel meanwhile ends it, nothing was sent.
-        if slots is not None and not await self.slots.take(execution.id, execution.backend, slots):
+        if slots is not None and not await self.slots.take(execution.id, execution.backend, slots,
+                                                           job.id, job.owner):
             return
         try:
             await self._run_call(ctx, job, execution, backend, call, xlog)
@@ -348,10 +360,6 @@ class Worker(LeaseKeeping):
         if written and backend is not None and result.gpu_seconds is not None:
             self.metrics.gpu_seconds.labels(backend, result.status).inc(result.gpu_seconds)
         return written
-
-    async def until_stopped(self, ctx: JobContext) -> None:
-        """Wait until the job's task has stopped and its stop is on record."""
-        await self.stops.until_stopped(ctx)
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 
 from runner import siwe
 from runner.config import Settings
-from runner.db.listener import AUTH
+from runner.db.notify import AUTH
 from runner.runtime import Runtime
 from runner.service import running_service
 from tests.conftest import Cluster

@@ -11,8 +11,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from runner.cancel.notifications import CHANNEL as CANCEL
 from runner.config import Settings
+from runner.db import connect
+from runner.db.notify import CANCEL
 from runner.fakes import FakeProviders
 from runner.service import running_service
 from tests.client import Api, freeze, wait_event
@@ -178,8 +179,9 @@ async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(cluster:
     b = await cluster.start("worker")
     api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
     a_heard: list[str] = []
-    assert a.listener is not None
-    await a.listener.watch(CANCEL, a_heard.append)  # an API instance does not listen for cancels
+    # An API instance does not listen for cancels: a connection of the test's own does.
+    heard = await connect(dsn)
+    await heard.add_listener(CANCEL, lambda *args: a_heard.append(args[-1]))
     jobs = [await api.submit(HOLD) for _ in range(3)]
     for job in jobs:
         await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
@@ -193,6 +195,7 @@ async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(cluster:
     # Bulk notifications name their sender, which has signalled its own tasks already.
     assert len(a_heard) == 2 and all(p.startswith(f"{a.instance_id};") for p in a_heard)
     assert sorted(",".join(p.split(";", 1)[1] for p in a_heard).split(",")) == sorted(j["id"] for j in jobs)
+    await heard.close()
 
 
 async def test_a_bulk_notification_is_skipped_only_by_its_sender(cluster: Cluster, dsn: str, settings: Settings) -> None:

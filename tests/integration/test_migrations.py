@@ -30,7 +30,7 @@ async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str
                        "0006_executions_show_input.sql", "0007_fleets.sql",
                        "0008_proven_stop_and_spend.sql", "0009_rerun.sql",
                        "0010_wallet_notifications.sql", "0011_waiting.sql", "0012_providers.sql",
-                       "0014_webhooks.sql"]
+                       "0014_webhooks.sql", "0015_notify_after_commit.sql"]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)
     try:

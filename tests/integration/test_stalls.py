@@ -107,7 +107,9 @@ async def test_a_job_claimed_again_while_its_old_task_runs_here_runs_once_and_cl
     # Another instance's housekeeping, meanwhile: our lease lapsed, the job is requeued.
     await runtime.pool.execute("UPDATE workers SET lease_expires_at = now() - interval '1 minute' "
                                "WHERE id = $1", runtime.instance_id)
-    requeued = await store.requeue_expired(runtime.pool, max_attempts=3, lease_s=0.0, instance_id="other")
+    # (with its Notifier: the work hint after the commit wakes our claim loop, as it would)
+    requeued = await store.requeue_expired(runtime.pool, max_attempts=3, lease_s=0.0, instance_id="other",
+                                           notifier=runtime.notifier)
     assert [str(r["id"]) for r in requeued] == [job["id"]]
     await asyncio.wait_for(asyncio.wait([old.task]), 10)  # the old claim is void: its task stops
     assert old.reason is StopReason.LEASE_LOST

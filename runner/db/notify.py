@@ -1,0 +1,209 @@
+"""Every NOTIFY between instances: the channels, their payload formats -- encoded here (as
+SQL, or in Python) and decoded here, nowhere else -- and the Notifier that sends the hints.
+
+A few fixed channels, LISTENed once per connection; the routing is in the payload, so no
+LISTEN comes and goes per job or per wallet (Postgres up to 18 scans a listener's channels
+for every notification):
+
+- `runner_cancel` (workers): `<job>` one job was cancelled; `<job>:<execution>` one
+  execution was, the job goes on; `<instance>;<job>,<job>,...` a bulk cancel (cancel-all),
+  up to BULK_IDS ids a notification (payloads are limited to 8000 bytes) -- the sending
+  instance has signalled its own tasks already, and skips it. Sent inside the cancel's own
+  transaction: the one NOTIFY such a transaction sends.
+- `runner_submit` (workers): work was queued; a comma list of what each job needs, its
+  backends joined by `+` (names are `[A-Za-z0-9_.-]`); an instance lacking them does not
+  run a claim for it. Empty: anything.
+- `runner_change` (API instances): jobs changed; a comma list of `j<job hex>` (its
+  watchers re-read it) and `w<wallet hex>` (that wallet's event streams re-read).
+- `runner_auth` (API instances): `<token hash hex>`, a session was revoked.
+- `runner_probe`: `<nonce hex>`, the start-up self-test (runner.db.listener).
+- `runner_webhook` (workers): `""`, a webhook delivery is due (runner.webhooks); sent by
+  migration 0014's triggers inside the transaction that queues it, deduplicated there by
+  Postgres -- only jobs that asked for webhooks pay for it.
+
+Work and change hints are sent after their commit by the instance's Notifier, coalesced:
+whatever is noted while one NOTIFY transaction is on its way goes out in the next. A
+transaction that changes rows sends no NOTIFY of its own, so it is not serialised behind
+Postgres' notify lock, which a notifying commit holds across its WAL flush; the Notifier's
+transactions write nothing else, so they hold it for microseconds. NOTIFY is a wake-up hint:
+a lost one (an instance dying between a commit and its hint) is made good by what reads the
+rows anyway -- the lease renewal for cancels, the claim poll, each event stream's ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("runner.db.notify")
+
+CANCEL = "runner_cancel"
+SUBMIT = "runner_submit"
+CHANGE = "runner_change"
+AUTH = "runner_auth"
+PROBE = "runner_probe"
+WEBHOOK = "runner_webhook"
+
+BULK_IDS = 200
+MAX_PAYLOAD = 7900  # Postgres refuses 8000 bytes or more
+# Between two NOTIFY transactions of one instance, at least this long: each one wakes every
+# listening backend of the database (Postgres up to 18 signals them all, whatever the
+# channel), so a busy instance sends one per interval, everything since in it. An idle one
+# sends at once.
+MIN_INTERVAL_S = 0.01
+
+
+# -- runner_cancel ---------------------------------------------------------------------------
+
+def cancel_job_sql(job: str) -> str:
+    """SQL sending the notification for a cancelled job (`job`: an SQL uuid expression)."""
+    return f"pg_notify('{CANCEL}', {job}::text)"
+
+
+def cancel_execution_sql(job: str, execution: str) -> str:
+    return f"pg_notify('{CANCEL}', {job}::text || ':' || {execution}::text)"
+
+
+def cancel_bulk_sql(origin: str, ids: str) -> str:
+    """SQL sending one notification per BULK_IDS ids: `ids` is a set-returning SQL query of
+    job ids, `origin` an SQL text expression naming the sending instance."""
+    return f"""SELECT pg_notify('{CANCEL}', {origin} || ';' || string_agg(id::text, ','))
+        FROM (SELECT id, (row_number() OVER ()) / {BULK_IDS} AS chunk FROM ({ids}) ids) c
+        GROUP BY chunk"""
+
+
+def decode_cancel(payload: str, instance_id: str) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """The (job, execution or None) pairs a notification names, less a bulk cancel this
+    instance sent itself. Malformed entries are logged and skipped."""
+    origin, bulk, jobs = payload.partition(";")
+    if bulk:
+        if origin == instance_id:
+            return []
+        payload = jobs
+    found = []
+    for entry in payload.split(","):
+        job, _, execution = entry.partition(":")
+        try:
+            found.append((uuid.UUID(job), uuid.UUID(execution) if execution else None))
+        except ValueError:
+            log.warning("bad_cancel_notification", payload=entry[:100])
+    return found
+
+
+# -- runner_submit ---------------------------------------------------------------------------
+
+def work_entry(backends: Iterable[str]) -> str:
+    return "+".join(sorted(set(backends)))
+
+
+def wanted(payload: str, have: frozenset[str]) -> bool:
+    """Whether some job a work hint names could be claimed with backends `have`."""
+    if not payload:
+        return True
+    return any(not entry or set(entry.split("+")) <= have for entry in payload.split(","))
+
+
+# -- runner_change ---------------------------------------------------------------------------
+
+def job_key(job_id: uuid.UUID) -> str:
+    return "j" + job_id.hex
+
+
+def wallet_key(address: str) -> str:
+    return "w" + address[2:].lower()
+
+
+def decode_change(payload: str) -> list[str]:
+    """The job and wallet keys (job_key, wallet_key) a change notification names."""
+    return [entry for entry in payload.split(",") if entry]
+
+
+def _chunks(entries: Iterable[str]) -> list[str]:
+    """Comma lists of at most MAX_PAYLOAD bytes (the entries are ASCII)."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for entry in entries:
+        if current and size + len(entry) + 1 > MAX_PAYLOAD:
+            out.append(",".join(current))
+            current, size = [], 0
+        current.append(entry)
+        size += len(entry) + 1
+    if current:
+        out.append(",".join(current))
+    return out
+
+
+class Notifier:
+    """One instance's work and change hints, sent after their commit, coalesced: at most one
+    NOTIFY transaction in flight, carrying everything noted since the last (natural
+    batching: an idle instance sends at once, a busy one sends one per round trip).
+
+    `enabled=False` drops every hint (the benchmarks' floor)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, enabled: bool = True) -> None:
+        self.pool = pool
+        self.enabled = enabled
+        self._changes: dict[str, None] = {}  # ordered, without repeats
+        self._work: dict[str, None] = {}
+        self._sending: asyncio.Task[None] | None = None
+        self._last_sent = float("-inf")
+        self.sent = 0  # NOTIFY transactions, for tests and benchmarks
+
+    def changed(self, job_id: uuid.UUID, owner: str | None) -> None:
+        """A job (of wallet `owner`) changed: wake whoever watches it or its wallet."""
+        self._changes[job_key(job_id)] = None
+        if owner:
+            self._changes[wallet_key(owner)] = None
+        self._kick()
+
+    def work(self, backends: Iterable[str]) -> None:
+        """A job needing `backends` was queued: wake the workers that have them."""
+        self._work[work_entry(backends)] = None
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self.enabled:
+            self._changes.clear()
+            self._work.clear()
+            return
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send(), name="notifier")
+
+    async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._changes or self._work:
+            wait = self._last_sent + MIN_INTERVAL_S - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # pacing, not synchronisation: more hints join this one
+            channels: list[str] = []
+            payloads: list[str] = []
+            for channel, pending in ((SUBMIT, self._work), (CHANGE, self._changes)):
+                for payload in _chunks(pending):
+                    channels.append(channel)
+                    payloads.append(payload)
+                pending.clear()
+            try:
+                # One statement, one transaction that writes nothing but the notifications.
+                await self.pool.execute(
+                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
+                    channels, payloads)
+                self.sent += 1
+                self._last_sent = loop.time()
+            except Exception as exc:  # any failure: dropped, never retried in a loop
+                # A hint, not the truth: what it would have woken re-reads on its own.
+                log.warning("notify_failed", error=repr(exc), notifications=len(payloads))
+
+    async def close(self) -> None:
+        """Send what is noted (bounded in time): before the pool closes."""
+        sending = self._sending
+        if sending is not None and not sending.done():
+            try:
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(sending)
+            except (TimeoutError, asyncio.CancelledError):
+                sending.cancel()
