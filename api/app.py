@@ -30,10 +30,19 @@ async def backends(request: web.Request) -> web.Response:
     """The configured backends, for a portal's form: names and what they can do; never their
     URLs, keys or headers."""
     specs = request.app[RUNTIME].settings.backends
-    return json_reply({"backends": [
-        {"name": spec.name, "kind": spec.kind, "cancels_remotely": spec.cancels_remotely,
-         "concurrency": spec.concurrency}
-        for spec in sorted(specs.values(), key=lambda s: s.name)]})
+    return json_reply(
+        {
+            "backends": [
+                {
+                    "name": spec.name,
+                    "kind": spec.kind,
+                    "cancels_remotely": spec.cancels_remotely,
+                    "concurrency": spec.concurrency,
+                }
+                for spec in sorted(specs.values(), key=lambda s: s.name)
+            ]
+        }
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -88,8 +97,13 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 def create_app(runtime: Runtime) -> web.Application:
     """The API of one instance. Background work it needs is started through the runtime."""
     app = web.Application(
-        middlewares=[http_metrics_middleware, error_middleware, preflight_middleware,
-                     big_body_middleware, auth_middleware],
+        middlewares=[
+            http_metrics_middleware,
+            error_middleware,
+            preflight_middleware,
+            big_body_middleware,
+            auth_middleware,
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime

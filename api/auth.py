@@ -23,8 +23,18 @@ IDENTITY = web.RequestKey("identity", Identity)
 COOKIE = "runner_session"
 _EVENTS_PATH = re.compile(r"/jobs/[^/]+/events|/events")
 _CANCEL_PATH = re.compile(r"/jobs/[^/]+/cancel")
-_SESSION_PATHS = frozenset({"/auth/me", "/auth/logout", "/auth/ticket", "/backends", "/usage",
-                            "/events", "/webhooks/secret", "/webhooks/secret/rotate"})
+_SESSION_PATHS = frozenset(
+    {
+        "/auth/me",
+        "/auth/logout",
+        "/auth/ticket",
+        "/backends",
+        "/usage",
+        "/events",
+        "/webhooks/secret",
+        "/webhooks/secret/rotate",
+    }
+)
 
 
 def identity_of(request: web.Request) -> Identity:
@@ -52,8 +62,9 @@ async def _identify(request: web.Request) -> Identity:
         except Exception as exc:
             # Postgres is away. A job's cancel must still stop the work this instance holds:
             # a token verified here before, and not seen revoked, is enough for that alone.
-            remembered = (sessions.remembered(token.strip())
-                          if is_transient(exc) and _is_job_cancel(request) else None)
+            remembered = (
+                sessions.remembered(token.strip()) if is_transient(exc) and _is_job_cancel(request) else None
+            )
             if remembered is None:
                 raise
             log.warning("session_remembered_in_outage", wallet=remembered.address, error=repr(exc))
@@ -108,8 +119,9 @@ async def login(request: web.Request) -> web.Response:
     runtime_settings = request.app[SESSIONS].settings
     try:
         parsed = siwe.parse(message)
-        siwe.check_claims(parsed, domains=runtime_settings.allowed_siwe_domains,
-                          chain_ids=runtime_settings.siwe_chain_ids)
+        siwe.check_claims(
+            parsed, domains=runtime_settings.allowed_siwe_domains, chain_ids=runtime_settings.siwe_chain_ids
+        )
         raw_signature = siwe.signature_bytes(signature)
         if not siwe.signed_by_key(parsed, raw_signature):
             await _check_contract_signature(request.app[CONTRACT_WALLETS], parsed, raw_signature)
@@ -119,16 +131,19 @@ async def login(request: web.Request) -> web.Response:
     opened = await request.app[SESSIONS].login(parsed.nonce, parsed.address)
     if opened is None:
         log.info("login_refused", reason="invalid_nonce", address=parsed.address)
-        raise Unauthenticated("the nonce was not issued here, is used, or has expired",
-                              code=siwe.Reason.INVALID_NONCE.value)
+        raise Unauthenticated(
+            "the nonce was not issued here, is used, or has expired", code=siwe.Reason.INVALID_NONCE.value
+        )
     token, expires_at = opened
     log.info("login", wallet=parsed.address)
-    response = json_reply(
-        {"token": token, "address": parsed.address, "expires_at": iso(expires_at)}
-    )
+    response = json_reply({"token": token, "address": parsed.address, "expires_at": iso(expires_at)})
     cross_site = bool(runtime_settings.cors_origins)
     response.set_cookie(
-        COOKIE, token, max_age=int(runtime_settings.session_ttl_s), path="/", httponly=True,
+        COOKIE,
+        token,
+        max_age=int(runtime_settings.session_ttl_s),
+        path="/",
+        httponly=True,
         samesite="None" if cross_site else "Lax",
         secure=cross_site or _over_https(request, runtime_settings.public_https) or None,
     )
@@ -143,8 +158,9 @@ def _over_https(request: web.Request, public_https: bool) -> bool:
     return public_https or request.secure or forwarded == "https"
 
 
-async def _check_contract_signature(wallets: erc6492.Validator, message: siwe.SiweMessage,
-                                    signature: bytes) -> None:
+async def _check_contract_signature(
+    wallets: erc6492.Validator, message: siwe.SiweMessage, signature: bytes
+) -> None:
     """Not a key's signature of the address: a contract wallet's (ERC-1271, or ERC-6492 before
     its deployment), if the message's chain says so in one eth_call. Fails closed: only the
     chain's yes signs in; no answer is a 503, never a sign-in."""
@@ -154,7 +170,8 @@ async def _check_contract_signature(wallets: erc6492.Validator, message: siwe.Si
             siwe.Reason.INVALID_SIGNATURE,
             f"the signature is not {address}'s key's; a contract wallet's signature (ERC-1271, "
             f"ERC-6492) is checked on its chain, and this service has no RPC for chain id {chain_id}: "
-            f"contract wallets need RUNNER_CHAIN_RPC_URLS to name chain id {chain_id}")
+            f"contract wallets need RUNNER_CHAIN_RPC_URLS to name chain id {chain_id}",
+        )
     try:
         valid = await wallets.is_valid(chain_id, address, siwe.signed_hash(message), signature)
     except erc6492.ChainUnavailable as exc:
@@ -164,7 +181,8 @@ async def _check_contract_signature(wallets: erc6492.Validator, message: siwe.Si
         raise siwe.SiweError(
             siwe.Reason.INVALID_SIGNATURE,
             f"the signature is not {address}'s: not its key's, and on chain id {chain_id} its "
-            "contract (ERC-1271, ERC-6492) does not accept it")
+            "contract (ERC-1271, ERC-6492) does not accept it",
+        )
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -178,10 +196,13 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     identity = identity_of(request)
-    return json_reply({
-        "address": identity.address, "admin": identity.admin,
-        "expires_at": iso(identity.expires_at),
-    })
+    return json_reply(
+        {
+            "address": identity.address,
+            "admin": identity.admin,
+            "expires_at": iso(identity.expires_at),
+        }
+    )
 
 
 async def ticket(request: web.Request) -> web.Response:
@@ -192,8 +213,9 @@ async def ticket(request: web.Request) -> web.Response:
 def setup_auth(app: web.Application, sessions: Sessions) -> None:
     app[SESSIONS] = sessions
     app[NONCE_LIMITER] = RateLimiter(capacity=20, refill_per_s=0.5)
-    wallets = app[CONTRACT_WALLETS] = erc6492.Validator(sessions.settings.chain_rpc_urls,
-                                                        sessions.settings.chain_rpc_timeout_s)
+    wallets = app[CONTRACT_WALLETS] = erc6492.Validator(
+        sessions.settings.chain_rpc_urls, sessions.settings.chain_rpc_timeout_s
+    )
     app.on_cleanup.append(lambda _app: wallets.close())
     app.router.add_get("/auth/nonce", nonce)
     app.router.add_post("/auth/login", login)

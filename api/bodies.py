@@ -33,8 +33,9 @@ async def big_body_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
 
 
-async def read_json_object(request: web.Request, *, required: bool = True,
-                           stored: bool = True) -> dict[str, Any]:
+async def read_json_object(
+    request: web.Request, *, required: bool = True, stored: bool = True
+) -> dict[str, Any]:
     """The body as a JSON object, its nesting bounded before parsing; with `stored` (what the
     body says will be written), one that Postgres can store (runner.storable). 415 for
     another media type, 400 for anything malformed, unstorable, or not sent in time."""

@@ -23,14 +23,17 @@ async def preflight_middleware(request: web.Request, handler: Handler) -> web.St
     origin = _allowed(request)
     if origin is None:
         return error_response(403, "forbidden", "this origin is not allowed (RUNNER_CORS_ORIGINS)")
-    return web.Response(status=204, headers={
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Credentials": "true",
-        "Access-Control-Allow-Methods": ALLOW_METHODS,
-        "Access-Control-Allow-Headers": ALLOW_HEADERS,
-        "Access-Control-Max-Age": "600",
-        "Vary": "Origin",
-    })
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        },
+    )
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:

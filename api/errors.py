@@ -78,8 +78,6 @@ _HTTP_CODES = {
 }
 
 
-
-
 def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
     """The JSON error shape; `extra` fields (such as "status") are added to it."""
     body = {"ok": False, "error": code, "message": message, **extra}

@@ -55,35 +55,47 @@ def _until_the_client_leaves() -> Iterator[None]:
         log.debug("event_stream_client_gone")
 
 
-async def _reread(pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity,
-                  response: web.StreamResponse) -> dict[str, Any] | None:
+async def _reread(
+    pool: asyncpg.Pool, job_id: uuid.UUID, identity: Identity, response: web.StreamResponse
+) -> dict[str, Any] | None:
     """The job as it is now; None while the database is away."""
-    row = await _unless_away(jobs.get_job(pool, job_id, caller=identity.address, admin=identity.admin),
-                             response)
+    row = await _unless_away(
+        jobs.get_job(pool, job_id, caller=identity.address, admin=identity.admin), response
+    )
     return None if row is None else render.job(row)
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
     runtime, identity = request.app[RUNTIME], identity_of(request)
     job_id = parse_id(request.match_info["job_id"])
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
     # Listen before reading, so no change can fall between the read and the LISTEN.
     async with runtime.watch.watching(job_id) as changed:
         with request.app[STREAMS].opened(identity, changed) as stream:
             # Ownership and existence are checked before the stream starts: they get JSON errors.
-            job = render.job(await jobs.get_job(runtime.pool, job_id, caller=identity.address,
-                                                admin=identity.admin))
+            job = render.job(
+                await jobs.get_job(runtime.pool, job_id, caller=identity.address, admin=identity.admin)
+            )
             await response.prepare(request)
             with _until_the_client_leaves():
                 await _follow_job(request, job_id, identity, job, stream, response)
     return response
 
 
-async def _follow_job(request: web.Request, job_id: uuid.UUID, identity: Identity, job: dict[str, Any],
-                      stream: Stream, response: web.StreamResponse) -> None:
+async def _follow_job(
+    request: web.Request,
+    job_id: uuid.UUID,
+    identity: Identity,
+    job: dict[str, Any],
+    stream: Stream,
+    response: web.StreamResponse,
+) -> None:
     pool = request.app[RUNTIME].pool
     sent = None
     while True:
@@ -99,8 +111,9 @@ async def _follow_job(request: web.Request, job_id: uuid.UUID, identity: Identit
     await response.write_eof()
 
 
-async def _wait(request: web.Request, identity: Identity, stream: Stream,
-                response: web.StreamResponse) -> bool:
+async def _wait(
+    request: web.Request, identity: Identity, stream: Stream, response: web.StreamResponse
+) -> bool:
     """Until the stream's subject changes, or a ping is due (a ping re-checks the session);
     True once the stream must end: its session was revoked or has expired (then said on the
     stream as an event `signed_out`)."""
@@ -145,8 +158,9 @@ async def wallet_events(request: web.Request) -> web.StreamResponse:
     `reset` when that history is gone: reload the list)."""
     runtime, identity = request.app[RUNTIME], identity_of(request)
     after = _last_event_id(request)
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     # Listen before reading, so no change can fall between the read and the LISTEN.
     async with runtime.watch.watching_wallet(identity.address) as changed:
         with request.app[STREAMS].opened(identity, changed) as stream:
@@ -164,14 +178,20 @@ async def wallet_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _follow_wallet(request: web.Request, identity: Identity, after: int, stream: Stream,
-                         response: web.StreamResponse) -> None:
+async def _follow_wallet(
+    request: web.Request, identity: Identity, after: int, stream: Stream, response: web.StreamResponse
+) -> None:
     pool, owner = request.app[RUNTIME].pool, identity.address
     while True:
         stream.wake.clear()
         # The wallet's streams woken by one change ask the same: one query, rendered once.
-        events = await _unless_away(request.app[STREAMS].shared(
-            (owner, after), functools.partial(_changes, pool, owner, after)), response) or []
+        events = (
+            await _unless_away(
+                request.app[STREAMS].shared((owner, after), functools.partial(_changes, pool, owner, after)),
+                response,
+            )
+            or []
+        )
         for event_id, event in events:
             await response.write(event)
             after = event_id
@@ -184,9 +204,10 @@ async def _follow_wallet(request: web.Request, identity: Identity, after: int, s
 
 async def _changes(pool: asyncpg.Pool, owner: str, after: int) -> list[tuple[int, bytes]]:
     rows = await jobs.changed_since(pool, owner=owner, after=after, limit=REPLAY_BATCH)
-    return [(row["last_event"],
-             f"id: {row['last_event']}\ndata: {jsontext.dumps(render.job(row))}\n\n".encode())
-            for row in rows]
+    return [
+        (row["last_event"], f"id: {row['last_event']}\ndata: {jsontext.dumps(render.job(row))}\n\n".encode())
+        for row in rows
+    ]
 
 
 def _last_event_id(request: web.Request) -> int | None:

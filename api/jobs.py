@@ -48,22 +48,29 @@ def _job_id(request: web.Request) -> uuid.UUID:
 async def submit(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     body = await read_json_object(request)
-    submission = parse_submission(body, runtime.settings.backends,
-                                  allow_http=runtime.settings.webhook_allow_http)
+    submission = parse_submission(
+        body, runtime.settings.backends, allow_http=runtime.settings.webhook_allow_http
+    )
     if submission.webhook is not None:
         try:
-            await check_destination(submission.webhook,
-                                    allow_private=runtime.settings.webhook_allow_private)
+            await check_destination(submission.webhook, allow_private=runtime.settings.webhook_allow_private)
         except Refused as exc:
             raise BadRequest(f"'webhook' {exc}") from None
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     job, created = await jobs.submit(
-        runtime.pool, owner=identity.address, executions=submission.executions,
-        timeout_s=submission.timeout_s, metadata=submission.metadata,
-        webhook=submission.webhook, webhook_events=submission.webhook_events,
-        max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
+        runtime.pool,
+        owner=identity.address,
+        executions=submission.executions,
+        timeout_s=submission.timeout_s,
+        metadata=submission.metadata,
+        webhook=submission.webhook,
+        webhook_events=submission.webhook_events,
+        max_active=runtime.settings.max_active_jobs_per_wallet,
+        idempotency_key=key,
         per_minute=runtime.settings.max_submits_per_minute,
-        body_hash=jobs.request_hash(body) if key else None, notifier=runtime.notifier)
+        body_hash=jobs.request_hash(body) if key else None,
+        notifier=runtime.notifier,
+    )
     if created:
         log.info("job_submitted", job_id=str(job["id"]), executions=len(job["executions"]))
     return json_reply(render.job(job), status=201)
@@ -72,24 +79,25 @@ async def submit(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     page, cursor = await jobs.list_jobs(
-        runtime.pool, owner=identity.address,
+        runtime.pool,
+        owner=identity.address,
         statuses=parse_status_filter(request.query.get("status")),
-        limit=parse_limit(request.query.get("limit")), cursor=request.query.get("cursor") or None,
-        max_bytes=runtime.settings.max_page_bytes)
+        limit=parse_limit(request.query.get("limit")),
+        cursor=request.query.get("cursor") or None,
+        max_bytes=runtime.settings.max_page_bytes,
+    )
     return json_reply({"jobs": [render.job(j) for j in page], "next_cursor": cursor})
 
 
 async def get_job(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
-    job = await jobs.get_job(runtime.pool, _job_id(request), caller=identity.address,
-                             admin=identity.admin)
+    job = await jobs.get_job(runtime.pool, _job_id(request), caller=identity.address, admin=identity.admin)
     return json_reply(render.job(job))
 
 
 async def audit(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
-    events = await jobs.audit(runtime.pool, _job_id(request), caller=identity.address,
-                              admin=identity.admin)
+    events = await jobs.audit(runtime.pool, _job_id(request), caller=identity.address, admin=identity.admin)
     return json_reply({"events": [render.audit_event(e) for e in events]})
 
 
@@ -100,12 +108,14 @@ async def cancel_job(request: web.Request) -> web.Response:
     reason = parse_reason(await read_json_object(request, required=False))
     # Taken before the cancel: a task held here may be gone from the map by its reply.
     ctx = runtime.manager.get(job_id) if wait else None
-    outcome = await runtime.canceller.cancel_job(job_id, actor=identity.address,
-                                                 admin=identity.admin, reason=reason)
+    outcome = await runtime.canceller.cancel_job(
+        job_id, actor=identity.address, admin=identity.admin, reason=reason
+    )
     reply = render.job_cancel(outcome)
     if wait:
-        reply["stopped"] = await wait_stopped(runtime.pool, runtime.watch, runtime.worker, job_id,
-                                              WAIT_LIMIT_S, ctx)
+        reply["stopped"] = await wait_stopped(
+            runtime.pool, runtime.watch, runtime.worker, job_id, WAIT_LIMIT_S, ctx
+        )
     return json_reply(reply)
 
 
@@ -115,7 +125,8 @@ async def cancel_execution(request: web.Request) -> web.Response:
     execution_id = parse_id(request.match_info["execution_id"], "execution")
     reason = parse_reason(await read_json_object(request, required=False))
     outcome = await runtime.canceller.cancel_execution(
-        job_id, execution_id, actor=identity.address, admin=identity.admin, reason=reason)
+        job_id, execution_id, actor=identity.address, admin=identity.admin, reason=reason
+    )
     return json_reply(render.execution_cancel(outcome))
 
 
@@ -123,8 +134,9 @@ async def cancel_all(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     body = await read_json_object(request, required=False)
     reason = parse_reason(body, extra={"statuses"})
-    outcome = await runtime.canceller.cancel_all(identity.address,
-                                                 statuses=parse_cancel_statuses(body), reason=reason)
+    outcome = await runtime.canceller.cancel_all(
+        identity.address, statuses=parse_cancel_statuses(body), reason=reason
+    )
     return json_reply(render.bulk_cancel(outcome))
 
 
@@ -135,11 +147,17 @@ async def rerun(request: web.Request) -> web.Response:
     named = parse_rerun(body)
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     job, created = await jobs.rerun(
-        runtime.pool, job_id, caller=identity.address, admin=identity.admin, executions=named,
-        max_active=runtime.settings.max_active_jobs_per_wallet, idempotency_key=key,
+        runtime.pool,
+        job_id,
+        caller=identity.address,
+        admin=identity.admin,
+        executions=named,
+        max_active=runtime.settings.max_active_jobs_per_wallet,
+        idempotency_key=key,
         per_minute=runtime.settings.max_submits_per_minute,
         body_hash=jobs.request_hash({"rerun": str(job_id), **body}) if key else None,
-        notifier=runtime.notifier)
+        notifier=runtime.notifier,
+    )
     if created:
         log.info("job_rerun", job_id=str(job["id"]), rerun_of=str(job_id))
     return json_reply(render.job(job), status=201)

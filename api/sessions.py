@@ -76,7 +76,8 @@ class Sessions:
         expires_at: datetime = await self.pool.fetchval(
             "INSERT INTO auth_nonces (nonce, expires_at) "
             "VALUES ($1, now() + make_interval(secs => $2)) RETURNING expires_at",
-            nonce, NONCE_TTL_S,
+            nonce,
+            NONCE_TTL_S,
         )
         return nonce, expires_at
 
@@ -89,7 +90,10 @@ class Sessions:
                INSERT INTO sessions (token_hash, address, expires_at)
                SELECT $2, $3, now() + make_interval(secs => $4) FROM used
                RETURNING expires_at""",
-            nonce, token_hash(token), address, self.settings.session_ttl_s,
+            nonce,
+            token_hash(token),
+            address,
+            self.settings.session_ttl_s,
         )
         return None if expires_at is None else (token, expires_at)
 
@@ -171,7 +175,9 @@ class Sessions:
                    UPDATE sessions SET revoked_at = now()
                    WHERE token_hash = $1 AND revoked_at IS NULL RETURNING 1)
                SELECT pg_notify($2, $3) FROM revoked""",
-            identity.token_hash, AUTH, identity.token_hash.hex(),
+            identity.token_hash,
+            AUTH,
+            identity.token_hash.hex(),
         )
         for revoked in self.on_revoked:  # at once here, whatever becomes of the NOTIFY
             revoked(identity.token_hash)
@@ -198,7 +204,9 @@ class Sessions:
         expires_at: datetime = await self.pool.fetchval(
             "INSERT INTO auth_tickets (ticket_hash, token_hash, expires_at) "
             "VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING expires_at",
-            token_hash(ticket), identity.token_hash, TICKET_TTL_S,
+            token_hash(ticket),
+            identity.token_hash,
+            TICKET_TTL_S,
         )
         return ticket, expires_at
 

@@ -40,12 +40,15 @@ class Streams:
         revoked, its `ended` is set and `wake` with it."""
         address = identity.address
         if self.count >= self.total:
-            raise TooManyRequests(f"this instance has {self.total} event streams open "
-                                  "(RUNNER_MAX_STREAMS); try again later")
+            raise TooManyRequests(
+                f"this instance has {self.total} event streams open (RUNNER_MAX_STREAMS); try again later"
+            )
         if self._per_wallet.get(address, 0) >= self.per_wallet:
-            raise TooManyRequests(f"this wallet has {self.per_wallet} event streams open here "
-                                  "(RUNNER_MAX_STREAMS_PER_WALLET): close one; GET /events carries "
-                                  "every job of the wallet on one stream")
+            raise TooManyRequests(
+                f"this wallet has {self.per_wallet} event streams open here "
+                "(RUNNER_MAX_STREAMS_PER_WALLET): close one; GET /events carries "
+                "every job of the wallet on one stream"
+            )
         self.count += 1
         self._per_wallet[address] = self._per_wallet.get(address, 0) + 1
         stream = Stream(wake)

@@ -38,8 +38,10 @@ class Submission:
 def _only(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise BadRequest(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                         f"allowed: {', '.join(sorted(allowed))}")
+        raise BadRequest(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 # RunPod decodes `input` into an object (runpodctl cmd/serverless/run.go); Replicate's and
@@ -59,8 +61,9 @@ def parse_id(value: str, what: str = "job") -> uuid.UUID:
         raise JobNotFound(f"no {what} {value!r}") from None
 
 
-def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec], *,
-                     allow_http: bool = False) -> Submission:
+def parse_submission(
+    body: Mapping[str, Any], backends: Mapping[str, BackendSpec], *, allow_http: bool = False
+) -> Submission:
     _only(body, {"executions", "timeout_s", "metadata", "webhook", "webhook_events"}, "body")
     executions = body.get("executions")
     if not isinstance(executions, list) or not executions:
@@ -77,8 +80,10 @@ def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec
         if not isinstance(backend, str) or not backend:
             raise BadRequest(f"{where}.backend must be a backend name")
         if backend not in backends:
-            raise UnknownBackend(f"{where}.backend: no backend named {backend[:100]!r}; "
-                                 f"configured: {', '.join(sorted(backends))}")
+            raise UnknownBackend(
+                f"{where}.backend: no backend named {backend[:100]!r}; "
+                f"configured: {', '.join(sorted(backends))}"
+            )
         name = item.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
             raise BadRequest(f"{where}.name must be a string of at most {MAX_NAME_CHARS} characters")
@@ -86,8 +91,9 @@ def parse_submission(body: Mapping[str, Any], backends: Mapping[str, BackendSpec
         kind = backends[backend].kind
         if kind in OBJECT_INPUT_KINDS and not isinstance(value, dict):
             # The provider would refuse it after the job was queued.
-            raise BadRequest(f"$.executions[{i}].input must be a JSON object for backend "
-                             f"{backend!r} (kind {kind})")
+            raise BadRequest(
+                f"$.executions[{i}].input must be a JSON object for backend {backend!r} (kind {kind})"
+            )
         parsed.append(NewExecution(backend=backend, input=value, name=name))
 
     timeout_s = body.get("timeout_s")
@@ -117,8 +123,11 @@ def parse_webhook(body: Mapping[str, Any], *, allow_http: bool) -> tuple[str | N
         raise BadRequest(f"'webhook' {exc}") from None
     if events is None:
         return url, list(WEBHOOK_EVENTS)
-    if (not isinstance(events, list) or not events
-            or not all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events)):
+    if (
+        not isinstance(events, list)
+        or not events
+        or not all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events)
+    ):
         raise BadRequest(f"'webhook_events' must be a non-empty list of: {', '.join(WEBHOOK_EVENTS)}")
     return url, [e for e in WEBHOOK_EVENTS if e in events]
 
@@ -133,8 +142,11 @@ def parse_reason(body: Mapping[str, Any], extra: set[str] | None = None) -> str 
 
 def parse_cancel_statuses(body: Mapping[str, Any]) -> list[str]:
     statuses = body.get("statuses", list(ACTIVE))
-    if (not isinstance(statuses, list) or not statuses
-            or not all(isinstance(s, str) and s in ACTIVE for s in statuses)):
+    if (
+        not isinstance(statuses, list)
+        or not statuses
+        or not all(isinstance(s, str) and s in ACTIVE for s in statuses)
+    ):
         raise BadRequest("'statuses' must be a non-empty list of 'queued' and/or 'running'")
     return sorted(set(statuses))
 

@@ -64,8 +64,12 @@ async def _submit_all(http: Any, base: str, headers: dict[str, str], n: int) -> 
     sem = asyncio.Semaphore(50)
 
     async def one(i: int) -> dict[str, Any]:
-        async with sem, http.post(f"{base}/jobs", headers=headers,
-                                  json={"executions": [{"backend": "gpu", "input": {"i": i}}]}) as r:
+        async with (
+            sem,
+            http.post(
+                f"{base}/jobs", headers=headers, json={"executions": [{"backend": "gpu", "input": {"i": i}}]}
+            ) as r,
+        ):
             assert r.status == 201, await r.text()
             job: dict[str, Any] = await r.json()
             return job
@@ -86,17 +90,30 @@ async def _floor(request: Requests, job_id: str, count: int = 300) -> float:
 
 
 @contextlib.asynccontextmanager
-async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bool, lease_s: float,
-                       logdir: Path, results: dict[str, Any], client: str) -> AsyncIterator[CancelOne]:
+async def ours_running(
+    admin_dsn: str,
+    n: int,
+    *,
+    cross: bool,
+    listener_down: bool,
+    lease_s: float,
+    logdir: Path,
+    results: dict[str, Any],
+    client: str,
+) -> AsyncIterator[CancelOne]:
     """Our service(s) with N jobs in flight; yields `cancel(i)` (ms until job i's connection
     closed) and puts the floor (p50 of GET /jobs/{id}) in `results`."""
     fake = FakeGpu()
     await fake.start()
     dsn = await fresh_database(admin_dsn, f"bench_cancel_{int(cross)}{int(listener_down)}", role=ROLE)
-    env = {"RUNNER_CONCURRENCY": str(n + 100), "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 100),
-           "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000),
-           "RUNNER_LEASE_S": str(lease_s), "RUNNER_SHUTDOWN_GRACE_S": "0",
-           "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake.url}/hold"\n'}
+    env = {
+        "RUNNER_CONCURRENCY": str(n + 100),
+        "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 100),
+        "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000),
+        "RUNNER_LEASE_S": str(lease_s),
+        "RUNNER_SHUTDOWN_GRACE_S": "0",
+        "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake.url}/hold"\n',
+    }
     services = []
     results["answered_ms"], results["close_after_answer_ms"] = [], []
     try:
@@ -113,8 +130,11 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
             headers = await sign_in(http, api.base)
             jobs = await _submit_all(http, api.base, headers, n)
             await fake.wait_open(n)
-            request = ((await stack.enter_async_context(RawHttp(api.base, headers))).request
-                       if client == "raw" else aiohttp_requests(http, api.base, headers))
+            request = (
+                (await stack.enter_async_context(RawHttp(api.base, headers))).request
+                if client == "raw"
+                else aiohttp_requests(http, api.base, headers)
+            )
             results["floor_p50_ms"] = await _floor(request, jobs[0]["id"])
             if listener_down:
                 admin = await asyncpg.connect(admin_dsn)
@@ -122,7 +142,9 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
                     await admin.execute(f'ALTER ROLE "{ROLE}" CONNECTION LIMIT 0')  # no reconnecting
                     killed = await admin.fetchval(
                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE application_name = 'runner-listener' AND usename = $1", ROLE)
+                        "WHERE application_name = 'runner-listener' AND usename = $1",
+                        ROLE,
+                    )
                 finally:
                     await admin.close()
                 summary_line("listener connections terminated", killed)
@@ -151,8 +173,9 @@ async def ours_running(admin_dsn: str, n: int, *, cross: bool, listener_down: bo
         await fake.stop()
 
 
-async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: bool, lease_s: float,
-                    logdir: Path) -> tuple[dict[str, list[float]], float]:
+async def one_round(
+    admin_dsn: str, n: int, args: argparse.Namespace, cross: bool, lease_s: float, logdir: Path
+) -> tuple[dict[str, list[float]], float]:
     """One round: ours and (unless told otherwise) the peers. Returns the samples by system
     and our floor. Interleaved: all three hold N jobs at once and job i of each is cancelled
     in turn (the order rotating), so a moment of machine noise falls on all of them alike."""
@@ -162,9 +185,20 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
     extra: dict[str, Any] = {}
     samples: dict[str, list[float]] = {}
     async with contextlib.AsyncExitStack() as stack:
-        systems = {"runner": await stack.enter_async_context(ours_running(
-            admin_dsn, n, cross=cross, listener_down=args.listener_down, lease_s=lease_s,
-            logdir=logdir, results=extra, client=args.client))}
+        systems = {
+            "runner": await stack.enter_async_context(
+                ours_running(
+                    admin_dsn,
+                    n,
+                    cross=cross,
+                    listener_down=args.listener_down,
+                    lease_s=lease_s,
+                    logdir=logdir,
+                    results=extra,
+                    client=args.client,
+                )
+            )
+        }
         if with_peers and not args.sequential:
             for name, running in PEER_RUNNERS.items():
                 systems[name] = await stack.enter_async_context(running(admin_dsn, n, logdir))
@@ -186,13 +220,21 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
             api_cpu = cpu_seconds(extra["api_pid"])[0] - api_before
             summary_line("runner: CPU per cancel, the API instance", f"{api_cpu / n * 1e6:.0f} us")
         summary_line("vm: CPU stolen by the host meanwhile", steal_line(host_before, host_cpu()))
-        summary_line("runner: CPU per cancel, the job's service", f"{(cpu_after[0] - cpu_before[0]) / n * 1e6:.0f} us")
+        summary_line(
+            "runner: CPU per cancel, the job's service", f"{(cpu_after[0] - cpu_before[0]) / n * 1e6:.0f} us"
+        )
         if len(names) == 1:
-            summary_line("the measuring client and fake: CPU per cancel",
-                         f"{(time.process_time() - client_before) / n * 1e6:.0f} us ({args.client})")
-            summary_line("runner: CPU per cancel, Postgres", f"{(cpu_after[1] - cpu_before[1]) / n * 1e6:.0f} us")
+            summary_line(
+                "the measuring client and fake: CPU per cancel",
+                f"{(time.process_time() - client_before) / n * 1e6:.0f} us ({args.client})",
+            )
+            summary_line(
+                "runner: CPU per cancel, Postgres", f"{(cpu_after[1] - cpu_before[1]) / n * 1e6:.0f} us"
+            )
         summary_line("runner: request -> answer read", fmt(percentiles(extra["answered_ms"])))
-        summary_line("runner: answer read -> connection closed", fmt(percentiles(extra["close_after_answer_ms"])))
+        summary_line(
+            "runner: answer read -> connection closed", fmt(percentiles(extra["close_after_answer_ms"]))
+        )
         stop_recorder(tracer)
         stop_recorder(spy)
     if with_peers and args.sequential:
@@ -201,33 +243,56 @@ async def one_round(admin_dsn: str, n: int, args: argparse.Namespace, cross: boo
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int)
     parser.add_argument("--cross", action="store_true")
     parser.add_argument("--listener-down", action="store_true")
     parser.add_argument("--lease-s", type=float, default=None)
     parser.add_argument("--no-peers", action="store_true")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds (ours, then the peers) in one invocation; noise on a small VM is large")
-    parser.add_argument("--sequential", action="store_true",
-                        help="measure ours, then each peer, instead of interleaving their cancels")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds (ours, then the peers) in one invocation; noise on a small VM is large",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="measure ours, then each peer, instead of interleaving their cancels",
+    )
     parser.add_argument("--json", type=Path, help="also write the samples to this file")
     parser.add_argument("--logs", type=Path, help="keep the services' logs in this directory")
-    parser.add_argument("--profile", metavar="FILE",
-                        help="record our service with py-spy while it cancels (speedscope JSON)")
-    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
-                        help="the measuring HTTP client (raw: see harness.RawHttp)")
-    parser.add_argument("--during", metavar="CMD",
-                        help="run CMD while our cancels go on, interrupted after (e.g. 'perf sched record -a')")
-    parser.add_argument("--profile-api", action="store_true",
-                        help="with --cross: record the API instance, not the job's")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="record our service with py-spy while it cancels (speedscope JSON)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="the measuring HTTP client (raw: see harness.RawHttp)",
+    )
+    parser.add_argument(
+        "--during",
+        metavar="CMD",
+        help="run CMD while our cancels go on, interrupted after (e.g. 'perf sched record -a')",
+    )
+    parser.add_argument(
+        "--profile-api", action="store_true", help="with --cross: record the API instance, not the job's"
+    )
     args = parser.parse_args()
     cross = args.cross or args.listener_down
     n = args.n or (100 if args.listener_down else 1000)
     lease_s = args.lease_s or (3.0 if args.listener_down else 15.0)
     raise_fd_limit()
-    mode = "listener down (lease fallback)" if args.listener_down else "cross-instance (NOTIFY)" \
-        if cross else "single instance"
+    mode = (
+        "listener down (lease fallback)"
+        if args.listener_down
+        else "cross-instance (NOTIFY)"
+        if cross
+        else "single instance"
+    )
     print(f"cancel latency, {mode}: {n} jobs in flight, cancelled one at a time")
     print(machine())
     results: dict[str, Any] = {}

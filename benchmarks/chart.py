@@ -17,7 +17,9 @@ import matplotlib.pyplot as plt
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("inputs", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("benchmarks/cancel_latency.png"))
     parser.add_argument("--title", default="")
@@ -29,8 +31,10 @@ def main() -> None:
         for name, samples in run["samples_ms"].items():
             data = sorted(samples)
             ys = [100 * (i + 1) / len(data) for i in range(len(data))]
-            label = f"{name} ({run['mode']}, n={len(data)}): p50 {data[len(data) // 2]:.2f} ms, " \
-                    f"p99 {data[min(len(data) - 1, round(0.99 * (len(data) - 1)))]:.2f} ms"
+            label = (
+                f"{name} ({run['mode']}, n={len(data)}): p50 {data[len(data) // 2]:.2f} ms, "
+                f"p99 {data[min(len(data) - 1, round(0.99 * (len(data) - 1)))]:.2f} ms"
+            )
             ax.plot(data, ys, styles.get(name, "-."), linewidth=1.6, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("cancel call -> fake GPU endpoint sees its connection close (ms, log scale)")

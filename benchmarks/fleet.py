@@ -64,10 +64,14 @@ OWNERS = [f"0x{i:040x}" for i in range(1, 1001)]
 
 
 def _env(fake: FakeGpu, jobs: int) -> dict[str, str]:
-    return {"RUNNER_CONCURRENCY": str(jobs + 100), "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(jobs + 100),
-            "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * jobs + 1000), "RUNNER_SHUTDOWN_GRACE_S": "0",
-            "RUNNER_DB_POOL_SIZE": "5",  # 16 instances x 20 would be most of max_connections
-            "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake.url}/hold"\n'}
+    return {
+        "RUNNER_CONCURRENCY": str(jobs + 100),
+        "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(jobs + 100),
+        "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * jobs + 1000),
+        "RUNNER_SHUTDOWN_GRACE_S": "0",
+        "RUNNER_DB_POOL_SIZE": "5",  # 16 instances x 20 would be most of max_connections
+        "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake.url}/hold"\n',
+    }
 
 
 @contextlib.asynccontextmanager
@@ -77,9 +81,10 @@ async def fleet(dsn: str, size: int, env: dict[str, str], logdir: Path) -> Async
     try:
         services.append(await start_service(dsn, "api", env, logdir))
         for first in range(0, size - 1, 4):  # a few at a time: 15 starting at once take minutes here
-            started = await asyncio.gather(*(start_service(dsn, "worker", env, logdir)
-                                             for _ in range(first, min(first + 4, size - 1))),
-                                           return_exceptions=True)
+            started = await asyncio.gather(
+                *(start_service(dsn, "worker", env, logdir) for _ in range(first, min(first + 4, size - 1))),
+                return_exceptions=True,
+            )
             services.extend(s for s in started if isinstance(s, Service))
             failed = [s for s in started if not isinstance(s, Service)]
             if failed:
@@ -143,8 +148,10 @@ async def _quiet(dsn: str) -> None:
     try:
         await conn.execute("""CREATE SCHEMA bench_quiet;
             CREATE FUNCTION bench_quiet.pg_notify(text, text) RETURNS void LANGUAGE sql AS 'SELECT'""")
-        await conn.execute(f'ALTER DATABASE "{await conn.fetchval("SELECT current_database()")}" '
-                           "SET search_path = bench_quiet, public, pg_catalog")
+        await conn.execute(
+            f'ALTER DATABASE "{await conn.fetchval("SELECT current_database()")}" '
+            "SET search_path = bench_quiet, public, pg_catalog"
+        )
     finally:
         await conn.close()
 
@@ -158,7 +165,7 @@ class Load:
         self.pool, self.store, self.notes = pool, store, notes
         self.capacity = store.Capacity(backends=[BENCH_BACKEND], limits={})
         # The statement functions take the instance's notifier where the tree has one.
-        self.kw = ({"notifier": notes} if "notifier" in inspect.signature(store.claim).parameters else {})
+        self.kw = {"notifier": notes} if "notifier" in inspect.signature(store.claim).parameters else {}
         self.claimed: list[Any] = []
         self.submitted = self.claims = 0
 
@@ -168,16 +175,25 @@ class Load:
         kw = {"notifier": self.notes} if "notifier" in inspect.signature(jobs.submit).parameters else {}
         job_input = {"seconds": 0}  # the demo backend, where the fleet runs the jobs
         self.submitted += 1
-        await jobs.submit(self.pool, owner=OWNERS[self.submitted % len(OWNERS)], executions=[jobs.NewExecution(BENCH_BACKEND, job_input)],
-                          timeout_s=None, metadata={}, max_active=10**9, per_minute=10**9, **kw)
+        await jobs.submit(
+            self.pool,
+            owner=OWNERS[self.submitted % len(OWNERS)],
+            executions=[jobs.NewExecution(BENCH_BACKEND, job_input)],
+            timeout_s=None,
+            metadata={},
+            max_active=10**9,
+            per_minute=10**9,
+            **kw,
+        )
 
     async def claim(self) -> None:
         # A claim renews its worker's lease row: as many pseudo-workers as claims in flight,
         # so that they do not queue on one row (a real worker claims from one loop).
         self.claims += 1
         worker = f"bench-{self.claims % 20}"
-        jobs = await self.store.claim(self.pool, worker_id=worker, limit=BATCH, lease_s=600,
-                                      capacity=self.capacity, **self.kw)
+        jobs = await self.store.claim(
+            self.pool, worker_id=worker, limit=BATCH, lease_s=600, capacity=self.capacity, **self.kw
+        )
         self.claimed.extend((worker, job) for job in jobs)
 
     async def result(self) -> None:
@@ -186,23 +202,35 @@ class Load:
         worker = self.claimed[-1][0]
         done = [job for w, job in self.claimed if w == worker][:BATCH]
         self.claimed = [(w, job) for w, job in self.claimed if job not in done]
-        await self.store.write_results(self.pool, [self.store.ExecutionResult(
-            job.id, job.executions[0].id, "completed", {"ok": True}, None, 1) for job in done],
-            worker, **self.kw)
+        await self.store.write_results(
+            self.pool,
+            [
+                self.store.ExecutionResult(job.id, job.executions[0].id, "completed", {"ok": True}, None, 1)
+                for job in done
+            ],
+            worker,
+            **self.kw,
+        )
 
 
 async def _commits(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         n: int = await conn.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
         return n
     finally:
         await conn.close()
 
 
-async def _step(load: Load, rate: float, seconds: float, *, submits_only: bool = False,
-                ) -> tuple[dict[str, float], float]:
+async def _step(
+    load: Load,
+    rate: float,
+    seconds: float,
+    *,
+    submits_only: bool = False,
+) -> tuple[dict[str, float], float]:
     """Statements at `rate` per second, paced open loop: BATCH submits, then a claim of up to
     BATCH jobs and a write of up to BATCH results (as a worker claims and writes, batched);
     `submits_only`: submits alone (the fleet's workers run the jobs). Returns their
@@ -229,8 +257,9 @@ async def _step(load: Load, rate: float, seconds: float, *, submits_only: bool =
     return percentiles(samples), total / (time.perf_counter() - began)
 
 
-async def knee(admin_dsn: str, size: int, step_s: float, logdir: Path, *,
-               fleet_runs: bool = False) -> dict[str, float]:
+async def knee(
+    admin_dsn: str, size: int, step_s: float, logdir: Path, *, fleet_runs: bool = False
+) -> dict[str, float]:
     """`fleet_runs`: the fleet's workers have the bench backend (`demo`, zero seconds) and
     run the jobs -- every worker may claim each; the load is submits alone."""
     fake = FakeGpu()
@@ -249,8 +278,13 @@ async def knee(admin_dsn: str, size: int, step_s: float, logdir: Path, *,
             async with fleet(dsn, size, env, logdir):
                 from runner.db import pool as runner_pool
 
-                pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20, init=runner_pool._init_connection,
-                                                 server_settings={"application_name": "bench-load"})
+                pool = await asyncpg.create_pool(
+                    dsn,
+                    min_size=20,
+                    max_size=20,
+                    init=runner_pool._init_connection,
+                    server_settings={"application_name": "bench-load"},
+                )
                 notes = await _notifier(pool, quiet=mode == "quiet")
                 try:
                     load = Load(pool, notes)
@@ -260,14 +294,18 @@ async def knee(admin_dsn: str, size: int, step_s: float, logdir: Path, *,
                         before, began = await _commits(dsn), time.perf_counter()
                         stats, achieved = await _step(load, rate, step_s, submits_only=fleet_runs)
                         commits = (await _commits(dsn) - before) / (time.perf_counter() - began)
-                        summary_line(f"  {size} instances, {mode}: {rate}/s offered",
-                                     f"{achieved:.0f}/s done, {commits:.0f} commits/s in all; {fmt(stats)}")
+                        summary_line(
+                            f"  {size} instances, {mode}: {rate}/s offered",
+                            f"{achieved:.0f}/s done, {commits:.0f} commits/s in all; {fmt(stats)}",
+                        )
                         if stats["p99"] > KNEE_P99_MS or achieved < 0.9 * rate:
                             break
                         last_ok = rate
                     found[mode] = last_ok
-                    summary_line(f"  {size} instances, {mode} ({kind}): knee (p99 <= {KNEE_P99_MS:.0f} ms)",
-                                 f"{last_ok:.0f} {'submits' if fleet_runs else 'commits'}/s")
+                    summary_line(
+                        f"  {size} instances, {mode} ({kind}): knee (p99 <= {KNEE_P99_MS:.0f} ms)",
+                        f"{last_ok:.0f} {'submits' if fleet_runs else 'commits'}/s",
+                    )
                 finally:
                     if notes is not None and hasattr(notes, "close"):
                         await notes.close()
@@ -297,8 +335,14 @@ async def cancel_all(admin_dsn: str, workers: int, n: int, logdir: Path) -> floa
             sem = asyncio.Semaphore(64)
 
             async def submit(i: int) -> None:
-                async with sem, http.post(f"{api.base}/jobs", headers=headers, json={
-                        "executions": [{"backend": "gpu", "input": {"i": i}}]}) as resp:
+                async with (
+                    sem,
+                    http.post(
+                        f"{api.base}/jobs",
+                        headers=headers,
+                        json={"executions": [{"backend": "gpu", "input": {"i": i}}]},
+                    ) as resp,
+                ):
                     assert resp.status == 201, await resp.text()
 
             await asyncio.gather(*(submit(i) for i in range(n)))
@@ -306,20 +350,27 @@ async def cancel_all(admin_dsn: str, workers: int, n: int, logdir: Path) -> floa
             summary_line(f"  {workers} worker(s): jobs in flight", await _spread(dsn))
             closes = [fake.close_of(key) for key in list(fake.opened)]
             t0 = time.perf_counter()
-            async with http.post(f"{api.base}/jobs/cancel", headers=headers, json={"reason": "fleet"}) as resp:
+            async with http.post(
+                f"{api.base}/jobs/cancel", headers=headers, json={"reason": "fleet"}
+            ) as resp:
                 body = await resp.json()
             answered = time.perf_counter() - t0
             done = await asyncio.wait_for(asyncio.gather(*closes), 120)
             last = (max(done) - t0) * 1000
-            summary_line(f"  {workers} worker(s): POST /jobs/cancel answered", f"{answered * 1000:.0f} ms "
-                         f"({body['count']} jobs); every connection closed after {last:.0f} ms")
+            summary_line(
+                f"  {workers} worker(s): POST /jobs/cancel answered",
+                f"{answered * 1000:.0f} ms "
+                f"({body['count']} jobs); every connection closed after {last:.0f} ms",
+            )
             return last
     finally:
         await fake.stop()
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--instances", default="2,8,16")
     parser.add_argument("--cancels", type=int, default=300)
     parser.add_argument("--knee-instances", default="16")
@@ -348,14 +399,20 @@ async def main() -> None:
             print(f"notifying-commit knee: statements until p99 > {KNEE_P99_MS:.0f} ms:")
             for size in (int(s) for s in args.knee_instances.split(",")):
                 found = await knee(admin_dsn, size, args.step_s, Path(logs))
-                summary_line(f"knee, {size} instances: notifying / floor",
-                             f"{found['notify']:.0f} / {found['quiet']:.0f} commits/s")
+                summary_line(
+                    f"knee, {size} instances: notifying / floor",
+                    f"{found['notify']:.0f} / {found['quiet']:.0f} commits/s",
+                )
         if "knee_fleet" in parts:
-            print(f"the same, the fleet's workers running the jobs: submits until p99 > {KNEE_P99_MS:.0f} ms:")
+            print(
+                f"the same, the fleet's workers running the jobs: submits until p99 > {KNEE_P99_MS:.0f} ms:"
+            )
             for size in (int(s) for s in args.knee_instances.split(",")):
                 found = await knee(admin_dsn, size, args.step_s, Path(logs), fleet_runs=True)
-                summary_line(f"knee, {size} instances, fleet runs the jobs: notifying / floor",
-                             f"{found['notify']:.0f} / {found['quiet']:.0f} submits/s")
+                summary_line(
+                    f"knee, {size} instances, fleet runs the jobs: notifying / floor",
+                    f"{found['notify']:.0f} / {found['quiet']:.0f} submits/s",
+                )
         if "cancel_all" in parts:
             print(f"cancel-all of {args.cancel_all} jobs of one wallet:")
             one = await cancel_all(admin_dsn, 1, args.cancel_all, Path(logs))

@@ -140,8 +140,7 @@ class FakeGpu:
 
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _HoldProtocol(self), "127.0.0.1", 0,
-                                                backlog=20000)
+        self._server = await loop.create_server(lambda: _HoldProtocol(self), "127.0.0.1", 0, backlog=20000)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self.url
@@ -220,9 +219,13 @@ async def start_service(dsn: str, role: str, env: dict[str, str], logdir: Path) 
     log = logdir / f"runner-{role}-{port}-{time.monotonic_ns()}.log"
     full_env = {**os.environ, "DATABASE_URL": dsn, "RUNNER_LOG_FORMAT": "json", **env}
     full_env.update(RUNNER_PORT=str(port), RUNNER_SIWE_DOMAIN=f"127.0.0.1:{port}")
-    proc = subprocess.Popen([os.path.abspath(sys.executable), "-m", "runner", "serve", "--role", role],
-                            env=full_env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                            cwd=logdir)
+    proc = subprocess.Popen(
+        [os.path.abspath(sys.executable), "-m", "runner", "serve", "--role", role],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        cwd=logdir,
+    )
     service = Service(proc, port, log)
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as http:
@@ -257,19 +260,29 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     def pick(q: float) -> float:
         return data[min(len(data) - 1, round(q * (len(data) - 1)))]
 
-    return {"n": len(data), "p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99),
-            "max": data[-1], "mean": statistics.fmean(data)}
+    return {
+        "n": len(data),
+        "p50": pick(0.50),
+        "p95": pick(0.95),
+        "p99": pick(0.99),
+        "max": data[-1],
+        "mean": statistics.fmean(data),
+    }
 
 
 def fmt(stats: dict[str, float]) -> str:
-    return (f"n={int(stats['n'])}  p50={stats['p50']:.3f} ms  p95={stats['p95']:.3f} ms  "
-            f"p99={stats['p99']:.3f} ms  max={stats['max']:.3f} ms")
+    return (
+        f"n={int(stats['n'])}  p50={stats['p50']:.3f} ms  p95={stats['p95']:.3f} ms  "
+        f"p99={stats['p99']:.3f} ms  max={stats['max']:.3f} ms"
+    )
 
 
 def machine() -> str:
     load = os.getloadavg()
-    return (f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -306,7 +319,7 @@ class _RawHttpProtocol(asyncio.Protocol):
         end = head_end + 4 + length
         if len(self.buffer) < end:
             return
-        body = bytes(self.buffer[head_end + 4:end])
+        body = bytes(self.buffer[head_end + 4 : end])
         del self.buffer[:end]
         waiter, self.waiter = self.waiter, None
         if not waiter.done():
@@ -329,8 +342,9 @@ class RawHttp:
     def __init__(self, base: str, headers: dict[str, str]) -> None:
         parts = urlsplit(base)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in
-                              {"Host": parts.netloc, **headers}.items()).encode("latin-1")
+        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in {"Host": parts.netloc, **headers}.items()).encode(
+            "latin-1"
+        )
         self._protocol: _RawHttpProtocol | None = None
 
     async def __aenter__(self) -> RawHttp:
@@ -430,8 +444,9 @@ def stop_recorder(recorder: subprocess.Popen[bytes] | None) -> None:
 
 
 def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
-    return start_recorder(["py-spy", "record", "--pid", str(pid), "--format",
-                           "speedscope", "--output", out, *extra_spy_args()])
+    return start_recorder(
+        ["py-spy", "record", "--pid", str(pid), "--format", "speedscope", "--output", out, *extra_spy_args()]
+    )
 
 
 def summary_line(name: str, value: Any) -> None:

@@ -68,9 +68,14 @@ async def fill(dsn: str, total: int) -> None:
                    INSERT INTO job_events (job_id, kind, actor, at, detail)
                    SELECT id, k, 'system', created_at, '{}'::jsonb FROM j,
                           unnest(ARRAY['submitted', 'started', status]) k""",
-                start, n, WALLETS)
-            print(f"  history: {start + n:,} jobs ({time.perf_counter() - began:.1f} s for this chunk)",
-                  flush=True)
+                start,
+                n,
+                WALLETS,
+            )
+            print(
+                f"  history: {start + n:,} jobs ({time.perf_counter() - began:.1f} s for this chunk)",
+                flush=True,
+            )
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -82,8 +87,14 @@ class Target:
     def __init__(self, name: str, pool: asyncpg.Pool) -> None:
         self.name = name
         self.pool = pool
-        self.canceller = Canceller(pool, JobContextManager(), Metrics(), remote_cancel_backends=[],
-                                   holder_grace_s=5.0, instance_id="bench")
+        self.canceller = Canceller(
+            pool,
+            JobContextManager(),
+            Metrics(),
+            remote_cancel_backends=[],
+            holder_grace_s=5.0,
+            instance_id="bench",
+        )
         self.samples: dict[str, list[float]] = {}
         # A wallet with 60 jobs in both databases: the first page of GET /jobs is as long in
         # each, so what differs is the history of others around it.
@@ -101,26 +112,42 @@ class Target:
         return result
 
     async def submit(self, owner: str) -> dict[str, Any]:
-        job, _ = await jobs.submit(self.pool, owner=owner, executions=[jobs.NewExecution("demo", {"seconds": 1})],
-                                   timeout_s=None, metadata={}, max_active=1_000_000,
-                                   per_minute=1_000_000_000)
+        job, _ = await jobs.submit(
+            self.pool,
+            owner=owner,
+            executions=[jobs.NewExecution("demo", {"seconds": 1})],
+            timeout_s=None,
+            metadata={},
+            max_active=1_000_000,
+            per_minute=1_000_000_000,
+        )
         return dict(job)
 
     async def round(self, i: int) -> None:
         owner = wallet(i % WALLETS)
         await self.timed("submit", lambda: self.submit(owner))
-        claimed = await self.timed("claim", lambda: store.claim(
-            self.pool, worker_id="bench-worker", limit=1, lease_s=60, capacity=CAPACITY))
+        claimed = await self.timed(
+            "claim",
+            lambda: store.claim(self.pool, worker_id="bench-worker", limit=1, lease_s=60, capacity=CAPACITY),
+        )
         for job in claimed:  # a running job, cancelled as a user would
-            await self.timed("cancel", lambda job=job: self.canceller.cancel_job(
-                job.id, actor=job.owner, admin=False, reason=None))
-        await self.timed("list", lambda: jobs.list_jobs(self.pool, owner=self.lister, statuses=None,
-                                                        limit=50, cursor=None, max_bytes=8 << 20))
+            await self.timed(
+                "cancel",
+                lambda job=job: self.canceller.cancel_job(job.id, actor=job.owner, admin=False, reason=None),
+            )
+        await self.timed(
+            "list",
+            lambda: jobs.list_jobs(
+                self.pool, owner=self.lister, statuses=None, limit=50, cursor=None, max_bytes=8 << 20
+            ),
+        )
         bulk_owner = "0x" + uuid.uuid4().hex.ljust(40, "0")
         for _ in range(10):
             await self.submit(bulk_owner)
-        await self.timed("cancel_all", lambda: self.canceller.cancel_all(
-            bulk_owner, statuses=["queued", "running"], reason=None))
+        await self.timed(
+            "cancel_all",
+            lambda: self.canceller.cancel_all(bulk_owner, statuses=["queued", "running"], reason=None),
+        )
 
 
 EXPLAINED = {
@@ -137,12 +164,17 @@ async def explain(pool: asyncpg.Pool) -> None:
             "list": (EXPLAINED["list"], [wallet(7)]),
             "cancel": (CANCEL_JOB, [uuid.uuid4(), wallet(7), None, False, [], 5.0]),
             "cancel_all": (CANCEL_ALL, [wallet(7), ["queued", "running"], None, [], 5.0, 1000, "bench"]),
-            "quota": ("SELECT count(*) FROM jobs j WHERE j.owner = $1 AND j.status IN ('queued', 'running')",
-                      [wallet(7)]),
+            "quota": (
+                "SELECT count(*) FROM jobs j WHERE j.owner = $1 AND j.status IN ('queued', 'running')",
+                [wallet(7)],
+            ),
             "claim candidates": ("SELECT DISTINCT owner FROM jobs WHERE status = 'queued'", []),
             "lease check": ("SELECT id FROM jobs WHERE status = 'running' AND worker_id = $1", ["bench"]),
-            "retention": ("SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
-                          "AND finished_at < now() - interval '30 days' ORDER BY finished_at LIMIT 500", []),
+            "retention": (
+                "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
+                "AND finished_at < now() - interval '30 days' ORDER BY finished_at LIMIT 500",
+                [],
+            ),
         }
         for name, (sql, args) in checks.items():
             await conn.execute("BEGIN")
@@ -150,16 +182,24 @@ async def explain(pool: asyncpg.Pool) -> None:
                 plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
             finally:
                 await conn.execute("ROLLBACK")
-            scans = [line.strip().removeprefix("->").strip().split("  (")[0]
-                     for line in plan.splitlines() if "Scan" in line]
-            full = [s for s in scans if s.startswith(("Seq Scan on jobs", "Seq Scan on executions",
-                                                      "Seq Scan on job_events"))]
+            scans = [
+                line.strip().removeprefix("->").strip().split("  (")[0]
+                for line in plan.splitlines()
+                if "Scan" in line
+            ]
+            full = [
+                s
+                for s in scans
+                if s.startswith(("Seq Scan on jobs", "Seq Scan on executions", "Seq Scan on job_events"))
+            ]
             verdict = "index" if not full else "SEQUENTIAL SCAN"
             print(f"  explain {name:<18} {verdict}: {'; '.join(dict.fromkeys(scans))[:300]}")
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
@@ -185,12 +225,16 @@ async def main() -> None:
             for i in range(args.rounds):
                 for target in targets if i % 2 == 0 else reversed(targets):
                     await target.round(i)
-            print(f"{'operation':<12} {'empty p50/p99 (ms)':>22} {'history p50/p99 (ms)':>22}  ratio p50, p99")
+            print(
+                f"{'operation':<12} {'empty p50/p99 (ms)':>22} {'history p50/p99 (ms)':>22}  ratio p50, p99"
+            )
             for op in ("submit", "claim", "cancel", "cancel_all", "list"):
                 e = percentiles(targets[0].samples[op])
                 h = percentiles(targets[1].samples[op])
-                print(f"{op:<12} {e['p50']:>10.3f} / {e['p99']:<9.3f} {h['p50']:>10.3f} / {h['p99']:<9.3f}"
-                      f"  {h['p50'] / e['p50']:.2f}, {h['p99'] / e['p99']:.2f}")
+                print(
+                    f"{op:<12} {e['p50']:>10.3f} / {e['p99']:<9.3f} {h['p50']:>10.3f} / {h['p99']:<9.3f}"
+                    f"  {h['p50'] / e['p50']:.2f}, {h['p99'] / e['p99']:.2f}"
+                )
             await explain(pools[1])
         finally:
             for pool in pools:

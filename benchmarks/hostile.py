@@ -51,8 +51,9 @@ async def attacker_backend() -> tuple[web.AppRunner, str]:
         if mode == "none":
             return web.json_response({"ok": True})
         if mode == "bomb":
-            return web.Response(body=bomb_body, headers={"Content-Type": "application/json",
-                                                         "Content-Encoding": "gzip"})
+            return web.Response(
+                body=bomb_body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            )
         stream = web.StreamResponse(headers={"Content-Type": "application/json"})
         await stream.prepare(request)
         chunk = b"7," * (ONE_MIB // 2)
@@ -109,38 +110,58 @@ async def main(keep: Path | None) -> None:
     attacker, attacker_url = await attacker_backend()
     with embedded_postgres() as admin_dsn, log_directory(keep) as logdir:
         dsn = await fresh_database(admin_dsn, "bench_hostile")
-        env = {"RUNNER_BACKENDS_TOML": f'[backends.evil]\nkind = "http"\nurl = "{attacker_url}/run"\n'
-                                       'max_attempts = 1\n',
-               "RUNNER_MAX_SUBMITS_PER_MINUTE": "100000"}
+        env = {
+            "RUNNER_BACKENDS_TOML": f'[backends.evil]\nkind = "http"\nurl = "{attacker_url}/run"\n'
+            "max_attempts = 1\n",
+            "RUNNER_MAX_SUBMITS_PER_MINUTE": "100000",
+        }
         service = await start_service(dsn, "all", env, Path(logdir))
         try:
             async with aiohttp.ClientSession() as http:
                 base = service.base
                 headers = await sign_in(http, base)
                 quotes = b'"' + b'\\"' * ((ONE_MIB - 64) // 2)
-                tiny = (b'{"executions": [{"backend": "evil", "input": {"mode": "none", "a": ['
-                        + b"0," * ((ONE_MIB - 200) // 2 - 1) + b'0]}}]}')
+                tiny = (
+                    b'{"executions": [{"backend": "evil", "input": {"mode": "none", "a": ['
+                    + b"0," * ((ONE_MIB - 200) // 2 - 1)
+                    + b"0]}}]}"
+                )
                 inner = json.dumps({"prompt": 'a "quoted" word ' * 30_000})
-                nested = json.dumps({"executions": [{"backend": "evil", "input": {"mode": "none", "doc": inner}}]})
+                nested = json.dumps(
+                    {"executions": [{"backend": "evil", "input": {"mode": "none", "doc": inner}}]}
+                )
                 attacks = [
-                    ("1 MiB of \\\" to /auth/login, no session", "/auth/login", quotes, {}, 1),
-                    ("1 MiB of \\\" to /jobs, a bad token", "/jobs", quotes, {"Authorization": "Bearer x"}, 1),
+                    ('1 MiB of \\" to /auth/login, no session', "/auth/login", quotes, {}, 1),
+                    ('1 MiB of \\" to /jobs, a bad token', "/jobs", quotes, {"Authorization": "Bearer x"}, 1),
                     ("20 concurrent 1 MiB submits of tiny items", "/jobs", tiny, headers, 20),
-                    ("20 concurrent ~1 MiB submits of JSON inside JSON", "/jobs", nested.encode(), headers, 20),
+                    (
+                        "20 concurrent ~1 MiB submits of JSON inside JSON",
+                        "/jobs",
+                        nested.encode(),
+                        headers,
+                        20,
+                    ),
                 ]
                 print("\n## event-loop lag under attack bodies (target: under 50 ms)")
                 print("| attack | answers | slowest /healthz meanwhile | service's max lag so far |")
                 print("| --- | --- | --- | --- |")
                 for name, path, body, hdrs, count in attacks:
                     async with probing(http, base) as worst:
-                        async def send(path: str = path, body: bytes = body, hdrs: dict[str, str] = hdrs) -> int:
-                            async with http.post(base + path, data=body, headers={
-                                    "Content-Type": "application/json", **hdrs}) as resp:
+
+                        async def send(
+                            path: str = path, body: bytes = body, hdrs: dict[str, str] = hdrs
+                        ) -> int:
+                            async with http.post(
+                                base + path, data=body, headers={"Content-Type": "application/json", **hdrs}
+                            ) as resp:
                                 await resp.read()
                                 return resp.status
+
                         statuses = await asyncio.gather(*(send() for _ in range(count)))
-                    print(f"| {name} | {sorted(set(statuses))} | {worst[0]:.1f} ms | "
-                          f"{await lag_max(http, base) * 1000:.1f} ms |")
+                    print(
+                        f"| {name} | {sorted(set(statuses))} | {worst[0]:.1f} ms | "
+                        f"{await lag_max(http, base) * 1000:.1f} ms |"
+                    )
                 # The service cancels what it started above (the submitted jobs hold nothing).
                 async with http.post(base + "/jobs/cancel", headers=headers, json={}) as resp:
                     await resp.read()
@@ -150,8 +171,11 @@ async def main(keep: Path | None) -> None:
                 print("| --- | --- | --- | --- |")
                 for mode in ("quotes", "gigabyte", "endless", "bomb"):
                     async with probing(http, base) as worst:
-                        async with http.post(base + "/jobs", headers=headers, json={
-                                "executions": [{"backend": "evil", "input": {"mode": mode}}]}) as resp:
+                        async with http.post(
+                            base + "/jobs",
+                            headers=headers,
+                            json={"executions": [{"backend": "evil", "input": {"mode": mode}}]},
+                        ) as resp:
                             job = await resp.json()
                         while True:
                             async with http.get(f"{base}/jobs/{job['id']}", headers=headers) as resp:
@@ -160,8 +184,10 @@ async def main(keep: Path | None) -> None:
                                 break
                             await asyncio.sleep(0.1)
                     error = (job["executions"][0]["error"] or "")[:70]
-                    print(f"| {mode} | {job['status']} | {error} | {service.rss_peak_mb():.0f} MiB "
-                          f"(slowest /healthz {worst[0]:.1f} ms) |")
+                    print(
+                        f"| {mode} | {job['status']} | {error} | {service.rss_peak_mb():.0f} MiB "
+                        f"(slowest /healthz {worst[0]:.1f} ms) |"
+                    )
 
                 print("\n## event streams of one wallet")
                 opened = []
@@ -174,14 +200,18 @@ async def main(keep: Path | None) -> None:
                             break
                         opened.append(resp)
                     print(f"streams opened: {len(opened)}; the next: {refused}")
-                print(f"\nthe service's max event-loop lag over the whole run: "
-                      f"{await lag_max(http, base) * 1000:.1f} ms; RSS peak {service.rss_peak_mb():.0f} MiB")
+                print(
+                    f"\nthe service's max event-loop lag over the whole run: "
+                    f"{await lag_max(http, base) * 1000:.1f} ms; RSS peak {service.rss_peak_mb():.0f} MiB"
+                )
         finally:
             service.stop()
     await attacker.cleanup()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keep-logs", type=Path, default=None)
     asyncio.run(main(parser.parse_args().keep_logs))

@@ -36,8 +36,9 @@ async def serve(port: int) -> None:
 
 async def measure(n: int) -> None:
     port = free_port()
-    server = subprocess.Popen([os.path.abspath(sys.executable), "-m", "benchmarks.http_floor",
-                               "--serve", str(port)])
+    server = subprocess.Popen(
+        [os.path.abspath(sys.executable), "-m", "benchmarks.http_floor", "--serve", str(port)]
+    )
     try:
         url = f"http://127.0.0.1:{port}/constant"
         async with aiohttp.ClientSession() as http:
@@ -64,7 +65,9 @@ async def measure(n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -87,9 +87,14 @@ class RunPodFake:
         return runpod.cancel_received[remote_id]
 
 
-async def _worker(kind: str, dsn: str, fake: RunPodFake, n: int, poll_s: float, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(PEERS / "runpod_jobs.py"), kind, dsn, fake.url, str(n + 10),
-                             str(poll_s)], stdout=subprocess.PIPE, stderr=log.open("wb"))
+async def _worker(
+    kind: str, dsn: str, fake: RunPodFake, n: int, poll_s: float, log: Path
+) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, str(PEERS / "runpod_jobs.py"), kind, dsn, fake.url, str(n + 10), str(poll_s)],
+        stdout=subprocess.PIPE,
+        stderr=log.open("wb"),
+    )
     assert proc.stdout is not None
     if (await asyncio.to_thread(proc.stdout.readline)).strip() != b"ready":
         raise RuntimeError(f"{kind} did not start: {log.read_text()[-2000:]}")
@@ -97,19 +102,26 @@ async def _worker(kind: str, dsn: str, fake: RunPodFake, n: int, poll_s: float, 
 
 
 @contextlib.asynccontextmanager
-async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
-               client: str) -> AsyncIterator[CancelOne]:
+async def ours(
+    admin: str, n: int, poll_s: float, cross: bool, logdir: Path, client: str
+) -> AsyncIterator[CancelOne]:
     fake = RunPodFake()
     await fake.start()
     dsn = await fresh_database(admin, "bench_remote_ours")
-    toml = (f'[backends.rp]\nkind = "runpod"\nbase_url = "{fake.url}/v2"\nendpoint_id = "ep1"\n'
-            f"poll_interval_s = {poll_s}\ncancel_rate_per_s = 1000\n")
+    toml = (
+        f'[backends.rp]\nkind = "runpod"\nbase_url = "{fake.url}/v2"\nendpoint_id = "ep1"\n'
+        f"poll_interval_s = {poll_s}\ncancel_rate_per_s = 1000\n"
+    )
     # The measuring connection idles while the peers set up (minutes on a loaded machine):
     # the server must not close it as idle meanwhile.
-    env = {"RUNNER_BACKENDS_TOML": toml, "RUNNER_CONCURRENCY": str(n + 10), "RUNNER_DB_POOL_SIZE": "20",
-           "RUNNER_READ_TIMEOUT_S": "3600",
-           "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 10),
-           "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000)}
+    env = {
+        "RUNNER_BACKENDS_TOML": toml,
+        "RUNNER_CONCURRENCY": str(n + 10),
+        "RUNNER_DB_POOL_SIZE": "20",
+        "RUNNER_READ_TIMEOUT_S": "3600",
+        "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(n + 10),
+        "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * n + 1000),
+    }
     services = []
     try:
         api = await start_service(dsn, "api" if cross else "all", env, logdir)
@@ -121,8 +133,14 @@ async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
             sem = asyncio.Semaphore(50)
 
             async def submit(i: int) -> str:
-                async with sem, http.post(f"{api.base}/jobs", headers=headers, json={
-                        "executions": [{"backend": "rp", "input": {"key": f"ours-{i}"}}]}) as resp:
+                async with (
+                    sem,
+                    http.post(
+                        f"{api.base}/jobs",
+                        headers=headers,
+                        json={"executions": [{"backend": "rp", "input": {"key": f"ours-{i}"}}]},
+                    ) as resp,
+                ):
                     job: dict[str, Any] = await resp.json()
                     return str(job["id"])
 
@@ -130,8 +148,11 @@ async def ours(admin: str, n: int, poll_s: float, cross: bool, logdir: Path,
             ids = await asyncio.gather(*(submit(i) for i in range(n)))
             await running
 
-            request = ((await stack.enter_async_context(RawHttp(api.base, headers))).request
-                       if client == "raw" else aiohttp_requests(http, api.base, headers))
+            request = (
+                (await stack.enter_async_context(RawHttp(api.base, headers))).request
+                if client == "raw"
+                else aiohttp_requests(http, api.base, headers)
+            )
 
             async def cancel(i: int) -> float:
                 send = request("POST", f"/jobs/{ids[i]}/cancel")  # built before the clock starts
@@ -207,24 +228,37 @@ async def pgqueuer_peer(admin: str, n: int, poll_s: float, logdir: Path) -> Asyn
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--cross", action="store_true")
     parser.add_argument("--poll-s", type=float, default=5.0, help="every system's status poll interval")
-    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
-                        help="the measuring HTTP client for our API (raw: see harness.RawHttp)")
+    parser.add_argument(
+        "--client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="the measuring HTTP client for our API (raw: see harness.RawHttp)",
+    )
     args = parser.parse_args()
     raise_fd_limit()
-    print(f"remote stop: {args.n} RunPod-style jobs each, cancel request -> the provider's /cancel received"
-          f"{' (API and worker on two instances)' if args.cross else ''}; {machine()}")
+    print(
+        f"remote stop: {args.n} RunPod-style jobs each, cancel request -> the provider's /cancel received"
+        f"{' (API and worker on two instances)' if args.cross else ''}; {machine()}"
+    )
     with embedded_postgres() as admin, tempfile.TemporaryDirectory(prefix="remote-stop-") as tmp:
         logdir = Path(tmp)
         async with contextlib.AsyncExitStack() as stack:
             systems = {
-                "runner": await stack.enter_async_context(ours(admin, args.n, args.poll_s, args.cross, logdir,
-                                                                        args.client)),
-                "procrastinate": await stack.enter_async_context(procrastinate_peer(admin, args.n, args.poll_s, logdir)),
-                "pgqueuer": await stack.enter_async_context(pgqueuer_peer(admin, args.n, args.poll_s, logdir)),
+                "runner": await stack.enter_async_context(
+                    ours(admin, args.n, args.poll_s, args.cross, logdir, args.client)
+                ),
+                "procrastinate": await stack.enter_async_context(
+                    procrastinate_peer(admin, args.n, args.poll_s, logdir)
+                ),
+                "pgqueuer": await stack.enter_async_context(
+                    pgqueuer_peer(admin, args.n, args.poll_s, logdir)
+                ),
             }
             names = list(systems)
             samples: dict[str, list[float]] = {name: [] for name in names}

@@ -59,7 +59,9 @@ async def runner_rate(admin_dsn: str, n: int, workers: int, logdir: Path) -> flo
                    INSERT INTO jobs (id, owner) SELECT gen_random_uuid(), '0xbench'
                    FROM generate_series(1, $1) RETURNING id)
                INSERT INTO executions (id, job_id, position, backend, input)
-               SELECT gen_random_uuid(), id, 0, 'demo', '{"seconds": 0}' FROM job""", n)
+               SELECT gen_random_uuid(), id, 0, 'demo', '{"seconds": 0}' FROM job""",
+            n,
+        )
         services = [await start_service(dsn, "worker", ENV, logdir) for _ in range(workers)]
         try:
             await _until(conn, "SELECT count(*) FROM jobs WHERE status = 'completed'", n)
@@ -95,7 +97,8 @@ async def pgqueuer_rate(admin_dsn: str, n: int, logdir: Path) -> float:
         span = await conn.fetchval(
             """SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful')
                                       - min(created) FILTER (WHERE status = 'picked'))
-               FROM pgqueuer_log""")
+               FROM pgqueuer_log"""
+        )
         return n / float(span)
     finally:
         await conn.close()
@@ -103,8 +106,11 @@ async def pgqueuer_rate(admin_dsn: str, n: int, logdir: Path) -> float:
 
 async def submit_rate(admin_dsn: str, requests: int, clients: int, logdir: Path) -> dict[str, Any]:
     dsn = await fresh_database(admin_dsn, "bench_submit")
-    env = {**ENV, "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(requests + 10),
-           "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * requests + 1000)}
+    env = {
+        **ENV,
+        "RUNNER_MAX_ACTIVE_JOBS_PER_WALLET": str(requests + 10),
+        "RUNNER_MAX_SUBMITS_PER_MINUTE": str(100 * requests + 1000),
+    }
     api = await start_service(dsn, "api", env, logdir)  # no worker: the submit path alone
     try:
         async with http_session() as http:
@@ -130,7 +136,9 @@ async def submit_rate(admin_dsn: str, requests: int, clients: int, logdir: Path)
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--submit-requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
@@ -148,16 +156,30 @@ async def main() -> None:
             order = ["runner_1_worker"] if args.no_peers else ["runner_1_worker", "pgqueuer"]
             for name in order if round_no % 2 == 0 else order[::-1]:
                 host = host_cpu()
-                rate = await (runner_rate(admin_dsn, args.n, 1, Path(logs)) if name == "runner_1_worker"
-                              else pgqueuer_rate(admin_dsn, args.n, Path(logs)))
+                rate = await (
+                    runner_rate(admin_dsn, args.n, 1, Path(logs))
+                    if name == "runner_1_worker"
+                    else pgqueuer_rate(admin_dsn, args.n, Path(logs))
+                )
                 results[name].append(rate)
-                label = "runner, 1 worker process" if name == "runner_1_worker" else \
-                    "pgqueuer QueueManager (defaults), 1 process"
-                summary_line(label, f"{rate:,.0f} jobs/s  (CPU stolen by the host: {steal_line(host, host_cpu())})")
+                label = (
+                    "runner, 1 worker process"
+                    if name == "runner_1_worker"
+                    else "pgqueuer QueueManager (defaults), 1 process"
+                )
+                summary_line(
+                    label, f"{rate:,.0f} jobs/s  (CPU stolen by the host: {steal_line(host, host_cpu())})"
+                )
             if not args.no_peers:
-                summary_line("ratio runner / pgqueuer", f"{results['runner_1_worker'][-1] / results['pgqueuer'][-1]:.2f}")
+                summary_line(
+                    "ratio runner / pgqueuer",
+                    f"{results['runner_1_worker'][-1] / results['pgqueuer'][-1]:.2f}",
+                )
         if not args.no_peers:
-            ratios = [ours / theirs for ours, theirs in zip(results["runner_1_worker"], results["pgqueuer"], strict=True)]
+            ratios = [
+                ours / theirs
+                for ours, theirs in zip(results["runner_1_worker"], results["pgqueuer"], strict=True)
+            ]
             summary_line("ratios per round", ", ".join(f"{r:.2f}" for r in ratios))
             summary_line("median ratio", f"{statistics.median(ratios):.2f}")
         rate = await runner_rate(admin_dsn, args.n, 2, Path(logs))
@@ -166,7 +188,10 @@ async def main() -> None:
         submit = await submit_rate(admin_dsn, args.submit_requests, args.clients, Path(logs))
         results["submit"] = submit
         summary_line(f"POST /jobs, {args.clients} concurrent clients", f"{submit['rps']:,.0f} requests/s")
-        summary_line("POST /jobs latency", f"p50={submit['latency']['p50']:.2f} ms  p99={submit['latency']['p99']:.2f} ms")
+        summary_line(
+            "POST /jobs latency",
+            f"p50={submit['latency']['p50']:.2f} ms  p99={submit['latency']['p99']:.2f} ms",
+        )
     if args.json:
         args.json.write_text(json.dumps(results))
 

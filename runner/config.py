@@ -54,8 +54,10 @@ def _addresses(name: str, raw: str) -> frozenset[str]:
         digits = part[2:] if part[:2].lower() == "0x" else part
         # Mixed case is an EIP-55 checksum; a wrong one is a typo, perhaps of another address.
         if digits not in (digits.lower(), digits.upper()) and digits != checksummed[2:]:
-            raise ConfigError(f"{name}: {part!r} has a wrong EIP-55 checksum (a typo?); "
-                              "write it checksummed, or all in lower case")
+            raise ConfigError(
+                f"{name}: {part!r} has a wrong EIP-55 checksum (a typo?); "
+                "write it checksummed, or all in lower case"
+            )
         out.add(checksummed)
     return frozenset(out)
 
@@ -69,18 +71,31 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     out = []
     for part in _split(raw):
         if "://" not in part and part != "null" and "*" not in part:
-            raise ConfigError(f"{name}: {part!r} has no scheme: an origin is scheme://host[:port], "
-                              f"such as http://{part} or https://{part}")
+            raise ConfigError(
+                f"{name}: {part!r} has no scheme: an origin is scheme://host[:port], "
+                f"such as http://{part} or https://{part}"
+            )
         try:
             url = urlsplit(part)
             url.port  # noqa: B018 - raises ValueError for a port that is not a number
         except ValueError:
             url = None
-        if (url is None or not url.scheme or not url.hostname or "*" in part or "@" in url.netloc
-                or url.path or part.endswith(("?", "#")) or url.query or url.fragment):
-            raise ConfigError(f"{name}: {part!r} is not an origin: write scheme://host[:port], "
-                              "such as https://portal.example, with no path or trailing slash "
-                              "('*' and 'null' are refused)")
+        if (
+            url is None
+            or not url.scheme
+            or not url.hostname
+            or "*" in part
+            or "@" in url.netloc
+            or url.path
+            or part.endswith(("?", "#"))
+            or url.query
+            or url.fragment
+        ):
+            raise ConfigError(
+                f"{name}: {part!r} is not an origin: write scheme://host[:port], "
+                "such as https://portal.example, with no path or trailing slash "
+                "('*' and 'null' are refused)"
+            )
         out.append(part.lower())
     return tuple(out)
 
@@ -204,9 +219,17 @@ def _public_url(name: str, raw: str) -> str:
         url.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         url = None
-    if (url is None or url.scheme.lower() not in ("http", "https") or not url.hostname
-            or "@" in url.netloc or url.query or url.fragment):
-        raise ConfigError(f"{name}={raw!r}: expected the URL browsers use, such as https://runner.example.com")
+    if (
+        url is None
+        or url.scheme.lower() not in ("http", "https")
+        or not url.hostname
+        or "@" in url.netloc
+        or url.query
+        or url.fragment
+    ):
+        raise ConfigError(
+            f"{name}={raw!r}: expected the URL browsers use, such as https://runner.example.com"
+        )
     return raw
 
 
@@ -275,11 +298,19 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
 
 # RUNNER_* names read elsewhere: the backends, the CLI client, the test suite, and those
 # another part of the service reads on its own.
-_OTHER_NAMES = frozenset({
-    "RUNNER_BACKENDS_TOML", "RUNNER_BACKENDS_FILE", "RUNNER_CHAIN_RPC_URLS",
-    "RUNNER_API_URL", "RUNNER_WALLET_KEY", "RUNNER_CONFIG_DIR",
-    "RUNNER_REQUIRE_BROWSER", "RUNNER_TEST_CHROMIUM", "RUNNER_UPDATE_SCREENSHOT",
-})
+_OTHER_NAMES = frozenset(
+    {
+        "RUNNER_BACKENDS_TOML",
+        "RUNNER_BACKENDS_FILE",
+        "RUNNER_CHAIN_RPC_URLS",
+        "RUNNER_API_URL",
+        "RUNNER_WALLET_KEY",
+        "RUNNER_CONFIG_DIR",
+        "RUNNER_REQUIRE_BROWSER",
+        "RUNNER_TEST_CHROMIUM",
+        "RUNNER_UPDATE_SCREENSHOT",
+    }
+)
 KNOWN_NAMES = frozenset(_VARIABLES) | _OTHER_NAMES
 
 
@@ -297,8 +328,10 @@ def settings_warnings(env: Mapping[str, str], settings: Settings) -> list[str]:
     for domain in settings.siwe_domains or ():
         if "://" in domain:
             bare = domain.split("://", 1)[1].rstrip("/")
-            warnings.append(f"RUNNER_SIWE_DOMAIN: {domain!r} has a scheme; a sign-in domain is "
-                            f"host[:port], such as {bare!r}: sign-ins naming it will be refused")
+            warnings.append(
+                f"RUNNER_SIWE_DOMAIN: {domain!r} has a scheme; a sign-in domain is "
+                f"host[:port], such as {bare!r}: sign-ins naming it will be refused"
+            )
     return warnings
 
 

@@ -74,8 +74,12 @@ class Validator:
             # ecrecover answers address(0) for any signature it cannot recover: no yes for it.
             return False
         url = self.urls[chain_id]
-        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_call",
-                "params": [{"data": "0x" + call_data(signer, hash_, signature).hex()}, "latest"]}
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "eth_call",
+            "params": [{"data": "0x" + call_data(signer, hash_, signature).hex()}, "latest"],
+        }
         try:
             async with asyncio.timeout(self.timeout_s), self._slots:
                 reply = await self._post(chain_id, url, body)

@@ -75,8 +75,15 @@ class BackendError(RunnerError):
     `work_over`: the provider reported the work over (failed, timed out, gone): no cancel is
     owed for it."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None,
-                 sent: bool = True, work_over: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        sent: bool = True,
+        work_over: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status

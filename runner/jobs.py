@@ -51,26 +51,41 @@ async def _within_rate(pool: asyncpg.Pool, owner: str, per_minute: int) -> None:
     row = await pool.fetchrow(
         """SELECT count(*) AS n, extract(epoch FROM min(created_at) + interval '1 minute' - now()) AS wait
            FROM (SELECT created_at FROM jobs WHERE owner = $1 AND created_at > now() - interval '1 minute'
-                 ORDER BY created_at DESC LIMIT $2) recent""", owner, per_minute)
+                 ORDER BY created_at DESC LIMIT $2) recent""",
+        owner,
+        per_minute,
+    )
     if row is not None and row["n"] >= per_minute:
         wait = max(float(row["wait"]), 0.1)
-        raise RateExceeded(f"this wallet has submitted {per_minute} jobs in the last minute "
-                           f"(RUNNER_MAX_SUBMITS_PER_MINUTE); try again in {wait:.0f} s",
-                           retry_after_s=round(wait, 1))
+        raise RateExceeded(
+            f"this wallet has submitted {per_minute} jobs in the last minute "
+            f"(RUNNER_MAX_SUBMITS_PER_MINUTE); try again in {wait:.0f} s",
+            retry_after_s=round(wait, 1),
+        )
 
 
 async def submit(
-    pool: asyncpg.Pool, *, owner: str, executions: list[NewExecution], timeout_s: int | None,
-    metadata: dict[str, Any], max_active: int, per_minute: int, idempotency_key: str | None = None,
-    body_hash: str | None = None, webhook: str | None = None, webhook_events: list[str] | None = None,
+    pool: asyncpg.Pool,
+    *,
+    owner: str,
+    executions: list[NewExecution],
+    timeout_s: int | None,
+    metadata: dict[str, Any],
+    max_active: int,
+    per_minute: int,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+    webhook: str | None = None,
+    webhook_events: list[str] | None = None,
     notifier: Notifier | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert a queued job in one round trip (runner_submit, migration 0003); returns
     (job, created). A repeated idempotency key returns the original job."""
     await _within_rate(pool, owner, per_minute)
     job_id = uuid.uuid4()
-    rows = [{"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input}
-            for e in executions]
+    rows = [
+        {"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input} for e in executions
+    ]
     args = (job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash, max_active)
     if webhook is None:  # one round trip, as before webhooks
         row = await pool.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)", *args)
@@ -80,45 +95,97 @@ async def submit(
             if row is not None and row["outcome"] == "created":
                 # In the submit's transaction: no worker can start the job (an event) before
                 # its webhook is there.
-                await conn.execute("UPDATE jobs SET webhook = $2, webhook_events = $3 WHERE id = $1",
-                                   job_id, webhook, webhook_events)
+                await conn.execute(
+                    "UPDATE jobs SET webhook = $2, webhook_events = $3 WHERE id = $1",
+                    job_id,
+                    webhook,
+                    webhook_events,
+                )
     assert row is not None
     if row["outcome"] == "conflict":
         raise IdempotencyConflict("this Idempotency-Key was used with a different body in the last 24 h")
     if row["outcome"] == "existing":
         return await _read(pool, row["job"]), False
     if row["outcome"] == "quota":
-        raise QuotaExceeded(f"this wallet already has {row['active']} active jobs (limit {max_active})",
-                            limit=max_active)
+        raise QuotaExceeded(
+            f"this wallet already has {row['active']} active jobs (limit {max_active})", limit=max_active
+        )
     if notifier is not None:
         notifier.work(e.backend for e in executions)
         notifier.changed(job_id, owner)
-    fresh = [{"id": r["id"], "name": r["name"], "backend": r["backend"], "input": r["input"],
-              "status": "queued", "remote_id": None, "attempts": 0, "started_at": None, "finished_at": None,
-              "output": None, "error": None, "remote_cancel": None, "remote_stopped_at": None,
-              "gpu_seconds": None} for r in rows]
-    return ({
-        "id": job_id, "owner": owner, "status": "queued", "created_at": row["created"],
-        "started_at": None, "finished_at": None, "cancelled_at": None, "cancelled_by": None,
-        "cancel_reason": None, "timeout_s": timeout_s, "metadata": metadata, "error": None,
-        "gpu_seconds": None, "rerun_of": None, "webhook": webhook,
-        "webhook_events": webhook_events if webhook is not None else None,
-        "executions": fresh}, True)
+    fresh = [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "backend": r["backend"],
+            "input": r["input"],
+            "status": "queued",
+            "remote_id": None,
+            "attempts": 0,
+            "started_at": None,
+            "finished_at": None,
+            "output": None,
+            "error": None,
+            "remote_cancel": None,
+            "remote_stopped_at": None,
+            "gpu_seconds": None,
+        }
+        for r in rows
+    ]
+    return (
+        {
+            "id": job_id,
+            "owner": owner,
+            "status": "queued",
+            "created_at": row["created"],
+            "started_at": None,
+            "finished_at": None,
+            "cancelled_at": None,
+            "cancelled_by": None,
+            "cancel_reason": None,
+            "timeout_s": timeout_s,
+            "metadata": metadata,
+            "error": None,
+            "gpu_seconds": None,
+            "rerun_of": None,
+            "webhook": webhook,
+            "webhook_events": webhook_events if webhook is not None else None,
+            "executions": fresh,
+        },
+        True,
+    )
 
 
-async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool,
-                executions: list[uuid.UUID] | None, max_active: int, per_minute: int,
-                idempotency_key: str | None = None, body_hash: str | None = None,
-                notifier: Notifier | None = None) -> tuple[JobRow, bool]:
+async def rerun(
+    pool: asyncpg.Pool,
+    job_id: uuid.UUID,
+    *,
+    caller: str,
+    admin: bool,
+    executions: list[uuid.UUID] | None,
+    max_active: int,
+    per_minute: int,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+    notifier: Notifier | None = None,
+) -> tuple[JobRow, bool]:
     """A new job re-running a cancelled or failed one (runner_rerun, migration 0009): the
     completed executions not named are kept, the rest run again. Returns (job, created)."""
     await _within_rate(pool, caller, per_minute)
     # The new job is read in the statement's own transaction: as created, before any worker
     # (woken by its commit) has claimed it.
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow("SELECT * FROM runner_rerun($1, $2, $3, $4, $5, $6, $7, $8)",
-                                  job_id, uuid.uuid4(), caller, admin, executions, idempotency_key,
-                                  body_hash, max_active)
+        row = await conn.fetchrow(
+            "SELECT * FROM runner_rerun($1, $2, $3, $4, $5, $6, $7, $8)",
+            job_id,
+            uuid.uuid4(),
+            caller,
+            admin,
+            executions,
+            idempotency_key,
+            body_hash,
+            max_active,
+        )
         assert row is not None
         job = await _read(conn, row["job"]) if row["outcome"] in ("created", "existing") else None
     outcome = row["outcome"]
@@ -127,15 +194,17 @@ async def rerun(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bo
     if outcome == "forbidden":
         raise JobForbidden("this job belongs to another wallet")
     if outcome == "not_rerunnable":
-        raise NotRerunnable(f"the job is {row['detail']}; only cancelled or failed ones can be re-run",
-                            status=row["detail"])
+        raise NotRerunnable(
+            f"the job is {row['detail']}; only cancelled or failed ones can be re-run", status=row["detail"]
+        )
     if outcome == "unknown_execution":
         raise JobError(f"$.executions: {row['detail']} is not an execution of job {job_id}")
     if outcome == "conflict":
         raise IdempotencyConflict("this Idempotency-Key was used with a different body in the last 24 h")
     if outcome == "quota":
-        raise QuotaExceeded(f"this wallet already has {row['detail']} active jobs (limit {max_active})",
-                            limit=max_active)
+        raise QuotaExceeded(
+            f"this wallet already has {row['detail']} active jobs (limit {max_active})", limit=max_active
+        )
     assert job is not None
     if outcome == "created" and notifier is not None:
         notifier.work(e["backend"] for e in job["executions"])  # a claim needs all of them
@@ -171,8 +240,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise JobError("the cursor is not one this service issued") from None
 
 
-async def list_jobs(pool: asyncpg.Pool, *, owner: str, statuses: list[str] | None, limit: int,
-                    cursor: str | None, max_bytes: int) -> tuple[list[JobRow], str | None]:
+async def list_jobs(
+    pool: asyncpg.Pool,
+    *,
+    owner: str,
+    statuses: list[str] | None,
+    limit: int,
+    cursor: str | None,
+    max_bytes: int,
+) -> tuple[list[JobRow], str | None]:
     """The wallet's jobs, newest first: at most `limit`, and no more once their inputs,
     outputs and metadata pass `max_bytes` of JSON (the first job always comes, however big).
     Keyset pagination: new jobs never shift a page. Sizes are measured in Postgres, so that a
@@ -193,8 +269,14 @@ async def list_jobs(pool: asyncpg.Pool, *, owner: str, statuses: list[str] | Non
             SELECT {JOB_COLUMNS}, s.found FROM sized s JOIN jobs j ON j.id = s.id
             WHERE s.n <= $6 AND (s.n = 1 OR s.upto <= $7)
             ORDER BY j.created_at DESC, j.id DESC""",
-        owner, statuses, after[0] if after else None, after[1] if after else None, limit + 1, limit,
-        max_bytes)
+        owner,
+        statuses,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit + 1,
+        limit,
+        max_bytes,
+    )
     more = bool(rows) and rows[0]["found"] > len(rows)
     next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
     return rows, next_cursor
@@ -204,7 +286,9 @@ async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bo
     rows = await pool.fetch(
         """SELECT j.owner, e.at, e.kind, e.actor, e.detail, e.execution_id
            FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id
-           WHERE j.id = $1 ORDER BY e.id""", job_id)
+           WHERE j.id = $1 ORDER BY e.id""",
+        job_id,
+    )
     if not rows:
         raise JobNotFound(f"no job {job_id}")
     if rows[0]["owner"] != caller and not admin:
@@ -225,23 +309,33 @@ async def usage(pool: asyncpg.Pool, *, owner: str, since: datetime, until: datet
            FROM jobs j JOIN executions e ON e.job_id = j.id
            WHERE j.owner = $1 AND j.created_at >= $2 AND j.created_at < $3
            GROUP BY ROLLUP (e.backend)""",
-        owner, since, until)
+        owner,
+        since,
+        until,
+    )
     total = next((r for r in rows if r["backend"] is None), None)
     return {
         "jobs": total["jobs"] if total else 0,
         "executions": total["executions"] if total else 0,
         "gpu_seconds": round(float(total["gpu_seconds"]), 3) if total else 0.0,
-        "backends": {r["backend"]: {"executions": r["executions"], "cancelled": r["cancelled"],
-                                    "gpu_seconds": round(float(r["gpu_seconds"]), 3),
-                                    "gpu_seconds_after_cancel": round(float(r["after_cancel"]), 3)}
-                     for r in rows if r["backend"] is not None},
+        "backends": {
+            r["backend"]: {
+                "executions": r["executions"],
+                "cancelled": r["cancelled"],
+                "gpu_seconds": round(float(r["gpu_seconds"]), 3),
+                "gpu_seconds_after_cancel": round(float(r["after_cancel"]), 3),
+            }
+            for r in rows
+            if r["backend"] is not None
+        },
     }
 
 
 async def event_bounds(pool: asyncpg.Pool) -> tuple[int, int]:
     """The oldest and newest audit event ids (0, 0 when there are none)."""
     row = await pool.fetchrow(
-        "SELECT coalesce(min(id), 0) AS low, coalesce(max(id), 0) AS high FROM job_events")
+        "SELECT coalesce(min(id), 0) AS low, coalesce(max(id), 0) AS high FROM job_events"
+    )
     assert row is not None
     return row["low"], row["high"]
 
@@ -254,5 +348,8 @@ async def changed_since(pool: asyncpg.Pool, *, owner: str, after: int, limit: in
                 SELECT e.job_id, max(e.id) AS last FROM job_events e JOIN jobs o ON o.id = e.job_id
                 WHERE e.id > $2 AND o.owner = $1 GROUP BY e.job_id ORDER BY last LIMIT $3) c
             JOIN jobs j ON j.id = c.job_id ORDER BY c.last""",
-        owner, after, limit)
+        owner,
+        after,
+        limit,
+    )
     return rows

@@ -45,12 +45,18 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
         processors = [*shared, structlog.dev.ConsoleRenderer()]
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     elif binary is not None:
-        processors = [*shared, structlog.processors.format_exc_info,
-                      structlog.processors.JSONRenderer(serializer=_dumps)]
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_dumps),
+        ]
         logger_factory = structlog.BytesLoggerFactory(binary)
     else:
-        processors = [*shared, structlog.processors.format_exc_info,
-                      structlog.processors.JSONRenderer(serializer=_dumps_str)]
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_dumps_str),
+        ]
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=processors,

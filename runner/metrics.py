@@ -22,76 +22,127 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.cancel_requests = Counter(
-            "runner_cancel_requests_total", "Cancel requests by result.", ["result"],
-            registry=self.registry)
+            "runner_cancel_requests_total", "Cancel requests by result.", ["result"], registry=self.registry
+        )
         self.cancel_stop_seconds = Histogram(
-            "runner_cancel_stop_seconds", "From a cancel reaching this instance to its task stopped.",
-            buckets=STOP_BUCKETS, registry=self.registry)
+            "runner_cancel_stop_seconds",
+            "From a cancel reaching this instance to its task stopped.",
+            buckets=STOP_BUCKETS,
+            registry=self.registry,
+        )
         self.jobs_running = Gauge(
-            "runner_jobs_running", "Jobs whose task runs on this instance.", registry=self.registry)
+            "runner_jobs_running", "Jobs whose task runs on this instance.", registry=self.registry
+        )
         self.jobs_finished = Counter(
-            "runner_jobs_finished_total", "Jobs finished on this instance, by status.", ["status"],
-            registry=self.registry)
+            "runner_jobs_finished_total",
+            "Jobs finished on this instance, by status.",
+            ["status"],
+            registry=self.registry,
+        )
         self.jobs_unclaimable = Gauge(
-            "runner_jobs_unclaimable", "Queued jobs that need a backend no live instance has.",
-            ["backend"], registry=self.registry)
+            "runner_jobs_unclaimable",
+            "Queued jobs that need a backend no live instance has.",
+            ["backend"],
+            registry=self.registry,
+        )
         self.gpu_seconds = Counter(
-            "runner_gpu_seconds_total", "GPU-seconds of executions, by backend and outcome.",
-            ["backend", "outcome"], registry=self.registry)
+            "runner_gpu_seconds_total",
+            "GPU-seconds of executions, by backend and outcome.",
+            ["backend", "outcome"],
+            registry=self.registry,
+        )
         self.cancel_to_stop_seconds = Histogram(
             "runner_cancel_to_confirmed_stop_seconds",
             "From a cancel's commit to the provider reporting the work over.",
-            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=self.registry)
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=self.registry,
+        )
         self.remote_unconfirmed = Gauge(
-            "runner_remote_unconfirmed", "Executions still running at their provider after a cancel.",
-            ["backend"], registry=self.registry)
+            "runner_remote_unconfirmed",
+            "Executions still running at their provider after a cancel.",
+            ["backend"],
+            registry=self.registry,
+        )
         self.remote_cancels = Counter(
-            "runner_remote_cancels_total", "Cancels sent to backends, by outcome.",
-            ["backend", "outcome"], registry=self.registry)
+            "runner_remote_cancels_total",
+            "Cancels sent to backends, by outcome.",
+            ["backend", "outcome"],
+            registry=self.registry,
+        )
         self.remote_unknown_statuses = Counter(
             "runner_remote_unknown_statuses_total",
             "Executions that saw a status their provider's adapter does not know (waited out).",
-            ["backend"], registry=self.registry)
+            ["backend"],
+            registry=self.registry,
+        )
         self.webhooks_pending = Gauge(
-            "runner_webhooks_pending", "Webhook events not yet delivered (all instances').",
-            registry=self.registry)
+            "runner_webhooks_pending",
+            "Webhook events not yet delivered (all instances').",
+            registry=self.registry,
+        )
         self.webhook_failures = Counter(
             "runner_webhook_failures_total",
             "Failed webhook attempts by this instance, by answer status (or timeout, network, refused).",
-            ["status"], registry=self.registry)
+            ["status"],
+            registry=self.registry,
+        )
         self.jobs_queued = Gauge(
-            "runner_jobs_queued", "Queued jobs needing each backend (from the worker's housekeeping).",
-            ["backend"], registry=self.registry)
+            "runner_jobs_queued",
+            "Queued jobs needing each backend (from the worker's housekeeping).",
+            ["backend"],
+            registry=self.registry,
+        )
         self.oldest_queued_age = Gauge(
             "runner_oldest_queued_job_age_seconds",
             "Age of the oldest queued job needing each backend (from the worker's housekeeping).",
-            ["backend"], registry=self.registry)
+            ["backend"],
+            registry=self.registry,
+        )
         self.backend_request_seconds = Histogram(
-            "runner_backend_request_seconds", "One HTTP call to a backend, by operation.",
-            ["backend", "operation"], buckets=BACKEND_BUCKETS, registry=self.registry)
+            "runner_backend_request_seconds",
+            "One HTTP call to a backend, by operation.",
+            ["backend", "operation"],
+            buckets=BACKEND_BUCKETS,
+            registry=self.registry,
+        )
         self.backend_request_errors = Counter(
             "runner_backend_request_errors_total",
             "Failed HTTP calls to a backend: transient (retried) or permanent.",
-            ["backend", "operation", "kind"], registry=self.registry)
+            ["backend", "operation", "kind"],
+            registry=self.registry,
+        )
         self.http_requests = Counter(
-            "runner_http_requests_total", "HTTP requests answered, by route and status.",
-            ["method", "route", "status"], registry=self.registry)
+            "runner_http_requests_total",
+            "HTTP requests answered, by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
         self.http_request_seconds = Histogram(
-            "runner_http_request_duration_seconds", "Time to answer an HTTP request (a stream: its life).",
-            ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
+            "runner_http_request_duration_seconds",
+            "Time to answer an HTTP request (a stream: its life).",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
+        )
 
         self.notify_queue_usage = Gauge(
             "runner_notify_queue_usage",
             "pg_notification_queue_usage(): the fill of Postgres' NOTIFY queue (0-1; at 1 every "
-            "notifying commit fails), read at each scrape.", registry=self.registry)
+            "notifying commit fails), read at each scrape.",
+            registry=self.registry,
+        )
 
         self.loop_lag_seconds = Histogram(
             "runner_event_loop_lag_seconds",
             f"How late a timer of {LOOP_LAG_INTERVAL_S} s fired on the event loop (work holding the loop).",
-            buckets=LAG_BUCKETS, registry=self.registry)
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
         self.loop_lag_max_seconds = Gauge(
-            "runner_event_loop_lag_max_seconds", "The longest event-loop lag seen since start.",
-            registry=self.registry)
+            "runner_event_loop_lag_max_seconds",
+            "The longest event-loop lag seen since start.",
+            registry=self.registry,
+        )
 
     async def watch_loop_lag(self) -> None:
         """Measure, for ever, how late the loop wakes a sleeper: the time some callback held it."""

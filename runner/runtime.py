@@ -50,10 +50,15 @@ class Runtime:
         self.metrics.track_running(self.manager.count)
         self.notifier = notify.Notifier(self.pool)
         url_cancels = [n for n, s in self.settings.backends.items() if s.cancels_without_remote_id]
-        self.canceller = Canceller(self.pool, self.manager, self.metrics,
-                                   remote_cancel_backends=url_cancels,
-                                   holder_grace_s=self.settings.lease_renew_s,
-                                   instance_id=self.instance_id, notifier=self.notifier)
+        self.canceller = Canceller(
+            self.pool,
+            self.manager,
+            self.metrics,
+            remote_cancel_backends=url_cancels,
+            holder_grace_s=self.settings.lease_renew_s,
+            instance_id=self.instance_id,
+            notifier=self.notifier,
+        )
         self.watch = JobWatch()
         if self.listener is not None:
             if self.role != "api":

@@ -34,7 +34,10 @@ log = structlog.get_logger("runner.service")
 
 @contextlib.asynccontextmanager
 async def running_service(
-    settings: Settings, role: str = "all", *, dsn: str | None = None,
+    settings: Settings,
+    role: str = "all",
+    *,
+    dsn: str | None = None,
     hurry: asyncio.Event | None = None,
 ) -> AsyncIterator[Runtime]:
     """Start an instance (migrations first). On exit, in this order: /readyz turns 503, the
@@ -112,6 +115,7 @@ LISTENER_CONNECT_TIMEOUT_S = 30.0
 async def _notify_self_test(listener: Listener, pool: asyncpg.Pool, dsn: str) -> None:
     """SPEC section 2: NOTIFY ourselves and wait for it on the listener's connection. Sent on
     another (pool) connection as one simple-protocol statement, which any pooler passes."""
+
     async def send(payload: str) -> None:  # a hex nonce: nothing to escape
         async with pool.acquire() as conn:
             await conn.execute(f"NOTIFY {PROBE}, '{payload}'")
@@ -130,8 +134,10 @@ async def _notify_self_test(listener: Listener, pool: asyncpg.Pool, dsn: str) ->
     if took is None:
         waited = db_listener.SELF_TEST_TIMEOUT_S
         log.error("notify_self_test_failed", timeout_s=waited)
-        raise StartupError(f"a NOTIFY sent at start-up did not come back within {waited:g} s "
-                           f"on the listener's connection to {describe_dsn(dsn)}: {POOLER}")
+        raise StartupError(
+            f"a NOTIFY sent at start-up did not come back within {waited:g} s "
+            f"on the listener's connection to {describe_dsn(dsn)}: {POOLER}"
+        )
     log.info("notify_self_test_passed", ms=round(took * 1000, 3))
 
 
@@ -150,9 +156,18 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
             backend.metrics = runtime.metrics
     remote = RemoteCanceller(runtime.pool, backends, runtime.metrics, runtime.instance_id, runtime.notifier)
     supervisor = runtime.supervisor
-    worker = Worker(pool=runtime.pool, settings=settings, instance_id=runtime.instance_id,
-                    manager=runtime.manager, backends=backends, canceller=runtime.canceller,
-                    remote=remote, metrics=runtime.metrics, supervisor=supervisor, notifier=runtime.notifier)
+    worker = Worker(
+        pool=runtime.pool,
+        settings=settings,
+        instance_id=runtime.instance_id,
+        manager=runtime.manager,
+        backends=backends,
+        canceller=runtime.canceller,
+        remote=remote,
+        metrics=runtime.metrics,
+        supervisor=supervisor,
+        notifier=runtime.notifier,
+    )
     assert runtime.listener is not None
     runtime.listener.subscribe(SUBMIT, worker.notify_work)
     runtime.listener.on_reconnect(worker.recheck)
@@ -165,8 +180,7 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
 def _start_webhooks(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
     """Any worker instance delivers the webhook outbox: a periodic claim, and a NOTIFY from the
     triggers (migration 0014) to look at once."""
-    sender = WebhookSender(runtime.pool, runtime.settings, runtime.metrics, runtime.instance_id,
-                           render.job)
+    sender = WebhookSender(runtime.pool, runtime.settings, runtime.metrics, runtime.instance_id, render.job)
     stack.push_async_callback(sender.close)
     assert runtime.listener is not None
     runtime.listener.subscribe(WAKE_CHANNEL, sender.wake)
@@ -177,12 +191,14 @@ def _start_webhooks(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
 WEBHOOK_INTERVAL_S = 0.5
 
 
-async def _serve_app(stack: contextlib.AsyncExitStack, app: web.Application, settings: Settings,
-                     port: int | None = None) -> int | None:
+async def _serve_app(
+    stack: contextlib.AsyncExitStack, app: web.Application, settings: Settings, port: int | None = None
+) -> int | None:
     # aiohttp's keep-alive timer also runs from the moment a connection opens until its first
     # request is whole, so it bounds how long a client may take to send its headers.
-    app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1,
-                               keepalive_timeout=settings.read_timeout_s)
+    app_runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=1, keepalive_timeout=settings.read_timeout_s
+    )
     await app_runner.setup()
     stack.push_async_callback(app_runner.cleanup)
     port = settings.port if port is None else port
@@ -208,8 +224,9 @@ def _bound_port(app_runner: web.AppRunner) -> int | None:
 GC_GEN0_THRESHOLD = 50_000
 
 
-async def serve(settings: Settings, role: str, stop: asyncio.Event,
-                hurry: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, role: str, stop: asyncio.Event, hurry: asyncio.Event | None = None
+) -> None:
     """Run until `stop` is set (by a signal handler), then shut down gracefully; `hurry` (a
     second signal) cuts the grace period short."""
     _, gen1, gen2 = gc.get_threshold()

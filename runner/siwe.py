@@ -171,10 +171,17 @@ class SiweMessage:
     def fields(self) -> dict[str, object]:
         """The message's fields under the EIP's (camelCase) names; absent ones are None."""
         return {
-            "scheme": self.scheme, "domain": self.domain, "address": self.address,
-            "statement": self.statement, "uri": self.uri, "version": self.version,
-            "chainId": self.chain_id, "nonce": self.nonce, "issuedAt": self.issued_at,
-            "expirationTime": self.expiration_time, "notBefore": self.not_before,
+            "scheme": self.scheme,
+            "domain": self.domain,
+            "address": self.address,
+            "statement": self.statement,
+            "uri": self.uri,
+            "version": self.version,
+            "chainId": self.chain_id,
+            "nonce": self.nonce,
+            "issuedAt": self.issued_at,
+            "expirationTime": self.expiration_time,
+            "notBefore": self.not_before,
             "requestId": self.request_id,
             "resources": list(self.resources) if self.resources is not None else None,
         }
@@ -197,7 +204,7 @@ def parse(text: str) -> SiweMessage:
         nonlocal pos
         if pos >= len(lines) or not lines[pos].startswith(prefix):
             raise _bad(f"expected the {what} line ({prefix!r}) at line {pos + 1}")
-        value = lines[pos][len(prefix):]
+        value = lines[pos][len(prefix) :]
         pos += 1
         return value
 
@@ -259,8 +266,7 @@ def parse(text: str) -> SiweMessage:
         return value
 
     issued_at = timestamp("Issued At: ", "issued_at")
-    optional: dict[str, str | None] = {"expiration_time": None, "not_before": None,
-                                       "request_id": None}
+    optional: dict[str, str | None] = {"expiration_time": None, "not_before": None, "request_id": None}
     if pos < len(lines) and lines[pos].startswith("Expiration Time: "):
         optional["expiration_time"] = timestamp("Expiration Time: ", "expiration_time")
     if pos < len(lines) and lines[pos].startswith("Not Before: "):
@@ -283,9 +289,19 @@ def parse(text: str) -> SiweMessage:
     if pos != len(lines):
         raise _bad(f"unexpected content at line {pos + 1}")
     return SiweMessage(
-        domain=origin, address=to_checksum_address(address), uri=uri, version="1",
-        chain_id=int(chain), nonce=nonce, issued_at=issued_at, statement=statement, scheme=scheme,
-        resources=resources, _times=times, _text=text, **optional,
+        domain=origin,
+        address=to_checksum_address(address),
+        uri=uri,
+        version="1",
+        chain_id=int(chain),
+        nonce=nonce,
+        issued_at=issued_at,
+        statement=statement,
+        scheme=scheme,
+        resources=resources,
+        _times=times,
+        _text=text,
+        **optional,
     )
 
 
@@ -321,14 +337,18 @@ def check_claims(
     if "@" in message.domain:
         # Wallets show the domain as written: "phish.example@portal" reads as phish.example to
         # a person, and as host "portal" to a parser. The EIP allows userinfo; we never do.
-        raise SiweError(Reason.INVALID_DOMAIN,
-                        f"the message's domain {message.domain!r} has userinfo (a name before '@'); "
-                        "name the host[:port] alone")
+        raise SiweError(
+            Reason.INVALID_DOMAIN,
+            f"the message's domain {message.domain!r} has userinfo (a name before '@'); "
+            "name the host[:port] alone",
+        )
     if message.host not in domains:
-        raise SiweError(Reason.INVALID_DOMAIN,
-                        f"the message names domain {message.domain!r}; this service accepts "
-                        f"{', '.join(sorted(domains))} (RUNNER_SIWE_DOMAIN: the portal's host[:port], "
-                        "and the API's for the CLI)")
+        raise SiweError(
+            Reason.INVALID_DOMAIN,
+            f"the message names domain {message.domain!r}; this service accepts "
+            f"{', '.join(sorted(domains))} (RUNNER_SIWE_DOMAIN: the portal's host[:port], "
+            "and the API's for the CLI)",
+        )
     if chain_ids is not None and message.chain_id not in chain_ids:
         raise SiweError(Reason.INVALID_CHAIN, f"chain id {message.chain_id} is not accepted")
     now = now or datetime.now(UTC)
@@ -347,9 +367,11 @@ def signature_bytes(signature: str) -> bytes:
     """The signature's bytes; text that cannot be any wallet's signature is `malformed`."""
     match = _SIGNATURE.fullmatch(signature)
     if match is None or len(match.group(1)) > 2 * MAX_SIGNATURE_BYTES:
-        raise SiweError(Reason.INVALID_SIGNATURE,
-                        "the signature is malformed: expected hex digits in whole bytes (0x optional), "
-                        f"at most {MAX_SIGNATURE_BYTES} bytes")
+        raise SiweError(
+            Reason.INVALID_SIGNATURE,
+            "the signature is malformed: expected hex digits in whole bytes (0x optional), "
+            f"at most {MAX_SIGNATURE_BYTES} bytes",
+        )
     return bytes.fromhex(match.group(1))
 
 
@@ -360,8 +382,9 @@ def signed_hash(message: SiweMessage) -> bytes:
 
 def signed_by_key(message: SiweMessage, signature: bytes) -> bool:
     """Whether `signature` is a 65-byte key signature of the message by its address."""
-    return (len(signature) == KEY_SIGNATURE_BYTES
-            and recover(message.signed_text(), signature) == message.address)
+    return (
+        len(signature) == KEY_SIGNATURE_BYTES and recover(message.signed_text(), signature) == message.address
+    )
 
 
 def recover(text: str, signature: bytes) -> str | None:

@@ -33,8 +33,10 @@ from runner.errors import InvalidJson, Unstorable
 from runner.jsontext import BESIDE_THE_LOOP, INLINE_BYTES
 
 MAX_DEPTH = 64
-RULE = ("strings may not hold U+0000 or unpaired surrogates, numbers must be finite, "
-        f"JSON may nest at most {MAX_DEPTH} levels")
+RULE = (
+    "strings may not hold U+0000 or unpaired surrogates, numbers must be finite, "
+    f"JSON may nest at most {MAX_DEPTH} levels"
+)
 
 # A JSON string, possessive so that nothing is tried twice; one left open runs to the end of
 # the text (which is then no JSON anyway). With a closing quote required, a body of one `"`
@@ -62,7 +64,7 @@ def nesting(raw: bytes, *, stop_above: int = MAX_DEPTH) -> int:
         return opening
     depth = deepest = 0
     for start in range(0, len(brackets), _CHUNK):
-        steps = list(accumulate(map(_STEP.__getitem__, brackets[start:start + _CHUNK]), initial=depth))
+        steps = list(accumulate(map(_STEP.__getitem__, brackets[start : start + _CHUNK]), initial=depth))
         deepest, depth = max(deepest, max(steps)), steps[-1]
         if deepest > stop_above:
             break

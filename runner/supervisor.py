@@ -33,8 +33,9 @@ class Supervisor:
             raise RuntimeError(f"a background task named {name} is already running")
         return self._start(name, start, failures=0)
 
-    def _start(self, name: str, start: Callable[[], Coroutine[Any, Any, Any]],
-               failures: int) -> asyncio.Task[Any]:
+    def _start(
+        self, name: str, start: Callable[[], Coroutine[Any, Any, Any]], failures: int
+    ) -> asyncio.Task[Any]:
         task = asyncio.create_task(self._guarded(name, start, failures), name=name)
         self.tasks[name] = task
         return task

@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NPM_PACKAGES = ROOT / ".ci" / "node" / "node_modules" / "@foundry-rs"  # anvil-linux-amd64, -arm64
 CONTRACTS = json.loads((ROOT / "tests" / "data" / "contracts" / "OwnedWallet.json").read_text())
 CHAIN_ID = 31337  # anvil's default
-INSTALL_HINT = ("npm install --prefix .ci/node @foundry-rs/anvil-linux-amd64 (as .ci/run does), "
-                "or set RUNNER_TEST_ANVIL to an anvil binary")
+INSTALL_HINT = (
+    "npm install --prefix .ci/node @foundry-rs/anvil-linux-amd64 (as .ci/run does), "
+    "or set RUNNER_TEST_ANVIL to an anvil binary"
+)
 
 
 def anvil_path() -> str | None:
@@ -47,8 +49,11 @@ def anvil_path() -> str | None:
 
 
 def anvil_required() -> bool:
-    return (os.environ.get("RUNNER_REQUIRE_ANVIL") == "1"
-            or os.environ.get("CI", "").lower() not in ("", "0", "false"))
+    return os.environ.get("RUNNER_REQUIRE_ANVIL") == "1" or os.environ.get("CI", "").lower() not in (
+        "",
+        "0",
+        "false",
+    )
 
 
 def _selector(name: str, method: str) -> bytes:
@@ -93,11 +98,14 @@ class Anvil:
 
     def deploy_call(self, owner: str, salt: bytes) -> bytes:
         """WalletFactory.deploy(owner, salt): what an ERC-6492 wrapper carries."""
-        return _selector("WalletFactory", "deploy(address,bytes32)") + encode(["address", "bytes32"], [owner, salt])
+        return _selector("WalletFactory", "deploy(address,bytes32)") + encode(
+            ["address", "bytes32"], [owner, salt]
+        )
 
     async def wallet_address(self, owner: str, salt: bytes) -> str:
         data = _selector("WalletFactory", "addressOf(address,bytes32)") + encode(
-            ["address", "bytes32"], [owner, salt])
+            ["address", "bytes32"], [owner, salt]
+        )
         word: str = await self.rpc("eth_call", {"to": self.factory, "data": "0x" + data.hex()}, "latest")
         return to_checksum_address("0x" + word[-40:])
 
@@ -114,7 +122,9 @@ class ContractWallet:
     async def setup(self, *, deploy: bool) -> ContractWallet:
         self.address = await self.chain.wallet_address(self.owner.address, self.salt)
         if deploy:
-            await self.chain.transact(self.chain.deploy_call(self.owner.address, self.salt), to=self.chain.factory)
+            await self.chain.transact(
+                self.chain.deploy_call(self.owner.address, self.salt), to=self.chain.factory
+            )
             assert await self.chain.code(self.address) != "0x"
         return self
 
@@ -128,8 +138,10 @@ class ContractWallet:
     def sign_6492(self, text: str, signer: LocalAccount | None = None) -> str:
         """Before deployment: abi.encode(factory, factoryCalldata, innerSig) ++ the magic suffix."""
         inner = self.sign_1271(text, signer)
-        wrapped = encode(["address", "bytes", "bytes"],
-                         [self.chain.factory, self.chain.deploy_call(self.owner.address, self.salt), inner])
+        wrapped = encode(
+            ["address", "bytes", "bytes"],
+            [self.chain.factory, self.chain.deploy_call(self.owner.address, self.salt), inner],
+        )
         return "0x" + (wrapped + erc6492.MAGIC_SUFFIX).hex()
 
 
@@ -143,9 +155,20 @@ async def running_anvil() -> AsyncIterator[Anvil]:
         pytest.skip(reason)
     # Port 0: anvil binds a free port and says which, so no other process can take it first.
     proc = await asyncio.create_subprocess_exec(
-        path, "--host", "127.0.0.1", "--port", "0", "--chain-id", str(CHAIN_ID), "--accounts", "1",
+        path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--chain-id",
+        str(CHAIN_ID),
+        "--accounts",
+        "1",
         "--no-mining",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     seen: list[str] = []
     drain: asyncio.Task[None] | None = None

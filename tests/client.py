@@ -22,8 +22,7 @@ class Api:
     wallet: Wallet | None = None
 
     @classmethod
-    async def signed_in(cls, http: aiohttp.ClientSession, base: str,
-                        wallet: Wallet | None = None) -> Api:
+    async def signed_in(cls, http: aiohttp.ClientSession, base: str, wallet: Wallet | None = None) -> Api:
         wallet = wallet or Wallet()
         return cls(http, base, await sign_in(http, base, wallet), wallet)
 
@@ -35,15 +34,16 @@ class Api:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    async def call(self, method: str, path: str, *, json: Any = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        async with self.http.request(method, self.base + path, json=json,
-                                     headers={**self.headers, **(headers or {})}) as resp:
+    async def call(
+        self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        async with self.http.request(
+            method, self.base + path, json=json, headers={**self.headers, **(headers or {})}
+        ) as resp:
             return resp.status, await resp.json()
 
     async def submit(self, *executions: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        status, body = await self.call("POST", "/jobs",
-                                       json={"executions": list(executions), **fields})
+        status, body = await self.call("POST", "/jobs", json={"executions": list(executions), **fields})
         assert status == 201, body
         job: dict[str, Any] = body
         return job
@@ -56,8 +56,9 @@ class Api:
 
     async def cancel(self, job_id: str, *, wait: bool = False, reason: str | None = None) -> tuple[int, Any]:
         query = "?wait=true" if wait else ""
-        return await self.call("POST", f"/jobs/{job_id}/cancel{query}",
-                               json={"reason": reason} if reason else None)
+        return await self.call(
+            "POST", f"/jobs/{job_id}/cancel{query}", json={"reason": reason} if reason else None
+        )
 
     async def until(self, job_id: str, *statuses: str, timeout: float = 15.0) -> dict[str, Any]:
         """Wait on the row until the job reaches one of `statuses`."""
@@ -69,8 +70,9 @@ class Api:
             assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
             await asyncio.sleep(0.01)
 
-    async def until_execution(self, job_id: str, index: int, predicate: Any,
-                              timeout: float = 15.0) -> dict[str, Any]:
+    async def until_execution(
+        self, job_id: str, index: int, predicate: Any, timeout: float = 15.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             job = await self.job(job_id)

@@ -70,20 +70,48 @@ async def fake_gpu() -> AsyncIterator[FakeProviders]:
 def backends_for(fake: FakeProviders) -> dict[str, BackendSpec]:
     return {
         "demo": BackendSpec(name="demo", kind="demo"),
-        "gpu": BackendSpec(name="gpu", kind="http", url=f"{fake.base_url}/run",
-                           cancel_url=f"{fake.base_url}/cancel/{{execution_id}}", max_attempts=2),
+        "gpu": BackendSpec(
+            name="gpu",
+            kind="http",
+            url=f"{fake.base_url}/run",
+            cancel_url=f"{fake.base_url}/cancel/{{execution_id}}",
+            max_attempts=2,
+        ),
         "plain": BackendSpec(name="plain", kind="http", url=f"{fake.base_url}/run"),
-        "capped": BackendSpec(name="capped", kind="http", url=f"{fake.base_url}/run", max_output_bytes=1 << 20),
-        "rp": BackendSpec(name="rp", kind="runpod", base_url=f"{fake.base_url}/v2",
-                          endpoint_id="ep1", api_key="rp-key", poll_interval_s=0.02),
-        "rep": BackendSpec(name="rep", kind="replicate", base_url=fake.replicate_url,
-                           version="5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
-                           api_key="r8-key", poll_interval_s=0.02),
-        "fal": BackendSpec(name="fal", kind="fal", base_url=fake.fal_url, model="fal-ai/flux/dev",
-                           api_key="fal-key", poll_interval_s=0.02),
+        "capped": BackendSpec(
+            name="capped", kind="http", url=f"{fake.base_url}/run", max_output_bytes=1 << 20
+        ),
+        "rp": BackendSpec(
+            name="rp",
+            kind="runpod",
+            base_url=f"{fake.base_url}/v2",
+            endpoint_id="ep1",
+            api_key="rp-key",
+            poll_interval_s=0.02,
+        ),
+        "rep": BackendSpec(
+            name="rep",
+            kind="replicate",
+            base_url=fake.replicate_url,
+            version="5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
+            api_key="r8-key",
+            poll_interval_s=0.02,
+        ),
+        "fal": BackendSpec(
+            name="fal",
+            kind="fal",
+            base_url=fake.fal_url,
+            model="fal-ai/flux/dev",
+            api_key="fal-key",
+            poll_interval_s=0.02,
+        ),
         # A Modal web endpoint, with the user's own endpoint that calls FunctionCall.cancel.
-        "modal": BackendSpec(name="modal", kind="http", url=f"{fake.base_url}/run",
-                             cancel_url=f"{fake.base_url}/modal/cancel/{{remote_id}}"),
+        "modal": BackendSpec(
+            name="modal",
+            kind="http",
+            url=f"{fake.base_url}/run",
+            cancel_url=f"{fake.base_url}/modal/cancel/{{remote_id}}",
+        ),
     }
 
 

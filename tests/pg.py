@@ -100,9 +100,13 @@ class StoppablePostgres:
         """Server processes of connections with this application_name (from their titles)."""
         import psutil
 
-        return [p.pid for p in psutil.process_iter(attrs=["cmdline"])
-                if p.info["cmdline"] and any(application_name in part for part in p.info["cmdline"])
-                and any(str(self.pgdata) in " ".join(q.cmdline()) for q in [p.parent()] if q)]
+        return [
+            p.pid
+            for p in psutil.process_iter(attrs=["cmdline"])
+            if p.info["cmdline"]
+            and any(application_name in part for part in p.info["cmdline"])
+            and any(str(self.pgdata) in " ".join(q.cmdline()) for q in [p.parent()] if q)
+        ]
 
     def cleanup(self) -> None:
         if self._server is not None:

@@ -83,8 +83,13 @@ ignore_startup_parameters = extra_float_digits,options
 """)
         ini.chmod(0o644)
         proc = await asyncio.create_subprocess_exec(
-            binary, *_run_as(host), str(ini), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            binary,
+            *_run_as(host),
+            str(ini),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         assert proc.stderr is not None
         seen: list[str] = []
         drain: asyncio.Task[None] | None = None

@@ -39,11 +39,16 @@ class ServeProcess:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
         env.pop("DATABASE_URL", None)
-        env.update({
-            "RUNNER_HOST": "127.0.0.1", "RUNNER_PORT": str(self.port), "RUNNER_LOG_FORMAT": "json",
-            "RUNNER_SIWE_DOMAIN": f"runner.test,{self.domain}", "RUNNER_SHUTDOWN_GRACE_S": "5",
-            "RUNNER_MAX_SUBMITS_PER_MINUTE": "100000",
-        })
+        env.update(
+            {
+                "RUNNER_HOST": "127.0.0.1",
+                "RUNNER_PORT": str(self.port),
+                "RUNNER_LOG_FORMAT": "json",
+                "RUNNER_SIWE_DOMAIN": f"runner.test,{self.domain}",
+                "RUNNER_SHUTDOWN_GRACE_S": "5",
+                "RUNNER_MAX_SUBMITS_PER_MINUTE": "100000",
+            }
+        )
         if self.dsn is not None:
             env["DATABASE_URL"] = self.dsn
         if self.backends_toml:
@@ -53,9 +58,17 @@ class ServeProcess:
 
     async def start(self, *, ready_event: str | None = "api_listening", timeout: float = 60) -> ServeProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner", "serve", "--role", self.role, env=self.env(),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "runner",
+            "serve",
+            "--role",
+            self.role,
+            env=self.env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         self._reader = asyncio.create_task(self._read(), name=f"serve-log-{self.port}")
         if ready_event is not None:
             await self.wait_log(ready_event, timeout=timeout)
@@ -78,13 +91,18 @@ class ServeProcess:
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.logs if line.get("event") == name]
 
-    async def wait_log(self, event: str, *, count: int = 1, timeout: float = 30,
-                       **match: Any) -> dict[str, Any]:
+    async def wait_log(
+        self, event: str, *, count: int = 1, timeout: float = 30, **match: Any
+    ) -> dict[str, Any]:
         """The `count`-th log line named `event` (with `match`ing fields); fails if the process
         exits or `timeout` passes first."""
+
         def found() -> list[dict[str, Any]]:
-            return [line for line in self.logs if line.get("event") == event
-                    and all(line.get(k) == v for k, v in match.items())]
+            return [
+                line
+                for line in self.logs
+                if line.get("event") == event and all(line.get(k) == v for k, v in match.items())
+            ]
 
         async with asyncio.timeout(timeout), self._seen:
             while len(found()) < count:

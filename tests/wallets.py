@@ -17,7 +17,8 @@ from runner.siwe import SiweMessage
 
 # Messages as viem and the siwe library write and sign them (how they were made: its README).
 CLIENT_MESSAGES: dict[str, dict[str, str]] = json.loads(
-    (Path(__file__).resolve().parent / "data" / "siwe-clients" / "messages.json").read_text())
+    (Path(__file__).resolve().parent / "data" / "siwe-clients" / "messages.json").read_text()
+)
 
 
 def _ts(at: datetime) -> str:
@@ -35,8 +36,13 @@ class Wallet:
     def message(self, nonce: str, domain: str = "runner.test", **overrides: Any) -> SiweMessage:
         now = datetime.now(UTC)
         fields: dict[str, Any] = {
-            "domain": domain, "address": self.address, "uri": f"http://{domain}/",
-            "version": "1", "chain_id": 1, "nonce": nonce, "issued_at": _ts(now),
+            "domain": domain,
+            "address": self.address,
+            "uri": f"http://{domain}/",
+            "version": "1",
+            "chain_id": 1,
+            "nonce": nonce,
+            "issued_at": _ts(now),
             "statement": "Sign in to the runner.",
             "expiration_time": _ts(now + timedelta(minutes=5)),
         }
@@ -58,13 +64,11 @@ async def get_nonce(http: aiohttp.ClientSession, base: str) -> str:
 async def login(
     http: aiohttp.ClientSession, base: str, message: str, signature: str
 ) -> tuple[int, dict[str, Any]]:
-    async with http.post(f"{base}/auth/login",
-                         json={"message": message, "signature": signature}) as resp:
+    async with http.post(f"{base}/auth/login", json={"message": message, "signature": signature}) as resp:
         return resp.status, await resp.json()
 
 
-async def sign_in(http: aiohttp.ClientSession, base: str, wallet: Wallet,
-                  domain: str = "runner.test") -> str:
+async def sign_in(http: aiohttp.ClientSession, base: str, wallet: Wallet, domain: str = "runner.test") -> str:
     """A full sign-in; returns the bearer token."""
     text = wallet.message(await get_nonce(http, base), domain).to_text()
     status, body = await login(http, base, text, wallet.sign(text))

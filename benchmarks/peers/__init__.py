@@ -27,8 +27,9 @@ CancelOne = Callable[[int], Awaitable[float]]
 
 async def _worker(script: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
     stderr = log.open("wb")
-    proc = subprocess.Popen([sys.executable, str(PEERS / script), *args],
-                            stdout=subprocess.PIPE, stderr=stderr)
+    proc = subprocess.Popen(
+        [sys.executable, str(PEERS / script), *args], stdout=subprocess.PIPE, stderr=stderr
+    )
     assert proc.stdout is not None
     line = await asyncio.to_thread(proc.stdout.readline)
     if line.strip() != b"ready":
@@ -54,8 +55,9 @@ async def procrastinate_running(admin_dsn: str, n: int, logdir: Path) -> AsyncIt
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
     async with app.open_async():
         await app.schema_manager.apply_schema_async()
-        worker = await _worker("procrastinate_worker.py", [dsn, fake.url, str(n + 10)],
-                               logdir / "procrastinate.log")
+        worker = await _worker(
+            "procrastinate_worker.py", [dsn, fake.url, str(n + 10)], logdir / "procrastinate.log"
+        )
         try:
             deferrer = app.configure_task("hold")
             ids = [await deferrer.defer_async(key=str(i)) for i in range(n)]

@@ -11,7 +11,13 @@ import sys
 
 import aiohttp
 
-KIND, DSN, FAKE, CONCURRENCY, POLL_S = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+KIND, DSN, FAKE, CONCURRENCY, POLL_S = (
+    sys.argv[1],
+    sys.argv[2],
+    sys.argv[3],
+    int(sys.argv[4]),
+    float(sys.argv[5]),
+)
 http: aiohttp.ClientSession | None = None
 
 

@@ -16,8 +16,15 @@ from runner.backends.replicate import ReplicateBackend
 from runner.backends.runpod import RunPodBackend
 from runner.backends.subprocess import SubprocessBackend
 
-__all__ = ["Backend", "CancelOutcome", "CancelResult", "ExecutionCall", "build_backend",
-           "build_backends", "new_http_session"]
+__all__ = [
+    "Backend",
+    "CancelOutcome",
+    "CancelResult",
+    "ExecutionCall",
+    "build_backend",
+    "build_backends",
+    "new_http_session",
+]
 
 
 def build_backend(spec: BackendSpec, session: aiohttp.ClientSession) -> Backend:
@@ -26,14 +33,15 @@ def build_backend(spec: BackendSpec, session: aiohttp.ClientSession) -> Backend:
     if spec.kind == "subprocess":
         return SubprocessBackend(spec)
     kinds: dict[str, type[HttpBackend | RunPodBackend | ReplicateBackend | FalBackend]] = {
-        "http": HttpBackend, "runpod": RunPodBackend, "replicate": ReplicateBackend,
+        "http": HttpBackend,
+        "runpod": RunPodBackend,
+        "replicate": ReplicateBackend,
         "fal": FalBackend,
     }
     return kinds[spec.kind](spec, session)
 
 
-def build_backends(specs: Mapping[str, BackendSpec],
-                   session: aiohttp.ClientSession) -> dict[str, Backend]:
+def build_backends(specs: Mapping[str, BackendSpec], session: aiohttp.ClientSession) -> dict[str, Backend]:
     return {name: build_backend(spec, session) for name, spec in specs.items()}
 
 
@@ -45,5 +53,6 @@ def new_http_session() -> aiohttp.ClientSession:
     """
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
     # orjson: a 1 MiB input took the standard library ~80 ms of the event loop to encode.
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                 json_serialize=jsontext.dumps)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None), json_serialize=jsontext.dumps
+    )

@@ -92,8 +92,9 @@ class Backend(Protocol):
         """Run to the end and return the output; raise BackendError on failure."""
         ...
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
-                            urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def cancel_remote(
+        self, job_id: UUID, execution_id: UUID, remote_id: str | None, urls: Mapping[str, str] | None = None
+    ) -> CancelResult:
         """Tell the backend to stop (only for kinds whose spec.cancels_remotely); `urls`: those
         the provider returned for the work (fal), when it did."""
         ...
@@ -118,7 +119,8 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int, what: str) -> byte
         size += len(chunk)
         if size > limit:
             raise PermanentBackendError(
-                f"{what}: HTTP {resp.status}: the reply is larger than {limit} bytes (max_output_bytes)")
+                f"{what}: HTTP {resp.status}: the reply is larger than {limit} bytes (max_output_bytes)"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -140,11 +142,13 @@ async def classify(resp: aiohttp.ClientResponse, what: str, limit: int) -> Any:
     if is_transient(resp.status):
         raise TransientBackendError(
             f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}",
-            retry_after=_retry_after(resp.headers.get("Retry-After")), status=resp.status,
+            retry_after=_retry_after(resp.headers.get("Retry-After")),
+            status=resp.status,
         )
     if resp.status >= 400:
-        raise PermanentBackendError(f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}",
-                                    status=resp.status)
+        raise PermanentBackendError(
+            f"{what}: HTTP {resp.status}: {text[:ERROR_TEXT_LIMIT]}", status=resp.status
+        )
     return await parse_reply(raw, f"{what}: HTTP {resp.status}")
 
 
@@ -186,16 +190,28 @@ class HttpBackendBase:
     def request_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.spec.timeout_s or self.default_timeout_s)
 
-    async def request(self, method: str, url: str, what: str, *, json_body: Any = None,
-                      call: ExecutionCall | None = None, headers: dict[str, str] | None = None,
-                      client_timeout: aiohttp.ClientTimeout | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        json_body: Any = None,
+        call: ExecutionCall | None = None,
+        headers: dict[str, str] | None = None,
+        client_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
         # "cancelled" until an answer or an error says otherwise: a call cut short by the
         # job's cancel is neither, and is not counted.
         started, failure = time.monotonic(), "cancelled"
         try:
             async with self.session.request(
-                method, url, json=json_body, headers={**self.headers(call), **(headers or {})},
-                timeout=client_timeout or self.request_timeout, allow_redirects=False,
+                method,
+                url,
+                json=json_body,
+                headers={**self.headers(call), **(headers or {})},
+                timeout=client_timeout or self.request_timeout,
+                allow_redirects=False,
             ) as resp:
                 result = await classify(resp, what, self.spec.max_output_bytes)
                 failure = ""
@@ -216,8 +232,9 @@ class HttpBackendBase:
             if self.metrics is not None and failure != "cancelled":
                 # A call with an execution submits it; one named "... cancel..." cancels it.
                 operation = "submit" if call is not None else "cancel" if "cancel" in what else "poll"
-                self.metrics.observe_backend_call(self.spec.name, operation, failure,
-                                                  time.monotonic() - started)
+                self.metrics.observe_backend_call(
+                    self.spec.name, operation, failure, time.monotonic() - started
+                )
 
     def backoff_s(self, attempt: int, error: BackendError, floor_s: float = 0.0) -> float:
         """Exponential backoff with jitter (half fixed, half drawn, so that throttled callers
@@ -250,11 +267,16 @@ class HttpBackendBase:
                 if submits is not None and not exc.safe_to_resend:
                     raise PermanentBackendError(
                         f"{exc} (not sent again: the provider may have started the work, and a "
-                        "second submission could pay for it twice)", status=exc.status) from None
+                        "second submission could pay for it twice)",
+                        status=exc.status,
+                    ) from None
                 if attempt >= self.spec.max_attempts:
                     raise TransientBackendError(
-                        f"{exc} (gave up after {attempt} attempts)", retry_after=exc.retry_after,
-                        status=exc.status, sent=exc.sent) from None
+                        f"{exc} (gave up after {attempt} attempts)",
+                        retry_after=exc.retry_after,
+                        status=exc.status,
+                        sent=exc.sent,
+                    ) from None
                 await self.backoff(attempt, exc)
 
     # A 404 to a cancel: the provider no longer knows the work (queue kinds); for the http
@@ -280,6 +302,7 @@ class HttpBackendBase:
 def same_origin(url: str, base: str) -> bool:
     """Whether `url` is on `base`'s scheme, host and port: a URL taken from a provider's reply
     is followed only there, so the API key never goes anywhere else."""
+
     def origin(u: str) -> tuple[str, str | None, int | None]:
         parts = urlsplit(u)
         return parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)

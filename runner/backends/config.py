@@ -16,9 +16,21 @@ DEFAULT_BASE_URLS = {
     "replicate": "https://api.replicate.com/v1",
     "fal": "https://queue.fal.run",
 }
-_COMMON = {"kind", "url", "base_url", "api_key", "headers", "timeout_s", "poll_interval_s",
-           "max_attempts", "concurrency", "confirm_within_s", "cancel_rate_per_s", "deadline_s",
-           "max_output_bytes"}
+_COMMON = {
+    "kind",
+    "url",
+    "base_url",
+    "api_key",
+    "headers",
+    "timeout_s",
+    "poll_interval_s",
+    "max_attempts",
+    "concurrency",
+    "confirm_within_s",
+    "cancel_rate_per_s",
+    "deadline_s",
+    "max_output_bytes",
+}
 _KIND_KEYS = {
     "demo": set(),
     "http": {"cancel_url"},
@@ -64,8 +76,11 @@ class BackendSpec:
     @property
     def cancel_rate(self) -> float | None:
         """RunPod allows 100 cancels per 10 s per endpoint: paced at 10 per second unless set."""
-        return self.cancel_rate_per_s if self.cancel_rate_per_s is not None else (
-            10.0 if self.kind == "runpod" else None)
+        return (
+            self.cancel_rate_per_s
+            if self.cancel_rate_per_s is not None
+            else (10.0 if self.kind == "runpod" else None)
+        )
 
     @property
     def cancels_remotely(self) -> bool:
@@ -91,6 +106,7 @@ def default_backends() -> dict[str, BackendSpec]:
 
 def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
     if isinstance(value, str):
+
         def sub(match: re.Match[str]) -> str:
             var = match.group(1)
             if var not in env:
@@ -146,8 +162,14 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError(f"{where}.headers: expected a table of strings")
         opts["headers"] = dict(headers)
-    for key in ("timeout_s", "poll_interval_s", "grace_s", "confirm_within_s", "cancel_rate_per_s",
-                "deadline_s"):
+    for key in (
+        "timeout_s",
+        "poll_interval_s",
+        "grace_s",
+        "confirm_within_s",
+        "cancel_rate_per_s",
+        "deadline_s",
+    ):
         if key in raw:
             opts[key] = _number(f"{where}.{key}", raw[key])
     for key in ("max_attempts", "concurrency", "max_output_bytes", "stderr_tail_bytes"):
@@ -161,8 +183,9 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
         if "cancel_url" in raw:
             opts["cancel_url"] = _url(f"{where}.cancel_url", raw["cancel_url"])
     elif kind in DEFAULT_BASE_URLS:
-        opts["base_url"] = _url(f"{where}.base_url",
-                                raw.get("base_url", raw.get("url", DEFAULT_BASE_URLS[kind])))
+        opts["base_url"] = _url(
+            f"{where}.base_url", raw.get("base_url", raw.get("url", DEFAULT_BASE_URLS[kind]))
+        )
     if kind == "runpod":
         opts["endpoint_id"] = _string(f"{where}.endpoint_id", raw.get("endpoint_id"))
     elif kind == "replicate":
@@ -176,9 +199,7 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
         opts["model"] = _string(f"{where}.model", raw.get("model")).strip("/")
     elif kind == "subprocess":
         command = raw.get("command")
-        if not isinstance(command, list) or not command or not all(
-            isinstance(c, str) and c for c in command
-        ):
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
             raise ConfigError(f"{where}.command: expected a non-empty list of strings")
         opts["command"] = tuple(command)
     return BackendSpec(**opts)

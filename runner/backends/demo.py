@@ -25,8 +25,10 @@ class DemoBackend:
         seconds = data.get("seconds", 1) if data is not None else None
         fail = data.get("fail", False) if data is not None else None
         if (
-            not isinstance(seconds, int | float) or isinstance(seconds, bool)
-            or not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not math.isfinite(seconds)
+            or not 0 <= seconds <= MAX_SECONDS
             or not isinstance(fail, bool)
         ):
             raise PermanentBackendError(
@@ -38,6 +40,7 @@ class DemoBackend:
             raise PermanentBackendError("simulated failure (input had fail: true)")
         return {"slept_s": seconds}
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
-                            urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def cancel_remote(
+        self, job_id: UUID, execution_id: UUID, remote_id: str | None, urls: Mapping[str, str] | None = None
+    ) -> CancelResult:
         return CancelResult(CancelOutcome.ACKNOWLEDGED, "in-process: the sleep was cancelled")

@@ -58,11 +58,17 @@ class FalBackend(PollingBackend):
         return {"status": f"{base}/status", "response": base, "cancel": f"{base}/cancel"}
 
     async def submit(self, call: ExecutionCall) -> Remote:
-        headers = ({"X-Fal-Request-Timeout": start_timeout(call.deadline_s)}
-                   if call.deadline_s is not None else None)
-        body = await self.request("POST", f"{self.spec.base_url}/{self.spec.model}", "fal submit",
-                                  json_body=require_object(call.input, "fal input"), call=call,
-                                  headers=headers)
+        headers = (
+            {"X-Fal-Request-Timeout": start_timeout(call.deadline_s)} if call.deadline_s is not None else None
+        )
+        body = await self.request(
+            "POST",
+            f"{self.spec.base_url}/{self.spec.model}",
+            "fal submit",
+            json_body=require_object(call.input, "fal input"),
+            call=call,
+            headers=headers,
+        )
         request_id = remote_id_from(body, "request_id", "fal submit")
         urls = dict(self.urls(request_id, None))  # what fal_client builds, where fal returned none
         for name, key in URL_KEYS.items():
@@ -74,14 +80,17 @@ class FalBackend(PollingBackend):
             if not same_origin(url, self.spec.base_url or ""):
                 raise PermanentBackendError(
                     f"fal submit: refusing the returned {key} {url[:200]!r}: not on the configured "
-                    f"base_url's origin (the key is sent nowhere else)")
+                    f"base_url's origin (the key is sent nowhere else)"
+                )
             urls[name] = url
         return Remote(request_id, urls)
 
-    async def poll(self, remote_id: str, urls: Mapping[str, str] | None = None,
-                   deadline_s: float | None = None) -> Poll:
-        body = await self.status_body(self.urls(remote_id, urls)["status"], "fal status",
-                                      "fal no longer knows this request")
+    async def poll(
+        self, remote_id: str, urls: Mapping[str, str] | None = None, deadline_s: float | None = None
+    ) -> Poll:
+        body = await self.status_body(
+            self.urls(remote_id, urls)["status"], "fal status", "fal no longer knows this request"
+        )
         status = body.get("status")
         metrics = body.get("metrics")
         spent = seconds_from(metrics.get("inference_time")) if isinstance(metrics, dict) else None
@@ -97,8 +106,10 @@ class FalBackend(PollingBackend):
     def _error(remote_id: str, body: dict[str, Any], deadline_s: float | None) -> str:
         error_type, error = body.get("error_type"), body.get("error")
         if error_type == "request_timeout" and deadline_s is not None:
-            return (f"fal request {remote_id} did not start before its deadline "
-                    f"(X-Fal-Request-Timeout {start_timeout(deadline_s)} s): {error}")
+            return (
+                f"fal request {remote_id} did not start before its deadline "
+                f"(X-Fal-Request-Timeout {start_timeout(deadline_s)} s): {error}"
+            )
         return f"fal request {remote_id} failed ({error_type or 'error'}): {error}"
 
     async def result(self, remote_id: str, poll: Poll, urls: Mapping[str, str] | None = None) -> Any:
@@ -106,16 +117,20 @@ class FalBackend(PollingBackend):
             return await self.request("GET", self.urls(remote_id, urls)["response"], "fal result")
         except (PermanentBackendError, TransientBackendError) as exc:
             if exc.status == 499:  # fal's app.py: a cancelled request's result
-                raise PermanentBackendError(f"fal request {remote_id} was cancelled: {exc}", status=499,
-                                            work_over=True) from None
+                raise PermanentBackendError(
+                    f"fal request {remote_id} was cancelled: {exc}", status=499, work_over=True
+                ) from None
             if exc.status == 504 and "request_timeout" in str(exc):  # never started: not retried
                 raise PermanentBackendError(
                     f"fal request {remote_id} did not start before its deadline: {exc}",
-                    status=504, work_over=True) from None
+                    status=504,
+                    work_over=True,
+                ) from None
             raise
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
-                            urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def cancel_remote(
+        self, job_id: UUID, execution_id: UUID, remote_id: str | None, urls: Mapping[str, str] | None = None
+    ) -> CancelResult:
         assert remote_id is not None
         result = await self.cancel_call("PUT", self.urls(remote_id, urls)["cancel"], "fal cancel")
         # fal answers 400 ALREADY_COMPLETED when there is nothing left to stop: not a refusal.

@@ -55,14 +55,16 @@ class HttpBackend(HttpBackendBase):
         assert self.spec.url is not None
         if call.remote_id is None:
             try:
-                return await self.retrying(lambda: self._exchange(call, "POST", self.spec.url or ""),
-                                           submits=call)
+                return await self.retrying(
+                    lambda: self._exchange(call, "POST", self.spec.url or ""), submits=call
+                )
             except BackendError as exc:
                 if call.remote_id is None or (exc.status is not None and not is_transient(exc.status)):
                     raise
                 # The call was started and its id is known: fetch its result, never POST again.
-                log.info("result_url_refetched", backend=self.spec.name, remote_id=call.remote_id,
-                         error=str(exc))
+                log.info(
+                    "result_url_refetched", backend=self.spec.name, remote_id=call.remote_id, error=str(exc)
+                )
         return await self.retrying(lambda: self._exchange(call, "GET", self.result_url(call)))
 
     def result_url(self, call: ExecutionCall) -> str:
@@ -78,8 +80,12 @@ class HttpBackend(HttpBackendBase):
         try:
             for _ in range(MAX_REDIRECTS):
                 async with self.session.request(
-                    method, url, json=body if method == "POST" else None,
-                    headers=self.headers(call), timeout=self.request_timeout, allow_redirects=False,
+                    method,
+                    url,
+                    json=body if method == "POST" else None,
+                    headers=self.headers(call),
+                    timeout=self.request_timeout,
+                    allow_redirects=False,
                 ) as resp:
                     if resp.status not in (301, 302, 303, 307, 308):
                         return await classify(resp, "http call", self.spec.max_output_bytes)
@@ -102,11 +108,15 @@ class HttpBackend(HttpBackendBase):
             raise TransientBackendError(f"http call: {type(exc).__name__}: {exc}") from None
         raise PermanentBackendError(f"http call: more than {MAX_REDIRECTS} redirects")
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
-                            urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def cancel_remote(
+        self, job_id: UUID, execution_id: UUID, remote_id: str | None, urls: Mapping[str, str] | None = None
+    ) -> CancelResult:
         assert self.spec.cancel_url is not None
         if "{remote_id}" in self.spec.cancel_url and remote_id is None:
             return CancelResult(CancelOutcome.FAILED, "no remote id is known to cancel")
-        url = self.spec.cancel_url.replace("{execution_id}", str(execution_id)).replace(
-            "{job_id}", str(job_id)).replace("{remote_id}", quote(remote_id or "", safe=""))
+        url = (
+            self.spec.cancel_url.replace("{execution_id}", str(execution_id))
+            .replace("{job_id}", str(job_id))
+            .replace("{remote_id}", quote(remote_id or "", safe=""))
+        )
         return await self.cancel_call("POST", url, "http cancel_url")

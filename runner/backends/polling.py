@@ -62,8 +62,9 @@ class PollingBackend(HttpBackendBase):
     async def submit(self, call: ExecutionCall) -> Remote:
         raise NotImplementedError
 
-    async def poll(self, remote_id: str, urls: Mapping[str, str] | None = None,
-                   deadline_s: float | None = None) -> Poll:
+    async def poll(
+        self, remote_id: str, urls: Mapping[str, str] | None = None, deadline_s: float | None = None
+    ) -> Poll:
         """The work's state; `deadline_s`: the deadline it was given, for the error that names
         it when the provider ended the work there."""
         raise NotImplementedError
@@ -95,8 +96,9 @@ class PollingBackend(HttpBackendBase):
             await call.set_remote_id(remote.id, remote.urls)
         remote_id = call.remote_id  # resumed after a lost lease: never submitted twice
         assert remote_id is not None
-        deadline = (None if call.deadline_s is None
-                    else time.monotonic() + call.deadline_s + self.deadline_grace_s)
+        deadline = (
+            None if call.deadline_s is None else time.monotonic() + call.deadline_s + self.deadline_grace_s
+        )
         failures = 0
         unknown: set[str] = set()
         while True:
@@ -109,10 +111,16 @@ class PollingBackend(HttpBackendBase):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TransientBackendError(
                         f"{exc}; no status could be had until the work's deadline "
-                        f"({call.deadline_s:.0f} s) passed") from None
+                        f"({call.deadline_s:.0f} s) passed"
+                    ) from None
                 if failures == 1 or failures % 20 == 0:
-                    log.info("status_poll_failed", backend=self.spec.name, remote_id=remote_id,
-                             failures=failures, error=str(exc))
+                    log.info(
+                        "status_poll_failed",
+                        backend=self.spec.name,
+                        remote_id=remote_id,
+                        failures=failures,
+                        error=str(exc),
+                    )
                 await asyncio.sleep(self.backoff_s(failures, exc, floor_s=self.spec.poll_interval_s))
                 continue
             failures = 0
@@ -121,13 +129,16 @@ class PollingBackend(HttpBackendBase):
             if status.unknown is not None and status.unknown not in unknown:
                 # A status added at the provider after this was written: still running.
                 unknown.add(status.unknown)
-                log.warning("remote_status_unknown", backend=self.spec.name, remote_id=remote_id,
-                            status=status.unknown)
+                log.warning(
+                    "remote_status_unknown",
+                    backend=self.spec.name,
+                    remote_id=remote_id,
+                    status=status.unknown,
+                )
                 if call.on_unknown_status is not None:
                     call.on_unknown_status(status.unknown)
             if status.state is State.FAILED:
-                raise PermanentBackendError(status.error or "the backend reported a failure",
-                                            work_over=True)
+                raise PermanentBackendError(status.error or "the backend reported a failure", work_over=True)
             if status.state is State.COMPLETED:
                 break
             await asyncio.sleep(next_poll_in(self.spec.poll_interval_s))
@@ -154,7 +165,7 @@ def time_from(value: Any) -> datetime | None:
         head, dot, tail = value.replace("Z", "+00:00").partition(".")
         if dot:
             digits = len(tail) - len(tail.lstrip("0123456789"))
-            tail = tail[:min(digits, 6)] + tail[digits:]
+            tail = tail[: min(digits, 6)] + tail[digits:]
         parsed = datetime.fromisoformat(head + dot + tail)
     except ValueError:
         return None

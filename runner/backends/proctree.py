@@ -65,8 +65,9 @@ def _own_cgroup() -> Path | None:
     if not sys.platform.startswith("linux") or not os.path.exists("/bin/sh"):
         return None
     try:
-        own = next(line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                   if line.startswith("0::"))
+        own = next(
+            line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")
+        )
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     except (OSError, StopIteration):
         return None
@@ -76,8 +77,7 @@ def _own_cgroup() -> Path | None:
             continue
         inside = os.path.relpath(own, fields[3])  # fields[3]: the mount's root in the hierarchy
         path = Path(fields[4], inside)
-        if not inside.startswith("..") and all(
-                os.access(p, os.W_OK) for p in (path, path / "cgroup.procs")):
+        if not inside.startswith("..") and all(os.access(p, os.W_OK) for p in (path, path / "cgroup.procs")):
             return path
     return None
 
@@ -170,8 +170,7 @@ class CgroupTree:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command[0])
         if os.path.isdir(program) or not os.access(program, os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command[0])
-        return ["/bin/sh", "-c", ENTER_CGROUP, str(self.path / "cgroup.procs"), program,
-                *command[1:]]
+        return ["/bin/sh", "-c", ENTER_CGROUP, str(self.path / "cgroup.procs"), program, *command[1:]]
 
     def started(self, pid: int) -> None:
         pass  # the shim has put it in the cgroup before exec

@@ -48,17 +48,29 @@ class ReplicateBackend(PollingBackend):
             url, body = f"{self.spec.base_url}/predictions", {"version": self.spec.version}
         else:
             url, body = f"{self.spec.base_url}/models/{self.spec.model}/predictions", {}
-        headers = ({"Cancel-After": cancel_after(call.deadline_s)}  # Replicate stops it itself
-                   if call.deadline_s is not None else None)
-        reply = await self.request("POST", url, "replicate create",
-                                   json_body={**body, "input": require_object(call.input, "replicate input")},
-                                   call=call, headers=headers)
+        headers = (
+            {"Cancel-After": cancel_after(call.deadline_s)}  # Replicate stops it itself
+            if call.deadline_s is not None
+            else None
+        )
+        reply = await self.request(
+            "POST",
+            url,
+            "replicate create",
+            json_body={**body, "input": require_object(call.input, "replicate input")},
+            call=call,
+            headers=headers,
+        )
         return Remote(remote_id_from(reply, "id", "replicate create"))
 
-    async def poll(self, remote_id: str, urls: Mapping[str, str] | None = None,
-                   deadline_s: float | None = None) -> Poll:
-        body = await self.status_body(f"{self.spec.base_url}/predictions/{remote_id}", "replicate status",
-                                      "Replicate no longer has this prediction")
+    async def poll(
+        self, remote_id: str, urls: Mapping[str, str] | None = None, deadline_s: float | None = None
+    ) -> Poll:
+        body = await self.status_body(
+            f"{self.spec.base_url}/predictions/{remote_id}",
+            "replicate status",
+            "Replicate no longer has this prediction",
+        )
         status = body.get("status")
         metrics = body.get("metrics")
         spent = seconds_from(metrics.get("predict_time")) if isinstance(metrics, dict) else None
@@ -68,8 +80,12 @@ class ReplicateBackend(PollingBackend):
         if status == "succeeded":
             return Poll(State.COMPLETED, output=body.get("output"), gpu_seconds=spent, stopped_at=ended)
         if status in ("failed", "canceled", "aborted"):
-            return Poll(State.FAILED, error=self._ending(remote_id, status, body, deadline_s),
-                        gpu_seconds=spent, stopped_at=ended)
+            return Poll(
+                State.FAILED,
+                error=self._ending(remote_id, status, body, deadline_s),
+                gpu_seconds=spent,
+                stopped_at=ended,
+            )
         return unknown_status(status, spent)
 
     @staticmethod
@@ -77,20 +93,26 @@ class ReplicateBackend(PollingBackend):
         detail = body.get("error")
         tail = f": {detail}" if detail else ""
         what = f"replicate prediction {remote_id}"
-        limit = (f"its deadline (Cancel-After {cancel_after(deadline_s)})" if deadline_s is not None
-                 else "a deadline")
+        limit = (
+            f"its deadline (Cancel-After {cancel_after(deadline_s)})"
+            if deadline_s is not None
+            else "a deadline"
+        )
         if status == "failed":
             return f"{what} failed{tail}"
         if status == "aborted":
             return f"{what} aborted: {limit} passed before it started (not billed){tail}"
         ran = _ran_s(body)
         if deadline_s is not None and (
-                ran is None or ran >= max(deadline_s, MIN_CANCEL_AFTER_S) - DEADLINE_SLACK_S):
+            ran is None or ran >= max(deadline_s, MIN_CANCEL_AFTER_S) - DEADLINE_SLACK_S
+        ):
             return f"{what} canceled at Replicate: {limit} passed while it ran{tail}"
         return f"{what} cancelled at Replicate (not by this runner){tail}"
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
-                            urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def cancel_remote(
+        self, job_id: UUID, execution_id: UUID, remote_id: str | None, urls: Mapping[str, str] | None = None
+    ) -> CancelResult:
         assert remote_id is not None
         return await self.cancel_call(
-            "POST", f"{self.spec.base_url}/predictions/{remote_id}/cancel", "replicate cancel")
+            "POST", f"{self.spec.base_url}/predictions/{remote_id}/cancel", "replicate cancel"
+        )

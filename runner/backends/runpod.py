@@ -53,17 +53,21 @@ class RunPodBackend(PollingBackend):
         payload: dict[str, Any] = {"input": require_object(call.input, "runpod input")}
         if call.deadline_s is not None:  # RunPod stops the job itself, whatever becomes of us
             payload["policy"] = policy(call.deadline_s)
-        body = await self.request("POST", f"{self.endpoint}/run", "runpod submit",
-                                  json_body=payload, call=call)
+        body = await self.request(
+            "POST", f"{self.endpoint}/run", "runpod submit", json_body=payload, call=call
+        )
         return Remote(remote_id_from(body, "id", "runpod submit"))
 
-    async def poll(self, remote_id: str, urls: Mapping[str, str] | None = None,
-                   deadline_s: float | None = None) -> Poll:
+    async def poll(
+        self, remote_id: str, urls: Mapping[str, str] | None = None, deadline_s: float | None = None
+    ) -> Poll:
         body = await self.status_body(
-            f"{self.endpoint}/status/{remote_id}", "runpod status",
+            f"{self.endpoint}/status/{remote_id}",
+            "runpod status",
             "RunPod deletes a job at the end of its ttl"
             + (f" (here the deadline, {deadline_s:.0f} s)" if deadline_s is not None else "")
-            + " and its result 30 minutes after it ends")
+            + " and its result 30 minutes after it ends",
+        )
         status = body.get("status")
         spent = seconds_from(body.get("executionTime"), 0.001)  # milliseconds
         if status in _PENDING:
@@ -72,22 +76,32 @@ class RunPodBackend(PollingBackend):
             return Poll(State.COMPLETED, output=body.get("output"), gpu_seconds=spent)
         if status == "CANCELLED":
             # Answered at once by /cancel, whatever the worker does: over, but no proof of a stop.
-            return Poll(State.FAILED, gpu_seconds=spent, proves_stop=False,
-                        error=f"runpod job {remote_id} cancelled at RunPod (not by this runner)")
+            return Poll(
+                State.FAILED,
+                gpu_seconds=spent,
+                proves_stop=False,
+                error=f"runpod job {remote_id} cancelled at RunPod (not by this runner)",
+            )
         if status in ("FAILED", "TIMED_OUT"):
             if status == "FAILED":
                 why = "failed"
             elif deadline_s is not None:
-                why = (f"timed out at RunPod: its deadline ({deadline_s:.0f} s, "
-                       "policy.executionTimeout/ttl) passed")
+                why = (
+                    f"timed out at RunPod: its deadline ({deadline_s:.0f} s, "
+                    "policy.executionTimeout/ttl) passed"
+                )
             else:
                 why = "timed out at RunPod"
             detail = body.get("error")
-            return Poll(State.FAILED, gpu_seconds=spent,
-                        error=f"runpod job {remote_id} {why}" + (f": {detail}" if detail else ""))
+            return Poll(
+                State.FAILED,
+                gpu_seconds=spent,
+                error=f"runpod job {remote_id} {why}" + (f": {detail}" if detail else ""),
+            )
         return unknown_status(status, spent)
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
-                            urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def cancel_remote(
+        self, job_id: UUID, execution_id: UUID, remote_id: str | None, urls: Mapping[str, str] | None = None
+    ) -> CancelResult:
         assert remote_id is not None
         return await self.cancel_call("POST", f"{self.endpoint}/cancel/{remote_id}", "runpod cancel")

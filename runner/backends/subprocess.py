@@ -44,21 +44,22 @@ class SubprocessBackend:
 
     async def run(self, call: ExecutionCall) -> Any:
         call.submitted()
-        env = {**os.environ, "RUNNER_JOB_ID": str(call.job_id),
-               "RUNNER_EXECUTION_ID": str(call.execution_id)}
+        env = {**os.environ, "RUNNER_JOB_ID": str(call.job_id), "RUNNER_EXECUTION_ID": str(call.execution_id)}
         tree = open_tree(call.execution_id)
         proc: asyncio.subprocess.Process | None = None
         try:
             with spawning():
                 try:
                     proc = await asyncio.create_subprocess_exec(
-                        *tree.argv(self.spec.command, env.get("PATH")), stdin=asyncio.subprocess.PIPE,
-                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                        *tree.argv(self.spec.command, env.get("PATH")),
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE,
+                        env=env,
                         start_new_session=True,
                     )
                 except OSError as exc:
-                    raise PermanentBackendError(
-                        f"could not start {self.spec.command[0]!r}: {exc}") from None
+                    raise PermanentBackendError(f"could not start {self.spec.command[0]!r}: {exc}") from None
                 tree.started(proc.pid)
             async with asyncio.timeout(self.spec.timeout_s):
                 out, err = await self._exchange(proc, json.dumps(call.input).encode())
@@ -74,7 +75,8 @@ class SubprocessBackend:
             tail = err.decode(errors="replace")
             log.warning("subprocess_failed", pid=proc.pid, returncode=proc.returncode, stderr=tail)
             raise PermanentBackendError(
-                f"the process exited with {proc.returncode}: {tail[-ERROR_TEXT_LIMIT:]}")
+                f"the process exited with {proc.returncode}: {tail[-ERROR_TEXT_LIMIT:]}"
+            )
         return await parse_reply(out, "the process exited 0", "output")
 
     async def _exchange(self, proc: asyncio.subprocess.Process, data: bytes) -> tuple[bytes, bytes]:
@@ -95,7 +97,8 @@ class SubprocessBackend:
             while chunk := await stdout.read(READ_CHUNK):
                 if len(out) + len(chunk) > limit:  # the finally of run() stops the process
                     raise PermanentBackendError(
-                        f"the output exceeded {limit} bytes (max_output_bytes); the process was stopped")
+                        f"the output exceeded {limit} bytes (max_output_bytes); the process was stopped"
+                    )
                 out.extend(chunk)
 
         async def read_err() -> None:
@@ -117,8 +120,7 @@ class SubprocessBackend:
         await proc.wait()
         return bytes(out), bytes(err)
 
-    async def _finish(self, tree: CgroupTree | ReaperTree,
-                      proc: asyncio.subprocess.Process | None) -> None:
+    async def _finish(self, tree: CgroupTree | ReaperTree, proc: asyncio.subprocess.Process | None) -> None:
         """Stop what is left of the tree, let asyncio reap the child, then release the tree.
         Raises nothing: it runs in a finally, where an error would replace a CancelledError."""
         pid = proc.pid if proc is not None else None
@@ -130,17 +132,29 @@ class SubprocessBackend:
             how = None
             log.exception("subprocess_stop_failed", pid=pid, containment=tree.kind)
         if how == "terminated":
-            log.info("subprocess_terminated", pid=pid, signal="SIGTERM", containment=tree.kind,
-                     after_exit=after_exit)
+            log.info(
+                "subprocess_terminated",
+                pid=pid,
+                signal="SIGTERM",
+                containment=tree.kind,
+                after_exit=after_exit,
+            )
         elif how == "killed":
-            log.info("subprocess_killed", pid=pid, signal="SIGKILL", grace_s=self.spec.grace_s,
-                     containment=tree.kind, after_exit=after_exit)
+            log.info(
+                "subprocess_killed",
+                pid=pid,
+                signal="SIGKILL",
+                grace_s=self.spec.grace_s,
+                containment=tree.kind,
+                after_exit=after_exit,
+            )
         if proc is not None:
             await _reap(proc)
         tree.close()  # after the reap: the subreaper's close reaps the rest, never our child
 
-    async def cancel_remote(self, job_id: UUID, execution_id: UUID, remote_id: str | None,
-                            urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def cancel_remote(
+        self, job_id: UUID, execution_id: UUID, remote_id: str | None, urls: Mapping[str, str] | None = None
+    ) -> CancelResult:
         return CancelResult(CancelOutcome.ACKNOWLEDGED, "local process: signalled by the task")
 
 
@@ -148,13 +162,15 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
     """Wait for asyncio to reap the child. Its wait() also waits for the pipes to close, and
     one left unread when the run ended (output past the limit, a cancel) would stay full and
     open: drain them. Bounded, since a process out of the tree's reach may hold them."""
+
     async def drain(stream: asyncio.StreamReader | None) -> None:
         while stream is not None and await stream.read(READ_CHUNK):
             pass
 
     try:
-        await asyncio.wait_for(asyncio.gather(drain(proc.stdout), drain(proc.stderr), proc.wait()),
-                               PIPES_WAIT_S)
+        await asyncio.wait_for(
+            asyncio.gather(drain(proc.stdout), drain(proc.stderr), proc.wait()), PIPES_WAIT_S
+        )
     except TimeoutError:
         log.warning("subprocess_pipes_held_open", pid=proc.pid, waited_s=PIPES_WAIT_S)
         # SIGKILLed, so reaped soon; and only once it is may the tree be closed.

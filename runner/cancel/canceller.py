@@ -72,9 +72,17 @@ async def _let_the_stop_run_first() -> None:
 
 
 class Canceller:
-    def __init__(self, pool: asyncpg.Pool, manager: JobContextManager, metrics: Metrics, *,
-                 remote_cancel_backends: list[str], holder_grace_s: float, instance_id: str,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        manager: JobContextManager,
+        metrics: Metrics,
+        *,
+        remote_cancel_backends: list[str],
+        holder_grace_s: float,
+        instance_id: str,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.pool = pool
         self.notifier = notifier  # the watchers' hints, after each commit
         self.instance_id = instance_id
@@ -96,13 +104,29 @@ class Canceller:
         previous = row["previous_status"]
         if previous != "cancelled":
             self.metrics.cancel_requests.labels("not_cancellable").inc()
-            raise NotCancellable(f"the {what} is {previous}; only queued or running ones can be cancelled",
-                                 status=previous)
+            raise NotCancellable(
+                f"the {what} is {previous}; only queued or running ones can be cancelled", status=previous
+            )
 
-    async def cancel_job(self, job_id: uuid.UUID, *, actor: str, admin: bool, reason: str | None,
-                         stop: StopReason = StopReason.CANCELLED) -> JobCancel:
-        statement = fetchrow_retrying_aborts(self.pool, CANCEL_JOB, job_id, actor, reason, admin,
-                                             self.remote_cancel_backends, self.holder_grace_s)
+    async def cancel_job(
+        self,
+        job_id: uuid.UUID,
+        *,
+        actor: str,
+        admin: bool,
+        reason: str | None,
+        stop: StopReason = StopReason.CANCELLED,
+    ) -> JobCancel:
+        statement = fetchrow_retrying_aborts(
+            self.pool,
+            CANCEL_JOB,
+            job_id,
+            actor,
+            reason,
+            admin,
+            self.remote_cancel_backends,
+            self.holder_grace_s,
+        )
         if self.manager.is_running(job_id):
             row, signalled = await self._cancel_held_here(job_id, statement, actor, admin, reason, stop)
         else:
@@ -119,14 +143,27 @@ class Canceller:
             # Claimed here while the statement ran: signalled after the commit.
             await _let_the_stop_run_first()
         self.metrics.cancel_requests.labels("cancelled" if row["changed"] else "already_cancelled").inc()
-        log.info("job_cancelled", job_id=str(job_id), by=actor, previous_status=previous,
-                 reason=reason, changed=row["changed"])
-        return JobCancel(job_id, previous, running or signalled, row["executions_cancelled"],
-                         row["cancelled_at"])
+        log.info(
+            "job_cancelled",
+            job_id=str(job_id),
+            by=actor,
+            previous_status=previous,
+            reason=reason,
+            changed=row["changed"],
+        )
+        return JobCancel(
+            job_id, previous, running or signalled, row["executions_cancelled"], row["cancelled_at"]
+        )
 
-    async def _cancel_held_here(self, job_id: uuid.UUID, sent: Awaitable[asyncpg.Record | None],
-                                actor: str, admin: bool, reason: str | None,
-                                stop: StopReason) -> tuple[asyncpg.Record | None, bool]:
+    async def _cancel_held_here(
+        self,
+        job_id: uuid.UUID,
+        sent: Awaitable[asyncpg.Record | None],
+        actor: str,
+        admin: bool,
+        reason: str | None,
+        stop: StopReason,
+    ) -> tuple[asyncpg.Record | None, bool]:
         """The task runs here: stop it now, while Postgres commits (runner.cancel.registry).
         Returns the statement's row, and whether the task was signalled ahead of it."""
         statement = asyncio.ensure_future(sent)
@@ -137,10 +174,20 @@ class Canceller:
         # The signalled task waits on this statement: it runs to its end even if we do not.
         return await asyncio.shield(statement), True
 
-    async def cancel_execution(self, job_id: uuid.UUID, execution_id: uuid.UUID, *, actor: str,
-                               admin: bool, reason: str | None) -> ExecutionCancel:
-        row = await fetchrow_retrying_aborts(self.pool, CANCEL_EXECUTION, job_id, actor, reason, admin,
-                                       self.remote_cancel_backends, self.holder_grace_s, execution_id)
+    async def cancel_execution(
+        self, job_id: uuid.UUID, execution_id: uuid.UUID, *, actor: str, admin: bool, reason: str | None
+    ) -> ExecutionCancel:
+        row = await fetchrow_retrying_aborts(
+            self.pool,
+            CANCEL_EXECUTION,
+            job_id,
+            actor,
+            reason,
+            admin,
+            self.remote_cancel_backends,
+            self.holder_grace_s,
+            execution_id,
+        )
         if row is None:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no execution {execution_id} in job {job_id}")
@@ -152,8 +199,14 @@ class Canceller:
         if running and self.manager.cancel_execution(job_id, execution_id):
             await _let_the_stop_run_first()
         self.metrics.cancel_requests.labels("cancelled" if row["changed"] else "already_cancelled").inc()
-        log.info("execution_cancelled", job_id=str(job_id), execution_id=str(execution_id), by=actor,
-                 previous_status=previous, reason=reason)
+        log.info(
+            "execution_cancelled",
+            job_id=str(job_id),
+            execution_id=str(execution_id),
+            by=actor,
+            previous_status=previous,
+            reason=reason,
+        )
         return ExecutionCancel(job_id, execution_id, previous, running, row["cancelled_at"])
 
     async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> BulkCancel:
@@ -208,9 +261,16 @@ class Canceller:
                 chunk.cancel()
                 await asyncio.gather(chunk, return_exceptions=True)
         self.metrics.cancel_requests.labels("cancelled").inc(len(ids))
-        log.info("jobs_cancelled", by=owner, count=len(ids), statuses=statuses, reason=reason,
-                 first_signal_ms=first_signal_ms, waited_for_statements_ms=round(waited_s * 1000, 1),
-                 total_ms=round((time.perf_counter() - started) * 1000, 1))
+        log.info(
+            "jobs_cancelled",
+            by=owner,
+            count=len(ids),
+            statuses=statuses,
+            reason=reason,
+            first_signal_ms=first_signal_ms,
+            waited_for_statements_ms=round(waited_s * 1000, 1),
+            total_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         return BulkCancel(ids, executions)
 
     def _signal_ahead(self, owner: str, reason: str | None) -> dict[uuid.UUID, asyncio.Future[Any]]:
@@ -219,17 +279,27 @@ class Canceller:
         ahead: dict[uuid.UUID, asyncio.Future[Any]] = {}
         for job_id in self.manager.held_here_by(owner):
             landed = loop.create_future()
-            if self.manager.cancel_ahead(job_id, StopReason.CANCELLED,
-                                         PendingCancel(owner, False, reason, landed)):
+            if self.manager.cancel_ahead(
+                job_id, StopReason.CANCELLED, PendingCancel(owner, False, reason, landed)
+            ):
                 ahead[job_id] = landed
         return ahead
 
-    def _cancel_chunk(self, owner: str, statuses: list[str],
-                      reason: str | None) -> asyncio.Task[asyncpg.Record]:
+    def _cancel_chunk(
+        self, owner: str, statuses: list[str], reason: str | None
+    ) -> asyncio.Task[asyncpg.Record]:
         async def run() -> asyncpg.Record:
-            row = await fetchrow_retrying_aborts(self.pool, CANCEL_ALL, owner, statuses, reason,
-                                       self.remote_cancel_backends, self.holder_grace_s, BULK_CHUNK,
-                                       self.instance_id)
+            row = await fetchrow_retrying_aborts(
+                self.pool,
+                CANCEL_ALL,
+                owner,
+                statuses,
+                reason,
+                self.remote_cancel_backends,
+                self.holder_grace_s,
+                BULK_CHUNK,
+                self.instance_id,
+            )
             assert row is not None  # the statement always returns its one row
             return row
 

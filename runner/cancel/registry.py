@@ -96,8 +96,14 @@ class JobContextManager:
         self._jobs: dict[UUID, JobContext] = {}
         self._early: dict[tuple[UUID, UUID | None], tuple[StopReason, float]] = {}
 
-    def register(self, job_id: UUID, task: asyncio.Task[Any],
-                 loop: asyncio.AbstractEventLoop | None = None, *, owner: str | None = None) -> JobContext:
+    def register(
+        self,
+        job_id: UUID,
+        task: asyncio.Task[Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        owner: str | None = None,
+    ) -> JobContext:
         ctx = JobContext(job_id, task, loop or task.get_loop(), owner=owner)
         if _on_loop(ctx.loop):
             ctx.loop_thread = threading.get_ident()
@@ -162,8 +168,11 @@ class JobContextManager:
         True if it did. The task's cleanup waits for `pending.statement` where it must."""
         with self._lock:
             ctx = self._jobs.get(job_id)
-            if (ctx is None or ctx.loop_thread != threading.get_ident()
-                    or not (pending.admin or ctx.owner == pending.actor)):
+            if (
+                ctx is None
+                or ctx.loop_thread != threading.get_ident()
+                or not (pending.admin or ctx.owner == pending.actor)
+            ):
                 return False
             first = ctx._request(reason)
             if first:
@@ -176,11 +185,13 @@ class JobContextManager:
         """The jobs of `owner` whose tasks run on the calling thread's loop."""
         here = threading.get_ident()
         with self._lock:
-            return [ctx.job_id for ctx in self._jobs.values()
-                    if ctx.owner == owner and ctx.loop_thread == here]
+            return [
+                ctx.job_id for ctx in self._jobs.values() if ctx.owner == owner and ctx.loop_thread == here
+            ]
 
-    def cancel_execution(self, job_id: UUID, execution_id: UUID,
-                         reason: StopReason = StopReason.CANCELLED) -> bool:
+    def cancel_execution(
+        self, job_id: UUID, execution_id: UUID, reason: StopReason = StopReason.CANCELLED
+    ) -> bool:
         """Cancel one execution's task; the job's task goes on with the others."""
         with self._lock:
             ctx = self._jobs.get(job_id)

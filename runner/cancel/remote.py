@@ -165,19 +165,34 @@ class TokenBucket:
 
 
 class RemoteCanceller:
-    def __init__(self, pool: asyncpg.Pool, backends: Mapping[str, Backend], metrics: Metrics,
-                 instance_id: str, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        backends: Mapping[str, Backend],
+        metrics: Metrics,
+        instance_id: str,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.pool = pool
         self.notifier = notifier
         self.backends = backends
         self.metrics = metrics
         self.instance_id = instance_id
-        self._pace = {name: SharedPace(pool, name, rate) for name, b in backends.items()
-                      if (rate := b.spec.cancel_rate) is not None}
+        self._pace = {
+            name: SharedPace(pool, name, rate)
+            for name, b in backends.items()
+            if (rate := b.spec.cancel_rate) is not None
+        }
         self._warned: set[uuid.UUID] = set()
 
-    async def send(self, job_id: uuid.UUID, execution_id: uuid.UUID, backend_name: str,
-                   remote_id: str | None, urls: Mapping[str, str] | None = None) -> CancelResult:
+    async def send(
+        self,
+        job_id: uuid.UUID,
+        execution_id: uuid.UUID,
+        backend_name: str,
+        remote_id: str | None,
+        urls: Mapping[str, str] | None = None,
+    ) -> CancelResult:
         """Tell the backend to stop (bounded in time) and record its answer."""
         backend = self.backends.get(backend_name)
         if backend is None:
@@ -188,20 +203,40 @@ class RemoteCanceller:
             result = await self._cancel(backend, backend_name, job_id, execution_id, remote_id, urls)
         confirms = backend is not None and backend.spec.confirms_stop
         confirm_in = backend.spec.poll_interval_s if backend is not None and confirms else None
-        recorded = await self.pool.fetchrow(_RECORD, job_id, execution_id, result.outcome.value,
-                                            readable(result.detail), self.instance_id, MAX_BACKOFF_S,
-                                            result.retry_after, confirm_in)
+        recorded = await self.pool.fetchrow(
+            _RECORD,
+            job_id,
+            execution_id,
+            result.outcome.value,
+            readable(result.detail),
+            self.instance_id,
+            MAX_BACKOFF_S,
+            result.retry_after,
+            confirm_in,
+        )
         if recorded is not None and self.notifier is not None:
             self.notifier.changed(job_id, recorded["owner"])
         self.metrics.remote_cancels.labels(backend_name, result.outcome.value).inc()
-        log.info("remote_cancel", job_id=str(job_id), execution_id=str(execution_id),
-                 backend=backend_name, remote_id=remote_id, outcome=result.outcome.value,
-                 answer=result.detail)
+        log.info(
+            "remote_cancel",
+            job_id=str(job_id),
+            execution_id=str(execution_id),
+            backend=backend_name,
+            remote_id=remote_id,
+            outcome=result.outcome.value,
+            answer=result.detail,
+        )
         return result
 
-    async def _cancel(self, backend: Backend, backend_name: str, job_id: uuid.UUID,
-                      execution_id: uuid.UUID, remote_id: str | None,
-                      urls: Mapping[str, str] | None) -> CancelResult:
+    async def _cancel(
+        self,
+        backend: Backend,
+        backend_name: str,
+        job_id: uuid.UUID,
+        execution_id: uuid.UUID,
+        remote_id: str | None,
+        urls: Mapping[str, str] | None,
+    ) -> CancelResult:
         pace = self._pace.get(backend_name)
         if pace is not None:
             await pace.take()  # the provider's rate limit: a cancel-all queues here
@@ -231,7 +266,9 @@ class RemoteCanceller:
                RETURNING e.id, e.job_id, e.backend, e.remote_id, e.remote_urls, e.remote_cancel,
                    e.remote_cancel_tries,
                    extract(epoch FROM now() - e.remote_cancel_acknowledged_at) AS acknowledged_s""",
-            SWEEP_BATCH, CLAIM_S)
+            SWEEP_BATCH,
+            CLAIM_S,
+        )
         # A few at a time: a hundred calls at once would fill every turn of the loop, and a
         # cancel arriving meanwhile would wait behind them.
         limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
@@ -239,8 +276,9 @@ class RemoteCanceller:
         async def one(row: asyncpg.Record) -> None:
             async with limit:
                 if row["remote_cancel"] == "pending":
-                    await self.send(row["job_id"], row["id"], row["backend"], row["remote_id"],
-                                    row["remote_urls"])
+                    await self.send(
+                        row["job_id"], row["id"], row["backend"], row["remote_id"], row["remote_urls"]
+                    )
                 else:
                     await self._confirm(row)
 
@@ -262,8 +300,13 @@ class RemoteCanceller:
         except RemoteGone as exc:
             await self._record(_GONE, row["id"], self.instance_id, readable(str(exc)))
             self._warned.discard(row["id"])
-            log.info("remote_work_gone", execution_id=str(row["id"]), remote_id=row["remote_id"],
-                     backend=row["backend"], answer=str(exc))
+            log.info(
+                "remote_work_gone",
+                execution_id=str(row["id"]),
+                remote_id=row["remote_id"],
+                backend=row["backend"],
+                answer=str(exc),
+            )
             return
         except (BackendError, TimeoutError) as exc:
             log.info("remote_stop_check_failed", execution_id=str(row["id"]), error=str(exc))
@@ -273,13 +316,19 @@ class RemoteCanceller:
         if over is not None and not over.proves_stop:
             await self._record(_REPORTED, row["id"], self.instance_id, readable(over.error or ""))
             self._warned.discard(row["id"])
-            log.info("remote_cancel_reported", execution_id=str(row["id"]), remote_id=row["remote_id"],
-                     backend=row["backend"], proves_stop=False)
+            log.info(
+                "remote_cancel_reported",
+                execution_id=str(row["id"]),
+                remote_id=row["remote_id"],
+                backend=row["backend"],
+                proves_stop=False,
+            )
             return
         if over is not None:
             stopped_at: datetime | None = over.stopped_at
-            confirmed = await self.pool.fetchrow(_CONFIRM, row["id"], over.gpu_seconds, self.instance_id,
-                                                 over.state.value, stopped_at)
+            confirmed = await self.pool.fetchrow(
+                _CONFIRM, row["id"], over.gpu_seconds, self.instance_id, over.state.value, stopped_at
+            )
             after = None if confirmed is None else confirmed["after_cancel_s"]
             if confirmed is not None and self.notifier is not None:
                 self.notifier.changed(confirmed["job_id"], confirmed["owner"])
@@ -287,8 +336,13 @@ class RemoteCanceller:
                 self.metrics.cancel_to_stop_seconds.observe(max(float(after), 0.0))
                 if over.gpu_seconds is not None:
                     self.metrics.gpu_seconds.labels(row["backend"], "cancelled").inc(over.gpu_seconds)
-                log.info("remote_stop_confirmed", execution_id=str(row["id"]), remote_id=row["remote_id"],
-                         backend=row["backend"], after_cancel_s=round(float(after), 3))
+                log.info(
+                    "remote_stop_confirmed",
+                    execution_id=str(row["id"]),
+                    remote_id=row["remote_id"],
+                    backend=row["backend"],
+                    after_cancel_s=round(float(after), 3),
+                )
             self._warned.discard(row["id"])
             return
         if (row["acknowledged_s"] or 0) < spec.confirm_within_s:
@@ -296,11 +350,16 @@ class RemoteCanceller:
             return
         if row["id"] not in self._warned:
             self._warned.add(row["id"])
-            log.warning("remote_work_runs_on_after_cancel", execution_id=str(row["id"]),
-                        remote_id=row["remote_id"], backend=row["backend"],
-                        acknowledged_s=round(float(row["acknowledged_s"]), 1))
-        result = await self._cancel(backend, row["backend"], row["job_id"], row["id"], row["remote_id"],
-                                    row["remote_urls"])
+            log.warning(
+                "remote_work_runs_on_after_cancel",
+                execution_id=str(row["id"]),
+                remote_id=row["remote_id"],
+                backend=row["backend"],
+                acknowledged_s=round(float(row["acknowledged_s"]), 1),
+            )
+        result = await self._cancel(
+            backend, row["backend"], row["job_id"], row["id"], row["remote_id"], row["remote_urls"]
+        )
         self.metrics.remote_cancels.labels(row["backend"], f"resent_{result.outcome.value}").inc()
         if result.outcome is CancelOutcome.GONE:
             await self._record(_GONE, row["id"], self.instance_id, readable(result.detail))

@@ -41,8 +41,9 @@ class StopRecord:
     spent: tuple[tuple[uuid.UUID, float], ...] = ()
 
 
-async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str,
-                       notifier: Notifier | None = None) -> list[None]:
+async def record_stops(
+    pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str, notifier: Notifier | None = None
+) -> list[None]:
     """Tasks of cancelled jobs have stopped: record each with its latency; one
     statement for the batch. The reason comes from the row (a timeout and a user's cancel
     stop the task alike)."""
@@ -70,13 +71,19 @@ async def record_stops(pool: asyncpg.Pool, stops: list[StopRecord], worker_id: s
                FROM s JOIN jobs j ON j.id = s.job_id
                RETURNING job_id)
            SELECT ev.job_id, j.owner FROM ev JOIN jobs j ON j.id = ev.job_id""",
-        [r.job_id for r in stops], [r.reason for r in stops], [r.local_latency_ms for r in stops],
-        [r.executions for r in stops], worker_id,
-        [eid for r in stops for eid, _ in r.spent], [sec for r in stops for _, sec in r.spent])
+        [r.job_id for r in stops],
+        [r.reason for r in stops],
+        [r.local_latency_ms for r in stops],
+        [r.executions for r in stops],
+        worker_id,
+        [eid for r in stops for eid, _ in r.spent],
+        [sec for r in stops for _, sec in r.spent],
+    )
     if notifier is not None:
         for row in rows:
             notifier.changed(row["job_id"], row["owner"])
     return [None] * len(stops)
+
 
 LINGER_S = 0.02
 OWED_CANCEL_RETRY_MAX_S = 2.0
@@ -91,8 +98,15 @@ def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:
 
 
 class StopRecorder:
-    def __init__(self, pool: asyncpg.Pool, instance_id: str, canceller: Canceller, metrics: Metrics,
-                 spawn: Spawn, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        instance_id: str,
+        canceller: Canceller,
+        metrics: Metrics,
+        spawn: Spawn,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.canceller = canceller
         self.metrics = metrics
         self._spawn = spawn  # the supervisor's short tasks, awaited when the worker drains
@@ -101,22 +115,28 @@ class StopRecorder:
         # `running` here, and must not be taken for orphans.
         self.in_progress: set[uuid.UUID] = set()
         self.batch: Batcher[StopRecord, None] = Batcher(
-            "task_stopped", lambda stops: record_stops(pool, stops, instance_id, notifier),
-            linger_s=LINGER_S)
+            "task_stopped", lambda stops: record_stops(pool, stops, instance_id, notifier), linger_s=LINGER_S
+        )
 
     def record(self, ctx: JobContext, reason: StopReason) -> None:
         """The task stopped for a cancel: hand its record over (the batcher owns the write)."""
         latency = time.perf_counter() - (ctx.cancel_requested_at or time.perf_counter())
-        record = StopRecord(ctx.job_id, reason.value, latency * 1000, len(ctx.executions),
-                            tuple(ctx.spent.items()))
+        record = StopRecord(
+            ctx.job_id, reason.value, latency * 1000, len(ctx.executions), tuple(ctx.spent.items())
+        )
         if ctx.pending_cancel is None:
             ctx.stop_write = self._put(ctx, record)
         else:
             self.in_progress.add(ctx.job_id)
-            ctx.stop_write = self._spawn(self._record_once_cancelled(ctx, record, ctx.pending_cancel, reason),
-                                         f"stop-{ctx.job_id}")
-        log.info("job_task_stopped", job_id=str(ctx.job_id), reason=reason.value,
-                 latency_ms=round(latency * 1000, 3))
+            ctx.stop_write = self._spawn(
+                self._record_once_cancelled(ctx, record, ctx.pending_cancel, reason), f"stop-{ctx.job_id}"
+            )
+        log.info(
+            "job_task_stopped",
+            job_id=str(ctx.job_id),
+            reason=reason.value,
+            latency_ms=round(latency * 1000, 3),
+        )
 
     def on_task_done(self, ctx: JobContext) -> None:
         """The job's task has ended: "stopped" is reported once its stop is on record."""
@@ -141,8 +161,9 @@ class StopRecorder:
         self.metrics.jobs_finished.labels("cancelled").inc()
         return self.batch.put(record, urgent=ctx.stop_awaited)
 
-    async def _record_once_cancelled(self, ctx: JobContext, record: StopRecord,
-                                     pending: PendingCancel, reason: StopReason) -> None:
+    async def _record_once_cancelled(
+        self, ctx: JobContext, record: StopRecord, pending: PendingCancel, reason: StopReason
+    ) -> None:
         try:
             landed = await self.cancel_landed(pending)
             if landed is None:  # the statement failed: the work has stopped, the row does not say so
@@ -165,16 +186,18 @@ class StopRecorder:
             pass
         return None
 
-    async def _record_owed_cancel(self, job_id: uuid.UUID, pending: PendingCancel,
-                                  reason: StopReason) -> bool:
+    async def _record_owed_cancel(
+        self, job_id: uuid.UUID, pending: PendingCancel, reason: StopReason
+    ) -> bool:
         """Retry the cancel until Postgres has it (the job stays leased to this instance
         meanwhile); False if the job turned out to have finished first, or the write is
         refused for good."""
         attempt = 0
         while True:
             try:
-                await self.canceller.cancel_job(job_id, actor=pending.actor, admin=pending.admin,
-                                                reason=pending.reason, stop=reason)
+                await self.canceller.cancel_job(
+                    job_id, actor=pending.actor, admin=pending.admin, reason=pending.reason, stop=reason
+                )
                 log.info("owed_cancel_recorded", job_id=str(job_id), by=pending.actor)
                 return True
             except JobError:

@@ -13,8 +13,14 @@ from runner.watch import JobWatch
 from runner.worker.worker import Worker
 
 
-async def wait_stopped(pool: asyncpg.Pool, watch: JobWatch, worker: Worker | None, job_id: uuid.UUID,
-                       limit_s: float, ctx: JobContext | None) -> bool:
+async def wait_stopped(
+    pool: asyncpg.Pool,
+    watch: JobWatch,
+    worker: Worker | None,
+    job_id: uuid.UUID,
+    limit_s: float,
+    ctx: JobContext | None,
+) -> bool:
     """True once the job's task has stopped and its stop is on record; False after
     `limit_s`. Held here (`ctx`, taken before the cancel): on its context. Elsewhere: on the
     job's notifications and its audit trail."""

@@ -42,96 +42,182 @@ def _globals(in_verb: bool) -> _Parser:
     def default(value: object) -> object:
         return argparse.SUPPRESS if in_verb else value
 
-    parser.add_argument("--api-url", default=default(os.environ.get("RUNNER_API_URL", DEFAULT_API_URL)),
-                        help=f"the service's URL (RUNNER_API_URL; default {DEFAULT_API_URL})")
-    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
-                        help="print nothing on success (submit still prints the job id)")
-    parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
-                        help="show each HTTP exchange on stderr (tokens and tickets are never shown)")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print exactly one JSON document on stdout, errors included")
+    parser.add_argument(
+        "--api-url",
+        default=default(os.environ.get("RUNNER_API_URL", DEFAULT_API_URL)),
+        help=f"the service's URL (RUNNER_API_URL; default {DEFAULT_API_URL})",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="print nothing on success (submit still prints the job id)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="show each HTTP exchange on stderr (tokens and tickets are never shown)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print exactly one JSON document on stdout, errors included",
+    )
     return parser
 
 
 def _verb(verbs: Any, name: str, summary: str, description: str) -> _Parser:
-    parser: _Parser = verbs.add_parser(name, parents=[_globals(True)], help=summary,
-                                       description=f"{summary}. {description}")
+    parser: _Parser = verbs.add_parser(
+        name, parents=[_globals(True)], help=summary, description=f"{summary}. {description}"
+    )
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runner", parents=[_globals(False)],
-                     description="GPU jobs on serverless backends, whose Cancel really stops them. "
-                                 "Exit codes: 0 ok, 1 error, 2 usage, 3 not cancellable, "
-                                 "4 not signed in or forbidden, 5 not found.")
+    parser = _Parser(
+        prog="runner",
+        parents=[_globals(False)],
+        description="GPU jobs on serverless backends, whose Cancel really stops them. "
+        "Exit codes: 0 ok, 1 error, 2 usage, 3 not cancellable, "
+        "4 not signed in or forbidden, 5 not found.",
+    )
     # Not required: bare `runner` prints this help (main), not an error.
     verbs = parser.add_subparsers(dest="verb", parser_class=_Parser, metavar="VERB")
-    serve = _verb(verbs, "serve", "run the service",
-                  "Applies pending migrations, then serves the API and/or runs the worker, "
-                  "configured by RUNNER_* environment variables (see the README). SIGTERM, "
-                  "SIGINT or SIGHUP drains; a second one interrupts and requeues at once. "
-                  "SIGUSR1 and SIGUSR2 are ignored.")
-    serve.add_argument("--role", choices=("all", "api", "worker"), default="all",
-                       help="all (default): API and worker; api: HTTP only; worker: jobs only "
-                            "(it still serves /healthz, /readyz and /metrics)")
+    serve = _verb(
+        verbs,
+        "serve",
+        "run the service",
+        "Applies pending migrations, then serves the API and/or runs the worker, "
+        "configured by RUNNER_* environment variables (see the README). SIGTERM, "
+        "SIGINT or SIGHUP drains; a second one interrupts and requeues at once. "
+        "SIGUSR1 and SIGUSR2 are ignored.",
+    )
+    serve.add_argument(
+        "--role",
+        choices=("all", "api", "worker"),
+        default="all",
+        help="all (default): API and worker; api: HTTP only; worker: jobs only "
+        "(it still serves /healthz, /readyz and /metrics)",
+    )
     serve.add_argument("--host", help="listen address (overrides RUNNER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (overrides RUNNER_PORT)")
-    _verb(verbs, "migrate", "apply pending migrations and exit",
-          "For a release step (Fly's release_command); `serve` applies them too.")
-    _verb(verbs, "demo", "see a cancel stop GPU calls",
-          "Starts the service on the embedded Postgres with a simulated GPU endpoint, submits "
-          "three executions, cancels them in flight, and prints the timeline in milliseconds.")
-    login = _verb(verbs, "login", "sign in with a wallet key (EIP-4361)",
-                  "Signs a Sign-In with Ethereum message for the API URL's host:port with "
-                  "RUNNER_WALLET_KEY, or with a development key generated once in the config dir "
-                  "(RUNNER_CONFIG_DIR, default ~/.config/runner); the session is kept there.")
-    login.add_argument("--print-token", action="store_true",
-                       help="print the session token alone, for scripts: "
-                            "TOKEN=$(runner login --print-token)")
+    _verb(
+        verbs,
+        "migrate",
+        "apply pending migrations and exit",
+        "For a release step (Fly's release_command); `serve` applies them too.",
+    )
+    _verb(
+        verbs,
+        "demo",
+        "see a cancel stop GPU calls",
+        "Starts the service on the embedded Postgres with a simulated GPU endpoint, submits "
+        "three executions, cancels them in flight, and prints the timeline in milliseconds.",
+    )
+    login = _verb(
+        verbs,
+        "login",
+        "sign in with a wallet key (EIP-4361)",
+        "Signs a Sign-In with Ethereum message for the API URL's host:port with "
+        "RUNNER_WALLET_KEY, or with a development key generated once in the config dir "
+        "(RUNNER_CONFIG_DIR, default ~/.config/runner); the session is kept there.",
+    )
+    login.add_argument(
+        "--print-token",
+        action="store_true",
+        help="print the session token alone, for scripts: TOKEN=$(runner login --print-token)",
+    )
     _verb(verbs, "logout", "sign out", "Revokes the session on every instance and forgets it here.")
-    submit = _verb(verbs, "submit", "submit a job",
-                   "One execution per --backend/--input pair, in order. Prints the job's id.")
-    submit.add_argument("--backend", action="append", required=True,
-                        help="a configured backend's name (see `runner backends`); repeatable")
-    submit.add_argument("--input", action="append", required=True,
-                        help="that execution's input, as JSON; repeatable")
+    submit = _verb(
+        verbs,
+        "submit",
+        "submit a job",
+        "One execution per --backend/--input pair, in order. Prints the job's id.",
+    )
+    submit.add_argument(
+        "--backend",
+        action="append",
+        required=True,
+        help="a configured backend's name (see `runner backends`); repeatable",
+    )
+    submit.add_argument(
+        "--input", action="append", required=True, help="that execution's input, as JSON; repeatable"
+    )
     submit.add_argument("--timeout-s", type=int, help="cancel the job if it runs longer than this")
-    submit.add_argument("--webhook", metavar="URL",
-                        help="POST each of the job's events to this https URL, signed (see the README)")
-    submit.add_argument("--webhook-event", action="append", dest="webhook_events", metavar="EVENT",
-                        choices=("started", "completed", "failed", "cancelled", "remote_stopped"),
-                        help="only this event (repeat for several; default all)")
-    submit.add_argument("--wait", action="store_true",
-                        help="follow it live to its end; exit 0 only if it completes")
+    submit.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="POST each of the job's events to this https URL, signed (see the README)",
+    )
+    submit.add_argument(
+        "--webhook-event",
+        action="append",
+        dest="webhook_events",
+        metavar="EVENT",
+        choices=("started", "completed", "failed", "cancelled", "remote_stopped"),
+        help="only this event (repeat for several; default all)",
+    )
+    submit.add_argument(
+        "--wait", action="store_true", help="follow it live to its end; exit 0 only if it completes"
+    )
     jobs = _verb(verbs, "jobs", "list your jobs", "Newest first.")
     jobs.add_argument("--status", help="only these statuses (one, or a comma list)")
     jobs.add_argument("--limit", type=int, default=50, help="jobs per page, 1-200 (default 50)")
     jobs.add_argument("--all", action="store_true", help="every page, not just the first")
-    status = _verb(verbs, "status", "show a job",
-                   "Its executions with their status, elapsed time, output or error, and spend.")
+    status = _verb(
+        verbs,
+        "status",
+        "show a job",
+        "Its executions with their status, elapsed time, output or error, and spend.",
+    )
     status.add_argument("job_id", help="the job's id, or a unique prefix of 8 or more characters")
-    status.add_argument("--watch", action="store_true",
-                        help="follow it live to its end; exit 0 only if it completes")
-    cancel = _verb(verbs, "cancel", "cancel a job, or all of yours",
-                   "Stops its task, its HTTP calls and its work at the backend.")
+    status.add_argument(
+        "--watch", action="store_true", help="follow it live to its end; exit 0 only if it completes"
+    )
+    cancel = _verb(
+        verbs,
+        "cancel",
+        "cancel a job, or all of yours",
+        "Stops its task, its HTTP calls and its work at the backend.",
+    )
     cancel.add_argument("job_id", nargs="?", help="the job's id")
     cancel.add_argument("--reason", help="kept in the job's audit trail (at most 500 characters)")
     cancel.add_argument("--wait", action="store_true", help="answer once its task has stopped (10 s at most)")
     cancel.add_argument("--all", action="store_true", help="cancel all your active jobs")
     cancel.add_argument("--queued-only", action="store_true", help="with --all: queued jobs only")
-    _verb(verbs, "backends", "list the configured backends",
-          "Their names and kinds, and whether a cancel reaches the provider.")
-    rerun = _verb(verbs, "rerun", "re-run a cancelled or failed job",
-                  "A new job: the executions that completed are kept (never sent again), the "
-                  "others run again. Prints the new job's id.")
+    _verb(
+        verbs,
+        "backends",
+        "list the configured backends",
+        "Their names and kinds, and whether a cancel reaches the provider.",
+    )
+    rerun = _verb(
+        verbs,
+        "rerun",
+        "re-run a cancelled or failed job",
+        "A new job: the executions that completed are kept (never sent again), the "
+        "others run again. Prints the new job's id.",
+    )
     rerun.add_argument("job_id", help="the cancelled or failed job")
-    rerun.add_argument("--execution", action="append",
-                       help="run this execution again even if it completed; repeatable "
-                            "(default: every one that did not complete)")
-    rerun.add_argument("--wait", action="store_true",
-                       help="follow the new job live to its end; exit 0 only if it completes")
-    usage = _verb(verbs, "usage", "show your spend",
-                  "Jobs, executions and GPU-seconds per backend, and what ran on after a cancel.")
+    rerun.add_argument(
+        "--execution",
+        action="append",
+        help="run this execution again even if it completed; repeatable "
+        "(default: every one that did not complete)",
+    )
+    rerun.add_argument(
+        "--wait", action="store_true", help="follow the new job live to its end; exit 0 only if it completes"
+    )
+    usage = _verb(
+        verbs,
+        "usage",
+        "show your spend",
+        "Jobs, executions and GPU-seconds per backend, and what ran on after a cancel.",
+    )
     usage.add_argument("--since", help="from this time (ISO 8601; default 30 days before --until)")
     usage.add_argument("--until", help="to this time (ISO 8601; default now)")
     return parser
@@ -218,8 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as exc:  # a start-up failure among them: one line, naming what failed
         return out.error(ClientError(0, "error", str(exc)))
     except Interrupted as exc:
-        print(f"\nrunner: interrupted; the job goes on (see `runner status {exc.job_id} --watch`)",
-              file=sys.stderr)
+        print(
+            f"\nrunner: interrupted; the job goes on (see `runner status {exc.job_id} --watch`)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("\nrunner: interrupted", file=sys.stderr)

@@ -69,9 +69,19 @@ async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbos
     gpu = fakes.web
     port = _free_port()
     settings = base.replace(
-        host="127.0.0.1", port=port, siwe_domains=(f"127.0.0.1:{port}",), metrics_port=None,
-        backends={"gpu-sim": BackendSpec(name="gpu-sim", kind="http", url=f"{gpu_url}/run",
-                                         cancel_url=f"{gpu_url}/cancel/{{execution_id}}")})
+        host="127.0.0.1",
+        port=port,
+        siwe_domains=(f"127.0.0.1:{port}",),
+        metrics_port=None,
+        backends={
+            "gpu-sim": BackendSpec(
+                name="gpu-sim",
+                kind="http",
+                url=f"{gpu_url}/run",
+                cancel_url=f"{gpu_url}/cancel/{{execution_id}}",
+            )
+        },
+    )
 
     def say(text: str) -> None:
         if not as_json:
@@ -81,18 +91,33 @@ async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbos
         async with _demo_database(settings) as dsn, running_service(settings, dsn=dsn) as runtime:
             client = Client(f"http://127.0.0.1:{port}", verbose=verbose)
             try:
-                where = ("DATABASE_URL" if settings.database_url
-                         else f"database {DEMO_DATABASE} on {settings.data_dir / 'pg'}")
-                say(f"runner demo: service on 127.0.0.1:{port}, Postgres: {where}, "
-                    f"simulated GPU endpoint at {gpu_url}")
+                where = (
+                    "DATABASE_URL"
+                    if settings.database_url
+                    else f"database {DEMO_DATABASE} on {settings.data_dir / 'pg'}"
+                )
+                say(
+                    f"runner demo: service on 127.0.0.1:{port}, Postgres: {where}, "
+                    f"simulated GPU endpoint at {gpu_url}"
+                )
                 key = WalletKey("0x" + bytes(Account.create().key).hex(), development=True)
                 await client.login(key)
                 say(f"signed in as {key.address} (a development key made for this demo)")
-                job = await client.call("POST", "/jobs", json_body={
-                    "executions": [{"backend": "gpu-sim", "name": f"frame-{i}",
-                                    "input": {"mode": "slow", "prompt": f"frame {i}", "seconds": 600}}
-                                   for i in range(1, EXECUTIONS + 1)],
-                    "metadata": {"demo": True}})
+                job = await client.call(
+                    "POST",
+                    "/jobs",
+                    json_body={
+                        "executions": [
+                            {
+                                "backend": "gpu-sim",
+                                "name": f"frame-{i}",
+                                "input": {"mode": "slow", "prompt": f"frame {i}", "seconds": 600},
+                            }
+                            for i in range(1, EXECUTIONS + 1)
+                        ],
+                        "metadata": {"demo": True},
+                    },
+                )
                 ids = [e["id"] for e in job["executions"]]
                 say(f"submitted job {job['id']}: {EXECUTIONS} executions of 600 s of simulated GPU work")
                 await gpu.until(lambda: all(i in gpu.opened_at for i in ids), STEP_TIMEOUT_S)
@@ -110,8 +135,9 @@ async def run_demo(base: Settings, out: TextIO, *, as_json: bool = False, verbos
     return 0 if result["ok"] else 1
 
 
-async def _cancel_and_watch(client: Client, runtime: Any, gpu: FakeWebEndpoint, job_id: str,
-                            ids: list[str]) -> dict[str, Any]:
+async def _cancel_and_watch(
+    client: Client, runtime: Any, gpu: FakeWebEndpoint, job_id: str, ids: list[str]
+) -> dict[str, Any]:
     ctx = runtime.manager.get(uuid.UUID(job_id))
     stopped_at: dict[str, float] = {}
 
@@ -122,8 +148,9 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: FakeWebEndpoint, 
 
     watcher = asyncio.create_task(note_stop(), name="demo_stop_watch")
     t0 = time.perf_counter()
-    reply = await client.call("POST", f"/jobs/{job_id}/cancel",
-                              json_body={"reason": "demo: cancelled while in flight"})
+    reply = await client.call(
+        "POST", f"/jobs/{job_id}/cancel", json_body={"reason": "demo: cancelled while in flight"}
+    )
     answered = time.perf_counter()
     await gpu.until(lambda: all(i in gpu.closed_at and i in gpu.url_cancel_at for i in ids), STEP_TIMEOUT_S)
     await asyncio.wait_for(watcher, STEP_TIMEOUT_S)
@@ -134,24 +161,44 @@ async def _cancel_and_watch(client: Client, runtime: Any, gpu: FakeWebEndpoint, 
         return round((t - t0) * 1000, 2)
 
     events: list[dict[str, Any]] = [
-              {"ms": 0.0, "what": "cancel requested", "detail": f"POST /jobs/{job_id}/cancel"},
-              {"ms": ms(answered), "what": "API answered",
-               "detail": f"200 previous_status={reply['previous_status']}, rows updated: job and "
-                         f"{reply['executions_cancelled']} executions cancelled in one transaction"},
-              {"ms": ms(stopped_at["t"]), "what": "task stopped",
-               "detail": "the job's asyncio.Task ended (remote cancels sent first), its stop on record"},
-              {"ms": ms(checked), "what": "rows checked",
-               "detail": f"job {final['status']}; executions "
-                         + ", ".join(f"{e['status']}/remote_cancel={e['remote_cancel']}"
-                                     for e in final["executions"])}]
+        {"ms": 0.0, "what": "cancel requested", "detail": f"POST /jobs/{job_id}/cancel"},
+        {
+            "ms": ms(answered),
+            "what": "API answered",
+            "detail": f"200 previous_status={reply['previous_status']}, rows updated: job and "
+            f"{reply['executions_cancelled']} executions cancelled in one transaction",
+        },
+        {
+            "ms": ms(stopped_at["t"]),
+            "what": "task stopped",
+            "detail": "the job's asyncio.Task ended (remote cancels sent first), its stop on record",
+        },
+        {
+            "ms": ms(checked),
+            "what": "rows checked",
+            "detail": f"job {final['status']}; executions "
+            + ", ".join(f"{e['status']}/remote_cancel={e['remote_cancel']}" for e in final["executions"]),
+        },
+    ]
     for n, execution_id in enumerate(ids, 1):
-        events.append({"ms": ms(gpu.closed_at[execution_id]), "what": "connection closed",
-                       "detail": f"frame-{n}, as the simulated GPU saw it"})
-        events.append({"ms": ms(gpu.url_cancel_at[execution_id]), "what": "remote cancel received",
-                       "detail": f"frame-{n}: POST cancel_url at the GPU"})
+        events.append(
+            {
+                "ms": ms(gpu.closed_at[execution_id]),
+                "what": "connection closed",
+                "detail": f"frame-{n}, as the simulated GPU saw it",
+            }
+        )
+        events.append(
+            {
+                "ms": ms(gpu.url_cancel_at[execution_id]),
+                "what": "remote cancel received",
+                "detail": f"frame-{n}: POST cancel_url at the GPU",
+            }
+        )
     events.sort(key=lambda e: e["ms"])
     ok = final["status"] == "cancelled" and all(
-        e["status"] == "cancelled" and e["remote_cancel"] == "acknowledged" for e in final["executions"])
+        e["status"] == "cancelled" and e["remote_cancel"] == "acknowledged" for e in final["executions"]
+    )
     return {"ok": ok, "job_id": job_id, "timeline": events}
 
 

@@ -155,8 +155,9 @@ class Client:
         self._log(f"> {method} {url}" + (f" {json.dumps(json_body)}" if json_body is not None else ""))
         started = time.perf_counter()
         try:
-            async with self.http.request(method, url, json=json_body, headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=60)) as resp:
+            async with self.http.request(
+                method, url, json=json_body, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
+            ) as resp:
                 text = await resp.text()
                 self._log(f"< {resp.status} ({(time.perf_counter() - started) * 1000:.1f} ms) {text[:2000]}")
                 try:
@@ -164,8 +165,9 @@ class Client:
                 except ValueError:
                     body = {"ok": False, "error": "bad_reply", "message": text[:500]}
                 if resp.status >= 400:
-                    raise ClientError(resp.status, body.get("error", "error"),
-                                      body.get("message", text[:500]), body)
+                    raise ClientError(
+                        resp.status, body.get("error", "error"), body.get("message", text[:500]), body
+                    )
                 return body
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             reason = f"cannot reach the API at {self.api_url}: {_why(exc)}"
@@ -199,13 +201,22 @@ class Client:
         nonce = (await self.call("GET", "/auth/nonce", auth=False))["nonce"]
         now = datetime.now(UTC)
         message = SiweMessage(
-            domain=domain, address=key.address, uri=f"{parts.scheme}://{domain}", version="1",
-            chain_id=1, nonce=nonce, issued_at=str(iso(now)),
-            statement="Sign in to the runner.", expiration_time=iso(now + timedelta(minutes=10)),
+            domain=domain,
+            address=key.address,
+            uri=f"{parts.scheme}://{domain}",
+            version="1",
+            chain_id=1,
+            nonce=nonce,
+            issued_at=str(iso(now)),
+            statement="Sign in to the runner.",
+            expiration_time=iso(now + timedelta(minutes=10)),
         ).to_text()
         signature = Account.sign_message(encode_defunct(text=message), key.key).signature
         session: dict[str, Any] = await self.call(
-            "POST", "/auth/login", auth=False,
-            json_body={"message": message, "signature": "0x" + bytes(signature).hex()})
+            "POST",
+            "/auth/login",
+            auth=False,
+            json_body={"message": message, "signature": "0x" + bytes(signature).hex()},
+        )
         self.token = session["token"]
         return session

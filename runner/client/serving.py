@@ -38,11 +38,15 @@ def _require_shared_database(database_url: str | None, role: str) -> None:
     if database_url:
         return
     if role != "all":
-        raise ConfigError(f"--role {role} needs DATABASE_URL: an embedded database cannot be "
-                          "shared between instances, so its jobs would reach no other machine")
+        raise ConfigError(
+            f"--role {role} needs DATABASE_URL: an embedded database cannot be "
+            "shared between instances, so its jobs would reach no other machine"
+        )
     if os.environ.get("FLY_APP_NAME"):
-        raise ConfigError("on Fly (FLY_APP_NAME is set) DATABASE_URL is needed: an embedded database "
-                          "cannot be shared between machines; set it as a secret (docs/deploy-fly.md)")
+        raise ConfigError(
+            "on Fly (FLY_APP_NAME is set) DATABASE_URL is needed: an embedded database "
+            "cannot be shared between machines; set it as a secret (docs/deploy-fly.md)"
+        )
 
 
 async def serve_verb(args: argparse.Namespace) -> int:

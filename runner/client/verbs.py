@@ -77,8 +77,9 @@ async def _follow(client: Client, job_id: str, out: Printer) -> dict[str, Any]:
             await asyncio.gather(watching, return_exceptions=True)
             interrupted.clear()
             if sys.stdin.isatty() and await asyncio.to_thread(_ask, f"\nCancel job {job_id}? [y/N] "):
-                await client.call("POST", f"/jobs/{job_id}/cancel",
-                                  json_body={"reason": "interrupted from the CLI"})
+                await client.call(
+                    "POST", f"/jobs/{job_id}/cancel", json_body={"reason": "interrupted from the CLI"}
+                )
                 continue  # follow it to its end
             raise Interrupted(job_id)
     finally:
@@ -98,16 +99,24 @@ async def login(args: argparse.Namespace, client: Client, out: Printer) -> int:
     TokenStore().put(client.api_url, session)
     note = ""
     if key.development:
-        note = (f"\n(a development key, kept in {config_dir() / 'dev-wallet.key'}: not a real wallet; "
-                "set RUNNER_WALLET_KEY to sign in with yours)")
+        note = (
+            f"\n(a development key, kept in {config_dir() / 'dev-wallet.key'}: not a real wallet; "
+            "set RUNNER_WALLET_KEY to sign in with yours)"
+        )
     if args.print_token:  # the token alone on stdout, for TOKEN=$(runner login --print-token)
         if note:
             print(note.strip(), file=sys.stderr)
         print(session["token"])
         return EXIT_OK
-    out.result({"ok": True, "address": session["address"], "expires_at": session["expires_at"],
-                "development_key": key.development},
-               f"signed in to {client.api_url} as {session['address']}{note}")
+    out.result(
+        {
+            "ok": True,
+            "address": session["address"],
+            "expires_at": session["expires_at"],
+            "development_key": key.development,
+        },
+        f"signed in to {client.api_url} as {session['address']}{note}",
+    )
     return EXIT_OK
 
 
@@ -190,8 +199,9 @@ async def jobs(args: argparse.Namespace, client: Client, out: Printer) -> int:
         if not args.all or not reply["next_cursor"]:
             break
         query["cursor"] = reply["next_cursor"]
-    lines = [f"{j['id']}  {j['status']:<10} {j['created_at']}  {len(j['executions'])} execution(s)"
-             for j in found]
+    lines = [
+        f"{j['id']}  {j['status']:<10} {j['created_at']}  {len(j['executions'])} execution(s)" for j in found
+    ]
     more = reply["next_cursor"] if not args.all else None
     if more and lines:
         lines.append("(more: --all, or --limit up to 200)")
@@ -222,13 +232,16 @@ async def cancel(args: argparse.Namespace, client: Client, out: Printer) -> int:
     if not args.job_id or args.queued_only:
         raise Usage("give a job id, or --all [--queued-only]")
     args.job_id = await job_id(client, args.job_id)
-    reply = await client.call("POST", f"/jobs/{args.job_id}/cancel" + ("?wait=true" if args.wait else ""),
-                              json_body=body)
+    reply = await client.call(
+        "POST", f"/jobs/{args.job_id}/cancel" + ("?wait=true" if args.wait else ""), json_body=body
+    )
     if reply["previous_status"] == "cancelled":
         text = f"job {args.job_id} was already cancelled"
     else:
-        text = (f"cancelled job {args.job_id} (was {reply['previous_status']}; "
-                f"{reply['executions_cancelled']} execution(s) cancelled)")
+        text = (
+            f"cancelled job {args.job_id} (was {reply['previous_status']}; "
+            f"{reply['executions_cancelled']} execution(s) cancelled)"
+        )
     if args.wait:
         text += "; its task has stopped" if reply.get("stopped") else "; its task did not stop within 10 s"
     out.result(reply, text)
@@ -237,10 +250,12 @@ async def cancel(args: argparse.Namespace, client: Client, out: Printer) -> int:
 
 async def backends(args: argparse.Namespace, client: Client, out: Printer) -> int:
     reply = await client.call("GET", "/backends")
-    lines = [f"{b['name']:<20} {b['kind']:<10} "
-             f"{'cancels at the provider' if b['cancels_remotely'] else 'stops locally'}"
-             + (f", at most {b['concurrency']} at once" if b.get("concurrency") else "")
-             for b in reply["backends"]]
+    lines = [
+        f"{b['name']:<20} {b['kind']:<10} "
+        f"{'cancels at the provider' if b['cancels_remotely'] else 'stops locally'}"
+        + (f", at most {b['concurrency']} at once" if b.get("concurrency") else "")
+        for b in reply["backends"]
+    ]
     out.result(reply, "\n".join(lines) or "no backends")
     return EXIT_OK
 
@@ -255,16 +270,28 @@ async def rerun(args: argparse.Namespace, client: Client, out: Printer) -> int:
 async def usage(args: argparse.Namespace, client: Client, out: Printer) -> int:
     query = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
     reply = await client.call("GET", "/usage" + ("?" + urlencode(query) if query else ""))
-    lines = [f"{reply['address']}: {reply['jobs']} job(s), {reply['executions']} execution(s), "
-             f"{reply['gpu_seconds']:.1f} GPU-s from {reply['since']} to {reply['until']}"]
-    lines += [f"  {name:<20} {b['executions']} execution(s), {b['cancelled']} cancelled, "
-              f"{b['gpu_seconds']:.1f} GPU-s ({b['gpu_seconds_after_cancel']:.1f} after a cancel)"
-              for name, b in sorted(reply["backends"].items())]
+    lines = [
+        f"{reply['address']}: {reply['jobs']} job(s), {reply['executions']} execution(s), "
+        f"{reply['gpu_seconds']:.1f} GPU-s from {reply['since']} to {reply['until']}"
+    ]
+    lines += [
+        f"  {name:<20} {b['executions']} execution(s), {b['cancelled']} cancelled, "
+        f"{b['gpu_seconds']:.1f} GPU-s ({b['gpu_seconds_after_cancel']:.1f} after a cancel)"
+        for name, b in sorted(reply["backends"].items())
+    ]
     out.result(reply, "\n".join(lines))
     return EXIT_OK
 
 
 Verb = Callable[[argparse.Namespace, Client, Printer], Coroutine[Any, Any, int]]
-CLIENT_VERBS: dict[str, Verb] = {"login": login, "logout": logout, "submit": submit, "jobs": jobs,
-                                 "status": status, "cancel": cancel, "backends": backends, "usage": usage,
-                                 "rerun": rerun}
+CLIENT_VERBS: dict[str, Verb] = {
+    "login": login,
+    "logout": logout,
+    "submit": submit,
+    "jobs": jobs,
+    "status": status,
+    "cancel": cancel,
+    "backends": backends,
+    "usage": usage,
+    "rerun": rerun,
+}

@@ -13,6 +13,18 @@ from runner.db.errors import (
 from runner.db.migrations import apply_migrations, load_migrations, migrate
 from runner.db.pool import connect, create_pool
 
-__all__ = ["DATABASE_ERRORS", "EmbeddedPostgres", "apply_migrations", "backoff_s", "connect", "create_pool",
-           "fetchrow_retrying_aborts",
-           "is_database_error", "is_transient", "load_migrations", "migrate", "resolve_dsn", "until_written"]
+__all__ = [
+    "DATABASE_ERRORS",
+    "EmbeddedPostgres",
+    "apply_migrations",
+    "backoff_s",
+    "connect",
+    "create_pool",
+    "fetchrow_retrying_aborts",
+    "is_database_error",
+    "is_transient",
+    "load_migrations",
+    "migrate",
+    "resolve_dsn",
+    "until_written",
+]

@@ -79,7 +79,7 @@ class EmbeddedPostgres:
         with backoff until there is room again."""
         failures = 0
         while True:
-            await asyncio.sleep(every_s if not failures else min(every_s * 2 ** failures, 60.0))
+            await asyncio.sleep(every_s if not failures else min(every_s * 2**failures, 60.0))
             if await asyncio.to_thread(self.running):
                 failures = 0
                 continue
@@ -100,9 +100,7 @@ class EmbeddedPostgres:
             self._server = None
 
 
-async def resolve_dsn(
-    database_url: str | None, data_dir: Path
-) -> tuple[str, EmbeddedPostgres | None]:
+async def resolve_dsn(database_url: str | None, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
     """The DSN to use, starting the embedded server when no DATABASE_URL is set."""
     if database_url:
         return database_url, None

@@ -22,9 +22,15 @@ T = TypeVar("T")
 # progress") is what a pooled connection raises when its server died under a statement
 # (seen in test_an_event_stream_outlives_a_short_outage, 1 run in 4): the connection is gone.
 _TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
-    asyncpg.InsufficientResourcesError, asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InternalClientError,
 )
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*_TRANSIENT, asyncpg.PostgresError)
 
@@ -40,7 +46,7 @@ def is_database_error(exc: BaseException) -> bool:
 
 def backoff_s(attempt: int, *, base_s: float = 0.05, cap_s: float = 5.0) -> float:
     """Exponential backoff with full jitter for the `attempt`-th retry (1-based)."""
-    return random.uniform(base_s, min(cap_s, base_s * 2 ** attempt))
+    return random.uniform(base_s, min(cap_s, base_s * 2**attempt))
 
 
 async def until_written(write: Callable[[], Awaitable[T]], what: str, **context: Any) -> T:

@@ -24,9 +24,11 @@ log = structlog.get_logger("runner.db.listener")
 # How long the start-up self-test waits for its own notification (SPEC section 2).
 SELF_TEST_TIMEOUT_S = 5.0
 # What a lost self-test (or a prepared statement gone missing) means, for the one line.
-POOLER = ("DATABASE_URL goes through a transaction-mode pooler (PgBouncer), which loses LISTEN/NOTIFY "
-          "(and prepared statements): connect directly, or through a session-mode pooler "
-          "(Fly Managed Postgres' `fly mpg attach` sets the pooled URL: use the direct one)")
+POOLER = (
+    "DATABASE_URL goes through a transaction-mode pooler (PgBouncer), which loses LISTEN/NOTIFY "
+    "(and prepared statements): connect directly, or through a session-mode pooler "
+    "(Fly Managed Postgres' `fly mpg attach` sets the pooled URL: use the direct one)"
+)
 
 Callback = Callable[[str], None]
 

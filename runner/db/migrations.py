@@ -56,9 +56,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
                    checksum text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        applied = {
-            r["version"]: r for r in await conn.fetch("SELECT * FROM schema_migrations")
-        }
+        applied = {r["version"]: r for r in await conn.fetch("SELECT * FROM schema_migrations")}
         done = []
         for migration in migrations:
             row = applied.get(migration.version)
@@ -73,7 +71,9 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
                 )
             log.info("migration_applied", migration=migration.name)
             done.append(migration.name)

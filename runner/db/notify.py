@@ -59,6 +59,7 @@ MIN_INTERVAL_S = 0.01
 
 # -- runner_cancel ---------------------------------------------------------------------------
 
+
 def cancel_job_sql(job: str) -> str:
     """SQL sending the notification for a cancelled job (`job`: an SQL uuid expression)."""
     return f"pg_notify('{CANCEL}', {job}::text)"
@@ -96,6 +97,7 @@ def decode_cancel(payload: str, instance_id: str) -> list[tuple[uuid.UUID, uuid.
 
 # -- runner_submit ---------------------------------------------------------------------------
 
+
 def work_entry(backends: Iterable[str]) -> str:
     return "+".join(sorted(set(backends)))
 
@@ -108,6 +110,7 @@ def wanted(payload: str, have: frozenset[str]) -> bool:
 
 
 # -- runner_change ---------------------------------------------------------------------------
+
 
 def job_key(job_id: uuid.UUID) -> str:
     return "j" + job_id.hex
@@ -191,7 +194,9 @@ class Notifier:
                 # One statement, one transaction that writes nothing but the notifications.
                 await self.pool.execute(
                     "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
-                    channels, payloads)
+                    channels,
+                    payloads,
+                )
                 self.sent += 1
                 self._last_sent = loop.time()
             except Exception as exc:  # any failure: dropped, never retried in a loop

@@ -24,8 +24,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(dsn: str, application_name: str = "runner") -> asyncpg.Connection:
     """One connection with the runner's codecs (the listener's, and one-off tools')."""
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name},
-                                 timeout=CONNECT_TIMEOUT_S)
+    conn = await asyncpg.connect(
+        dsn, server_settings={"application_name": application_name}, timeout=CONNECT_TIMEOUT_S
+    )
     await _init_connection(conn)
     return conn
 

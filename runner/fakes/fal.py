@@ -105,15 +105,27 @@ class FakeFal(Watched):
             return web.json_response({"detail": "the input must be an object"}, status=422)
         timeout = request.headers.get("X-Fal-Request-Timeout")
         now = time.monotonic()
-        r = FalRequest(id=str(uuid.UUID(int=next(self._ids) + 1)), model=model, input=body, submitted=now,
-                       start_by=None if timeout is None else now + float(timeout))
+        r = FalRequest(
+            id=str(uuid.UUID(int=next(self._ids) + 1)),
+            model=model,
+            input=body,
+            submitted=now,
+            start_by=None if timeout is None else now + float(timeout),
+        )
         self.requests[r.id] = r
         base = f"{self.url_origin or self.base_url}{self.prefix}/{app_id(model)}/requests/{r.id}"
         # fal-submit-fast-sdxl (docs.fal.ai/model-endpoints/queue): request_id and the three
         # URLs; fal-js queue.spec.ts mocks add status IN_QUEUE and queue_position.
-        return web.json_response({"status": "IN_QUEUE", "request_id": r.id, "response_url": base,
-                                  "status_url": f"{base}/status", "cancel_url": f"{base}/cancel",
-                                  "queue_position": self._position(r)})
+        return web.json_response(
+            {
+                "status": "IN_QUEUE",
+                "request_id": r.id,
+                "response_url": base,
+                "status_url": f"{base}/status",
+                "cancel_url": f"{base}/cancel",
+                "queue_position": self._position(r),
+            }
+        )
 
     async def _status(self, request: web.Request) -> web.Response:
         r = self._find(request)
@@ -129,8 +141,10 @@ class FakeFal(Watched):
         if r.status == "IN_QUEUE":
             # fal-status-in-queue-doc: {"status", "queue_position", "response_url"}; 202 while
             # pending (inference-api: "returns 202 while the request is in the queue or in progress").
-            return web.json_response({"status": "IN_QUEUE", "queue_position": self._position(r),
-                                      "response_url": self._base(r)}, status=202)
+            return web.json_response(
+                {"status": "IN_QUEUE", "queue_position": self._position(r), "response_url": self._base(r)},
+                status=202,
+            )
         if r.status == "IN_PROGRESS":  # fal_client reads data["logs"]: always sent
             return web.json_response({"status": "IN_PROGRESS", "logs": []}, status=202)
         body: dict[str, Any] = {"status": "COMPLETED", "logs": []}
@@ -153,9 +167,11 @@ class FakeFal(Watched):
         if r.error_type == "request_timeout":
             # request-errors: {"detail": "Request timed out", "error_type": "request_timeout"},
             # 504 with X-Fal-Request-Timeout-Type: user (common parameters page).
-            return web.json_response({"detail": "Request timed out", "error_type": "request_timeout"},
-                                     status=504, headers={"X-Fal-Request-Timeout-Type": "user",
-                                                          "X-Fal-Error-Type": "request_timeout"})
+            return web.json_response(
+                {"detail": "Request timed out", "error_type": "request_timeout"},
+                status=504,
+                headers={"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "request_timeout"},
+            )
         if r.error_type == "client_cancelled":
             return web.Response(status=499, body=CANCELLED_RESULT, content_type="application/json")
         if r.error is not None:  # composed: the error's detail, as the 504 above

@@ -102,18 +102,23 @@ class FakeReplicate(Watched):
             deadline_s = _duration_s(header)
             if deadline_s is None or deadline_s < MIN_CANCEL_AFTER_S:
                 # The HTTP reference: the minimum is 5 s. The refusal's body is not recorded (composed).
-                return web.json_response({"detail": f"Cancel-After must be at least 5s, got {header!r}"},
-                                         status=400)
+                return web.json_response(
+                    {"detail": f"Cancel-After must be at least 5s, got {header!r}"}, status=400
+                )
         work = body.get("input") if isinstance(body, dict) else None
         if not isinstance(work, dict):  # the refusal's body is not recorded (composed)
             return web.json_response({"detail": "input must be an object"}, status=422)
         owner, name = request.match_info.get("owner"), request.match_info.get("name")
         now = time.monotonic()
         p = Prediction(
-            id=f"fake{next(self._ids):022d}"[:26], input=work, created_at=iso_now(), created=now,
+            id=f"fake{next(self._ids):022d}"[:26],
+            input=work,
+            created_at=iso_now(),
+            created=now,
             model=f"{owner}/{name}" if owner else "stability-ai/sdxl",
             version=str(body.get("version") or "d-c6559c5791b50af57b69f4a73f8e021c"),
-            deadline=None if deadline_s is None else now + deadline_s)
+            deadline=None if deadline_s is None else now + deadline_s,
+        )
         self.predictions[p.id] = p
         if self.create_500_after > 0:
             self.create_500_after -= 1
@@ -183,10 +188,20 @@ class FakeReplicate(Watched):
             p.output = None
 
     def _body(self, p: Prediction, created: bool = False) -> dict[str, Any]:
-        urls = {"cancel": f"{self.base_url}{self.prefix}/predictions/{p.id}/cancel",
-                "get": f"{self.base_url}{self.prefix}/predictions/{p.id}"}
-        body: dict[str, Any] = {"id": p.id, "model": p.model, "version": p.version, "input": p.input,
-                                "logs": "", "error": p.error, "status": p.status, "created_at": p.created_at}
+        urls = {
+            "cancel": f"{self.base_url}{self.prefix}/predictions/{p.id}/cancel",
+            "get": f"{self.base_url}{self.prefix}/predictions/{p.id}",
+        }
+        body: dict[str, Any] = {
+            "id": p.id,
+            "model": p.model,
+            "version": p.version,
+            "input": p.input,
+            "logs": "",
+            "error": p.error,
+            "status": p.status,
+            "created_at": p.created_at,
+        }
         if created:
             return {**body, "urls": urls}  # the recorded 201 has no output, no metrics
         if p.started_at is not None:
@@ -195,8 +210,10 @@ class FakeReplicate(Watched):
             body["completed_at"] = p.completed_at
             ran = (p.completed or 0) - (p.started or p.completed or 0)
             if p.status != "aborted":  # "Aborted (never started): No charge"
-                body["metrics"] = {"predict_time": round(ran, 6),
-                                   "total_time": round((p.completed or 0) - p.created, 6)}
+                body["metrics"] = {
+                    "predict_time": round(ran, 6),
+                    "total_time": round((p.completed or 0) - p.created, 6),
+                }
         body["output"] = p.output
         body["urls"] = urls
         return body

@@ -128,8 +128,13 @@ class FakeRunPod(Watched):
         if problem:  # send-requests.mdx: "Both ttl and executionTimeout have a maximum of 7 days."
             return web.json_response({"error": problem}, status=400)  # the body is composed
         now = time.monotonic()
-        job = RunPodJob(id=f"{next(self._ids):08x}-fake-runpod-job-u1", input=work, policy=policy,
-                        submitted_at=now, expires_at=now + policy.get("ttl", DEFAULT_TTL_MS) / 1000)
+        job = RunPodJob(
+            id=f"{next(self._ids):08x}-fake-runpod-job-u1",
+            input=work,
+            policy=policy,
+            submitted_at=now,
+            expires_at=now + policy.get("ttl", DEFAULT_TTL_MS) / 1000,
+        )
         self.jobs[job.id] = job
         self.touch()
         if self.answer_gate is not None:
@@ -216,8 +221,12 @@ class FakeRunPod(Watched):
                 job.ended_at = now
                 job.expires_at = min(job.expires_at, now + RETENTION_S)
         timeout = job.policy.get("executionTimeout")
-        if job.worker_running and job.picked_at is not None and timeout is not None \
-                and now - job.picked_at > timeout / 1000:
+        if (
+            job.worker_running
+            and job.picked_at is not None
+            and timeout is not None
+            and now - job.picked_at > timeout / 1000
+        ):
             # endpoint-configurations.mdx: "When exceeded, the job fails and the worker stops."
             # Which status it shows is not stated; TIMED_OUT is job-states.mdx's.
             job.worker_running, job.ended_at = False, now

@@ -136,8 +136,9 @@ class FakeWebEndpoint(Watched):
             inflated = int(body.get("mib", 256)) << 20
             packer = zlib.compressobj(9, zlib.DEFLATED, 31)
             bomb = packer.compress(b"[" + b"0," * (inflated // 2)) + packer.compress(b"0]") + packer.flush()
-            return web.Response(body=bomb, headers={"Content-Type": "application/json",
-                                                    "Content-Encoding": "gzip"})
+            return web.Response(
+                body=bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            )
         if mode == "redirect":
             raise web.HTTPSeeOther(f"/result/{body.get('hops', 1)}")
         if mode == "offsite":

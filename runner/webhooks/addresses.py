@@ -91,8 +91,10 @@ async def check_destination(url: str, *, allow_private: bool) -> None:
     for address in addresses:
         why = refusal(address, allow_private=allow_private)
         if why is not None:
-            raise Refused(f"host {host!r} resolves to {why}; only public addresses are allowed"
-                          + ("" if allow_private else " (RUNNER_WEBHOOK_ALLOW_PRIVATE=1 lifts this)"))
+            raise Refused(
+                f"host {host!r} resolves to {why}; only public addresses are allowed"
+                + ("" if allow_private else " (RUNNER_WEBHOOK_ALLOW_PRIVATE=1 lifts this)")
+            )
 
 
 class CheckedResolver(AbstractResolver):
@@ -104,12 +106,16 @@ class CheckedResolver(AbstractResolver):
         self._inner = DefaultResolver()
         self._allow_private = allow_private
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results
-                   if refusal(ipaddress.ip_address(r["host"].split("%")[0]),
-                              allow_private=self._allow_private) is None]
+        allowed = [
+            r
+            for r in results
+            if refusal(ipaddress.ip_address(r["host"].split("%")[0]), allow_private=self._allow_private)
+            is None
+        ]
         if not allowed:
             raise OSError(f"webhook host {host!r} resolves to no address a webhook may use")
         return allowed

@@ -77,8 +77,14 @@ def retry_delay_s(attempt: int, base_s: float) -> float:
 
 
 class WebhookSender:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics, instance_id: str,
-                 render: Callable[[JobRow], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        metrics: Metrics,
+        instance_id: str,
+        render: Callable[[JobRow], dict[str, Any]],
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.metrics = metrics
@@ -96,9 +102,12 @@ class WebhookSender:
             # leaves out every address a webhook may not reach (checked again at each connect).
             connector = aiohttp.TCPConnector(
                 resolver=CheckedResolver(allow_private=self.settings.webhook_allow_private),
-                use_dns_cache=False, limit=MAX_IN_FLIGHT)
-            self._http = aiohttp.ClientSession(connector=connector, trust_env=False,
-                                               cookie_jar=aiohttp.DummyCookieJar())
+                use_dns_cache=False,
+                limit=MAX_IN_FLIGHT,
+            )
+            self._http = aiohttp.ClientSession(
+                connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._http
 
     def wake(self, _payload: str = "") -> None:
@@ -147,12 +156,15 @@ class WebhookSender:
         job = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1", row["job_id"])
         if job is None:
             return None  # deleted by retention; its outbox rows go with it
-        body = jsontext.dumps_bytes({"type": f"job.{row['event']}", "timestamp": iso(row["created_at"]),
-                                     "data": self.render(job)}).decode()
+        body = jsontext.dumps_bytes(
+            {"type": f"job.{row['event']}", "timestamp": iso(row["created_at"]), "data": self.render(job)}
+        ).decode()
         # Fixed at the first attempt (another instance may have fixed it first: keep theirs).
         fixed: str = await self.pool.fetchval(
             "UPDATE webhook_outbox SET payload = coalesce(payload, $2) WHERE id = $1 RETURNING payload",
-            row["id"], body)
+            row["id"],
+            body,
+        )
         return fixed.encode() if fixed is not None else None
 
     async def _guarded(self, row: asyncpg.Record) -> None:
@@ -170,30 +182,45 @@ class WebhookSender:
             return
         secrets = await signing_secrets(self.pool, row["owner"])
         status, error = await self._post(row["url"], row["msg_id"], body, secrets)
-        fields = {"job_id": str(row["job_id"]), "hook_event": row["event"], "webhook_id": row["msg_id"],
-                  "attempt": row["attempts"]}
+        fields = {
+            "job_id": str(row["job_id"]),
+            "hook_event": row["event"],
+            "webhook_id": row["msg_id"],
+            "attempt": row["attempts"],
+        }
         if status is not None and 200 <= status < 300:
-            await until_written(lambda: self.pool.execute(_DELIVERED, row["id"], self.instance_id, status),
-                                "webhook_delivered", **fields)
+            await until_written(
+                lambda: self.pool.execute(_DELIVERED, row["id"], self.instance_id, status),
+                "webhook_delivered",
+                **fields,
+            )
             log.info("webhook_delivered", status=status, **fields)
             return
         label = str(status) if status is not None else (error or "error").split(":")[0]
         self.metrics.webhook_failures.labels(label).inc()
         delay = retry_delay_s(row["attempts"], self.settings.webhook_retry_base_s)
-        await until_written(lambda: self.pool.execute(
-            _FAILED, row["id"], self.instance_id, delay, self.settings.webhook_retry_for_s,
-            error, status), "webhook_failed", **fields)
+        await until_written(
+            lambda: self.pool.execute(
+                _FAILED, row["id"], self.instance_id, delay, self.settings.webhook_retry_for_s, error, status
+            ),
+            "webhook_failed",
+            **fields,
+        )
         log.warning("webhook_failed", status=status, error=error, retry_in_s=round(delay, 2), **fields)
 
-    async def _post(self, url: str, msg_id: str, body: bytes,
-                    secrets: list[str]) -> tuple[int | None, str | None]:
+    async def _post(
+        self, url: str, msg_id: str, body: bytes, secrets: list[str]
+    ) -> tuple[int | None, str | None]:
         """(status, None) for an answer, (None, why) for none. The answer's body is read up
         to MAX_ANSWER_BYTES and dropped: a receiver cannot make us hold more."""
         stamp = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": msg_id,
-                   "webhook-timestamp": str(stamp),
-                   "webhook-signature": signature_header(secrets, msg_id, stamp, body),
-                   "user-agent": "runner-webhooks"}
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": signature_header(secrets, msg_id, stamp, body),
+            "user-agent": "runner-webhooks",
+        }
         try:
             check_literal(url, allow_private=self.settings.webhook_allow_private)
             async with asyncio.timeout(self.settings.webhook_timeout_s):

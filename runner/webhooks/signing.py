@@ -38,7 +38,10 @@ async def current_secret(conn: asyncpg.Pool | asyncpg.Connection, owner: str) ->
             """WITH made AS (INSERT INTO webhook_secrets (owner, secret) VALUES ($1, $2)
                              ON CONFLICT (owner) DO NOTHING RETURNING secret)
                SELECT secret FROM made UNION ALL SELECT secret FROM webhook_secrets WHERE owner = $1
-               LIMIT 1""", owner, new_secret())
+               LIMIT 1""",
+            owner,
+            new_secret(),
+        )
         if secret is not None:
             return secret
         # Another request created it after this statement's snapshot: read it next time round.
@@ -50,7 +53,10 @@ async def rotate_secret(pool: asyncpg.Pool, owner: str) -> str:
         f"""INSERT INTO webhook_secrets (owner, secret) VALUES ($1, $2)
             ON CONFLICT (owner) DO UPDATE SET secret = EXCLUDED.secret,
                 previous = webhook_secrets.secret, previous_until = now() + interval '{ROTATION_OVERLAP}'
-            RETURNING secret""", owner, new_secret())
+            RETURNING secret""",
+        owner,
+        new_secret(),
+    )
     return secret
 
 
@@ -58,5 +64,6 @@ async def signing_secrets(conn: asyncpg.Pool | asyncpg.Connection, owner: str) -
     """Every secret a delivery is signed with now: the current one, and a rotated one still valid."""
     current = await current_secret(conn, owner)
     previous: str | None = await conn.fetchval(
-        "SELECT previous FROM webhook_secrets WHERE owner = $1 AND previous_until > now()", owner)
+        "SELECT previous FROM webhook_secrets WHERE owner = $1 AND previous_until > now()", owner
+    )
     return [current] if previous is None else [current, previous]

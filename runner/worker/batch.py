@@ -25,8 +25,15 @@ class Batcher(Generic[T, R]):
     batch fills up, an item is urgent, or flush_soon() is called), for writes nobody waits
     on: a stream of them then costs one statement per interval, not one per item."""
 
-    def __init__(self, name: str, flush: Callable[[list[T]], Awaitable[list[R]]], *,
-                 max_items: int = 500, max_in_flight: int = 2, linger_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        flush: Callable[[list[T]], Awaitable[list[R]]],
+        *,
+        max_items: int = 500,
+        max_in_flight: int = 2,
+        linger_s: float = 0.0,
+    ) -> None:
         self.name = name
         self._flush = flush
         self.max_items = max_items
@@ -69,7 +76,7 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         async with self._semaphore:
             self._scheduled = False
-            batch, self._pending = self._pending[: self.max_items], self._pending[self.max_items:]
+            batch, self._pending = self._pending[: self.max_items], self._pending[self.max_items :]
             if self._pending:
                 self.flush_soon()  # they have waited already
             if not batch:
@@ -116,8 +123,9 @@ class Batcher(Generic[T, R]):
                 loop = asyncio.get_running_loop()
                 if self._closing_at is not None and loop.time() - self._closing_at > CLOSING_RETRY_S:
                     raise
-                log.warning("batch_flush_retry", batch=self.name, items=len(items), attempt=attempt,
-                            error=repr(exc))
+                log.warning(
+                    "batch_flush_retry", batch=self.name, items=len(items), attempt=attempt, error=repr(exc)
+                )
             await asyncio.sleep(backoff_s(attempt))
 
     async def _flush_one(self, item: T) -> R | Exception:

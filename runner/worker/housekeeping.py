@@ -18,7 +18,8 @@ async def unclaimable(pool: asyncpg.Pool) -> dict[str, int]:
         """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.backends) b
            WHERE j.status = 'queued' AND NOT EXISTS (
                SELECT 1 FROM workers w WHERE w.lease_expires_at >= now() AND b = ANY(w.backends))
-           GROUP BY b""")
+           GROUP BY b"""
+    )
     return {r["backend"]: r["jobs"] for r in rows}
 
 
@@ -28,12 +29,14 @@ async def queue(pool: asyncpg.Pool) -> dict[str, tuple[int, float]]:
     rows = await pool.fetch(
         """SELECT b AS backend, count(*) AS jobs,
                   extract(epoch FROM now() - min(j.created_at))::float8 AS age
-           FROM jobs j, unnest(j.backends) b WHERE j.status = 'queued' GROUP BY b""")
+           FROM jobs j, unnest(j.backends) b WHERE j.status = 'queued' GROUP BY b"""
+    )
     return {r["backend"]: (r["jobs"], max(r["age"], 0.0)) for r in rows}
 
 
-async def note_waiting(pool: asyncpg.Pool, backends: list[str],
-                       notifier: Notifier | None = None) -> int | None:
+async def note_waiting(
+    pool: asyncpg.Pool, backends: list[str], notifier: Notifier | None = None
+) -> int | None:
     """Say in the audit trail of each queued job that needs one of `backends` (which no live
     instance has) why it waits: a `waiting` event, once per reason, which also reaches the
     wallet's event stream. The number noted; None if another instance is at it."""
@@ -52,7 +55,9 @@ async def note_waiting(pool: asyncpg.Pool, backends: list[str],
                        SELECT 1 FROM job_events e WHERE e.job_id = s.id AND e.kind = 'waiting'
                        AND e.detail->>'reason' = s.reason)
                    RETURNING job_id)
-               SELECT n.job_id, j.owner FROM noted n JOIN jobs j ON j.id = n.job_id""", backends)
+               SELECT n.job_id, j.owner FROM noted n JOIN jobs j ON j.id = n.job_id""",
+            backends,
+        )
     if notifier is not None:
         for row in noted:
             notifier.changed(row["job_id"], row["owner"])
@@ -88,5 +93,8 @@ async def delete_finished(pool: asyncpg.Pool, *, older_than_days: float, limit: 
                keys AS (DELETE FROM idempotency_keys WHERE job_id IN (SELECT id FROM old)),
                gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
                SELECT count(*) FROM gone""",
-            int(older_than_days), (older_than_days % 1) * 86400, limit)
+            int(older_than_days),
+            (older_than_days % 1) * 86400,
+            limit,
+        )
         return deleted

@@ -49,8 +49,13 @@ class LeaseKeeping:
         renewal period); jobs Postgres says run here that no task holds go back to the queue."""
         claims_before, claiming_before = self._claims_started, self._claiming
         try:
-            lost, unheld = await store.renew_lease(self.pool, self.manager.job_ids(), self.instance_id,
-                                                   self.settings.lease_s, self.capacity.backends)
+            lost, unheld = await store.renew_lease(
+                self.pool,
+                self.manager.job_ids(),
+                self.instance_id,
+                self.settings.lease_s,
+                self.capacity.backends,
+            )
         except BaseException:
             self._db_ok_since = None
             raise
@@ -77,19 +82,22 @@ class LeaseKeeping:
         for job_id in unheld:
             if job_id in busy or self.manager.is_running(job_id):
                 continue
-            if await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="not_held",
-                                               notifier=self.notifier):
+            if await store.requeue_interrupted(
+                self.pool, job_id, self.instance_id, reason="not_held", notifier=self.notifier
+            ):
                 log.warning("job_requeued", job_id=str(job_id), reason="not_held")
 
     async def _settle(self) -> None:
         """Finish jobs whose final write did not happen; requeue those still open."""
         job_ids = list(self.unsettled)
         self.unsettled.clear()
-        for job_id, (written, status) in zip(job_ids, await store.finalize(
-                self.pool, job_ids, self.instance_id, self.notifier), strict=True):
+        for job_id, (written, status) in zip(
+            job_ids, await store.finalize(self.pool, job_ids, self.instance_id, self.notifier), strict=True
+        ):
             if not written and status == "running":
-                await store.requeue_interrupted(self.pool, job_id, self.instance_id, reason="unsettled",
-                                                notifier=self.notifier)
+                await store.requeue_interrupted(
+                    self.pool, job_id, self.instance_id, reason="unsettled", notifier=self.notifier
+                )
                 log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
 
     async def requeue_expired(self) -> None:
@@ -98,9 +106,13 @@ class LeaseKeeping:
         loop = asyncio.get_running_loop()
         if self._db_ok_since is None or loop.time() - self._db_ok_since < self.settings.lease_s:
             return
-        rows = await store.requeue_expired(self.pool, max_attempts=self.settings.max_job_attempts,
-                                           lease_s=self.settings.lease_s, instance_id=self.instance_id,
-                                           notifier=self.notifier)
+        rows = await store.requeue_expired(
+            self.pool,
+            max_attempts=self.settings.max_job_attempts,
+            lease_s=self.settings.lease_s,
+            instance_id=self.instance_id,
+            notifier=self.notifier,
+        )
         for row in rows:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
 

@@ -26,8 +26,9 @@ class Slots:
         # again at once rather than at their next poll.
         self._freed: dict[str, asyncio.Event] = {}
 
-    async def take(self, execution_id: uuid.UUID, backend: str, total: int,
-                   job_id: uuid.UUID, owner: str) -> bool:
+    async def take(
+        self, execution_id: uuid.UUID, backend: str, total: int, job_id: uuid.UUID, owner: str
+    ) -> bool:
         """Wait for a slot and take it (the execution is then `running`); False if the
         execution was cancelled meanwhile."""
         attempt = 0
@@ -35,14 +36,16 @@ class Slots:
             freed = self._freed.setdefault(backend, asyncio.Event())
             outcome: str = await until_written(
                 lambda: self.pool.fetchval(TAKE, execution_id, backend, total),
-                "slot", execution_id=str(execution_id))
+                "slot",
+                execution_id=str(execution_id),
+            )
             if outcome != "full":
                 if outcome == "taken" and self.notifier is not None:
                     self.notifier.changed(job_id, owner)  # the execution is running now
                 return outcome == "taken"
             attempt += 1
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(POLL_MAX_S, 0.05 * 2 ** attempt)):
+                async with asyncio.timeout(min(POLL_MAX_S, 0.05 * 2**attempt)):
                     await freed.wait()
 
     def release(self, backend: str) -> None:

@@ -53,8 +53,15 @@ class Capacity:
     limits: dict[str, int]
 
 
-async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: float,
-                capacity: Capacity, notifier: Notifier | None = None) -> list[ClaimedJob]:
+async def claim(
+    pool: asyncpg.Pool,
+    *,
+    worker_id: str,
+    limit: int,
+    lease_s: float,
+    capacity: Capacity,
+    notifier: Notifier | None = None,
+) -> list[ClaimedJob]:
     """Claim up to `limit` queued jobs and mark their open executions running.
 
     Only jobs whose every backend this worker has (claim by capability). In turn over the
@@ -125,7 +132,13 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
                FILTER (WHERE open.id IS NOT NULL), '[]')::text AS executions
            FROM job LEFT JOIN open ON open.job_id = job.id
            GROUP BY job.id, job.owner, job.timeout_s, job.started_at, job.attempts""",
-        limit, worker_id, lease_s, capacity.backends, limited, [capacity.limits[b] for b in limited])
+        limit,
+        worker_id,
+        lease_s,
+        capacity.backends,
+        limited,
+        [capacity.limits[b] for b in limited],
+    )
     if notifier is not None:
         for r in rows:
             notifier.changed(r["id"], r["owner"])
@@ -133,19 +146,37 @@ async def claim(pool: asyncpg.Pool, *, worker_id: str, limit: int, lease_s: floa
     # loop): a claim of many big inputs decoded in one go held the loop for 100s of ms.
     return [
         ClaimedJob(
-            id=r["id"], owner=r["owner"], timeout_s=r["timeout_s"], started_at=r["started_at"],
+            id=r["id"],
+            owner=r["owner"],
+            timeout_s=r["timeout_s"],
+            started_at=r["started_at"],
             attempts=r["attempts"],
-            executions=[ClaimedExecution(uuid.UUID(e["id"]), e["backend"], e["input"],
-                                         e["remote_id"], e["attempts"], e["remote_urls"])
-                        for e in await jsontext.loads_async(r["executions"])],
+            executions=[
+                ClaimedExecution(
+                    uuid.UUID(e["id"]),
+                    e["backend"],
+                    e["input"],
+                    e["remote_id"],
+                    e["attempts"],
+                    e["remote_urls"],
+                )
+                for e in await jsontext.loads_async(r["executions"])
+            ],
         )
         for r in rows
     ]
 
 
-async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: str, attempts: int,
-                        *, cancel_grace_s: float, urls: dict[str, str] | None = None,
-                        notifier: Notifier | None = None) -> str:
+async def set_remote_id(
+    pool: asyncpg.Pool,
+    execution_id: uuid.UUID,
+    remote_id: str,
+    attempts: int,
+    *,
+    cancel_grace_s: float,
+    urls: dict[str, str] | None = None,
+    notifier: Notifier | None = None,
+) -> str:
     """Store the remote id (and the URLs the provider returned for the work) at once. If the
     execution was cancelled meanwhile, a cancel is owed."""
     owed = "status = 'cancelled' AND remote_cancel IS NULL"
@@ -153,7 +184,12 @@ async def set_remote_id(pool: asyncpg.Pool, execution_id: uuid.UUID, remote_id: 
         f"""UPDATE executions SET remote_id = $2, attempts = $3, remote_urls = $5::jsonb,
                {owe_remote_cancel(owed, "now() + make_interval(secs => $4)")}
            WHERE id = $1 RETURNING status, job_id, (SELECT owner FROM jobs WHERE id = job_id)""",
-        execution_id, remote_id, attempts, cancel_grace_s, urls)
+        execution_id,
+        remote_id,
+        attempts,
+        cancel_grace_s,
+        urls,
+    )
     if row is None:
         return "missing"
     if notifier is not None:
@@ -174,8 +210,9 @@ class ExecutionResult:
     gpu_seconds: float | None = None  # the provider's figure, or the time it ran here
 
 
-async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult], worker_id: str,
-                        notifier: Notifier | None = None) -> list[tuple[bool, str | None]]:
+async def write_results(
+    pool: asyncpg.Pool, results: list[ExecutionResult], worker_id: str, notifier: Notifier | None = None
+) -> list[tuple[bool, str | None]]:
     """Record execution results, each unless it is no longer running (a cancel won the race),
     and finish the jobs whose last open execution this was -- what `finalize` would do next,
     in the same statement and commit. One statement for the whole batch.
@@ -231,22 +268,36 @@ async def write_results(pool: asyncpg.Pool, results: list[ExecutionResult], work
            SELECT 'execution' AS kind, id, NULL AS status FROM ex
            UNION ALL SELECT 'job', id, status FROM job
            UNION ALL SELECT 'changed', c.job_id, j.owner FROM changed c JOIN jobs j ON j.id = c.job_id""",
-        [{"id": str(r.execution_id), "status": r.status, "output": r.output,
-          "error": None if r.error is None else readable(r.error),
-          "attempts": r.attempts, "owe": r.owe_remote_cancel, "gpu": r.gpu_seconds} for r in results],
-        worker_id, list({r.job_id for r in results}))
+        [
+            {
+                "id": str(r.execution_id),
+                "status": r.status,
+                "output": r.output,
+                "error": None if r.error is None else readable(r.error),
+                "attempts": r.attempts,
+                "owe": r.owe_remote_cancel,
+                "gpu": r.gpu_seconds,
+            }
+            for r in results
+        ],
+        worker_id,
+        list({r.job_id for r in results}),
+    )
     if notifier is not None:
         for row in rows:
             if row["kind"] == "changed":
                 notifier.changed(row["id"], row["status"])  # the owner, in that column
     written = {row["id"] for row in rows if row["kind"] == "execution"}
     finished = {row["id"]: row["status"] for row in rows if row["kind"] == "job"}
-    return [(r.execution_id in written, finished.get(r.job_id) if r.execution_id in written else None)
-            for r in results]
+    return [
+        (r.execution_id in written, finished.get(r.job_id) if r.execution_id in written else None)
+        for r in results
+    ]
 
 
-async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
-                   notifier: Notifier | None = None) -> list[tuple[bool, str]]:
+async def finalize(
+    pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str, notifier: Notifier | None = None
+) -> list[tuple[bool, str]]:
     """Give running jobs their final status from their executions, in one statement.
 
     For each job: (written, status) -- the status written, or the row's status when it was not
@@ -282,7 +333,9 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
             UNION ALL
             SELECT j.id, j.status, false, j.owner FROM jobs j
             WHERE j.id = ANY($1) AND j.id NOT IN (SELECT id FROM job)""",
-        job_ids, worker_id)
+        job_ids,
+        worker_id,
+    )
     if notifier is not None:
         for r in rows:
             if r["written"]:
@@ -291,8 +344,14 @@ async def finalize(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
     return [found.get(job_id, (False, "missing")) for job_id in job_ids]
 
 
-async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: str, *,
-                              reason: str = "shutdown", notifier: Notifier | None = None) -> bool:
+async def requeue_interrupted(
+    pool: asyncpg.Pool,
+    job_id: uuid.UUID,
+    worker_id: str,
+    *,
+    reason: str = "shutdown",
+    notifier: Notifier | None = None,
+) -> bool:
     """The job goes back to queued, keeping remote ids. Only a clean shutdown hands back the
     attempt it used: anything else that interrupts a job again and again must end in
     RUNNER_MAX_JOB_ATTEMPTS, never in a loop."""
@@ -311,7 +370,10 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
                                        'executions', (SELECT count(*) FROM ex))
                 FROM job)
             SELECT owner, backends FROM job""",
-        job_id, worker_id, reason)
+        job_id,
+        worker_id,
+        reason,
+    )
     if row is None:
         return False
     if notifier is not None:
@@ -320,8 +382,9 @@ async def requeue_interrupted(pool: asyncpg.Pool, job_id: uuid.UUID, worker_id: 
     return True
 
 
-async def renew_lease(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str,
-                      lease_s: float, backends: list[str]) -> tuple[dict[uuid.UUID, str], list[uuid.UUID]]:
+async def renew_lease(
+    pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str, lease_s: float, backends: list[str]
+) -> tuple[dict[uuid.UUID, str], list[uuid.UUID]]:
     """Renew this worker's lease (one row) and compare what Postgres says it holds with what
     it holds: returns the held jobs that are no longer ours (with their status), and the jobs
     Postgres says run here that are not among `job_ids`. A plain read: it takes no lock a
@@ -333,7 +396,11 @@ async def renew_lease(pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: s
             UNION ALL
             SELECT j.id, j.status, false FROM jobs j
             WHERE j.status = 'running' AND j.worker_id = $2 AND NOT j.id = ANY($1)""",
-        job_ids, worker_id, lease_s, backends)
+        job_ids,
+        worker_id,
+        lease_s,
+        backends,
+    )
     return ({r["id"]: r["status"] for r in rows if r["held"]}, [r["id"] for r in rows if not r["held"]])
 
 
@@ -342,8 +409,15 @@ async def end_lease(pool: asyncpg.Pool, worker_id: str) -> None:
     await pool.execute("DELETE FROM workers WHERE id = $1", worker_id)
 
 
-async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: float, instance_id: str,
-                          limit: int = 500, notifier: Notifier | None = None) -> list[asyncpg.Record]:
+async def requeue_expired(
+    pool: asyncpg.Pool,
+    *,
+    max_attempts: int,
+    lease_s: float,
+    instance_id: str,
+    limit: int = 500,
+    notifier: Notifier | None = None,
+) -> list[asyncpg.Record]:
     """Requeue running jobs whose lease expired (their instance died); fail those out of attempts.
     Never the caller's own: after a stall its lease may have lapsed, but what it holds it
     judges itself, at its next renewal (jobs no task holds go back to the queue there).
@@ -388,7 +462,11 @@ async def requeue_expired(pool: asyncpg.Pool, *, max_attempts: int, lease_s: flo
                                        'attempts', attempts)
                 FROM job)
             SELECT id, status, owner, backends FROM job""",
-        max_attempts, limit, lease_s, instance_id)
+        max_attempts,
+        limit,
+        lease_s,
+        instance_id,
+    )
     if notifier is not None:
         for r in rows:
             notifier.changed(r["id"], r["owner"])

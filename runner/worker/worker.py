@@ -40,10 +40,20 @@ EMPTY_CLAIM_COOLDOWN_S = 0.1  # after a claim that found nothing (River's fetch 
 
 
 class Worker(LeaseKeeping):
-    def __init__(self, *, pool: asyncpg.Pool, settings: Settings, instance_id: str,
-                 manager: JobContextManager, backends: Mapping[str, Backend],
-                 canceller: Canceller, remote: RemoteCanceller, metrics: Metrics,
-                 supervisor: Supervisor, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        instance_id: str,
+        manager: JobContextManager,
+        backends: Mapping[str, Backend],
+        canceller: Canceller,
+        remote: RemoteCanceller,
+        metrics: Metrics,
+        supervisor: Supervisor,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.pool = pool
         self.notifier = notifier
         self.settings = settings
@@ -58,16 +68,19 @@ class Worker(LeaseKeeping):
         self.job_tasks: set[asyncio.Task[None]] = set()
         self.supervisor = supervisor  # owns the short tasks beside the jobs (timeouts, re-checks)
         self.capacity = store.Capacity(
-            sorted(backends), {name: b.spec.concurrency for name, b in backends.items()
-                               if b.spec.concurrency is not None})
+            sorted(backends),
+            {name: b.spec.concurrency for name, b in backends.items() if b.spec.concurrency is not None},
+        )
         self._have = frozenset(self.capacity.backends)
         self.slots = Slots(pool, notifier)
         # Completions are batched: one statement (and one WAL flush) for many jobs; it also
         # finishes the jobs whose last execution it records.
         self.results: Batcher[store.ExecutionResult, tuple[bool, str | None]] = Batcher(
-            "execution_results", lambda items: store.write_results(pool, items, instance_id, notifier))
+            "execution_results", lambda items: store.write_results(pool, items, instance_id, notifier)
+        )
         self.finals: Batcher[uuid.UUID, tuple[bool, str]] = Batcher(
-            "finalize", lambda ids: store.finalize(pool, ids, instance_id, notifier))
+            "finalize", lambda ids: store.finalize(pool, ids, instance_id, notifier)
+        )
         self.stops = StopRecorder(pool, instance_id, canceller, metrics, supervisor.track, notifier)
         # Jobs whose task ended but whose final write did not happen (an execution's result
         # could not be written): retried with the lease renewal, then requeued.
@@ -100,9 +113,14 @@ class Worker(LeaseKeeping):
             self._claiming = True
             self._claims_started += 1
             try:
-                jobs = await store.claim(self.pool, worker_id=self.instance_id, limit=want,
-                                         lease_s=self.settings.lease_s, capacity=self.capacity,
-                                         notifier=self.notifier)
+                jobs = await store.claim(
+                    self.pool,
+                    worker_id=self.instance_id,
+                    limit=want,
+                    lease_s=self.settings.lease_s,
+                    capacity=self.capacity,
+                    notifier=self.notifier,
+                )
                 failures = 0
             except DATABASE_ERRORS as exc:
                 self._claiming = False
@@ -163,14 +181,18 @@ class Worker(LeaseKeeping):
         jlog = log.bind(job_id=str(job.id), wallet=job.owner)
         jlog.info("job_started", attempt=job.attempts, executions=len(job.executions))
         remaining = self._remaining(job)
-        timer = (asyncio.get_running_loop().call_later(remaining, self._time_out, job.id)
-                 if remaining is not None else None)
+        timer = (
+            asyncio.get_running_loop().call_later(remaining, self._time_out, job.id)
+            if remaining is not None
+            else None
+        )
         try:
             for execution in job.executions:
                 # An execution cancelled before its task exists is skipped (the row says so).
                 if execution.id not in ctx.execution_reasons:
                     ctx.executions[execution.id] = asyncio.create_task(
-                        self._run_execution(ctx, job, execution, jlog), name=f"execution-{execution.id}")
+                        self._run_execution(ctx, job, execution, jlog), name=f"execution-{execution.id}"
+                    )
             if ctx.executions:
                 # Awaited directly, so cancelling this task cancels every execution and
                 # resumes only once they have all cleaned up (remote cancels sent).
@@ -210,8 +232,9 @@ class Worker(LeaseKeeping):
         """timeout_s ran out: the same path as a user's cancel (row, audit, NOTIFY, task)."""
         log.info("job_timed_out", job_id=str(job_id))
         try:
-            await self.canceller.cancel_job(job_id, actor="system", admin=True, reason="timeout",
-                                            stop=StopReason.TIMEOUT)
+            await self.canceller.cancel_job(
+                job_id, actor="system", admin=True, reason="timeout", stop=StopReason.TIMEOUT
+            )
         except JobError:
             pass  # it finished in the meantime
         except DATABASE_ERRORS:
@@ -226,45 +249,71 @@ class Worker(LeaseKeeping):
     async def _requeue(self, job: store.ClaimedJob, jlog: Any) -> None:
         """This instance is stopping: the job goes back to the queue for another."""
         try:
-            requeued = await store.requeue_interrupted(self.pool, job.id, self.instance_id,
-                                                       notifier=self.notifier)
+            requeued = await store.requeue_interrupted(
+                self.pool, job.id, self.instance_id, notifier=self.notifier
+            )
             jlog.info("job_requeued", reason="shutdown", requeued=requeued)
         except Exception:
             jlog.exception("job_requeue_failed")
 
     # -- one execution -----------------------------------------------------------------------
 
-    async def _run_execution(self, ctx: JobContext, job: store.ClaimedJob,
-                             execution: store.ClaimedExecution, jlog: Any) -> None:
+    async def _run_execution(
+        self, ctx: JobContext, job: store.ClaimedJob, execution: store.ClaimedExecution, jlog: Any
+    ) -> None:
         xlog = jlog.bind(execution_id=str(execution.id), backend=execution.backend)
         backend = self.backends.get(execution.backend)
         if backend is None:
-            await self._write_result(ctx, store.ExecutionResult(
-                job.id, execution.id, "failed", None, attempts=execution.attempts,
-                error=f"backend {execution.backend!r} is not configured on this instance"))
+            await self._write_result(
+                ctx,
+                store.ExecutionResult(
+                    job.id,
+                    execution.id,
+                    "failed",
+                    None,
+                    attempts=execution.attempts,
+                    error=f"backend {execution.backend!r} is not configured on this instance",
+                ),
+            )
             return
 
         async def on_remote_id(remote_id: str, attempts: int, urls: dict[str, str] | None) -> None:
             # Kept until Postgres has it: without it, only this task could cancel the work.
             await until_written(
-                lambda: store.set_remote_id(self.pool, execution.id, remote_id, attempts,
-                                            cancel_grace_s=self.settings.lease_renew_s, urls=urls,
-                                            notifier=self.notifier),
-                "remote_id", execution_id=str(execution.id))
+                lambda: store.set_remote_id(
+                    self.pool,
+                    execution.id,
+                    remote_id,
+                    attempts,
+                    cancel_grace_s=self.settings.lease_renew_s,
+                    urls=urls,
+                    notifier=self.notifier,
+                ),
+                "remote_id",
+                execution_id=str(execution.id),
+            )
             xlog.info("remote_id_stored", remote_id=remote_id)
 
         def on_unknown_status(status: str) -> None:
             self.metrics.remote_unknown_statuses.labels(execution.backend).inc()
 
         deadlines = [d for d in (self._remaining(job), backend.spec.deadline_s) if d is not None]
-        call = ExecutionCall(job.id, execution.id, execution.input, remote_id=execution.remote_id,
-                             attempts=execution.attempts, on_remote_id=on_remote_id,
-                             deadline_s=min(deadlines) if deadlines else None,
-                             remote_urls=execution.remote_urls, on_unknown_status=on_unknown_status)
+        call = ExecutionCall(
+            job.id,
+            execution.id,
+            execution.input,
+            remote_id=execution.remote_id,
+            attempts=execution.attempts,
+            on_remote_id=on_remote_id,
+            deadline_s=min(deadlines) if deadlines else None,
+            remote_urls=execution.remote_urls,
+            on_unknown_status=on_unknown_status,
+        )
         slots = backend.spec.concurrency
         # Waiting for a turn at a limited backend: a cancel meanwhile ends it, nothing was sent.
-        if slots is not None and not await self.slots.take(execution.id, execution.backend, slots,
-                                                           job.id, job.owner):
+        if slots is not None and not await self.slots.take(
+            execution.id, execution.backend, slots, job.id, job.owner
+        ):
             return
         try:
             await self._run_call(ctx, job, execution, backend, call, xlog)
@@ -272,8 +321,15 @@ class Worker(LeaseKeeping):
             if slots is not None:
                 self.slots.release(execution.backend)
 
-    async def _run_call(self, ctx: JobContext, job: store.ClaimedJob, execution: store.ClaimedExecution,
-                        backend: Backend, call: ExecutionCall, xlog: Any) -> None:
+    async def _run_call(
+        self,
+        ctx: JobContext,
+        job: store.ClaimedJob,
+        execution: store.ClaimedExecution,
+        backend: Backend,
+        call: ExecutionCall,
+        xlog: Any,
+    ) -> None:
         began = time.monotonic()
 
         def spent() -> float:
@@ -287,8 +343,11 @@ class Worker(LeaseKeeping):
                 ctx.spent[execution.id] = spent()
             if await self._backend_must_be_told(ctx, execution.id, backend, call):
                 try:
-                    await asyncio.shield(self.remote.send(job.id, execution.id, execution.backend,
-                                                          call.remote_id, call.remote_urls))
+                    await asyncio.shield(
+                        self.remote.send(
+                            job.id, execution.id, execution.backend, call.remote_id, call.remote_urls
+                        )
+                    )
                 except Exception:
                     # The cancel stays owed ("pending"): the sweeper sends it. Whatever went
                     # wrong here must not replace the CancelledError.
@@ -297,36 +356,77 @@ class Worker(LeaseKeeping):
         except BackendError as exc:
             # Work the provider reported over (or forgot) is owed no cancel.
             owes = backend.spec.can_cancel(call.remote_id) and not exc.work_over
-            written = await self._write_result(ctx, store.ExecutionResult(
-                job.id, execution.id, "failed", None, error=str(exc), attempts=call.attempts,
-                owe_remote_cancel=owes, gpu_seconds=spent()), execution.backend)
+            written = await self._write_result(
+                ctx,
+                store.ExecutionResult(
+                    job.id,
+                    execution.id,
+                    "failed",
+                    None,
+                    error=str(exc),
+                    attempts=call.attempts,
+                    owe_remote_cancel=owes,
+                    gpu_seconds=spent(),
+                ),
+                execution.backend,
+            )
             xlog.info("execution_failed", error=str(exc), written=written)
             if written and owes:
                 # It failed on our side (an answer we cannot use): the GPU may still run.
-                await self.remote.send(job.id, execution.id, execution.backend, call.remote_id,
-                                       call.remote_urls)
+                await self.remote.send(
+                    job.id, execution.id, execution.backend, call.remote_id, call.remote_urls
+                )
             return
         except Exception as exc:
             xlog.exception("execution_crashed")
-            await self._write_result(ctx, store.ExecutionResult(
-                job.id, execution.id, "failed", None, attempts=call.attempts,
-                error=f"internal error in the runner ({type(exc).__name__}); it has been logged"))
+            await self._write_result(
+                ctx,
+                store.ExecutionResult(
+                    job.id,
+                    execution.id,
+                    "failed",
+                    None,
+                    attempts=call.attempts,
+                    error=f"internal error in the runner ({type(exc).__name__}); it has been logged",
+                ),
+            )
             return
         try:
             await storable.check_async(output)
         except Unstorable as exc:
-            written = await self._write_result(ctx, store.ExecutionResult(
-                job.id, execution.id, "failed", None, attempts=call.attempts,
-                error=f"the backend's reply cannot be stored: {exc}", gpu_seconds=spent()), execution.backend)
+            written = await self._write_result(
+                ctx,
+                store.ExecutionResult(
+                    job.id,
+                    execution.id,
+                    "failed",
+                    None,
+                    attempts=call.attempts,
+                    error=f"the backend's reply cannot be stored: {exc}",
+                    gpu_seconds=spent(),
+                ),
+                execution.backend,
+            )
             xlog.warning("execution_reply_unstorable", error=str(exc), written=written)
             return
-        written = await self._write_result(ctx, store.ExecutionResult(
-            job.id, execution.id, "completed", output, error=None, attempts=call.attempts,
-            gpu_seconds=spent()), execution.backend)
+        written = await self._write_result(
+            ctx,
+            store.ExecutionResult(
+                job.id,
+                execution.id,
+                "completed",
+                output,
+                error=None,
+                attempts=call.attempts,
+                gpu_seconds=spent(),
+            ),
+            execution.backend,
+        )
         xlog.debug("execution_completed", written=written)
 
-    async def _backend_must_be_told(self, ctx: JobContext, execution_id: uuid.UUID, backend: Backend,
-                                    call: ExecutionCall) -> bool:
+    async def _backend_must_be_told(
+        self, ctx: JobContext, execution_id: uuid.UUID, backend: Backend, call: ExecutionCall
+    ) -> bool:
         """Whether an execution's task, stopping, tells the backend to stop: for a cancel that
         landed (or whose statement failed: the caller meant it), when a cancel can reach the
         work; for a shutdown, an http call with a cancel_url -- it has no remote id to resume
@@ -337,11 +437,15 @@ class Worker(LeaseKeeping):
             return call.remote_id is None and backend.spec.cancels_without_remote_id
         if reason is None or not reason.is_cancel or not backend.spec.can_cancel(call.remote_id):
             return False
-        return (own_reason is not None or ctx.pending_cancel is None
-                or await self.stops.cancel_landed(ctx.pending_cancel) is not False)
+        return (
+            own_reason is not None
+            or ctx.pending_cancel is None
+            or await self.stops.cancel_landed(ctx.pending_cancel) is not False
+        )
 
-    async def _write_result(self, ctx: JobContext, result: store.ExecutionResult,
-                            backend: str | None = None) -> bool:
+    async def _write_result(
+        self, ctx: JobContext, result: store.ExecutionResult, backend: str | None = None
+    ) -> bool:
         """Record an execution's result; True if written. Noted on the job when the same
         statement finished the job. A result Postgres refuses for good is recorded as the
         execution's failure, saying why: the work is never done again for it."""
@@ -350,11 +454,20 @@ class Worker(LeaseKeeping):
         except Exception as exc:
             if not is_database_error(exc) or is_transient(exc):
                 raise
-            log.error("result_refused", job_id=str(result.job_id), execution_id=str(result.execution_id),
-                      error=repr(exc))
-            written, final_status = await self.results.submit(dataclasses.replace(
-                result, status="failed", output=None,
-                error=f"the runner could not store this execution's result: {exc}"))
+            log.error(
+                "result_refused",
+                job_id=str(result.job_id),
+                execution_id=str(result.execution_id),
+                error=repr(exc),
+            )
+            written, final_status = await self.results.submit(
+                dataclasses.replace(
+                    result,
+                    status="failed",
+                    output=None,
+                    error=f"the runner could not store this execution's result: {exc}",
+                )
+            )
         if final_status is not None:
             ctx.final_status = final_status
         if written and backend is not None and result.gpu_seconds is not None:

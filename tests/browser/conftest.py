@@ -25,8 +25,16 @@ from tests.wallets import Wallet
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # The closed network refuses Chromium's own background connections; these keep it quiet.
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 expect.set_options(timeout=10_000)
 
 
@@ -45,8 +53,10 @@ def chromium_path() -> str | None:
 async def browser() -> AsyncIterator[Browser]:
     path = chromium_path()
     if path is None:
-        reason = ("no Chromium for the browser tests: `apt-get install chromium`, "
-                  "or set RUNNER_TEST_CHROMIUM to a Chromium or Chrome binary")
+        reason = (
+            "no Chromium for the browser tests: `apt-get install chromium`, "
+            "or set RUNNER_TEST_CHROMIUM to a Chromium or Chrome binary"
+        )
         if os.environ.get("RUNNER_REQUIRE_BROWSER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -127,12 +137,22 @@ Signer = Callable[[str], str]  # a message's text -> its signature, as personal_
 def _key_signer(wallet: Wallet) -> Signer:
     def sign(text: str) -> str:
         return "0x" + bytes(wallet.account.sign_message(encode_defunct(text=text)).signature).hex()
+
     return sign
 
 
-async def open_portal(cluster: Cluster, browser: Browser, http: aiohttp.ClientSession,
-                      wallets: list[Wallet], *, width: int = 1280, height: int = 900, chain_id: int = 1,
-                      contract_wallets: Mapping[str, Signer] | None = None, **changes: Any) -> Portal:
+async def open_portal(
+    cluster: Cluster,
+    browser: Browser,
+    http: aiohttp.ClientSession,
+    wallets: list[Wallet],
+    *,
+    width: int = 1280,
+    height: int = 900,
+    chain_id: int = 1,
+    contract_wallets: Mapping[str, Signer] | None = None,
+    **changes: Any,
+) -> Portal:
     """The portal with test wallets in the browser: keys (`wallets`), and contract wallets
     (address -> signer) after them; `changes` go to the service's settings."""
     port = free_port()
@@ -148,13 +168,23 @@ async def open_portal(cluster: Cluster, browser: Browser, http: aiohttp.ClientSe
         return signers[address.lower()](text)
 
     await context.expose_binding("__testWalletSign", sign)
-    described = [{"uuid": f"wallet-{n}", "name": f"Test Wallet {n + 1}", "rdns": f"test.wallet{n}",
-                  "address": address, "chainId": hex(chain_id)} for n, address in enumerate(signers)]
+    described = [
+        {
+            "uuid": f"wallet-{n}",
+            "name": f"Test Wallet {n + 1}",
+            "rdns": f"test.wallet{n}",
+            "address": address,
+            "chainId": hex(chain_id),
+        }
+        for n, address in enumerate(signers)
+    ]
     await context.add_init_script(WALLET_SCRIPT % json.dumps(described))
     # A failed load (a 401 before sign-in) is logged by the browser too; what counts here is
     # what the page would break on: a refused script or style, or an uncaught error.
-    portal.page.on("console", lambda msg: msg.type == "error" and "Refused to" in msg.text
-                   and portal.problems.append(msg.text))
+    portal.page.on(
+        "console",
+        lambda msg: msg.type == "error" and "Refused to" in msg.text and portal.problems.append(msg.text),
+    )
     portal.page.on("pageerror", lambda exc: portal.problems.append(str(exc)))
     return portal
 

@@ -27,7 +27,9 @@ async def _running(portal: Portal, job: dict[str, Any], fake: FakeProviders) -> 
     return execution_id
 
 
-async def test_sign_in_submit_watch_and_cancel_through_the_dialog(portal: Portal, fake_gpu: FakeProviders) -> None:
+async def test_sign_in_submit_watch_and_cancel_through_the_dialog(
+    portal: Portal, fake_gpu: FakeProviders
+) -> None:
     page = await portal.sign_in()
     # Signed in: the short checksummed address, a Sign out button, a message for this host.
     address = portal.wallet.address
@@ -110,7 +112,9 @@ async def test_cancel_one_execution_and_the_rest_go_on(portal: Portal, fake_gpu:
     await expect(row).to_have_attribute("data-status", "cancelled")
     assert not fake_gpu.web.closed[second].is_set()
     await expect(portal.job(job["id"])).to_have_attribute("data-status", "running")
-    await expect(page.locator(f'li[data-execution-id="{second}"]')).to_have_attribute("data-status", "running")
+    await expect(page.locator(f'li[data-execution-id="{second}"]')).to_have_attribute(
+        "data-status", "running"
+    )
 
 
 async def test_cancel_all_after_a_confirmation(portal: Portal, fake_gpu: FakeProviders) -> None:
@@ -172,8 +176,9 @@ async def test_output_and_error_on_demand(portal: Portal, fake_gpu: FakeProvider
 async def test_api_errors_are_shown_as_their_message(portal: Portal, http: aiohttp.ClientSession) -> None:
     page = await portal.sign_in()
     api = await portal.api()
-    status, refusal = await api.call("POST", "/jobs", json={
-        "executions": [{"backend": "demo", "input": {}}], "timeout_s": 100000})
+    status, refusal = await api.call(
+        "POST", "/jobs", json={"executions": [{"backend": "demo", "input": {}}], "timeout_s": 100000}
+    )
     assert status == 400
     await page.get_by_label("Input (JSON)").fill("{}")
     await page.get_by_label("Timeout in seconds (optional)").fill("100000")
@@ -202,7 +207,7 @@ async def test_load_more_pages_through_older_jobs(portal: Portal, fake_gpu: Fake
     await page.get_by_role("button", name="Load more").click()
     await expect(jobs).to_have_count(23)
     await expect(page.get_by_role("button", name="Load more")).to_be_hidden()
-    created = [await page.locator('[data-job-id]').nth(i).get_attribute("data-job-id") for i in range(23)]
+    created = [await page.locator("[data-job-id]").nth(i).get_attribute("data-job-id") for i in range(23)]
     status, listed = await api.call("GET", "/jobs?limit=50")
     assert status == 200
     assert created == [job["id"] for job in listed["jobs"]]  # newest first, as the API lists
@@ -215,8 +220,9 @@ async def test_a_narrow_viewport_never_scrolls_sideways(
     try:
         page = await portal.sign_in()
         api = await portal.api()
-        job = await api.submit(HOLD, {"backend": "gpu", "input": {"mode": "hold", "note": "x" * 300},
-                                      "name": "a-long-name-" * 5})
+        job = await api.submit(
+            HOLD, {"backend": "gpu", "input": {"mode": "hold", "note": "x" * 300}, "name": "a-long-name-" * 5}
+        )
         for execution in job["executions"]:
             await wait_event(fake_gpu.web.started[execution["id"]])
         await expect(portal.job(job["id"]).locator('li[data-status="running"]')).to_have_count(2)
@@ -226,13 +232,16 @@ async def test_a_narrow_viewport_never_scrolls_sideways(
         # element is rebuilt whenever the stream brings a change).
         cancel = portal.job(job["id"]).get_by_role("button", name="Cancel", exact=True)
         left, right = await cancel.evaluate(
-            "b => { b.scrollIntoView(); const r = b.getBoundingClientRect(); return [r.left, r.right]; }")
+            "b => { b.scrollIntoView(); const r = b.getBoundingClientRect(); return [r.left, r.right]; }"
+        )
         assert 0 <= left < right <= 375, (left, right)
     finally:
         await portal.context.close()
 
 
-async def test_a_reload_keeps_the_list_and_acting_asks_the_wallet_again(portal: Portal, fake_gpu: FakeProviders) -> None:
+async def test_a_reload_keeps_the_list_and_acting_asks_the_wallet_again(
+    portal: Portal, fake_gpu: FakeProviders
+) -> None:
     page = await portal.sign_in()
     job = await (await portal.api()).submit(HOLD)
     execution_id = await _running(portal, job, fake_gpu)
@@ -287,11 +296,16 @@ async def test_the_page_is_same_origin_only_under_a_strict_policy(portal: Portal
 async def test_eip55_checksums_match_eth_account(portal: Portal) -> None:
     page = await portal.open()
     addresses = [Wallet().address for _ in range(20)] + [
-        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
-        "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB", "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb"]
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+        "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+        "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+    ]
     got = await page.evaluate(
         "async (xs) => { const w = await import('/portal/js/wallet.js');"
-        " return xs.map((x) => w.toChecksumAddress(x.toLowerCase())); }", addresses)
+        " return xs.map((x) => w.toChecksumAddress(x.toLowerCase())); }",
+        addresses,
+    )
     assert got == addresses
 
 
@@ -312,9 +326,14 @@ async def test_screenshot_of_the_page(portal: Portal, fake_gpu: FakeProviders, t
     await expect(portal.job(cancelled["id"]).locator(".audit")).to_contain_text("cancelled")
     await expect(page.locator(".spend-total")).not_to_have_text("0.00 GPU-s")  # the cancelled job's spend
     # No stray text (a "null" once) between a job's parts.
-    assert await page.locator(".job").evaluate_all("js => js.every(j => [...j.childNodes].every(n => n.nodeType === 1))")
-    target = (Path(__file__).parents[2] / "docs" / "portal.png"
-              if os.environ.get("RUNNER_UPDATE_SCREENSHOT") == "1" else tmp_path / "portal.png")
+    assert await page.locator(".job").evaluate_all(
+        "js => js.every(j => [...j.childNodes].every(n => n.nodeType === 1))"
+    )
+    target = (
+        Path(__file__).parents[2] / "docs" / "portal.png"
+        if os.environ.get("RUNNER_UPDATE_SCREENSHOT") == "1"
+        else tmp_path / "portal.png"
+    )
     target.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(target), full_page=True)
     assert target.read_bytes().startswith(b"\x89PNG") and target.stat().st_size > 20_000
@@ -364,8 +383,10 @@ async def test_the_page_follows_the_systems_scheme_and_motion(portal: Portal) ->
     assert light != dark, (light, dark)
     assert sum(int(c) for c in dark[4:-1].split(",")) < sum(int(c) for c in light[4:-1].split(","))
     # A toast slides in, unless the system asks for less motion.
-    toast = "(() => { const t = document.createElement('p'); t.className = 'toast';"\
-            " document.getElementById('toasts').append(t); return getComputedStyle(t).animationName; })()"
+    toast = (
+        "(() => { const t = document.createElement('p'); t.className = 'toast';"
+        " document.getElementById('toasts').append(t); return getComputedStyle(t).animationName; })()"
+    )
     await page.emulate_media(reduced_motion="no-preference")
     assert await page.evaluate(toast) == "toast-in"
     await page.emulate_media(reduced_motion="reduce")

@@ -14,7 +14,8 @@ from tests.wallets import Wallet
 
 
 async def test_without_a_wallet_a_lasting_note_names_wallets_and_the_cli(
-        cluster: Cluster, browser: Browser, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, browser: Browser, http: aiohttp.ClientSession
+) -> None:
     portal = await open_portal(cluster, browser, http, [], width=375, height=740)
     try:
         page = await portal.open()
@@ -33,7 +34,8 @@ async def test_without_a_wallet_a_lasting_note_names_wallets_and_the_cli(
 
 @pytest.mark.parametrize(("width", "jobs_first"), [(375, True), (1280, False)])
 async def test_at_narrow_widths_the_jobs_come_before_the_form(
-        cluster: Cluster, browser: Browser, http: aiohttp.ClientSession, width: int, jobs_first: bool) -> None:
+    cluster: Cluster, browser: Browser, http: aiohttp.ClientSession, width: int, jobs_first: bool
+) -> None:
     portal = await open_portal(cluster, browser, http, [Wallet()], width=width, height=800)
     try:
         page = await portal.sign_in()
@@ -50,8 +52,9 @@ async def test_at_narrow_widths_the_jobs_come_before_the_form(
 
 async def test_toasts_collapse_to_the_latest_two(portal: Portal) -> None:
     page = await portal.open()
-    await page.evaluate("import('/portal/js/dialogs.js').then((m) => "
-                        "{ for (const n of [1, 2, 3, 4]) m.toast(`note ${n}`); })")
+    await page.evaluate(
+        "import('/portal/js/dialogs.js').then((m) => { for (const n of [1, 2, 3, 4]) m.toast(`note ${n}`); })"
+    )
     toasts = page.locator("#toasts .toast")
     await expect(toasts).to_have_count(2)
     await expect(toasts.last).to_have_text("note 4")

@@ -16,9 +16,7 @@ from tests.conftest import Cluster
 
 
 @pytest.fixture
-async def client(
-    dsn: str, settings: Settings
-) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def client(dsn: str, settings: Settings) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     pool = await create_pool(dsn, 2)
     app = create_app(Runtime(settings=settings, dsn=dsn, pool=pool))
 
@@ -52,8 +50,7 @@ async def test_unexpected_exception_is_json_500_without_trace(
         resp = await client.get("/boom")
     assert resp.status == 500
     body = await resp.json()
-    assert body == {"ok": False, "error": "internal_error",
-                    "message": "internal error; it has been logged"}
+    assert body == {"ok": False, "error": "internal_error", "message": "internal error; it has been logged"}
     assert resp.headers["X-Request-Id"]
     assert "secret" not in await resp.text()
     [entry] = [e for e in logs if e["event"] == "unhandled_error"]

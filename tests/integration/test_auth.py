@@ -43,20 +43,18 @@ async def test_valid_login_opens_a_session(http: aiohttp.ClientSession, base_url
     assert status == 200
     assert body["address"] == wallet.address  # EIP-55 checksummed
     assert body["expires_at"].endswith("Z") and len(body["token"]) >= 32
-    async with http.get(f"{base_url}/auth/me",
-                        headers={"Authorization": f"Bearer {body['token']}"}) as resp:
+    async with http.get(f"{base_url}/auth/me", headers={"Authorization": f"Bearer {body['token']}"}) as resp:
         assert resp.status == 200
         me = await resp.json()
     assert me == {"address": wallet.address, "admin": False, "expires_at": body["expires_at"]}
 
 
-async def test_login_sets_the_session_cookie_for_get_only(
-    http: aiohttp.ClientSession, base_url: str
-) -> None:
+async def test_login_sets_the_session_cookie_for_get_only(http: aiohttp.ClientSession, base_url: str) -> None:
     wallet = Wallet()
     text = wallet.message(await get_nonce(http, base_url)).to_text()
-    async with http.post(f"{base_url}/auth/login",
-                         json={"message": text, "signature": wallet.sign(text)}) as resp:
+    async with http.post(
+        f"{base_url}/auth/login", json={"message": text, "signature": wallet.sign(text)}
+    ) as resp:
         assert resp.status == 200
         cookie = resp.cookies["runner_session"]
     assert cookie["httponly"] is True
@@ -97,9 +95,7 @@ async def test_replayed_nonce_is_refused(http: aiohttp.ClientSession, base_url: 
     assert await _refused(http, base_url, text, sig) == "invalid_nonce"
 
 
-async def test_nonce_not_issued_here_is_refused(
-    http: aiohttp.ClientSession, base_url: str
-) -> None:
+async def test_nonce_not_issued_here_is_refused(http: aiohttp.ClientSession, base_url: str) -> None:
     wallet = Wallet()
     text = wallet.message("NeverIssued123").to_text()
     assert await _refused(http, base_url, text, wallet.sign(text)) == "invalid_nonce"
@@ -129,9 +125,7 @@ async def test_bad_message_is_refused_and_nonce_survives(
     assert (await login(http, base_url, good, wallet.sign(good)))[0] == 200
 
 
-async def test_issued_at_within_skew_is_accepted(
-    http: aiohttp.ClientSession, base_url: str
-) -> None:
+async def test_issued_at_within_skew_is_accepted(http: aiohttp.ClientSession, base_url: str) -> None:
     wallet = Wallet()
     issued = _ts(datetime.now(UTC) + timedelta(seconds=30))
     text = wallet.message(await get_nonce(http, base_url), issued_at=issued).to_text()
@@ -157,9 +151,7 @@ async def test_garbage_message_is_refused(http: aiohttp.ClientSession, base_url:
         assert await _refused(http, base_url, garbage, wallet.sign(garbage)) == "invalid_message"
 
 
-async def test_malformed_bodies_are_400_or_415(
-    http: aiohttp.ClientSession, base_url: str
-) -> None:
+async def test_malformed_bodies_are_400_or_415(http: aiohttp.ClientSession, base_url: str) -> None:
     cases: list[tuple[dict[str, object], int]] = [
         ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400),
         ({"json": ["message", "signature"]}, 400),
@@ -176,7 +168,9 @@ async def test_malformed_bodies_are_400_or_415(
             assert body["error"] == expected, body
 
 
-async def test_chain_not_accepted(cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+async def test_chain_not_accepted(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start("all", settings.replace(siwe_chain_ids=frozenset({10})))
     base = f"http://127.0.0.1:{rt.port}"
     wallet = Wallet()
@@ -201,22 +195,20 @@ async def test_concurrent_logins_with_one_message_succeed_once(
 async def test_logout_revokes_the_token(http: aiohttp.ClientSession, base_url: str) -> None:
     token = await sign_in(http, base_url, Wallet())
     assert await _me(http, base_url, token) == 200
-    async with http.post(f"{base_url}/auth/logout",
-                         headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with http.post(f"{base_url}/auth/logout", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 200
     assert await _me(http, base_url, token) == 401
 
 
-async def test_logout_is_seen_by_another_instance_within_a_second(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, service: Runtime
+async def test_logout_is_seen_by_another_instance_within_a_second(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession, service: Runtime
 ) -> None:
     other = await cluster.start("api")
     a = f"http://127.0.0.1:{service.port}"
     b = f"http://127.0.0.1:{other.port}"
     token = await sign_in(http, a, Wallet())
     assert await _me(http, b, token) == 200  # now cached on B
-    async with http.post(f"{a}/auth/logout",
-                         headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with http.post(f"{a}/auth/logout", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 200
     revoked_at = time.monotonic()
     while await _me(http, b, token) == 200:
@@ -224,9 +216,13 @@ async def test_logout_is_seen_by_another_instance_within_a_second(cluster: Clust
         await asyncio.sleep(0.01)
 
 
-async def test_logout_evicts_the_token_elsewhere_through_its_notify(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, service: Runtime,
-    monkeypatch: pytest.MonkeyPatch
+async def test_logout_evicts_the_token_elsewhere_through_its_notify(
+    cluster: Cluster,
+    dsn: str,
+    settings: Settings,
+    http: aiohttp.ClientSession,
+    service: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With cache entries that would stay valid for a minute, another instance still refuses
     a revoked token: the logout's NOTIFY evicted it there."""
@@ -242,8 +238,7 @@ async def test_logout_evicts_the_token_elsewhere_through_its_notify(cluster: Clu
     heard = asyncio.Event()
     assert other.listener is not None
     other.listener.subscribe(AUTH, lambda _payload: heard.set())  # after B's own handler
-    async with http.post(f"{a}/auth/logout",
-                         headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with http.post(f"{a}/auth/logout", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 200
     async with asyncio.timeout(10):
         await heard.wait()
@@ -251,8 +246,11 @@ async def test_logout_evicts_the_token_elsewhere_through_its_notify(cluster: Clu
 
 
 async def test_a_token_in_use_is_re_read_in_the_background_never_trusted_longer(
-    http: aiohttp.ClientSession, base_url: str, service: Runtime, db: asyncpg.Connection,
-    monkeypatch: pytest.MonkeyPatch
+    http: aiohttp.ClientSession,
+    base_url: str,
+    service: Runtime,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import api.sessions
     from api.sessions import CACHE_TTL_S, REFRESH_AFTER_S, Sessions
@@ -307,8 +305,12 @@ async def test_session_ttl_follows_the_setting(
 
 
 async def test_bearer_is_required_and_checked(http: aiohttp.ClientSession, base_url: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Basic abc"},
-                    {"Authorization": "Bearer "}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+    ):
         async with http.get(f"{base_url}/jobs", headers=headers) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"] == "unauthenticated"
@@ -318,8 +320,7 @@ async def test_ticket_works_once_on_the_events_route_only(
     http: aiohttp.ClientSession, base_url: str, service: Runtime
 ) -> None:
     token = await sign_in(http, base_url, Wallet())
-    async with http.post(f"{base_url}/auth/ticket",
-                         headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with http.post(f"{base_url}/auth/ticket", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 200
         ticket = (await resp.json())["ticket"]
     http.cookie_jar.clear()
@@ -334,8 +335,8 @@ async def test_ticket_works_once_on_the_events_route_only(
         assert "ticket" in (await resp.json())["message"]
 
 
-async def test_admin_wallets_are_recognised(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession
+async def test_admin_wallets_are_recognised(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     admin = Wallet()
     rt = await cluster.start(admin_wallets=frozenset({admin.address}))
@@ -345,9 +346,7 @@ async def test_admin_wallets_are_recognised(cluster: Cluster,
         assert (await r.json())["admin"] is True
 
 
-async def test_nonce_requests_are_rate_limited(
-    http: aiohttp.ClientSession, base_url: str
-) -> None:
+async def test_nonce_requests_are_rate_limited(http: aiohttp.ClientSession, base_url: str) -> None:
     statuses = []
     for _ in range(30):
         async with http.get(f"{base_url}/auth/nonce") as resp:
@@ -362,14 +361,14 @@ async def test_no_table_holds_a_token_or_ticket_in_clear(
     http: aiohttp.ClientSession, base_url: str, db: asyncpg.Connection
 ) -> None:
     token = await sign_in(http, base_url, Wallet())
-    async with http.post(f"{base_url}/auth/ticket",
-                         headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with http.post(f"{base_url}/auth/ticket", headers={"Authorization": f"Bearer {token}"}) as resp:
         ticket = (await resp.json())["ticket"]
-    tables = [r["tablename"] for r in await db.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    tables = [
+        r["tablename"] for r in await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    ]
     assert "sessions" in tables
     for table in tables:
-        dump = await db.fetchval(f'SELECT coalesce(string_agg(t::text, \'\n\'), \'\') FROM "{table}" t')
+        dump = await db.fetchval(f"SELECT coalesce(string_agg(t::text, '\n'), '') FROM \"{table}\" t")
         assert token not in dump and ticket not in dump, table
         assert token.encode().hex() not in dump
 
@@ -383,17 +382,17 @@ async def cors_base(cluster: Cluster) -> str:
 async def test_cors_preflight_from_allowed_and_foreign_origins(
     http: aiohttp.ClientSession, cors_base: str
 ) -> None:
-    ask = {"Access-Control-Request-Method": "POST",
-           "Access-Control-Request-Headers": "authorization, content-type"}
-    async with http.options(f"{cors_base}/jobs",
-                            headers={"Origin": "https://portal.example", **ask}) as resp:
+    ask = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    async with http.options(f"{cors_base}/jobs", headers={"Origin": "https://portal.example", **ask}) as resp:
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "https://portal.example"
         assert resp.headers["Access-Control-Allow-Credentials"] == "true"
         allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
         assert allowed == {"authorization", "content-type", "idempotency-key"}
-    async with http.options(f"{cors_base}/jobs",
-                            headers={"Origin": "https://evil.example", **ask}) as resp:
+    async with http.options(f"{cors_base}/jobs", headers={"Origin": "https://evil.example", **ask}) as resp:
         assert resp.status == 403
         assert "Access-Control-Allow-Origin" not in resp.headers
     async with http.get(f"{cors_base}/auth/nonce", headers={"Origin": "https://portal.example"}) as r:
@@ -406,25 +405,27 @@ async def test_cors_preflight_from_allowed_and_foreign_origins(
 async def test_cross_site_cookie_attributes(http: aiohttp.ClientSession, cors_base: str) -> None:
     wallet = Wallet()
     text = wallet.message(await get_nonce(http, cors_base)).to_text()
-    async with http.post(f"{cors_base}/auth/login",
-                         json={"message": text, "signature": wallet.sign(text)}) as resp:
+    async with http.post(
+        f"{cors_base}/auth/login", json={"message": text, "signature": wallet.sign(text)}
+    ) as resp:
         cookie = resp.cookies["runner_session"]
     assert cookie["samesite"] == "None"
     assert cookie["secure"] is True
 
 
-async def _login_cookie(http: aiohttp.ClientSession, base: str,
-                        headers: dict[str, str] | None = None) -> Any:
+async def _login_cookie(http: aiohttp.ClientSession, base: str, headers: dict[str, str] | None = None) -> Any:
     wallet = Wallet()
     text = wallet.message(await get_nonce(http, base)).to_text()
-    async with http.post(f"{base}/auth/login", json={"message": text, "signature": wallet.sign(text)},
-                         headers=headers) as resp:
+    async with http.post(
+        f"{base}/auth/login", json={"message": text, "signature": wallet.sign(text)}, headers=headers
+    ) as resp:
         assert resp.status == 200, await resp.text()
         return resp.cookies["runner_session"]
 
 
 async def test_an_https_deployment_without_cors_sets_secure_cookies(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
     """Behind a TLS-terminating proxy the service itself is reached over http: without
     Secure, the browser would also send the session cookie to http:// on that host."""
     rt = await cluster.start(public_url="https://runner.example")
@@ -433,7 +434,8 @@ async def test_an_https_deployment_without_cors_sets_secure_cookies(
 
 
 async def test_a_request_forwarded_as_https_gets_a_secure_cookie(
-        http: aiohttp.ClientSession, base_url: str) -> None:
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
     """No public URL set: the proxy's X-Forwarded-Proto says the browser used https."""
     cookie = await _login_cookie(http, base_url, {"X-Forwarded-Proto": "https"})
     assert cookie["secure"] is True and cookie["samesite"] == "Lax"
@@ -471,7 +473,7 @@ async def test_a_mixed_case_address_with_a_wrong_checksum_is_invalid_message(
     text = wallet.message(await get_nonce(http, base_url)).to_text()
     digits = wallet.address[2:]
     at = next(i for i, c in enumerate(digits) if c.isalpha())
-    text = text.replace(wallet.address, "0x" + digits[:at] + digits[at].swapcase() + digits[at + 1:])
+    text = text.replace(wallet.address, "0x" + digits[:at] + digits[at].swapcase() + digits[at + 1 :])
     assert await _refused(http, base_url, text, wallet.sign(text)) == "invalid_message"
 
 
@@ -511,7 +513,9 @@ async def test_messages_written_by_viem_and_siwe_sign_in(
     base = f"http://127.0.0.1:{rt.port}"
     for name, case in CLIENT_MESSAGES.items():
         nonce = siwe.parse(case["message"]).nonce
-        await db.execute("INSERT INTO auth_nonces (nonce, expires_at) VALUES ($1, now() + interval '1 minute')", nonce)
+        await db.execute(
+            "INSERT INTO auth_nonces (nonce, expires_at) VALUES ($1, now() + interval '1 minute')", nonce
+        )
         status, body = await login(http, base, case["message"], case["signature"])
         assert status == 200, (name, body)
         assert body["address"] == case["address"], name
@@ -524,7 +528,10 @@ async def test_a_domain_with_userinfo_is_refused(http: aiohttp.ClientSession, ba
     for domain in ("phish.example@runner.test", "runner.test:x@runner.test", "@runner.test"):
         text = wallet.message(await get_nonce(http, base_url), domain).to_text()
         assert text.startswith(domain + " wants you to sign in")  # the message really names it
-        assert await _refused(http, base_url, text, wallet.sign(text)) in ("invalid_message", "invalid_domain")
+        assert await _refused(http, base_url, text, wallet.sign(text)) in (
+            "invalid_message",
+            "invalid_domain",
+        )
     # The same wallet, the same host without userinfo, signs in.
     text = wallet.message(await get_nonce(http, base_url), "runner.test").to_text()
     assert (await login(http, base_url, text, wallet.sign(text)))[0] == 200

@@ -79,8 +79,11 @@ async def test_a_permanent_failure_is_split_so_only_the_bad_item_fails(db: async
 
 
 async def test_a_transient_failure_is_retried_until_it_goes_away() -> None:
-    failures = [asyncpg.DeadlockDetectedError("deadlock"), ConnectionRefusedError("down"),
-                asyncpg.CannotConnectNowError("starting up")]
+    failures = [
+        asyncpg.DeadlockDetectedError("deadlock"),
+        ConnectionRefusedError("down"),
+        asyncpg.CannotConnectNowError("starting up"),
+    ]
     rec = Recorder()
 
     async def flush(items: list[int]) -> list[int]:

@@ -57,8 +57,15 @@ async def test_cancel_running_job_closes_http_call_and_cancels_at_runpod(
 
     status, reply = await api.cancel(job["id"], reason="wrong prompt")
     assert status == 200
-    assert set(reply) == {"ok", "job_id", "previous_status", "new_status", "context_cancelled",
-                          "executions_cancelled", "cancelled_at"}
+    assert set(reply) == {
+        "ok",
+        "job_id",
+        "previous_status",
+        "new_status",
+        "context_cancelled",
+        "executions_cancelled",
+        "cancelled_at",
+    }
     assert reply["ok"] is True and reply["job_id"] == job["id"]
     assert reply["previous_status"] == "running" and reply["new_status"] == "cancelled"
     assert reply["context_cancelled"] is True
@@ -79,8 +86,11 @@ async def test_cancel_running_job_closes_http_call_and_cancels_at_runpod(
     events = await _audit(api, job["id"])
     cancelled = next(e for e in events if e["kind"] == "cancelled")
     assert cancelled["actor"] == api.wallet.address  # type: ignore[union-attr]
-    assert cancelled["detail"] == {"reason": "wrong prompt", "previous_status": "running",
-                                   "executions_cancelled": 2}
+    assert cancelled["detail"] == {
+        "reason": "wrong prompt",
+        "previous_status": "running",
+        "executions_cancelled": 2,
+    }
     stopped = await _until_event(api, job["id"], "task_stopped")
     assert stopped["detail"]["reason"] == "cancelled" and stopped["detail"]["latency_ms"] >= 0
     assert stopped["detail"]["executions"] == 3 and stopped["detail"]["local_latency_ms"] >= 0
@@ -150,8 +160,8 @@ async def test_cancel_queued_job_never_reaches_the_backend(
     assert [c["headers"]["X-Runner-Job-Id"] for c in fake_gpu.web.calls] == [later["id"]]
 
 
-async def test_cancel_on_one_instance_stops_a_job_running_on_another(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
+async def test_cancel_on_one_instance_stops_a_job_running_on_another(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     a = await cluster.start("api")
     b = await cluster.start("worker")
@@ -168,9 +178,13 @@ async def test_cancel_on_one_instance_stops_a_job_running_on_another(cluster: Cl
     assert b.listener is not None and b.listener.reconnects == 0  # it came by NOTIFY
 
 
-async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders,
-    monkeypatch: pytest.MonkeyPatch
+async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(
+    cluster: Cluster,
+    dsn: str,
+    settings: Settings,
+    http: aiohttp.ClientSession,
+    fake_gpu: FakeProviders,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import runner.cancel.canceller
 
@@ -198,7 +212,9 @@ async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(cluster:
     await heard.close()
 
 
-async def test_a_bulk_notification_is_skipped_only_by_its_sender(cluster: Cluster, dsn: str, settings: Settings) -> None:
+async def test_a_bulk_notification_is_skipped_only_by_its_sender(
+    cluster: Cluster, dsn: str, settings: Settings
+) -> None:
     a = await cluster.start("api")
     mine, theirs = uuid.uuid4(), uuid.uuid4()
     tasks = {job_id: asyncio.create_task(asyncio.Event().wait()) for job_id in (mine, theirs)}
@@ -220,8 +236,13 @@ async def _listener_pid(runtime: Any) -> int:
     return pid
 
 
-async def test_listener_killed_reconnects_and_rechecks(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders, db: asyncpg.Connection
+async def test_listener_killed_reconnects_and_rechecks(
+    cluster: Cluster,
+    dsn: str,
+    settings: Settings,
+    http: aiohttp.ClientSession,
+    fake_gpu: FakeProviders,
+    db: asyncpg.Connection,
 ) -> None:
     a = await cluster.start("api")
     b = await cluster.start("worker", settings.replace(lease_s=60))
@@ -239,8 +260,7 @@ async def test_cancel_lands_within_one_lease_renewal_without_the_listener(
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     lease = settings.replace(lease_s=1.5)  # renewed every 0.5 s
-    async with running_service(lease, "api", dsn=dsn) as a, \
-            running_service(lease, "worker", dsn=dsn) as b:
+    async with running_service(lease, "api", dsn=dsn) as a, running_service(lease, "worker", dsn=dsn) as b:
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
         job = await api.submit(HOLD)
         await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
@@ -254,8 +274,8 @@ async def test_cancel_lands_within_one_lease_renewal_without_the_listener(
     assert stopped["detail"]["latency_ms"] < lease.lease_renew_s * 1000 + 300
 
 
-async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_another_instance(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
+async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_another_instance(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders
 ) -> None:
     async with running_service(settings, dsn=dsn) as a:
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
@@ -269,8 +289,7 @@ async def test_job_cancelled_while_its_worker_is_dead_is_stopped_at_runpod_by_an
         assert status == 200 and reply["previous_status"] == "running"
         assert (await other.job(job["id"]))["executions"][0]["remote_cancel"] == "pending"
         await wait_event(fake_gpu.runpod.cancelled[remote_id])  # B's sweeper delivered it
-        done = await other.until_execution(job["id"], 0,
-                                           lambda e: e["remote_cancel"] == "acknowledged")
+        done = await other.until_execution(job["id"], 0, lambda e: e["remote_cancel"] == "acknowledged")
         remote = [e for e in await _audit(other, job["id"]) if e["kind"] == "remote_cancel"]
     assert done["status"] == "cancelled"
     assert [e["actor"] for e in remote] == [b.instance_id]
@@ -281,12 +300,19 @@ async def test_cancel_one_execution_while_the_other_completes(api: Api, fake_gpu
     job = await api.submit(HOLD, {"backend": "rp", "input": {"polls": 15}})
     held = job["executions"][0]["id"]
     await wait_event(fake_gpu.web.started[held])
-    status, reply = await api.call("POST", f"/jobs/{job['id']}/executions/{held}/cancel",
-                                   json={"reason": "not needed"})
+    status, reply = await api.call(
+        "POST", f"/jobs/{job['id']}/executions/{held}/cancel", json={"reason": "not needed"}
+    )
     assert status == 200
-    assert reply == {"ok": True, "job_id": job["id"], "execution_id": held,
-                     "previous_status": "running", "new_status": "cancelled",
-                     "context_cancelled": True, "cancelled_at": reply["cancelled_at"]}
+    assert reply == {
+        "ok": True,
+        "job_id": job["id"],
+        "execution_id": held,
+        "previous_status": "running",
+        "new_status": "cancelled",
+        "context_cancelled": True,
+        "cancelled_at": reply["cancelled_at"],
+    }
     await wait_event(fake_gpu.web.closed[held])
     done = await api.until(job["id"], "completed", "failed", "cancelled")
     assert done["status"] == "completed"
@@ -324,12 +350,18 @@ async def test_timeout_cancels_with_reason_timeout(api: Api, fake_gpu: FakeProvi
     assert next(e for e in events if e["kind"] == "cancelled")["actor"] == "system"
 
 
-async def test_cancel_all_of_the_callers_active_jobs(api: Api, http: aiohttp.ClientSession,
-                                                     fake_gpu: FakeProviders) -> None:
+async def test_cancel_all_of_the_callers_active_jobs(
+    api: Api, http: aiohttp.ClientSession, fake_gpu: FakeProviders
+) -> None:
     running = await api.submit(HOLD)
-    queued_ids = [(await api.submit({"backend": "demo", "input": {"seconds": 60}},
-                                    {"backend": "demo", "input": {"seconds": 60}}))["id"]
-                  for _ in range(2)]
+    queued_ids = [
+        (
+            await api.submit(
+                {"backend": "demo", "input": {"seconds": 60}}, {"backend": "demo", "input": {"seconds": 60}}
+            )
+        )["id"]
+        for _ in range(2)
+    ]
     finished = await api.submit({"backend": "demo", "input": {"seconds": 0}})
     await api.until(finished["id"], "completed")
     await wait_event(fake_gpu.web.started[running["executions"][0]["id"]])
@@ -350,8 +382,8 @@ async def test_cancel_all_of_the_callers_active_jobs(api: Api, http: aiohttp.Cli
     assert again[1] == {"ok": True, "cancelled": [], "count": 0, "executions_cancelled": 0}
 
 
-async def test_cancel_versus_complete_races_stay_consistent(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, db: asyncpg.Connection
+async def test_cancel_versus_complete_races_stay_consistent(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession, db: asyncpg.Connection
 ) -> None:
     """200 jobs whose executions finish at random moments, each cancelled at a random moment."""
     rt = await cluster.start("all", settings.replace(max_active_jobs_per_wallet=500))
@@ -363,8 +395,9 @@ async def _races(api: Api, db: asyncpg.Connection) -> None:
     rng = random.Random(4361)
 
     async def race(i: int) -> tuple[str, int, dict[str, Any]]:
-        job = await api.submit(*({"backend": "demo", "input": {"seconds": rng.uniform(0, 0.03)}}
-                                 for _ in range(2)))
+        job = await api.submit(
+            *({"backend": "demo", "input": {"seconds": rng.uniform(0, 0.03)}} for _ in range(2))
+        )
         await asyncio.sleep(rng.uniform(0, 0.04))  # the race itself: not a synchronisation
         status, reply = await api.cancel(job["id"])
         return job["id"], status, reply
@@ -389,24 +422,41 @@ async def _races(api: Api, db: asyncpg.Connection) -> None:
             outcomes["completed"] += 1
     assert sum(outcomes.values()) == 200
     # Nothing left half-way, in any row.
-    assert await db.fetchval("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') "
-                             "OR worker_id IS NOT NULL") == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running') OR worker_id IS NOT NULL"
+        )
+        == 0
+    )
     assert await db.fetchval("SELECT count(*) FROM executions WHERE status IN ('queued', 'running')") == 0
-    assert await db.fetchval(
-        """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
-               SELECT 1 FROM executions e WHERE e.job_id = j.id AND e.status <> 'completed')""") == 0
-    assert await db.fetchval(
-        """SELECT count(*) FROM jobs j WHERE (SELECT count(*) FROM job_events v
-               WHERE v.job_id = j.id AND v.kind IN ('cancelled', 'completed', 'failed')) <> 1""") == 0
+    assert (
+        await db.fetchval(
+            """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
+               SELECT 1 FROM executions e WHERE e.job_id = j.id AND e.status <> 'completed')"""
+        )
+        == 0
+    )
+    assert (
+        await db.fetchval(
+            """SELECT count(*) FROM jobs j WHERE (SELECT count(*) FROM job_events v
+               WHERE v.job_id = j.id AND v.kind IN ('cancelled', 'completed', 'failed')) <> 1"""
+        )
+        == 0
+    )
     # A task signalled ahead of a cancel that lost to the completion records no stop.
-    assert await db.fetchval(
-        """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
-               SELECT 1 FROM job_events v WHERE v.job_id = j.id AND v.kind = 'task_stopped')""") == 0
+    assert (
+        await db.fetchval(
+            """SELECT count(*) FROM jobs j WHERE status = 'completed' AND EXISTS (
+               SELECT 1 FROM job_events v WHERE v.job_id = j.id AND v.kind = 'task_stopped')"""
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("n", [4, 5])  # chunks of 2, 2 and an empty one; of 2, 2 and 1
-async def test_cancel_all_works_through_chunks(api: Api, monkeypatch: pytest.MonkeyPatch,
-                                               db: asyncpg.Connection, n: int) -> None:
+async def test_cancel_all_works_through_chunks(
+    api: Api, monkeypatch: pytest.MonkeyPatch, db: asyncpg.Connection, n: int
+) -> None:
     import runner.cancel.canceller
 
     monkeypatch.setattr(runner.cancel.canceller, "BULK_CHUNK", 2)

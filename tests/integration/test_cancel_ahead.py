@@ -53,8 +53,12 @@ async def _cancel(api: Api, job_id: str, how: str, reason: str | None = None) ->
 
 
 async def _kinds(db: asyncpg.Connection, job_id: str) -> list[str]:
-    return [r["kind"] for r in await db.fetch(
-        "SELECT kind FROM job_events WHERE job_id = $1 ORDER BY id", uuid.UUID(job_id))]
+    return [
+        r["kind"]
+        for r in await db.fetch(
+            "SELECT kind FROM job_events WHERE job_id = $1 ORDER BY id", uuid.UUID(job_id)
+        )
+    ]
 
 
 @pytest.mark.parametrize("how", ["job", "all"])
@@ -68,8 +72,10 @@ async def test_the_task_stops_before_the_cancel_commits(
         assert not cancel.done()
         other = await asyncpg.connect(dsn)
         try:  # nothing is committed yet
-            assert await other.fetchval("SELECT status FROM jobs WHERE id = $1",
-                                        uuid.UUID(job["id"])) == "running"
+            assert (
+                await other.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job["id"]))
+                == "running"
+            )
         finally:
             await other.close()
     status, reply = await cancel
@@ -97,10 +103,14 @@ async def test_a_job_that_finished_first_stays_finished_with_no_stop_recorded(
         cancel = asyncio.create_task(_cancel(api, job["id"], how))
         await wait_event(fake_gpu.web.closed[execution_id])
         # Its completion commits first (as the worker's final write would).
-        await tx.execute("UPDATE executions SET status = 'completed', finished_at = now() "
-                         "WHERE job_id = $1", uuid.UUID(job["id"]))
-        await tx.execute("UPDATE jobs SET status = 'completed', finished_at = now(), worker_id = NULL "
-                         "WHERE id = $1", uuid.UUID(job["id"]))
+        await tx.execute(
+            "UPDATE executions SET status = 'completed', finished_at = now() WHERE job_id = $1",
+            uuid.UUID(job["id"]),
+        )
+        await tx.execute(
+            "UPDATE jobs SET status = 'completed', finished_at = now(), worker_id = NULL WHERE id = $1",
+            uuid.UUID(job["id"]),
+        )
         await tx.execute("COMMIT")
     status, reply = await cancel
     if how == "job":
@@ -142,9 +152,11 @@ async def _waiting_on_a_lock(db: asyncpg.Connection, timeout: float = 10.0) -> i
     while True:
         # Inside a transaction the activity view is read once and kept: read it afresh.
         await db.execute("SELECT pg_stat_clear_snapshot()")
-        pid = await db.fetchval("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                "AND datname = current_database() "
-                                "AND query LIKE '%FOR NO KEY UPDATE%' LIMIT 1")
+        pid = await db.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database() "
+            "AND query LIKE '%FOR NO KEY UPDATE%' LIMIT 1"
+        )
         if pid is not None:
             return int(pid)
         assert time.monotonic() < deadline, "no cancel statement is waiting on the row lock"
@@ -170,8 +182,9 @@ async def test_a_cancel_all_interrupted_right_after_its_signals_still_settles_th
     still learn the cancel's fate (here: retried until recorded), not wait for ever."""
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     assert api.wallet is not None
-    bulk = asyncio.create_task(service.canceller.cancel_all(
-        api.wallet.address, statuses=["queued", "running"], reason="interrupted"))
+    bulk = asyncio.create_task(
+        service.canceller.cancel_all(api.wallet.address, statuses=["queued", "running"], reason="interrupted")
+    )
     await asyncio.sleep(0)  # it has signalled the task and yields for its stop to run
     bulk.cancel()
     await asyncio.gather(bulk, return_exceptions=True)

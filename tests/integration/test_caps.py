@@ -21,12 +21,14 @@ from tests.wallets import Wallet
 
 
 async def test_a_listing_page_stops_at_its_byte_budget_and_the_cursor_goes_on(
-        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     runtime = await cluster.start("all", settings.replace(max_page_bytes=2 << 20))
     api = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
     big = "x" * 600_000
-    ids = [(await api.submit({"backend": "demo", "input": {"seconds": 0, "pad": big}}))["id"]
-           for _ in range(7)]
+    ids = [
+        (await api.submit({"backend": "demo", "input": {"seconds": 0, "pad": big}}))["id"] for _ in range(7)
+    ]
     seen: list[str] = []
     pages = []
     cursor = None
@@ -43,16 +45,20 @@ async def test_a_listing_page_stops_at_its_byte_budget_and_the_cursor_goes_on(
 
 
 async def test_one_job_larger_than_the_budget_still_comes_alone(
-        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     runtime = await cluster.start("all", settings.replace(max_page_bytes=100_000))
     api = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
-    ids = [(await api.submit({"backend": "demo", "input": {"seconds": 0, "pad": "y" * 300_000}}))["id"]
-           for _ in range(2)]
+    ids = [
+        (await api.submit({"backend": "demo", "input": {"seconds": 0, "pad": "y" * 300_000}}))["id"]
+        for _ in range(2)
+    ]
     status, body = await api.call("GET", "/jobs")
     assert status == 200 and [j["id"] for j in body["jobs"]] == [ids[1]] and body["next_cursor"], body
 
 
 # -- event streams ---------------------------------------------------------------------------------
+
 
 async def _open(stack: contextlib.AsyncExitStack, api: Api, path: str = "/events") -> aiohttp.ClientResponse:
     resp = await stack.enter_async_context(api.http.get(api.base + path, headers=api.headers))
@@ -62,8 +68,8 @@ async def _open(stack: contextlib.AsyncExitStack, api: Api, path: str = "/events
 
 
 async def test_event_streams_are_capped_per_wallet_and_per_instance(
-        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import api.events
 
     monkeypatch.setattr(api.events, "PING_S", 0.2)
@@ -93,7 +99,8 @@ async def test_event_streams_are_capped_per_wallet_and_per_instance(
 
 
 async def test_a_wallets_streams_share_one_query_per_change(
-        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     real = jobs.changed_since
 
@@ -123,13 +130,16 @@ async def test_a_stream_ends_at_logout(api: Api) -> None:
 
 
 async def test_a_stream_ends_when_its_session_expires(
-        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     runtime = await cluster.start("all", settings.replace(session_ttl_s=2.0))
     api = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
     job = await api.submit({"backend": "demo", "input": {"seconds": 60}})
     async with contextlib.AsyncExitStack() as stack:
-        streams = [await stack.enter_async_context(api.http.get(api.base + path, headers=api.headers))
-                   for path in ("/events", f"/jobs/{job['id']}/events")]
+        streams = [
+            await stack.enter_async_context(api.http.get(api.base + path, headers=api.headers))
+            for path in ("/events", f"/jobs/{job['id']}/events")
+        ]
         for stream in streams:
             assert stream.status == 200
             events = []
@@ -140,8 +150,10 @@ async def test_a_stream_ends_when_its_session_expires(
 
 # -- submits per minute ------------------------------------------------------------------------------
 
+
 async def test_submits_past_the_wallets_rate_are_429_and_other_wallets_go_on(
-        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     runtime = await cluster.start("all", settings.replace(max_submits_per_minute=5))
     base = f"http://127.0.0.1:{runtime.port}"
     one, two = await Api.signed_in(http, base), await Api.signed_in(http, base, Wallet())
@@ -149,7 +161,9 @@ async def test_submits_past_the_wallets_rate_are_429_and_other_wallets_go_on(
         await one.submit({"backend": "demo", "input": {"seconds": 0}})
     fifth = await one.submit({"backend": "demo", "input": {"seconds": 60}})
     assert (await one.cancel(fifth["id"]))[0] == 200
-    status, body = await one.call("POST", "/jobs", json={"executions": [{"backend": "demo", "input": {"seconds": 0}}]})
+    status, body = await one.call(
+        "POST", "/jobs", json={"executions": [{"backend": "demo", "input": {"seconds": 0}}]}
+    )
     assert status == 429 and body["error"] == "rate_limited", body
     assert "RUNNER_MAX_SUBMITS_PER_MINUTE" in body["message"] and 0 < body["retry_after_s"] <= 60, body
     status, body = await one.call("POST", f"/jobs/{fifth['id']}/rerun")

@@ -28,14 +28,25 @@ class Cli:
     env_extra: dict[str, str]
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "RUNNER_API_URL": self.api_url, "RUNNER_CONFIG_DIR": str(self.config_dir),
-                **self.env_extra, **extra}
+        return {
+            **os.environ,
+            "RUNNER_API_URL": self.api_url,
+            "RUNNER_CONFIG_DIR": str(self.config_dir),
+            **self.env_extra,
+            **extra,
+        }
 
     async def start(self, *args: str, **env: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner", *args, env=self.env(**env),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "runner",
+            *args,
+            env=self.env(**env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
 
     async def run(self, *args: str, **env: str) -> tuple[int, str, str]:
         proc = await self.start(*args, **env)
@@ -46,7 +57,6 @@ class Cli:
     async def json(self, *args: str) -> tuple[int, Any]:
         code, out, _err = await self.run(*args, "--json")
         return code, json.loads(out)  # exactly one document, errors included
-
 
 
 @pytest.fixture
@@ -100,11 +110,22 @@ async def test_login_with_runner_wallet_key(cli: Cli) -> None:
 
 async def test_submit_wait_json_and_exit_codes(cli: Cli) -> None:
     await _signed_in(cli)
-    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
-                               "--backend", "demo", "--input", '{"seconds": 0.1}', "--wait")
+    code, job = await cli.json(
+        "submit",
+        "--backend",
+        "demo",
+        "--input",
+        '{"seconds": 0}',
+        "--backend",
+        "demo",
+        "--input",
+        '{"seconds": 0.1}',
+        "--wait",
+    )
     assert code == 0 and job["status"] == "completed" and len(job["executions"]) == 2
-    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0, "fail": true}',
-                               "--wait")
+    code, job = await cli.json(
+        "submit", "--backend", "demo", "--input", '{"seconds": 0, "fail": true}', "--wait"
+    )
     assert code == 1 and job["status"] == "failed"
     code, out, _ = await cli.run("submit", "--backend", "demo", "--input", '{"seconds": 0}', "--wait")
     assert code == 0 and "completed" in out and "[1] demo" in out  # plain lines when not a TTY
@@ -238,13 +259,27 @@ async def test_interrupting_submit_wait_leaves_the_job_running(cli: Cli, cli_ser
 async def test_demo_runs_in_a_clean_environment(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "DATABASE_URL"))}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runner", "demo", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "runner",
+        "demo",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     text = out.decode()
     assert proc.returncode == 0, err.decode()[-3000:]
-    for step in ("cancel requested", "connection closed", "remote cancel received", "API answered",
-                 "task stopped", "rows checked", "every GPU call stopped"):
+    for step in (
+        "cancel requested",
+        "connection closed",
+        "remote cancel received",
+        "API answered",
+        "task stopped",
+        "rows checked",
+        "every GPU call stopped",
+    ):
         assert step in text, text
     assert text.count("connection closed") == 3
     assert (tmp_path / ".runner" / "pg" / "PG_VERSION").exists()  # the embedded default
@@ -259,8 +294,15 @@ async def test_demo_runs_beside_a_serve_on_the_same_data_directory(tmp_path: Pat
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "DATABASE_URL"))}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner", "demo", cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "runner",
+            "demo",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, (out.decode(), err.decode()[-3000:])
         assert "every GPU call stopped" in out.decode()
@@ -284,8 +326,10 @@ async def test_verbose_never_shows_a_token_or_ticket(cli: Cli) -> None:
 
 async def test_jobs_pages_filters_and_limits(cli: Cli) -> None:
     await _signed_in(cli)
-    ids = [(await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}'))[1]["id"]
-           for _ in range(3)]
+    ids = [
+        (await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}'))[1]["id"]
+        for _ in range(3)
+    ]
     _, first = await cli.json("jobs", "--limit", "2")
     assert len(first["jobs"]) == 2 and first["next_cursor"]
     _, every = await cli.json("jobs", "--limit", "1", "--all")
@@ -299,8 +343,17 @@ async def test_jobs_pages_filters_and_limits(cli: Cli) -> None:
 
 async def test_status_shows_outputs_and_watch_exits_like_wait(cli: Cli) -> None:
     await _signed_in(cli)
-    _, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
-                            "--backend", "demo", "--input", '{"seconds": 0, "fail": true}')
+    _, job = await cli.json(
+        "submit",
+        "--backend",
+        "demo",
+        "--input",
+        '{"seconds": 0}',
+        "--backend",
+        "demo",
+        "--input",
+        '{"seconds": 0, "fail": true}',
+    )
     code, _, _ = await cli.run("status", job["id"], "--watch")
     assert code == 1  # it failed: as `submit --wait` would exit
     code, out, _ = await cli.run("status", job["id"])
@@ -317,7 +370,9 @@ async def test_logout_and_backends(cli: Cli) -> None:
     assert code == 4 and "runner login" in err
 
 
-async def test_a_refused_domain_is_explained_not_answered_with_login(cli_server: Runtime, tmp_path: Path) -> None:
+async def test_a_refused_domain_is_explained_not_answered_with_login(
+    cli_server: Runtime, tmp_path: Path
+) -> None:
     """The service accepts only another domain: the message says which, not `runner login`."""
     other = Cli(f"http://localhost:{cli_server.port}", tmp_path / "other", {})
     code, _, err = await other.run("login")
@@ -333,14 +388,26 @@ async def test_a_busy_port_and_an_unreachable_database_are_one_line(dsn: str, tm
         port = taken.getsockname()[1]
         for env, expected in [
             ({"DATABASE_URL": dsn, "RUNNER_PORT": str(port)}, f"cannot listen on 127.0.0.1:{port}"),
-            ({"DATABASE_URL": "postgresql://user:s3cret@127.0.0.1:1/db"}, "cannot use the database at 127.0.0.1:1/db"),
+            (
+                {"DATABASE_URL": "postgresql://user:s3cret@127.0.0.1:1/db"},
+                "cannot use the database at 127.0.0.1:1/db",
+            ),
             ({"DATABASE_URL": "not a url"}, "cannot use the database at DATABASE_URL"),
         ]:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runner", "serve", cwd=tmp_path,
-                env={**{k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")},
-                     "RUNNER_LOG_FORMAT": "json", **env},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                sys.executable,
+                "-m",
+                "runner",
+                "serve",
+                cwd=tmp_path,
+                env={
+                    **{k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")},
+                    "RUNNER_LOG_FORMAT": "json",
+                    **env,
+                },
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             _, err = await asyncio.wait_for(proc.communicate(), 60)
             text = err.decode()
             last = [line for line in text.splitlines() if line.startswith("runner: ")]
@@ -379,14 +446,27 @@ async def test_rerun_verb(cli: Cli) -> None:
 
 async def test_submit_with_a_webhook(cluster: Cluster, tmp_path: Path) -> None:
     port = free_port()
-    rt = await cluster.start(port=port, siwe_domains=(f"127.0.0.1:{port}",), webhook_allow_http=True,
-                             webhook_allow_private=True)
+    rt = await cluster.start(
+        port=port, siwe_domains=(f"127.0.0.1:{port}",), webhook_allow_http=True, webhook_allow_private=True
+    )
     cli = await _signed_in(Cli(f"http://127.0.0.1:{rt.port}", tmp_path / "config", {}))
-    code, job = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
-                               "--webhook", "http://127.0.0.1:9/hook", "--webhook-event", "completed")
-    assert code == 0 and job["webhook"] == "http://127.0.0.1:9/hook" and job["webhook_events"] == ["completed"]
-    code, doc = await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 0}',
-                               "--webhook", "ftp://127.0.0.1/hook")
+    code, job = await cli.json(
+        "submit",
+        "--backend",
+        "demo",
+        "--input",
+        '{"seconds": 0}',
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        "--webhook-event",
+        "completed",
+    )
+    assert (
+        code == 0 and job["webhook"] == "http://127.0.0.1:9/hook" and job["webhook_events"] == ["completed"]
+    )
+    code, doc = await cli.json(
+        "submit", "--backend", "demo", "--input", '{"seconds": 0}', "--webhook", "ftp://127.0.0.1/hook"
+    )
     assert code != 0 and doc["error"] == "invalid_request" and "webhook" in doc["message"]
 
 
@@ -396,8 +476,10 @@ async def test_login_print_token_prints_the_token_alone(cli: Cli, cli_server: Ru
     code, out, err = await cli.run("login", "--print-token")
     token = out.strip()
     assert code == 0 and out == token + "\n" and " " not in token, (out, err)
-    async with aiohttp.ClientSession() as http, http.get(
-            f"{cli.api_url}/auth/me", headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{cli.api_url}/auth/me", headers={"Authorization": f"Bearer {token}"}) as resp,
+    ):
         assert resp.status == 200  # what a curl script does with it
     assert "development key" in err  # the note goes to stderr, out of $(...)
 
@@ -420,8 +502,9 @@ async def test_status_takes_an_8_character_prefix(cli: Cli) -> None:
 
 async def test_submit_wait_keeps_progress_off_stdout(cli: Cli) -> None:
     await _signed_in(cli)
-    code, out, err = await cli.run("-q", "submit", "--backend", "demo", "--input", '{"seconds": 0.2}',
-                                   "--wait")
+    code, out, err = await cli.run(
+        "-q", "submit", "--backend", "demo", "--input", '{"seconds": 0.2}', "--wait"
+    )
     assert code == 0 and uuid.UUID(out.strip()), (out, err)  # ID=$(runner -q submit ... --wait)
     code, out, err = await cli.run("submit", "--backend", "demo", "--input", '{"seconds": 0.2}', "--wait")
     assert code == 0 and "completed" in out
@@ -432,8 +515,20 @@ async def test_bare_runner_prints_the_help_with_every_verb(tmp_path: Path) -> No
     bare = Cli("http://127.0.0.1:1", tmp_path / "config", {})
     code, out, err = await bare.run()
     assert code in (0, 2)
-    for verb in ("serve", "migrate", "demo", "login", "logout", "submit", "jobs", "status",
-                 "cancel", "backends", "rerun", "usage"):
+    for verb in (
+        "serve",
+        "migrate",
+        "demo",
+        "login",
+        "logout",
+        "submit",
+        "jobs",
+        "status",
+        "cancel",
+        "backends",
+        "rerun",
+        "usage",
+    ):
         assert verb in out + err, verb
     assert "usage:" in out + err and "runner: error" not in out + err
 

@@ -26,8 +26,11 @@ DISK_MB = 200
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=1777", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=1777", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         reason = f"a tmpfs cannot be mounted here (needs root): {mounted.stderr.strip()}"
         if os.environ.get("CI"):
@@ -56,7 +59,8 @@ def _fill(disk: Path) -> Path:
 
 
 async def test_the_embedded_postgres_is_started_again_once_its_full_disk_has_room(
-        small_disk: Path, http: aiohttp.ClientSession) -> None:
+    small_disk: Path, http: aiohttp.ClientSession
+) -> None:
     serve = await ServeProcess(None, env_extra={"RUNNER_DATA_DIR": str(small_disk / "data")}).start()
     try:
         api = await Api.signed_in(http, serve.base_url)
@@ -70,7 +74,9 @@ async def test_the_embedded_postgres_is_started_again_once_its_full_disk_has_roo
         conn = await asyncpg.connect(f"postgresql://postgres:@/postgres?host={pgdata}")
         with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
             for _ in range(64):
-                await conn.execute("SELECT pg_logical_emit_message(false, 'fill', 'x'); SELECT pg_switch_wal()")
+                await conn.execute(
+                    "SELECT pg_logical_emit_message(false, 'fill', 'x'); SELECT pg_switch_wal()"
+                )
         with contextlib.suppress(Exception):
             await conn.close(timeout=2)
         for _ in range(300):  # Postgres' processes end one after the other

@@ -35,7 +35,7 @@ async def test_events_stream_the_job_until_it_ends(api: Api, fake_gpu: FakeProvi
             line = raw.decode().rstrip("\n")
             if not line.startswith("data: "):
                 continue
-            seen.append(json.loads(line[len("data: "):]))
+            seen.append(json.loads(line[len("data: ") :]))
             if not cancel_sent and seen[-1]["executions"][0]["status"] == "running":
                 await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
                 assert (await api.cancel(job["id"]))[0] == 200
@@ -61,7 +61,8 @@ async def _read_event(resp: Any) -> dict[str, str]:
 
 
 async def test_one_stream_carries_every_change_of_the_callers_jobs(
-        api: Api, http: Any, fake_gpu: FakeProviders) -> None:
+    api: Api, http: Any, fake_gpu: FakeProviders
+) -> None:
     from tests.wallets import Wallet
 
     stranger = await Api.signed_in(http, api.base, Wallet())
@@ -92,8 +93,11 @@ async def test_a_reconnect_past_the_kept_history_is_told_to_reset(api: Api, serv
 
     job = await api.submit({"backend": "demo", "input": {"seconds": 0}})
     await api.until(job["id"], "completed")
-    await db.execute("UPDATE jobs SET finished_at = $1 WHERE id = $2",
-                     datetime.now(UTC) - timedelta(days=40), uuid.UUID(job["id"]))
+    await db.execute(
+        "UPDATE jobs SET finished_at = $1 WHERE id = $2",
+        datetime.now(UTC) - timedelta(days=40),
+        uuid.UUID(job["id"]),
+    )
     await service.worker.apply_retention(30)  # its events are gone
     later = await api.submit({"backend": "demo", "input": {"seconds": 0}})
     await api.until(later["id"], "completed")
@@ -102,7 +106,8 @@ async def test_a_reconnect_past_the_kept_history_is_told_to_reset(api: Api, serv
 
 
 async def test_a_client_gone_mid_stream_ends_the_stream_quietly(
-        api: Api, http: Any, service: Any, caplog: pytest.LogCaptureFixture) -> None:
+    api: Api, http: Any, service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """A browser tab closed while its stream waits: the next change finds the client gone,
     and that is the end of the stream, not an error with a trace."""
     for path in ("/events", None):

@@ -64,7 +64,9 @@ async def until_status(http: aiohttp.ClientSession, url: str, status: int, timeo
     return time.monotonic() - began
 
 
-async def until_all(api: Api, job_ids: list[str], statuses: tuple[str, ...], timeout: float = 60) -> list[dict[str, Any]]:
+async def until_all(
+    api: Api, job_ids: list[str], statuses: tuple[str, ...], timeout: float = 60
+) -> list[dict[str, Any]]:
     return [await api.until(job_id, *statuses, timeout=timeout) for job_id in job_ids]
 
 
@@ -74,14 +76,19 @@ def _requeues(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # -- results survive an outage -----------------------------------------------------------------
 
+
 async def test_a_3s_outage_loses_no_result_and_calls_no_backend_twice(
-        own_pg: StoppablePostgres, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
-    serve = await ServeProcess(own_pg.dsn, backends_toml(fake_gpu),
-                               env_extra={"RUNNER_LEASE_S": "15"}).start()
+    own_pg: StoppablePostgres, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
+    serve = await ServeProcess(
+        own_pg.dsn, backends_toml(fake_gpu), env_extra={"RUNNER_LEASE_S": "15"}
+    ).start()
     try:
         api = await Api.signed_in(http, serve.base_url)
-        jobs = [await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
-                for i in range(10)]
+        jobs = [
+            await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
+            for i in range(10)
+        ]
         executions = [j["executions"][0]["id"] for j in jobs]
         await asyncio.wait_for(asyncio.gather(*(fake_gpu.web.started[e].wait() for e in executions)), 30)
 
@@ -94,8 +101,10 @@ async def test_a_3s_outage_loses_no_result_and_calls_no_backend_twice(
         ready = await until_status(http, serve.base_url + "/readyz", 200, timeout=30)
 
         done = await until_all(api, [j["id"] for j in jobs], ("completed", "failed", "cancelled"))
-        print(f"\nmeasured: 3 s outage: /readyz 503 after {took:.2f} s; 200 {ready:.2f} s after the "
-              f"restart; all 10 results written {time.monotonic() - back:.2f} s after it")
+        print(
+            f"\nmeasured: 3 s outage: /readyz 503 after {took:.2f} s; 200 {ready:.2f} s after the "
+            f"restart; all 10 results written {time.monotonic() - back:.2f} s after it"
+        )
         assert [j["status"] for j in done] == ["completed"] * 10, done
         assert [fake_gpu.web.calls_for(e) for e in executions] == [1] * 10
     finally:
@@ -103,14 +112,17 @@ async def test_a_3s_outage_loses_no_result_and_calls_no_backend_twice(
 
 
 async def test_an_outage_of_two_leases_takes_no_job_from_a_live_instance(
-        own_pg: StoppablePostgres, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    own_pg: StoppablePostgres, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     lease = {"RUNNER_LEASE_S": "1.5", "RUNNER_CONCURRENCY": "3"}
     one = await ServeProcess(own_pg.dsn, backends_toml(fake_gpu), env_extra=lease).start()
     two = await ServeProcess(own_pg.dsn, backends_toml(fake_gpu), env_extra=lease).start()
     try:
         api = await Api.signed_in(http, one.base_url)
-        jobs = [await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
-                for i in range(6)]  # three on each instance: each runs at most three
+        jobs = [
+            await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
+            for i in range(6)
+        ]  # three on each instance: each runs at most three
         executions = [j["executions"][0]["id"] for j in jobs]
         await asyncio.wait_for(asyncio.gather(*(fake_gpu.web.started[e].wait() for e in executions)), 30)
 
@@ -121,8 +133,10 @@ async def test_an_outage_of_two_leases_takes_no_job_from_a_live_instance(
         # Both instances are back; give the first to return a chance to misjudge the other.
         for serve in (one, two):
             await until_status(http, serve.base_url + "/readyz", 200, timeout=30)
-        print(f"\nmeasured: outage of 2.3 leases, two instances: both ready {time.monotonic() - back:.2f} s "
-              "after the restart")
+        print(
+            f"\nmeasured: outage of 2.3 leases, two instances: both ready {time.monotonic() - back:.2f} s "
+            "after the restart"
+        )
         await asyncio.sleep(2 * 1.5)
         fake_gpu.web.release.set()
 
@@ -136,8 +150,9 @@ async def test_an_outage_of_two_leases_takes_no_job_from_a_live_instance(
         await asyncio.gather(one.stop(), two.stop())
 
 
-async def test_a_job_postgres_says_we_hold_but_no_task_does_is_requeued(cluster: Cluster,
-        dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+async def test_a_job_postgres_says_we_hold_but_no_task_does_is_requeued(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     """Running means held, both ways: a job left `running` under this instance with no task
     (its task ended without its final write) goes back to the queue at the next renewal."""
     runtime = await cluster.start("all", settings.replace(lease_s=0.6, concurrency=1))
@@ -150,8 +165,11 @@ async def test_a_job_postgres_says_we_hold_but_no_task_does_is_requeued(cluster:
         orphan = await api.submit({"backend": "demo", "input": {"seconds": 0.05}})
         await api.until(orphan["id"], "completed")
         await conn.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_terminal_is_final")
-        await conn.execute("UPDATE jobs SET status = 'running', worker_id = $1, finished_at = NULL "
-                           "WHERE id = $2", runtime.instance_id, orphan["id"])
+        await conn.execute(
+            "UPDATE jobs SET status = 'running', worker_id = $1, finished_at = NULL WHERE id = $2",
+            runtime.instance_id,
+            orphan["id"],
+        )
         await conn.execute("ALTER TABLE jobs ENABLE TRIGGER jobs_terminal_is_final")
     requeued = await _wait_for_event(api, orphan["id"], "requeued", timeout=10)
     assert requeued["detail"]["reason"] == "not_held", requeued
@@ -170,8 +188,10 @@ async def _wait_for_event(api: Api, job_id: str, kind: str, timeout: float) -> d
 
 # -- nothing waits without a bound -------------------------------------------------------------
 
-async def test_a_wedged_listener_stalls_nothing_and_readyz_says_so(cluster: Cluster,
-        dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+
+async def test_a_wedged_listener_stalls_nothing_and_readyz_says_so(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     runtime = await cluster.start("all")
     base = f"http://127.0.0.1:{runtime.port}"
     api = await Api.signed_in(http, base)
@@ -183,8 +203,11 @@ async def test_a_wedged_listener_stalls_nothing_and_readyz_says_so(cluster: Clus
     try:
         # A server-sent stream starts (its LISTEN is bounded), twice, one after the other.
         for _ in range(2):
-            async with http.get(base + f"/jobs/{job['id']}/events", headers=api.headers,
-                                timeout=aiohttp.ClientTimeout(total=12)) as resp:
+            async with http.get(
+                base + f"/jobs/{job['id']}/events",
+                headers=api.headers,
+                timeout=aiohttp.ClientTimeout(total=12),
+            ) as resp:
                 assert resp.status == 200
                 line = await resp.content.readline()
                 assert line.startswith(b"data: "), line
@@ -192,15 +215,20 @@ async def test_a_wedged_listener_stalls_nothing_and_readyz_says_so(cluster: Clus
     finally:
         os.kill(pid, signal.SIGCONT)
     ready = await until_status(http, base + "/readyz", 200, timeout=30)
-    print(f"\nmeasured: wedged listener: two event streams answered; /readyz 503 {unready:.2f} s after "
-          f"the streams, 200 {ready:.2f} s after SIGCONT")
+    print(
+        f"\nmeasured: wedged listener: two event streams answered; /readyz 503 {unready:.2f} s after "
+        f"the streams, 200 {ready:.2f} s after SIGCONT"
+    )
     status, reply = await api.cancel(job["id"], wait=True)
     assert status == 200 and reply["stopped"] is True, reply
 
 
 async def test_an_event_stream_outlives_a_short_outage(
-        own_pg: StoppablePostgres, settings: Settings, http: aiohttp.ClientSession,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    own_pg: StoppablePostgres,
+    settings: Settings,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import api.events
 
     monkeypatch.setattr(api.events, "PING_S", 0.2)
@@ -230,9 +258,10 @@ async def test_an_event_stream_outlives_a_short_outage(
 
 # -- a cancel during an outage -----------------------------------------------------------------
 
+
 async def test_a_cancel_during_an_outage_stops_the_work_and_is_recorded_after(
-        own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeProviders,
-        http: aiohttp.ClientSession) -> None:
+    own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     async with running_service(settings, dsn=own_pg.dsn) as runtime:
         base = f"http://127.0.0.1:{runtime.port}"
         client = await Api.signed_in(http, base)
@@ -252,14 +281,17 @@ async def test_a_cancel_during_an_outage_stops_the_work_and_is_recorded_after(
         own_pg.start()
         back = time.monotonic()
         done = await client.until(job["id"], "cancelled", timeout=30)
-        print(f"\nmeasured: cancel during an outage: 503, the backend's connection closed {closed_ms:.1f} ms "
-              f"after the request; on record {time.monotonic() - back:.2f} s after the restart")
+        print(
+            f"\nmeasured: cancel during an outage: 503, the backend's connection closed {closed_ms:.1f} ms "
+            f"after the request; on record {time.monotonic() - back:.2f} s after the restart"
+        )
         assert done["cancel_reason"] == "stop it" and done["cancelled_by"] == client.wallet.address  # type: ignore[union-attr]
         await asyncio.wait_for(fake_gpu.web.url_cancelled[execution].wait(), 30)
         assert fake_gpu.web.calls_for(execution) == 1
 
 
 # -- processes clean up after themselves -------------------------------------------------------
+
 
 def _postgres_running_on(pgdata: Path) -> list[psutil.Process]:
     found = []
@@ -279,7 +311,8 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_a_crashed_serve_leaves_no_postgres_after_the_next_clean_stop(
-        data_dir: Path, http: aiohttp.ClientSession) -> None:
+    data_dir: Path, http: aiohttp.ClientSession
+) -> None:
     env = {"RUNNER_DATA_DIR": str(data_dir)}
     crashed = await ServeProcess(None, env_extra=env).start()
     crashed.kill()
@@ -293,7 +326,8 @@ async def test_a_crashed_serve_leaves_no_postgres_after_the_next_clean_stop(
 
 
 async def test_an_instance_does_not_stop_the_embedded_postgres_under_another(
-        data_dir: Path, http: aiohttp.ClientSession) -> None:
+    data_dir: Path, http: aiohttp.ClientSession
+) -> None:
     env = {"RUNNER_DATA_DIR": str(data_dir)}
     first = await ServeProcess(None, env_extra=env).start()
     second = await ServeProcess(None, env_extra=env).start()
@@ -307,10 +341,13 @@ async def test_an_instance_does_not_stop_the_embedded_postgres_under_another(
 
 # -- signals ------------------------------------------------------------------------------------
 
+
 async def test_a_second_sigint_skips_the_grace_period(
-        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
-    serve = await ServeProcess(dsn, backends_toml(fake_gpu),
-                               env_extra={"RUNNER_SHUTDOWN_GRACE_S": "60"}).start()
+    dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
+    serve = await ServeProcess(
+        dsn, backends_toml(fake_gpu), env_extra={"RUNNER_SHUTDOWN_GRACE_S": "60"}
+    ).start()
     api = await Api.signed_in(http, serve.base_url)
     job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
     execution = job["executions"][0]["id"]
@@ -328,12 +365,14 @@ async def test_a_second_sigint_skips_the_grace_period(
 
 
 async def test_sigusr_leaves_serve_running_and_sighup_drains(
-        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     """SIGUSR1/SIGUSR2 (sent by tools probing a process) used to kill it with no drain, and
     so did SIGHUP (a closed terminal, a supervisor's reload): now the first two are logged
     and ignored, and SIGHUP drains as SIGTERM does."""
-    serve = await ServeProcess(dsn, backends_toml(fake_gpu),
-                               env_extra={"RUNNER_SHUTDOWN_GRACE_S": "60"}).start()
+    serve = await ServeProcess(
+        dsn, backends_toml(fake_gpu), env_extra={"RUNNER_SHUTDOWN_GRACE_S": "60"}
+    ).start()
     try:
         api = await Api.signed_in(http, serve.base_url)
         job = await api.submit({"backend": "gpu", "input": {"mode": "until_released"}})
@@ -361,7 +400,8 @@ async def test_sigusr_leaves_serve_running_and_sighup_drains(
 
 
 async def test_a_remote_id_that_arrives_during_an_outage_is_kept_until_stored(
-        own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    own_pg: StoppablePostgres, settings: Settings, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     """The provider accepted the work while Postgres was away: its id is stored once Postgres
     is back (never lost, never submitted again), and the job finishes."""
     fake_gpu.runpod.answer_gate = asyncio.Event()

@@ -29,7 +29,8 @@ async def _metric(http: aiohttp.ClientSession, base: str, line_start: str) -> st
 
 
 async def test_an_instance_claims_only_what_it_can_run(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
     every = {n: _http(n, fake_gpu) for n in ("gpu-a", "gpu-b", "gpu-none")}
     front = await cluster.start("api", backends=every)
     a = await cluster.start("worker", backends={"gpu-a": every["gpu-a"]})
@@ -40,8 +41,12 @@ async def test_an_instance_claims_only_what_it_can_run(
     stranded = await api.submit({"backend": "gpu-none", "input": {"n": 3}})
     assert (await api.until(for_b["id"], "completed"))["status"] == "completed"
     assert (await api.until(for_a["id"], "completed"))["status"] == "completed"
-    started = {r["job_id"]: r["worker"] for r in await db.fetch(
-        "SELECT job_id::text, detail->>'worker' AS worker FROM job_events WHERE kind = 'started'")}
+    started = {
+        r["job_id"]: r["worker"]
+        for r in await db.fetch(
+            "SELECT job_id::text, detail->>'worker' AS worker FROM job_events WHERE kind = 'started'"
+        )
+    }
     assert started == {for_b["id"]: b.instance_id, for_a["id"]: a.instance_id}
     # Nobody has gpu-none: the job waits, queued, and the gauge says why.
     assert b.worker is not None
@@ -65,7 +70,8 @@ async def test_an_instance_claims_only_what_it_can_run(
 
 
 async def test_concurrency_is_a_limit_across_instances_even_when_one_dies(
-        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
     toml = f"""
 [backends.gpu]
 kind = "http"
@@ -77,8 +83,10 @@ concurrency = 2
     two = await ServeProcess(dsn, toml, env_extra=lease).start()
     try:
         api = await Api.signed_in(http, one.base_url)
-        jobs = [await api.submit({"backend": "gpu", "input": {"mode": "slow", "seconds": 0.3, "n": i}})
-                for i in range(8)]
+        jobs = [
+            await api.submit({"backend": "gpu", "input": {"mode": "slow", "seconds": 0.3, "n": i}})
+            for i in range(8)
+        ]
         # Kill one instance as soon as it holds work: its slots stay taken until its lease
         # expires and its jobs are requeued, so the limit holds through the loss.
         first = {asyncio.create_task(p.wait_log("job_started", timeout=30)): p for p in (one, two)}
@@ -89,7 +97,9 @@ concurrency = 2
         survivor = two if victim is one else one
         victim.signal(signal.SIGKILL)
         await victim.wait()
-        done = [await api.on(survivor.base_url).until(j["id"], "completed", "failed", timeout=60) for j in jobs]
+        done = [
+            await api.on(survivor.base_url).until(j["id"], "completed", "failed", timeout=60) for j in jobs
+        ]
         assert [j["status"] for j in done] == ["completed"] * 8
         assert fake_gpu.web.open_max <= 2, fake_gpu.web.open_max
         assert fake_gpu.web.open_max == 2  # and the limit was used, not just respected
@@ -98,11 +108,13 @@ concurrency = 2
 
 
 async def test_a_waiting_execution_is_cancelled_at_once(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(backends={"gpu": _http("gpu", fake_gpu, concurrency=1)})
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
-    first = await api.submit({"backend": "gpu", "input": {"mode": "hold"}},
-                             {"backend": "gpu", "input": {"mode": "hold"}})
+    first = await api.submit(
+        {"backend": "gpu", "input": {"mode": "hold"}}, {"backend": "gpu", "input": {"mode": "hold"}}
+    )
     ids = [e["id"] for e in first["executions"]]
     # One slot: whichever execution takes it first runs, the other waits its turn.
     turns = {asyncio.ensure_future(fake_gpu.web.started[i].wait()): i for i in ids}
@@ -122,7 +134,8 @@ async def test_a_waiting_execution_is_cancelled_at_once(
 
 
 async def test_a_wallets_first_job_does_not_wait_for_anothers_backlog(
-        cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
     one_at_a_time = {"demo": BackendSpec(name="demo", kind="demo", concurrency=1)}
     front = await cluster.start("api", backends=one_at_a_time)
     base = f"http://127.0.0.1:{front.port}"
@@ -131,8 +144,10 @@ async def test_a_wallets_first_job_does_not_wait_for_anothers_backlog(
     mine = await bob.submit({"backend": "demo", "input": {"seconds": 0.05}})
     await cluster.start("worker", backends=one_at_a_time)
     await bob.until(mine["id"], "completed", timeout=30)
-    order = [str(r["job_id"]) for r in await db.fetch(
-        "SELECT job_id FROM job_events WHERE kind = 'started' ORDER BY id")]
+    order = [
+        str(r["job_id"])
+        for r in await db.fetch("SELECT job_id FROM job_events WHERE kind = 'started' ORDER BY id")
+    ]
     ahead = order.index(mine["id"])
     assert ahead <= 1, (ahead, len(order))  # at most the one job running when it was queued
     for job in backlog:
@@ -140,7 +155,8 @@ async def test_a_wallets_first_job_does_not_wait_for_anothers_backlog(
 
 
 async def test_retention_deletes_what_is_old_and_keeps_what_is_new_or_active(
-        cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    cluster: Cluster, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
     rt = await cluster.start()
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     old = [await api.submit({"backend": "demo", "input": {"seconds": 0}}) for _ in range(3)]
@@ -150,17 +166,30 @@ async def test_retention_deletes_what_is_old_and_keeps_what_is_new_or_active(
     active = await api.submit({"backend": "demo", "input": {"seconds": 60}})
     await api.until(active["id"], "running")
     long_ago = datetime.now(UTC) - timedelta(days=40)
-    await db.execute("UPDATE jobs SET finished_at = $1 WHERE id = ANY($2::uuid[])",
-                     long_ago, [uuid.UUID(j["id"]) for j in old])
+    await db.execute(
+        "UPDATE jobs SET finished_at = $1 WHERE id = ANY($2::uuid[])",
+        long_ago,
+        [uuid.UUID(j["id"]) for j in old],
+    )
     await db.execute("UPDATE jobs SET created_at = $1 WHERE id = $2", long_ago, uuid.UUID(active["id"]))
     assert rt.worker is not None
     assert await rt.worker.apply_retention(30) == 3
     left = {str(r["id"]) for r in await db.fetch("SELECT id FROM jobs")}
     assert left == {new["id"], active["id"]}
-    assert await db.fetchval("SELECT count(*) FROM executions WHERE job_id = ANY($1::uuid[])",
-                             [uuid.UUID(j["id"]) for j in old]) == 0
-    assert await db.fetchval("SELECT count(*) FROM job_events WHERE job_id = ANY($1::uuid[])",
-                             [uuid.UUID(j["id"]) for j in old]) == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM executions WHERE job_id = ANY($1::uuid[])",
+            [uuid.UUID(j["id"]) for j in old],
+        )
+        == 0
+    )
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM job_events WHERE job_id = ANY($1::uuid[])",
+            [uuid.UUID(j["id"]) for j in old],
+        )
+        == 0
+    )
     # The audit trail stays append-only for everyone else.
     try:
         await db.execute("DELETE FROM job_events WHERE job_id = $1", uuid.UUID(new["id"]))

@@ -10,8 +10,23 @@ from typing import Any
 
 from tests.client import Api
 
-STRINGS = ["", "demo", "gpu", "x" * 600, "0x" + "ab" * 20, "../../etc/passwd", "\u0000", "💥",
-           "queued", "running", "true", "null", "1e309", "-1", str(uuid.uuid4())]
+STRINGS = [
+    "",
+    "demo",
+    "gpu",
+    "x" * 600,
+    "0x" + "ab" * 20,
+    "../../etc/passwd",
+    "\u0000",
+    "💥",
+    "queued",
+    "running",
+    "true",
+    "null",
+    "1e309",
+    "-1",
+    str(uuid.uuid4()),
+]
 
 
 def _value(rng: random.Random, depth: int = 0) -> Any:
@@ -29,8 +44,19 @@ def _value(rng: random.Random, depth: int = 0) -> Any:
         return None
     if kind == "list":
         return [_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    keys = ["executions", "backend", "input", "name", "timeout_s", "metadata", "reason",
-            "statuses", "message", "signature", rng.choice(STRINGS)]
+    keys = [
+        "executions",
+        "backend",
+        "input",
+        "name",
+        "timeout_s",
+        "metadata",
+        "reason",
+        "statuses",
+        "message",
+        "signature",
+        rng.choice(STRINGS),
+    ]
     return {rng.choice(keys): _value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
 
 
@@ -39,8 +65,10 @@ def _body(rng: random.Random) -> tuple[bytes, str]:
     if roll < 0.6:
         return json.dumps(_value(rng)).encode(), "application/json"
     if roll < 0.7:  # the shape a real submit has, with random parts
-        execs = [{"backend": rng.choice(["demo", "nope", 5]), "input": _value(rng)}
-                 for _ in range(rng.randint(0, 3))]
+        execs = [
+            {"backend": rng.choice(["demo", "nope", 5]), "input": _value(rng)}
+            for _ in range(rng.randint(0, 3))
+        ]
         return json.dumps({"executions": execs, "timeout_s": _value(rng)}).encode(), "application/json"
     if roll < 0.85:
         return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))), "application/json"
@@ -51,17 +79,29 @@ async def test_random_input_never_gets_a_500(api: Api) -> None:
     rng = random.Random(20261121)
     job = await api.submit({"backend": "demo", "input": {"seconds": 60}})
     execution = job["executions"][0]["id"]
-    paths = [("POST", "/jobs"), ("GET", "/jobs"), ("POST", "/jobs/cancel"),
-             ("GET", f"/jobs/{job['id']}"), ("GET", f"/jobs/{job['id']}/audit"),
-             ("POST", f"/jobs/{job['id']}/cancel"),
-             ("POST", f"/jobs/{job['id']}/executions/{execution}/cancel"),
-             ("POST", "/auth/login"), ("GET", "/auth/me"), ("POST", "/auth/ticket"),
-             ("GET", "/jobs/%00"), ("DELETE", "/jobs"), ("PUT", f"/jobs/{job['id']}")]
+    paths = [
+        ("POST", "/jobs"),
+        ("GET", "/jobs"),
+        ("POST", "/jobs/cancel"),
+        ("GET", f"/jobs/{job['id']}"),
+        ("GET", f"/jobs/{job['id']}/audit"),
+        ("POST", f"/jobs/{job['id']}/cancel"),
+        ("POST", f"/jobs/{job['id']}/executions/{execution}/cancel"),
+        ("POST", "/auth/login"),
+        ("GET", "/auth/me"),
+        ("POST", "/auth/ticket"),
+        ("GET", "/jobs/%00"),
+        ("DELETE", "/jobs"),
+        ("PUT", f"/jobs/{job['id']}"),
+    ]
     seen: dict[int, int] = {}
     for _ in range(400):
         method, path = rng.choice(paths)
-        query = "?" + "&".join(f"{rng.choice(['limit', 'status', 'cursor', 'wait', 'ticket'])}="
-                               f"{rng.choice(STRINGS).replace('&', '')}" for _ in range(rng.randint(0, 2)))
+        query = "?" + "&".join(
+            f"{rng.choice(['limit', 'status', 'cursor', 'wait', 'ticket'])}="
+            f"{rng.choice(STRINGS).replace('&', '')}"
+            for _ in range(rng.randint(0, 2))
+        )
         data, ctype = _body(rng)
         headers = {**api.headers, "Content-Type": ctype}
         if rng.random() < 0.1:

@@ -22,9 +22,12 @@ from tests.procs import ServeProcess
 from tests.wallets import Wallet
 
 
-async def _raw_post(http: aiohttp.ClientSession, url: str, body: bytes,
-                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    async with http.post(url, data=body, headers={"Content-Type": "application/json", **(headers or {})}) as resp:
+async def _raw_post(
+    http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with http.post(
+        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    ) as resp:
         return resp.status, await resp.json()
 
 
@@ -41,6 +44,7 @@ async def _raw_request(port: int, head: bytes) -> bytes:
 
 # -- bounded parsing, in a real `runner serve` -------------------------------------------------
 
+
 async def test_deep_json_does_not_kill_the_process(dsn: str, http: aiohttp.ClientSession) -> None:
     """eth-account's py_ecc raises the recursion limit to 100,000 at import: a recursive JSON
     parser then overflows the C stack and the process dies (every JSON route, no session)."""
@@ -48,8 +52,9 @@ async def test_deep_json_does_not_kill_the_process(dsn: str, http: aiohttp.Clien
     try:
         deep = b'{"message": ' + b"[" * 100_000
         for path in ("/auth/login", "/jobs"):
-            status, body = await _raw_post(http, serve.base_url + path, deep,
-                                           headers={"Authorization": "Bearer x"})
+            status, body = await _raw_post(
+                http, serve.base_url + path, deep, headers={"Authorization": "Bearer x"}
+            )
             assert status in (400, 401), body
             if path == "/auth/login":
                 assert body["error"] == "invalid_request" and "64" in body["message"], body
@@ -71,12 +76,15 @@ def _submit(where: str, poison: str) -> tuple[str, str]:
     parts = {
         "name": ('{"executions": [{"backend": "demo", "name": @}]}', "$.executions[0].name"),
         "backend": ('{"executions": [{"backend": @}]}', "$.executions[0].backend"),
-        "input": ('{"executions": [{"backend": "demo", "input": {"seconds": 0, "p": @}}]}',
-                  "$.executions[0].input.p"),
-        "input_list": ('{"executions": [{"backend": "demo", "input": [1, [@]]}]}',
-                       "$.executions[0].input[1][0]"),
-        "metadata": ('{"executions": [{"backend": "demo"}], "metadata": {"m": {"k": @}}}',
-                     "$.metadata.m.k"),
+        "input": (
+            '{"executions": [{"backend": "demo", "input": {"seconds": 0, "p": @}}]}',
+            "$.executions[0].input.p",
+        ),
+        "input_list": (
+            '{"executions": [{"backend": "demo", "input": [1, [@]]}]}',
+            "$.executions[0].input[1][0]",
+        ),
+        "metadata": ('{"executions": [{"backend": "demo"}], "metadata": {"m": {"k": @}}}', "$.metadata.m.k"),
         "timeout": ('{"executions": [{"backend": "demo"}], "timeout_s": @}', "$.timeout_s"),
     }
     template, path = parts[where]
@@ -86,7 +94,8 @@ def _submit(where: str, poison: str) -> tuple[str, str]:
 @pytest.mark.parametrize("poison", list(STRING_POISONS))
 @pytest.mark.parametrize("where", ["name", "backend", "input", "input_list", "metadata"])
 async def test_unstorable_strings_in_a_submit_are_400_naming_the_field(
-        api: Api, where: str, poison: str) -> None:
+    api: Api, where: str, poison: str
+) -> None:
     body, path = _submit(where, STRING_POISONS[poison])
     status, reply = await _raw_post(api.http, api.base + "/jobs", body.encode(), api.headers)
     assert status == 400 and reply["error"] == "invalid_request", reply
@@ -98,8 +107,10 @@ async def test_unstorable_keys_are_400_naming_the_field(api: Api, poison: str) -
     key = STRING_POISONS[poison]
     for body, path in [
         (f'{{"executions": [{{"backend": "demo"}}], "metadata": {{{key}: 1}}}}', "$.metadata"),
-        (f'{{"executions": [{{"backend": "demo", "input": {{"a": {{{key}: 1}}}}}}]}}',
-         "$.executions[0].input.a"),
+        (
+            f'{{"executions": [{{"backend": "demo", "input": {{"a": {{{key}: 1}}}}}}]}}',
+            "$.executions[0].input.a",
+        ),
     ]:
         status, reply = await _raw_post(api.http, api.base + "/jobs", body.encode(), api.headers)
         assert status == 400 and reply["error"] == "invalid_request", reply
@@ -141,8 +152,9 @@ async def test_unstorable_reasons_and_statuses_are_400(api: Api, poison: str) ->
         assert named in reply["message"], (path, reply)
     assert (await api.job(job["id"]))["status"] in ("queued", "running")
     # A sign-in message is parsed, not stored: a poisoned one is malformed (the login's code).
-    status, reply = await _raw_post(api.http, api.base + "/auth/login",
-                                    f'{{"message": {value}, "signature": "0x00"}}'.encode())
+    status, reply = await _raw_post(
+        api.http, api.base + "/auth/login", f'{{"message": {value}, "signature": "0x00"}}'.encode()
+    )
     assert status == 401 and reply["error"] == "invalid_message", reply
 
 
@@ -157,12 +169,14 @@ async def test_tokens_and_cookies_that_are_not_utf8_are_401(service: Runtime) ->
     assert service.port is not None
     for header in (b"Authorization: Bearer \xff\xfeabc", b"Cookie: runner_session=\xff\xfeabc"):
         reply = await _raw_request(
-            service.port, b"GET /jobs HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+            service.port, b"GET /jobs HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n"
+        )
         assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
         assert b'"unauthenticated"' in reply
     # A NUL is not HTTP at all: aiohttp's parser refuses the request before any handler.
     reply = await _raw_request(
-        service.port, b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\x00b\r\n\r\n")
+        service.port, b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\x00b\r\n\r\n"
+    )
     assert reply.startswith(b"HTTP/1.0 400"), reply[:200]
 
 
@@ -173,8 +187,9 @@ async def test_a_chain_id_of_5000_digits_is_refused_not_a_500(api: Api, http: ai
     wallet = Wallet()
     text = wallet.message(nonce).to_text().replace("\nChain ID: 1\n", "\nChain ID: " + "9" * 5000 + "\n")
     assert "\nChain ID: " + "9" * 5000 + "\nNonce: " in text  # the message really carries it
-    status, reply = await _raw_post(http, api.base + "/auth/login",
-                                    json.dumps({"message": text, "signature": wallet.sign(text)}).encode())
+    status, reply = await _raw_post(
+        http, api.base + "/auth/login", json.dumps({"message": text, "signature": wallet.sign(text)}).encode()
+    )
     assert status == 401 and reply["error"] in ("invalid_message", "invalid_chain"), reply
     assert "chain id" in reply["message"], reply
 
@@ -182,8 +197,11 @@ async def test_a_chain_id_of_5000_digits_is_refused_not_a_500(api: Api, http: ai
 async def test_a_last_event_id_of_unicode_digits_is_400(api: Api) -> None:
     """'²'.isdigit() is true and int('²') raises: the id must be ASCII digits."""
     port = int(api.base.rsplit(":", 1)[1])
-    head = (b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + api.token.encode()
-            + b"\r\nLast-Event-ID: \xc2\xb2\r\nConnection: close\r\n\r\n")  # UTF-8 of '²'
+    head = (
+        b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + api.token.encode()
+        + b"\r\nLast-Event-ID: \xc2\xb2\r\nConnection: close\r\n\r\n"
+    )  # UTF-8 of '²'
     reply = await _raw_request(port, head)
     assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
     assert b'"invalid_request"' in reply and b"Last-Event-ID" in reply, reply[:300]
@@ -208,7 +226,8 @@ ARABIC_INDIC = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665
 
 
 async def test_a_sign_in_time_in_arabic_indic_digits_is_invalid_message(
-        api: Api, http: aiohttp.ClientSession) -> None:
+    api: Api, http: aiohttp.ClientSession
+) -> None:
     """RFC 3339 times are ASCII digits; a regex's \\d also takes '\u0662\u0660\u0662\u0666' (int() reads it as 2026)."""
     wallet = Wallet()
     now = datetime.now(UTC)
@@ -219,8 +238,11 @@ async def test_a_sign_in_time_in_arabic_indic_digits_is_invalid_message(
         hostile = at.isoformat(timespec="milliseconds").replace("+00:00", "Z").translate(ARABIC_INDIC)
         text = wallet.message(nonce, **{field: hostile}).to_text()
         assert hostile in text and not hostile.isascii()  # the message really carries it
-        status, reply = await _raw_post(http, api.base + "/auth/login",
-                                        json.dumps({"message": text, "signature": wallet.sign(text)}).encode())
+        status, reply = await _raw_post(
+            http,
+            api.base + "/auth/login",
+            json.dumps({"message": text, "signature": wallet.sign(text)}).encode(),
+        )
         assert status == 401 and reply["error"] == "invalid_message", (field, reply)
 
 
@@ -233,12 +255,14 @@ async def test_query_times_in_arabic_indic_digits_are_400(api: Api) -> None:
 
 # -- validate before signalling ----------------------------------------------------------------
 
+
 async def test_a_nul_reason_does_not_stop_a_running_job(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
     execution = job["executions"][0]["id"]
     await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
-    status, reply = await _raw_post(api.http, api.base + f"/jobs/{job['id']}/cancel",
-                                    b'{"reason": "stop\\u0000now"}', api.headers)
+    status, reply = await _raw_post(
+        api.http, api.base + f"/jobs/{job['id']}/cancel", b'{"reason": "stop\\u0000now"}', api.headers
+    )
     assert status == 400 and "$.reason" in reply["message"], reply
     assert not fake_gpu.web.closed[execution].is_set()  # the GPU call is still open
     assert (await api.job(job["id"]))["status"] == "running"
@@ -261,13 +285,15 @@ POISONED_REPLIES: dict[str, tuple[dict[str, Any], str]] = {
 
 
 async def test_poisoned_replies_fail_their_execution_once_and_spare_the_rest(
-        service: Runtime, http: aiohttp.ClientSession, base_url: str, fake_gpu: FakeProviders) -> None:
+    service: Runtime, http: aiohttp.ClientSession, base_url: str, fake_gpu: FakeProviders
+) -> None:
     alice, bob = await Api.signed_in(http, base_url), await Api.signed_in(http, base_url)
     # Bob's ordinary jobs go in with Alice's poisoned ones, so that they share result batches.
     submitted = await asyncio.gather(
         *(alice.submit({"backend": "plain", "input": reply}) for reply, _ in POISONED_REPLIES.values()),
-        *(bob.submit({"backend": "plain", "input": {"n": i}}) for i in range(20)))
-    poisoned, ordinary = submitted[:len(POISONED_REPLIES)], submitted[len(POISONED_REPLIES):]
+        *(bob.submit({"backend": "plain", "input": {"n": i}}) for i in range(20)),
+    )
+    poisoned, ordinary = submitted[: len(POISONED_REPLIES)], submitted[len(POISONED_REPLIES) :]
     for job, (_, expected) in zip(poisoned, POISONED_REPLIES.values(), strict=True):
         done = await alice.until(job["id"], "completed", "failed", "cancelled")
         execution = done["executions"][0]
@@ -284,8 +310,9 @@ async def test_poisoned_replies_fail_their_execution_once_and_spare_the_rest(
 
 
 async def test_a_remote_cancel_answer_with_a_nul_is_recorded_readably(
-        api: Api, fake_gpu: FakeProviders) -> None:
-    fake_gpu.web.url_cancel_reply = (422, b'not stopp\x00ed: \xff', {})  # a refusal, with a NUL byte
+    api: Api, fake_gpu: FakeProviders
+) -> None:
+    fake_gpu.web.url_cancel_reply = (422, b"not stopp\x00ed: \xff", {})  # a refusal, with a NUL byte
     job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
     execution = job["executions"][0]["id"]
     await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
@@ -294,13 +321,17 @@ async def test_a_remote_cancel_answer_with_a_nul_is_recorded_readably(
     done = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] != "pending")
     assert done["executions"][0]["remote_cancel"] == "failed", done
     assert "\x00" not in done["executions"][0]["error"]
-    [answer] = [e for e in (await api.call("GET", f"/jobs/{job['id']}/audit"))[1]["events"]
-                if e["kind"] == "remote_cancel"]
+    [answer] = [
+        e
+        for e in (await api.call("GET", f"/jobs/{job['id']}/audit"))[1]["events"]
+        if e["kind"] == "remote_cancel"
+    ]
     assert "stopp" in answer["detail"]["answer"] and "\x00" not in answer["detail"]["answer"]
     assert fake_gpu.web.url_cancels == [execution]
 
 
 # -- slow clients ------------------------------------------------------------------------------
+
 
 async def test_half_a_request_is_not_held_open(cluster: Cluster, dsn: str, settings: Settings) -> None:
     runtime = await cluster.start("all", settings.replace(read_timeout_s=0.5))
@@ -320,8 +351,10 @@ async def test_a_body_that_never_arrives_is_refused(cluster: Cluster, dsn: str, 
     assert runtime.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", runtime.port)
     try:
-        writer.write(b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"mess")
+        writer.write(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"mess'
+        )
         await writer.drain()
         reply = await asyncio.wait_for(reader.read(65536), 10)
         assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
@@ -334,8 +367,12 @@ async def test_bodies_that_are_not_what_their_encoding_says_are_400(api: Api) ->
     import gzip
 
     # Connection: close -- aiohttp drops a connection whose body it could not decode.
-    headers = {**api.headers, "Content-Encoding": "gzip", "Content-Type": "application/json",
-               "Connection": "close"}
+    headers = {
+        **api.headers,
+        "Content-Encoding": "gzip",
+        "Content-Type": "application/json",
+        "Connection": "close",
+    }
     async with api.http.post(api.base + "/jobs", data=b'{"executions": []}', headers=headers) as resp:
         assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
     # A small gzip that inflates past the body limit: refused without inflating it all.

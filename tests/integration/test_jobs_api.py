@@ -19,46 +19,84 @@ DEMO = {"backend": "demo", "input": {"seconds": 0}}
 
 
 async def test_submit_returns_the_queued_job(api: Api) -> None:
-    status, job = await api.call("POST", "/jobs", json={
-        "executions": [{"backend": "demo", "input": {"seconds": 0}, "name": "first"}, DEMO],
-        "timeout_s": 900, "metadata": {"project": "x"}})
+    status, job = await api.call(
+        "POST",
+        "/jobs",
+        json={
+            "executions": [{"backend": "demo", "input": {"seconds": 0}, "name": "first"}, DEMO],
+            "timeout_s": 900,
+            "metadata": {"project": "x"},
+        },
+    )
     assert status == 201
-    assert set(job) == {"id", "owner", "status", "created_at", "started_at", "finished_at",
-                        "cancelled_at", "cancelled_by", "cancel_reason", "timeout_s", "metadata",
-                        "executions", "error", "gpu_seconds", "rerun_of", "webhook", "webhook_events"}
+    assert set(job) == {
+        "id",
+        "owner",
+        "status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "cancelled_at",
+        "cancelled_by",
+        "cancel_reason",
+        "timeout_s",
+        "metadata",
+        "executions",
+        "error",
+        "gpu_seconds",
+        "rerun_of",
+        "webhook",
+        "webhook_events",
+    }
     assert uuid.UUID(job["id"]) and job["owner"] == api.wallet.address  # type: ignore[union-attr]
     assert job["status"] == "queued" and job["timeout_s"] == 900 and job["metadata"] == {"project": "x"}
     assert job["created_at"].endswith("Z")
     assert [e["name"] for e in job["executions"]] == ["first", None]
-    assert set(job["executions"][0]) == {"id", "name", "backend", "input", "status", "remote_id", "attempts",
-                                         "started_at", "finished_at", "output", "error",
-                                         "remote_cancel", "remote_stopped_at", "gpu_seconds"}
+    assert set(job["executions"][0]) == {
+        "id",
+        "name",
+        "backend",
+        "input",
+        "status",
+        "remote_id",
+        "attempts",
+        "started_at",
+        "finished_at",
+        "output",
+        "error",
+        "remote_cancel",
+        "remote_stopped_at",
+        "gpu_seconds",
+    }
     done = await api.until(job["id"], "completed")
     assert [e["output"] for e in done["executions"]] == [{"slept_s": 0}, {"slept_s": 0}]
     assert done["executions"][0]["attempts"] == 1
 
 
-@pytest.mark.parametrize(("body", "code", "fragment"), [
-    ({}, "invalid_request", "executions"),
-    ({"executions": []}, "invalid_request", "non-empty"),
-    ({"executions": "demo"}, "invalid_request", "non-empty list"),
-    ({"executions": [DEMO] * 65}, "invalid_request", "at most 64"),
-    ({"executions": [1]}, "invalid_request", "must be an object"),
-    ({"executions": [{"input": {}}]}, "invalid_request", "backend"),
-    ({"executions": [{"backend": "nope"}]}, "unknown_backend", "no backend named 'nope'"),
-    ({"executions": [{"backend": "https://evil.example/run"}]}, "unknown_backend", "no backend"),
-    ({"executions": [{"backend": "demo", "url": "http://x"}]}, "invalid_request", "unknown field"),
-    ({"executions": [DEMO], "timeout_s": -1}, "invalid_request", "timeout_s"),
-    ({"executions": [DEMO], "timeout_s": 0}, "invalid_request", "timeout_s"),
-    ({"executions": [DEMO], "timeout_s": 86401}, "invalid_request", "timeout_s"),
-    ({"executions": [DEMO], "timeout_s": 1.5}, "invalid_request", "timeout_s"),
-    ({"executions": [DEMO], "timeout_s": True}, "invalid_request", "timeout_s"),
-    ({"executions": [DEMO], "timeout_s": "60"}, "invalid_request", "timeout_s"),
-    ({"executions": [DEMO], "metadata": []}, "invalid_request", "metadata"),
-    ({"executions": [DEMO], "metadata": {"x": "y" * 17000}}, "invalid_request", "16 KiB"),
-    ({"executions": [DEMO], "owner": "0xabc"}, "invalid_request", "unknown field"),
-    ({"executions": [{"backend": "demo", "name": 5}]}, "invalid_request", "name"),
-])
+@pytest.mark.parametrize(
+    ("body", "code", "fragment"),
+    [
+        ({}, "invalid_request", "executions"),
+        ({"executions": []}, "invalid_request", "non-empty"),
+        ({"executions": "demo"}, "invalid_request", "non-empty list"),
+        ({"executions": [DEMO] * 65}, "invalid_request", "at most 64"),
+        ({"executions": [1]}, "invalid_request", "must be an object"),
+        ({"executions": [{"input": {}}]}, "invalid_request", "backend"),
+        ({"executions": [{"backend": "nope"}]}, "unknown_backend", "no backend named 'nope'"),
+        ({"executions": [{"backend": "https://evil.example/run"}]}, "unknown_backend", "no backend"),
+        ({"executions": [{"backend": "demo", "url": "http://x"}]}, "invalid_request", "unknown field"),
+        ({"executions": [DEMO], "timeout_s": -1}, "invalid_request", "timeout_s"),
+        ({"executions": [DEMO], "timeout_s": 0}, "invalid_request", "timeout_s"),
+        ({"executions": [DEMO], "timeout_s": 86401}, "invalid_request", "timeout_s"),
+        ({"executions": [DEMO], "timeout_s": 1.5}, "invalid_request", "timeout_s"),
+        ({"executions": [DEMO], "timeout_s": True}, "invalid_request", "timeout_s"),
+        ({"executions": [DEMO], "timeout_s": "60"}, "invalid_request", "timeout_s"),
+        ({"executions": [DEMO], "metadata": []}, "invalid_request", "metadata"),
+        ({"executions": [DEMO], "metadata": {"x": "y" * 17000}}, "invalid_request", "16 KiB"),
+        ({"executions": [DEMO], "owner": "0xabc"}, "invalid_request", "unknown field"),
+        ({"executions": [{"backend": "demo", "name": 5}]}, "invalid_request", "name"),
+    ],
+)
 async def test_every_bad_submit_is_refused_with_its_code(
     api: Api, body: dict[str, Any], code: str, fragment: str, db: Any
 ) -> None:
@@ -78,16 +116,18 @@ async def test_malformed_bodies(api: Api) -> None:
         (b"executions=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (b"\xff\xfe", "application/json", 400, "invalid_request"),
     ]:
-        async with api.http.post(f"{api.base}/jobs", data=data,
-                                 headers={**api.headers, "Content-Type": ctype}) as resp:
+        async with api.http.post(
+            f"{api.base}/jobs", data=data, headers={**api.headers, "Content-Type": ctype}
+        ) as resp:
             assert resp.status == status, data
             assert (await resp.json())["error"] == code
 
 
 async def test_body_over_1_mib_is_413(api: Api) -> None:
     big = json.dumps({"executions": [{"backend": "demo", "input": {"x": "y" * (1024 * 1024)}}]})
-    async with api.http.post(f"{api.base}/jobs", data=big,
-                             headers={**api.headers, "Content-Type": "application/json"}) as resp:
+    async with api.http.post(
+        f"{api.base}/jobs", data=big, headers={**api.headers, "Content-Type": "application/json"}
+    ) as resp:
         assert resp.status == 413
         assert (await resp.json())["error"] == "payload_too_large"
 
@@ -98,8 +138,7 @@ async def test_idempotency_key(api: Api, db: Any) -> None:
     again = await api.call("POST", "/jobs", json=body, headers={"Idempotency-Key": "k1"})
     assert first[0] == again[0] == 201
     assert first[1]["id"] == again[1]["id"]
-    conflict = await api.call("POST", "/jobs", json={"executions": [DEMO]},
-                              headers={"Idempotency-Key": "k1"})
+    conflict = await api.call("POST", "/jobs", json={"executions": [DEMO]}, headers={"Idempotency-Key": "k1"})
     assert conflict[0] == 409 and conflict[1]["error"] == "idempotency_conflict"
     # Per wallet: another wallet may use the same key.
     other = await Api.signed_in(api.http, api.base)
@@ -114,19 +153,23 @@ async def test_idempotency_key(api: Api, db: Any) -> None:
 
 async def test_concurrent_repeats_of_one_key_make_one_job(api: Api, db: Any) -> None:
     body = {"executions": [{"backend": "demo", "input": {"seconds": 60}}]}
-    replies = await asyncio.gather(*(api.call("POST", "/jobs", json=body,
-                                              headers={"Idempotency-Key": "same"}) for _ in range(10)))
+    replies = await asyncio.gather(
+        *(api.call("POST", "/jobs", json=body, headers={"Idempotency-Key": "same"}) for _ in range(10))
+    )
     assert {status for status, _ in replies} == {201}
     assert len({reply["id"] for _, reply in replies}) == 1
     assert await db.fetchval("SELECT count(*) FROM jobs") == 1
 
 
-async def test_quota_of_active_jobs(cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+async def test_quota_of_active_jobs(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start("all", settings.replace(max_active_jobs_per_wallet=3))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     long = {"backend": "demo", "input": {"seconds": 60}}
-    replies = await asyncio.gather(*(api.call("POST", "/jobs", json={"executions": [long]})
-                                     for _ in range(5)))
+    replies = await asyncio.gather(
+        *(api.call("POST", "/jobs", json={"executions": [long]}) for _ in range(5))
+    )
     statuses = sorted(status for status, _ in replies)
     assert statuses == [201, 201, 201, 429, 429]
     refused = next(body for status, body in replies if status == 429)
@@ -137,8 +180,8 @@ async def test_quota_of_active_jobs(cluster: Cluster, dsn: str, settings: Settin
     assert (await api.call("POST", "/jobs", json={"executions": [long]}))[0] == 201
 
 
-async def test_another_wallets_job_is_403_and_admins_may_read(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession
+async def test_another_wallets_job_is_403_and_admins_may_read(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     admin = Wallet()
     rt = await cluster.start(admin_wallets=frozenset({admin.address}))
@@ -159,13 +202,21 @@ async def test_another_wallets_job_is_403_and_admins_may_read(cluster: Cluster,
 
 async def test_unknown_and_malformed_ids_are_404(api: Api) -> None:
     job = await api.submit(DEMO)
-    for path in ("/jobs/not-a-uuid", f"/jobs/{uuid.uuid4()}", "/jobs/not-a-uuid/audit",
-                 f"/jobs/{uuid.uuid4()}/audit", f"/jobs/{uuid.uuid4()}/events"):
+    for path in (
+        "/jobs/not-a-uuid",
+        f"/jobs/{uuid.uuid4()}",
+        "/jobs/not-a-uuid/audit",
+        f"/jobs/{uuid.uuid4()}/audit",
+        f"/jobs/{uuid.uuid4()}/events",
+    ):
         status, body = await api.call("GET", path)
         assert status == 404 and body["error"] == "not_found", path
-    for path in (f"/jobs/{uuid.uuid4()}/cancel", "/jobs/xyz/cancel",
-                 f"/jobs/{job['id']}/executions/{uuid.uuid4()}/cancel",
-                 f"/jobs/{job['id']}/executions/nope/cancel"):
+    for path in (
+        f"/jobs/{uuid.uuid4()}/cancel",
+        "/jobs/xyz/cancel",
+        f"/jobs/{job['id']}/executions/{uuid.uuid4()}/cancel",
+        f"/jobs/{job['id']}/executions/nope/cancel",
+    ):
         status, body = await api.call("POST", path)
         assert status == 404 and body["error"] == "not_found", path
 

@@ -19,7 +19,8 @@ MARGIN_S = 1.0  # the renewal's statement, the task's stop and this loaded machi
 
 
 async def test_a_cancel_whose_notify_is_lost_stops_within_a_renewal(
-        cluster: Cluster, db: asyncpg.Connection, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, db: asyncpg.Connection, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     front = await cluster.start("api")
     worker = await cluster.start("worker")
     assert worker.listener is not None and worker.listener.backend_pid is not None
@@ -39,7 +40,9 @@ async def test_a_cancel_whose_notify_is_lost_stops_within_a_renewal(
     await wait_event(fake_gpu.web.closed[execution], timeout=cluster.settings.lease_s)
     took = fake_gpu.web.closed_at[execution] - began
     bound = cluster.settings.lease_renew_s + MARGIN_S
-    print(f"\nmeasured: a cancel whose NOTIFY was lost stopped the job after {took:.2f} s "
-          f"(renewal every {cluster.settings.lease_renew_s:.2f} s; bound {bound:.2f} s)")
+    print(
+        f"\nmeasured: a cancel whose NOTIFY was lost stopped the job after {took:.2f} s "
+        f"(renewal every {cluster.settings.lease_renew_s:.2f} s; bound {bound:.2f} s)"
+    )
     assert not worker.listener.connected  # the NOTIFY did not come: the renewal stopped it
     assert took <= bound

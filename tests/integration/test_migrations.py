@@ -11,8 +11,18 @@ from runner.db import apply_migrations, connect, load_migrations, migrate
 from runner.errors import MigrationError
 
 EXPECTED_TABLES = {
-    "jobs", "executions", "job_events", "idempotency_keys", "auth_nonces", "sessions",
-    "auth_tickets", "schema_migrations", "workers", "wallet_turns", "cancel_pacing", "webhook_secrets",
+    "jobs",
+    "executions",
+    "job_events",
+    "idempotency_keys",
+    "auth_nonces",
+    "sessions",
+    "auth_tickets",
+    "schema_migrations",
+    "workers",
+    "wallet_turns",
+    "cancel_pacing",
+    "webhook_secrets",
     "webhook_outbox",
 }
 
@@ -25,12 +35,22 @@ async def _tables(conn: asyncpg.Connection) -> set[str]:
 async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str) -> None:
     applied = await migrate(empty_dsn)
     assert applied == [m.name for m in load_migrations()]
-    assert applied == ["0001_init.sql", "0002_worker_leases.sql", "0003_submit_function.sql",
-                       "0004_terminal_guard_in_when.sql", "0005_final_status_rule.sql",
-                       "0006_executions_show_input.sql", "0007_fleets.sql",
-                       "0008_proven_stop_and_spend.sql", "0009_rerun.sql",
-                       "0010_wallet_notifications.sql", "0011_waiting.sql", "0012_providers.sql",
-                       "0014_webhooks.sql", "0015_notify_after_commit.sql"]
+    assert applied == [
+        "0001_init.sql",
+        "0002_worker_leases.sql",
+        "0003_submit_function.sql",
+        "0004_terminal_guard_in_when.sql",
+        "0005_final_status_rule.sql",
+        "0006_executions_show_input.sql",
+        "0007_fleets.sql",
+        "0008_proven_stop_and_spend.sql",
+        "0009_rerun.sql",
+        "0010_wallet_notifications.sql",
+        "0011_waiting.sql",
+        "0012_providers.sql",
+        "0014_webhooks.sql",
+        "0015_notify_after_commit.sql",
+    ]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)
     try:
@@ -45,8 +65,13 @@ async def test_two_migrate_processes_at_once_give_one_schema(empty_dsn: str) -> 
     env = {**os.environ, "DATABASE_URL": empty_dsn, "RUNNER_LOG_FORMAT": "json"}
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runner", "migrate", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "runner",
+            "migrate",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(2)
     ]
@@ -83,7 +108,9 @@ async def test_terminal_status_is_final_in_the_database(db: asyncpg.Connection) 
     job_id = await db.fetchval("SELECT id FROM jobs")
     await db.execute(
         "INSERT INTO executions (id, job_id, position, backend, input, status) "
-        "VALUES (gen_random_uuid(), $1, 0, 'demo', '{}', 'completed')", job_id)
+        "VALUES (gen_random_uuid(), $1, 0, 'demo', '{}', 'completed')",
+        job_id,
+    )
     with pytest.raises(asyncpg.CheckViolationError, match=r"executions .* is completed"):
         await db.execute("UPDATE executions SET status = 'running'")
     # Writes that do not move the status are not refused (recording a remote cancel's answer).
@@ -95,9 +122,7 @@ async def test_audit_trail_is_append_only(db: asyncpg.Connection) -> None:
     job_id = await db.fetchval(
         "INSERT INTO jobs (id, owner) VALUES (gen_random_uuid(), '0xabc') RETURNING id"
     )
-    await db.execute(
-        "INSERT INTO job_events (job_id, kind, actor) VALUES ($1, 'submitted', '0xabc')", job_id
-    )
+    await db.execute("INSERT INTO job_events (job_id, kind, actor) VALUES ($1, 'submitted', '0xabc')", job_id)
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute("UPDATE job_events SET actor = 'someone else'")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
@@ -115,8 +140,10 @@ async def test_pool_release_sends_no_reset_round_trip(dsn: str, db: asyncpg.Conn
         assert await pool.fetchval("SELECT 'released-without-reset'") == "released-without-reset"
         async with pool.acquire() as conn:
             pid = conn.get_server_pid()
-        assert await db.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid) \
+        assert (
+            await db.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
             == "SELECT 'released-without-reset'"
+        )
         async with pool.acquire() as conn:
             await conn.execute("BEGIN")
             await conn.execute("INSERT INTO workers (id, lease_expires_at) VALUES ('left-open', now())")

@@ -21,7 +21,14 @@ async def test_the_listener_listens_on_a_few_fixed_channels_whatever_is_watched(
     assert service.listener is not None and service.listener._conn is not None
     async with service.watch.watching(uuid.uuid4()), service.watch.watching_wallet(OWNER):
         channels = {r[0] for r in await service.listener._conn.fetch("SELECT pg_listening_channels()")}
-    assert channels == {notify.CANCEL, notify.SUBMIT, notify.CHANGE, notify.AUTH, notify.PROBE, notify.WEBHOOK}
+    assert channels == {
+        notify.CANCEL,
+        notify.SUBMIT,
+        notify.CHANGE,
+        notify.AUTH,
+        notify.PROBE,
+        notify.WEBHOOK,
+    }
 
 
 async def test_a_job_changing_transaction_sends_no_notify_of_its_own(dsn: str, service: Runtime) -> None:
@@ -39,16 +46,29 @@ async def test_a_job_changing_transaction_sends_no_notify_of_its_own(dsn: str, s
             heard.append((channel, payload))
 
     try:
-        for channel in (notify.SUBMIT, notify.CHANGE, "runner_job_" + job_id.hex, "runner_wallet_" + "ab" * 20):
+        for channel in (
+            notify.SUBMIT,
+            notify.CHANGE,
+            "runner_job_" + job_id.hex,
+            "runner_wallet_" + "ab" * 20,
+        ):
             await listener.add_listener(channel, hear)
         pool = service.pool
-        await pool.fetchrow("SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
-                            job_id, OWNER, [{"id": str(uuid.uuid4()), "backend": "nobody", "input": {}}])
-        claimed = await store.claim(pool, worker_id="test", limit=1, lease_s=60,
-                                    capacity=store.Capacity(["nobody"], {}))
+        await pool.fetchrow(
+            "SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
+            job_id,
+            OWNER,
+            [{"id": str(uuid.uuid4()), "backend": "nobody", "input": {}}],
+        )
+        claimed = await store.claim(
+            pool, worker_id="test", limit=1, lease_s=60, capacity=store.Capacity(["nobody"], {})
+        )
         assert [c.id for c in claimed] == [job_id]
-        await store.write_results(pool, [store.ExecutionResult(
-            job_id, claimed[0].executions[0].id, "completed", {"ok": True}, None, 1)], "test")
+        await store.write_results(
+            pool,
+            [store.ExecutionResult(job_id, claimed[0].executions[0].id, "completed", {"ok": True}, None, 1)],
+            "test",
+        )
         await pool.execute(f"NOTIFY {notify.SUBMIT}, 'sentinel'")
         await asyncio.wait_for(sentinel.wait(), 10)
     finally:
@@ -60,9 +80,11 @@ async def test_hints_are_coalesced_and_routed(dsn: str, service: Runtime) -> Non
     """A burst of changes goes out in a few NOTIFY transactions, not one each, and wakes the
     watchers of exactly the jobs and wallets it names."""
     watched, other = uuid.uuid4(), uuid.uuid4()
-    async with service.watch.watching(watched) as job_changed, \
-            service.watch.watching(other) as other_changed, \
-            service.watch.watching_wallet(OWNER) as wallet_changed:
+    async with (
+        service.watch.watching(watched) as job_changed,
+        service.watch.watching(other) as other_changed,
+        service.watch.watching_wallet(OWNER) as wallet_changed,
+    ):
         before = service.notifier.sent
         for _ in range(500):
             service.notifier.changed(uuid.uuid4(), "0x" + "cd" * 20)
@@ -85,7 +107,14 @@ def test_a_submit_hint_names_the_backends_a_job_needs() -> None:
 async def test_jobs_submit_hands_its_hints_to_the_notifier(service: Runtime, db: asyncpg.Connection) -> None:
     heard: asyncio.Queue[str] = asyncio.Queue()
     await db.add_listener(notify.SUBMIT, lambda *args: heard.put_nowait(args[-1]))
-    await jobs.submit(service.pool, owner=OWNER, executions=[jobs.NewExecution("demo", {"seconds": 60})],
-                      timeout_s=None, metadata={}, max_active=100, per_minute=1000,
-                      notifier=service.notifier)
+    await jobs.submit(
+        service.pool,
+        owner=OWNER,
+        executions=[jobs.NewExecution("demo", {"seconds": 60})],
+        timeout_s=None,
+        metadata={},
+        max_active=100,
+        per_minute=1000,
+        notifier=service.notifier,
+    )
     assert await asyncio.wait_for(heard.get(), 10) == "demo"

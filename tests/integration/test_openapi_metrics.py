@@ -44,9 +44,8 @@ async def test_openapi_is_served(http: aiohttp.ClientSession, base_url: str) -> 
     assert {"not_cancellable", "invalid_nonce", "quota_exceeded", "payload_too_large"} <= codes
 
 
-
-async def test_metrics_port_keeps_metrics_off_the_main_port(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession
+async def test_metrics_port_keeps_metrics_off_the_main_port(
+    cluster: Cluster, dsn: str, settings: Settings, http: aiohttp.ClientSession
 ) -> None:
     port = free_port()
     rt = await cluster.start("all", settings.replace(metrics_port=port))
@@ -83,7 +82,8 @@ async def _metrics_text(http: aiohttp.ClientSession, base: str) -> str:
 
 
 async def test_http_requests_are_counted_by_route_not_raw_url(
-        http: aiohttp.ClientSession, base_url: str) -> None:
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
     job_id = "0b8e0f0e-35f6-4a4c-9d3e-2f6f3c0f3b11"
     async with http.get(f"{base_url}/jobs/{job_id}") as resp:
         assert resp.status == 401
@@ -97,7 +97,8 @@ async def test_http_requests_are_counted_by_route_not_raw_url(
 
 
 async def test_queue_depth_and_oldest_age_per_backend(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     from runner.backends.config import BackendSpec
 
     spec = BackendSpec(name="gpu-q", kind="http", url=f"{fake_gpu.base_url}/run")  # type: ignore[call-arg]
@@ -110,7 +111,11 @@ async def test_queue_depth_and_oldest_age_per_backend(
     await worker.worker.housekeeping()
     text = await _metrics_text(http, f"http://127.0.0.1:{worker.port}")
     assert 'runner_jobs_queued{backend="gpu-q"} 2.0' in text
-    [age] = [ln for ln in text.splitlines() if ln.startswith('runner_oldest_queued_job_age_seconds{backend="gpu-q"}')]
+    [age] = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('runner_oldest_queued_job_age_seconds{backend="gpu-q"}')
+    ]
     assert 0 < float(age.split()[-1]) < 60
 
 
@@ -124,12 +129,16 @@ async def test_backend_calls_are_timed_and_their_errors_counted(fake_gpu: FakePr
 
     metrics = Metrics()
     async with _aiohttp.ClientSession() as session:
-        backend = build_backend(BackendSpec(name="gpu-m", kind="http", url=f"{fake_gpu.base_url}/run"),  # type: ignore[call-arg]
-                                session)
+        backend = build_backend(
+            BackendSpec(name="gpu-m", kind="http", url=f"{fake_gpu.base_url}/run"),  # type: ignore[call-arg]
+            session,
+        )
         assert isinstance(backend, HttpBackendBase)
         backend.metrics = metrics
         with pytest.raises(TransientBackendError):
             await backend.request("GET", "http://127.0.0.1:1/closed", "gpu-m poll")
     text = metrics.render().decode()
-    assert 'runner_backend_request_errors_total{backend="gpu-m",kind="transient",operation="poll"} 1.0' in text
+    assert (
+        'runner_backend_request_errors_total{backend="gpu-m",kind="transient",operation="poll"} 1.0' in text
+    )
     assert 'runner_backend_request_seconds_count{backend="gpu-m",operation="poll"} 1.0' in text

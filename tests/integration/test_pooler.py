@@ -45,7 +45,8 @@ async def test_serve_runs_behind_a_session_mode_pooler(dsn: str) -> None:
 
 
 async def test_start_up_stops_when_its_own_notification_never_arrives(
-        dsn: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What a transaction-mode pooler does to the listener, without one: nothing reaches it."""
     from runner.db import listener
 

@@ -15,7 +15,8 @@ ROOT = Path(__file__).parents[2]
 
 
 async def test_the_page_and_its_modules_are_served_under_a_strict_policy(
-        http: aiohttp.ClientSession, base_url: str) -> None:
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
     async with http.get(f"{base_url}/") as resp:
         assert resp.status == 200
         assert resp.content_type == "text/html"
@@ -40,5 +41,7 @@ def test_every_portal_file_ships_in_the_package() -> None:
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["api"]
     files = [p.relative_to(PORTAL_DIR.parent).as_posix() for p in PORTAL_DIR.rglob("*") if p.is_file()]
     assert files
-    missed = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    missed = [
+        f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)
+    ]
     assert missed == []

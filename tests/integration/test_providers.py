@@ -56,8 +56,10 @@ def _with(fake: FakeProviders, name: str, **changes: Any) -> dict[str, BackendSp
 
 # -- RunPod ---------------------------------------------------------------------------------------
 
+
 async def test_a_runpod_cancel_stays_acknowledged_while_the_worker_runs_on(
-        api: Api, fake_gpu: FakeProviders) -> None:
+    api: Api, fake_gpu: FakeProviders
+) -> None:
     """/cancel answers CANCELLED at once and /status says so from then on, whatever a sync
     handler goes on doing: nothing there proves a stop."""
     job, remote_id = await _running(api, "rp", HOLD)
@@ -78,8 +80,9 @@ async def test_runpod_running_status_is_still_running(api: Api, fake_gpu: FakePr
     assert done["status"] == "completed", done["executions"][0]["error"]
 
 
-async def test_an_unknown_status_is_waited_out_and_counted(service: Runtime, api: Api,
-                                                           fake_gpu: FakeProviders) -> None:
+async def test_an_unknown_status_is_waited_out_and_counted(
+    service: Runtime, api: Api, fake_gpu: FakeProviders
+) -> None:
     fake_gpu.runpod.running_status = "WARMING_UP"  # a state added at RunPod after this was written
     job = await api.submit({"backend": "rp", "input": {"polls": 4}})
     done = await api.until(job["id"], "completed", "failed")
@@ -88,7 +91,8 @@ async def test_an_unknown_status_is_waited_out_and_counted(service: Runtime, api
 
 
 async def test_throttled_status_polls_do_not_fail_or_cancel_healthy_work(
-        api: Api, fake_gpu: FakeProviders) -> None:
+    api: Api, fake_gpu: FakeProviders
+) -> None:
     job, _ = await _running(api, "rp", {"polls": 4})
     fake_gpu.runpod.status_429 = 4  # no Retry-After: RunPod documents none (3 used to fail it)
     done = await api.until(job["id"], "completed", "failed", timeout=30)
@@ -97,7 +101,8 @@ async def test_throttled_status_polls_do_not_fail_or_cancel_healthy_work(
 
 
 async def test_a_status_404_after_ttl_fails_the_execution_with_no_more_polls(
-        api: Api, fake_gpu: FakeProviders) -> None:
+    api: Api, fake_gpu: FakeProviders
+) -> None:
     job, remote_id = await _running(api, "rp", HOLD)
     fake_gpu.runpod.expire(remote_id)
     failed = await api.until(job["id"], "failed")
@@ -111,7 +116,8 @@ async def test_a_status_404_after_ttl_fails_the_execution_with_no_more_polls(
 
 
 async def test_a_404_on_a_cancels_confirmation_poll_is_gone(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(backends=_with(fake_gpu, "rp", poll_interval_s=1.0))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     job, remote_id = await _running(api, "rp", HOLD)
@@ -123,7 +129,8 @@ async def test_a_404_on_a_cancels_confirmation_poll_is_gone(
 
 
 async def test_a_cancel_refused_for_a_rotated_key_is_retried_and_alerted(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(backends=_with(fake_gpu, "rp", poll_interval_s=30.0))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     job, remote_id = await _running(api, "rp", HOLD)
@@ -141,7 +148,8 @@ async def test_a_cancel_refused_for_a_rotated_key_is_retried_and_alerted(
 
 
 async def test_a_deadline_over_7_days_stays_within_runpods_bounds(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(backends=_with(fake_gpu, "rp", deadline_s=10 * 24 * 3600.0))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     job = await api.submit({"backend": "rp", "input": {"polls": 2}})
@@ -151,7 +159,8 @@ async def test_a_deadline_over_7_days_stays_within_runpods_bounds(
 
 
 async def test_cancel_pacing_is_shared_by_every_instance(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
     """RunPod allows 100 cancels per 10 s per endpoint: two instances together must keep the
     backend's pace, not each its own."""
     rate = 4.0
@@ -176,6 +185,7 @@ async def test_cancel_pacing_is_shared_by_every_instance(
 
 # -- Replicate ------------------------------------------------------------------------------------
 
+
 async def test_replicate_runs_to_completion_with_its_own_spend(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit({"backend": "rep", "input": {"prompt": "corgi", "polls": 3}})
     done = await api.until(job["id"], "completed", "failed")
@@ -185,7 +195,9 @@ async def test_replicate_runs_to_completion_with_its_own_spend(api: Api, fake_gp
     p = fake_gpu.replicate.predictions[execution["remote_id"]]
     assert execution["gpu_seconds"] is not None and p.status == "succeeded"
     [create] = fake_gpu.replicate.creates
-    assert create["headers"]["Authorization"] == "Bearer r8-key" and create["body"]["input"]["prompt"] == "corgi"
+    assert (
+        create["headers"]["Authorization"] == "Bearer r8-key" and create["body"]["input"]["prompt"] == "corgi"
+    )
 
 
 async def test_a_replicate_cancel_is_confirmed_at_its_completed_at(api: Api, fake_gpu: FakeProviders) -> None:
@@ -207,8 +219,9 @@ async def test_a_replicate_create_is_not_sent_again_after_a_5xx(api: Api, fake_g
     assert len(fake_gpu.replicate.predictions) == 1  # one paid prediction, not two
 
 
-async def test_replicate_gets_a_cancel_after_of_at_least_5_s(cluster: Cluster, fake_gpu: FakeProviders,
-                                                            http: aiohttp.ClientSession) -> None:
+async def test_replicate_gets_a_cancel_after_of_at_least_5_s(
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start()
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     job = await api.submit({"backend": "rep", "input": {"polls": 2}}, timeout_s=3)
@@ -229,6 +242,7 @@ async def test_replicate_aborted_at_its_deadline_fails_naming_it(api: Api, fake_
 
 # -- fal --------------------------------------------------------------------------------------------
 
+
 async def test_fal_runs_through_the_urls_it_returns(api: Api, fake_gpu: FakeProviders) -> None:
     job = await api.submit({"backend": "fal", "input": {"prompt": "x", "polls": 3}})
     done = await api.until(job["id"], "completed", "failed")
@@ -241,12 +255,14 @@ async def test_fal_runs_through_the_urls_it_returns(api: Api, fake_gpu: FakeProv
     assert all(p.startswith("/fal/fal-ai/flux/requests/") for p in fake_gpu.fal.status_urls_polled)
 
 
-async def test_fal_namespaced_apps_are_polled_and_cancelled(cluster: Cluster, fake_gpu: FakeProviders,
-                                                            http: aiohttp.ClientSession) -> None:
+async def test_fal_namespaced_apps_are_polled_and_cancelled(
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(backends=_with(fake_gpu, "fal", model="workflows/acme/upscale"))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
-    done = await api.until((await api.submit({"backend": "fal", "input": {"polls": 2}}))["id"],
-                           "completed", "failed")
+    done = await api.until(
+        (await api.submit({"backend": "fal", "input": {"polls": 2}}))["id"], "completed", "failed"
+    )
     assert done["status"] == "completed", done["executions"][0]["error"]
     job, remote_id = await _running(api, "fal", HOLD)
     assert (await api.cancel(job["id"]))[0] == 200
@@ -273,8 +289,10 @@ async def test_fal_gets_its_start_deadline_and_names_it(api: Api, fake_gpu: Fake
 
 # -- Modal ------------------------------------------------------------------------------------------
 
+
 async def test_modal_call_id_is_the_remote_id_and_cancel_url_reaches_it(
-        api: Api, fake_gpu: FakeProviders) -> None:
+    api: Api, fake_gpu: FakeProviders
+) -> None:
     fake_gpu.web.modal_cut_s = 0.2  # Modal cuts at 150 s
     job = await api.submit({"backend": "modal", "input": {"mode": "modal", "until_released": True}})
     running = await api.until_execution(job["id"], 0, lambda e: e["remote_id"] is not None)
@@ -288,8 +306,8 @@ async def test_modal_call_id_is_the_remote_id_and_cancel_url_reaches_it(
 
 
 async def test_a_resumed_modal_call_gets_its_result_instead_of_posting_again(
-        cluster: Cluster, dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession,
-        db: asyncpg.Connection) -> None:
+    cluster: Cluster, dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
     fake_gpu.web.modal_cut_s = 0.2
     fast = cluster.settings.replace(lease_s=0.6)
     a = await cluster.start(settings=fast)
@@ -300,8 +318,9 @@ async def test_a_resumed_modal_call_gets_its_result_instead_of_posting_again(
     freeze(a)  # instance A dies while Modal runs the call
     b = await cluster.start("worker", settings=fast)
     async with asyncio.timeout(15):
-        while await db.fetchval("SELECT worker_id FROM jobs WHERE id = $1", uuid.UUID(job["id"])) \
-                != b.instance_id:  # noqa: ASYNC110 - the row is the truth
+        holder = None
+        while holder != b.instance_id:  # the row is the truth: poll it
+            holder = await db.fetchval("SELECT worker_id FROM jobs WHERE id = $1", uuid.UUID(job["id"]))
             await asyncio.sleep(0.02)
     fake_gpu.web.release.set()
     done = await api.until(job["id"], "completed", "failed", timeout=30)
@@ -312,10 +331,19 @@ async def test_a_resumed_modal_call_gets_its_result_instead_of_posting_again(
 
 # -- input ------------------------------------------------------------------------------------------
 
+
 async def test_input_must_be_an_object_for_queue_providers(api: Api, fake_gpu: FakeProviders) -> None:
     for backend in ("rp", "rep", "fal"):
-        status, body = await api.call("POST", "/jobs", json={"executions": [
-            {"backend": "demo", "input": {"seconds": 0}}, {"backend": backend, "input": [1, 2]}]})
+        status, body = await api.call(
+            "POST",
+            "/jobs",
+            json={
+                "executions": [
+                    {"backend": "demo", "input": {"seconds": 0}},
+                    {"backend": backend, "input": [1, 2]},
+                ]
+            },
+        )
         assert status == 400, body
         assert body["error"] == "invalid_request" and "$.executions[1].input" in body["message"]
     assert fake_gpu.runpod.submits == [] and fake_gpu.replicate.creates == [] and fake_gpu.fal.submits == []

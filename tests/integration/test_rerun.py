@@ -32,13 +32,17 @@ async def test_a_rerun_keeps_what_completed_and_runs_the_rest_once(api: Api, fak
     kept, *rest = new["executions"]
     assert kept["status"] == "completed" and kept["output"] == first["output"]
     assert [e["status"] for e in rest] == ["queued", "queued"] and all(e["remote_id"] is None for e in rest)
-    for execution in (await api.until_execution(new["id"], 1, lambda e: e["status"] == "running"))["executions"][1:]:
+    for execution in (await api.until_execution(new["id"], 1, lambda e: e["status"] == "running"))[
+        "executions"
+    ][1:]:
         await wait_event(fake_gpu.web.started[execution["id"]])
     # The kept execution never reached the backend again; the other two, once each.
     new_calls = fake_gpu.web.calls[calls_before:]
     assert sorted(c["headers"]["X-Runner-Execution-Id"] for c in new_calls) == sorted(e["id"] for e in rest)
     await api.cancel(new["id"], wait=True)
-    trail = [e for e in (await api.call("GET", f"/jobs/{old['id']}/audit"))[1]["events"] if e["kind"] == "rerun"]
+    trail = [
+        e for e in (await api.call("GET", f"/jobs/{old['id']}/audit"))[1]["events"] if e["kind"] == "rerun"
+    ]
     assert trail[0]["detail"]["new_job"] == new["id"]
     started = (await api.call("GET", f"/jobs/{new['id']}/audit"))[1]["events"][0]
     assert started["kind"] == "submitted" and started["detail"]["rerun_of"] == old["id"]
@@ -67,8 +71,9 @@ async def test_refusals(api: Api, fake_gpu: FakeProviders, http: aiohttp.ClientS
     assert (await stranger.call("POST", f"/jobs/{old['id']}/rerun"))[0] == 403
     assert (await api.call("POST", f"/jobs/{uuid.uuid4()}/rerun"))[0] == 404
     other = await api.submit({"backend": "demo", "input": {"seconds": 60}})
-    status, body = await api.call("POST", f"/jobs/{old['id']}/rerun",
-                                  json={"executions": [other["executions"][0]["id"]]})
+    status, body = await api.call(
+        "POST", f"/jobs/{old['id']}/rerun", json={"executions": [other["executions"][0]["id"]]}
+    )
     assert status == 400 and body["error"] == "invalid_request"
     await api.cancel(other["id"])
 
@@ -79,7 +84,8 @@ async def test_a_rerun_honours_the_idempotency_key(api: Api, fake_gpu: FakeProvi
     status, first = await api.call("POST", f"/jobs/{old['id']}/rerun", headers=key)
     status2, second = await api.call("POST", f"/jobs/{old['id']}/rerun", headers=key)
     assert status == status2 == 201 and first["id"] == second["id"]
-    status, body = await api.call("POST", f"/jobs/{old['id']}/rerun", headers=key,
-                                  json={"executions": [old["executions"][0]["id"]]})  # type: ignore[index]
+    status, body = await api.call(
+        "POST", f"/jobs/{old['id']}/rerun", headers=key, json={"executions": [old["executions"][0]["id"]]}
+    )  # type: ignore[index]
     assert status == 409 and body["error"] == "idempotency_conflict"
     await api.cancel(first["id"])

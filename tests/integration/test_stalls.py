@@ -27,13 +27,17 @@ STALL_S = 3.5 * LEASE_S  # the fault itself: a stall of three leases and a half
 
 
 async def test_a_stall_longer_than_a_lease_holds_each_job_once_and_claims_go_on(
-        dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
-    serve = await ServeProcess(dsn, backends_toml(fake_gpu),
-                               env_extra={"RUNNER_LEASE_S": str(LEASE_S)}).start()
+    dsn: str, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
+    serve = await ServeProcess(
+        dsn, backends_toml(fake_gpu), env_extra={"RUNNER_LEASE_S": str(LEASE_S)}
+    ).start()
     try:
         api = await Api.signed_in(http, serve.base_url)
-        jobs = [await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
-                for i in range(3)]
+        jobs = [
+            await api.submit({"backend": "gpu", "input": {"mode": "until_released", "n": i}})
+            for i in range(3)
+        ]
         executions = [j["executions"][0]["id"] for j in jobs]
         await asyncio.wait_for(asyncio.gather(*(fake_gpu.web.started[e].wait() for e in executions)), 30)
 
@@ -49,8 +53,9 @@ async def test_a_stall_longer_than_a_lease_holds_each_job_once_and_claims_go_on(
 
         fake_gpu.web.release.set()
         for job in jobs:
-            assert (await api.until(job["id"], "completed", "failed", "cancelled", timeout=20))["status"] \
-                == "completed"
+            assert (await api.until(job["id"], "completed", "failed", "cancelled", timeout=20))[
+                "status"
+            ] == "completed"
             _, audit = await api.call("GET", f"/jobs/{job['id']}/audit")
             assert [e for e in audit["events"] if e["kind"] == "requeued"] == [], audit
         assert [fake_gpu.web.calls_for(e) for e in executions] == [1, 1, 1]
@@ -61,6 +66,7 @@ async def test_a_stall_longer_than_a_lease_holds_each_job_once_and_claims_go_on(
 
 
 # -- the parts, each on its own (one instance in this process) ------------------------------------
+
 
 async def _running(api: Api, seconds: float = 60) -> dict[str, Any]:
     job = await api.submit({"backend": "demo", "input": {"seconds": seconds}})
@@ -73,8 +79,9 @@ async def _hold_renewal(runtime: Runtime) -> None:
     await asyncio.gather(renewal, return_exceptions=True)
 
 
-async def test_an_instance_never_requeues_the_jobs_it_holds(cluster: Cluster, settings: Settings,
-                                                            http: aiohttp.ClientSession) -> None:
+async def test_an_instance_never_requeues_the_jobs_it_holds(
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     """What a stall leaves: our own lease lapsed in Postgres, the renewal not yet run, and
     housekeeping first in line. It must leave our jobs to our renewal."""
     runtime = await cluster.start("all", settings.replace(lease_s=1.0))
@@ -82,10 +89,12 @@ async def test_an_instance_never_requeues_the_jobs_it_holds(cluster: Cluster, se
     job = await _running(api)
     assert runtime.worker is not None
     await _hold_renewal(runtime)  # the renewal has not run yet after the stall
-    await runtime.pool.execute("UPDATE workers SET lease_expires_at = now() - interval '1 minute' "
-                               "WHERE id = $1", runtime.instance_id)
-    requeued = await store.requeue_expired(runtime.pool, max_attempts=3, lease_s=0.0,
-                                           instance_id=runtime.instance_id)
+    await runtime.pool.execute(
+        "UPDATE workers SET lease_expires_at = now() - interval '1 minute' WHERE id = $1", runtime.instance_id
+    )
+    requeued = await store.requeue_expired(
+        runtime.pool, max_attempts=3, lease_s=0.0, instance_id=runtime.instance_id
+    )
     assert requeued == []
     assert (await api.job(job["id"]))["status"] == "running"
     # Another instance, though, cannot tell a stalled instance from a dead one.
@@ -94,7 +103,8 @@ async def test_an_instance_never_requeues_the_jobs_it_holds(cluster: Cluster, se
 
 
 async def test_a_job_claimed_again_while_its_old_task_runs_here_runs_once_and_claims_go_on(
-        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession
+) -> None:
     """After a stall, another instance requeued our job and it came back to us while its old
     task was still registered: the claim loop must neither die nor run the job twice."""
     runtime = await cluster.start("all", settings.replace(lease_s=1.0))
@@ -105,11 +115,13 @@ async def test_a_job_claimed_again_while_its_old_task_runs_here_runs_once_and_cl
     assert old is not None
     await _hold_renewal(runtime)  # the stall: our renewal has not run since
     # Another instance's housekeeping, meanwhile: our lease lapsed, the job is requeued.
-    await runtime.pool.execute("UPDATE workers SET lease_expires_at = now() - interval '1 minute' "
-                               "WHERE id = $1", runtime.instance_id)
+    await runtime.pool.execute(
+        "UPDATE workers SET lease_expires_at = now() - interval '1 minute' WHERE id = $1", runtime.instance_id
+    )
     # (with its Notifier: the work hint after the commit wakes our claim loop, as it would)
-    requeued = await store.requeue_expired(runtime.pool, max_attempts=3, lease_s=0.0, instance_id="other",
-                                           notifier=runtime.notifier)
+    requeued = await store.requeue_expired(
+        runtime.pool, max_attempts=3, lease_s=0.0, instance_id="other", notifier=runtime.notifier
+    )
     assert [str(r["id"]) for r in requeued] == [job["id"]]
     await asyncio.wait_for(asyncio.wait([old.task]), 10)  # the old claim is void: its task stops
     assert old.reason is StopReason.LEASE_LOST
@@ -123,8 +135,8 @@ async def test_a_job_claimed_again_while_its_old_task_runs_here_runs_once_and_cl
 
 
 async def test_a_background_task_that_dies_is_restarted_and_readyz_says_so_meanwhile(
-        cluster: Cluster, settings: Settings, http: aiohttp.ClientSession,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runtime = await cluster.start("all")
     base = f"http://127.0.0.1:{runtime.port}"
     api = await Api.signed_in(http, base)

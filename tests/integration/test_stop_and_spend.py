@@ -23,20 +23,39 @@ HOLD = {"backend": "rp", "input": {"hold": True}}
 
 def _rp(fake: FakeProviders, **extra: Any) -> dict[str, BackendSpec]:
     options = {"poll_interval_s": 0.05, **extra}
-    return {"rp": BackendSpec(name="rp", kind="runpod", base_url=fake.runpod_url, endpoint_id="ep1",
-                              api_key="rp-key", **options)}
+    return {
+        "rp": BackendSpec(
+            name="rp", kind="runpod", base_url=fake.runpod_url, endpoint_id="ep1", api_key="rp-key", **options
+        )
+    }
 
 
 def _fal(fake: FakeProviders, **extra: Any) -> dict[str, BackendSpec]:
     options = {"poll_interval_s": 0.05, **extra}
-    return {"fal": BackendSpec(name="fal", kind="fal", base_url=fake.fal_url, model="fal-ai/flux/dev",
-                               api_key="fal-key", **options)}
+    return {
+        "fal": BackendSpec(
+            name="fal",
+            kind="fal",
+            base_url=fake.fal_url,
+            model="fal-ai/flux/dev",
+            api_key="fal-key",
+            **options,
+        )
+    }
 
 
 def _rep(fake: FakeProviders, **extra: Any) -> dict[str, BackendSpec]:
     options = {"poll_interval_s": 0.05, **extra}
-    return {"rep": BackendSpec(name="rep", kind="replicate", base_url=fake.replicate_url, version="v1",
-                               api_key="r8-key", **options)}
+    return {
+        "rep": BackendSpec(
+            name="rep",
+            kind="replicate",
+            base_url=fake.replicate_url,
+            version="v1",
+            api_key="r8-key",
+            **options,
+        )
+    }
 
 
 async def _running(api: Api, backend: str, fake: FakeProviders | None = None) -> tuple[dict[str, Any], str]:
@@ -60,15 +79,21 @@ async def _metric(rt: Runtime, line_start: str) -> str | None:
 
 
 async def test_a_cancel_is_confirmed_once_the_provider_reports_the_work_over(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     """fal: an app with a cancel route stops a few polls after the cancel, then COMPLETED."""
     fake_gpu.fal.cancel_lag_polls = 6
     rt = await cluster.start(backends=_fal(fake_gpu))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     job, remote_id = await _running(api, "fal", fake_gpu)
     assert (await api.cancel(job["id"]))[0] == 200
-    acked = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] in ("acknowledged", "confirmed"))
-    assert acked["executions"][0]["remote_stopped_at"] is None or acked["executions"][0]["remote_cancel"] == "confirmed"
+    acked = await api.until_execution(
+        job["id"], 0, lambda e: e["remote_cancel"] in ("acknowledged", "confirmed")
+    )
+    assert (
+        acked["executions"][0]["remote_stopped_at"] is None
+        or acked["executions"][0]["remote_cancel"] == "confirmed"
+    )
     done = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] == "confirmed")
     execution = done["executions"][0]
     assert execution["remote_stopped_at"] > done["cancelled_at"]  # seen over after the cancel
@@ -77,12 +102,14 @@ async def test_a_cancel_is_confirmed_once_the_provider_reports_the_work_over(
     audit = (await api.call("GET", f"/jobs/{job['id']}/audit"))[1]["events"]
     assert next(e for e in audit if e["kind"] == "remote_stop_confirmed")["detail"]["remote_id"] == remote_id
     assert fake_gpu.fal.cancels == [remote_id]  # confirmed in time: sent once
-    assert (await _metric(rt, "runner_cancel_to_confirmed_stop_seconds_count")) == \
-        "runner_cancel_to_confirmed_stop_seconds_count 1.0"
+    assert (
+        await _metric(rt, "runner_cancel_to_confirmed_stop_seconds_count")
+    ) == "runner_cancel_to_confirmed_stop_seconds_count 1.0"
 
 
 async def test_work_that_never_stops_is_cancelled_again_and_counted(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     """fal: an app without a cancel route ignores the cancel and runs to its end
     (fal's e2e test_app_cancellation)."""
     fake_gpu.fal.cancel_route = False
@@ -103,7 +130,10 @@ async def test_work_that_never_stops_is_cancelled_again_and_counted(
     assert gaps[2] > gaps[0], gaps  # sent again with a backoff that doubles
     assert rt.worker is not None
     await rt.worker.housekeeping()
-    assert await _metric(rt, 'runner_remote_unconfirmed{backend="fal"}') == 'runner_remote_unconfirmed{backend="fal"} 1.0'
+    assert (
+        await _metric(rt, 'runner_remote_unconfirmed{backend="fal"}')
+        == 'runner_remote_unconfirmed{backend="fal"} 1.0'
+    )
     execution = (await api.job(job["id"]))["executions"][0]
     assert execution["remote_cancel"] == "acknowledged" and execution["remote_stopped_at"] is None
     fake_gpu.fal.finish(remote_id, {"images": []})  # the app reaches its end: COMPLETED
@@ -111,21 +141,24 @@ async def test_work_that_never_stops_is_cancelled_again_and_counted(
 
 
 async def test_a_429_without_retry_after_is_retried_with_backoff(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     """RunPod documents no Retry-After on its 429."""
     fake_gpu.runpod.cancel_429 = 1
     rt = await cluster.start(backends=_rp(fake_gpu))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     job, _ = await _running_at_runpod(api, fake_gpu)
     assert (await api.cancel(job["id"]))[0] == 200
-    await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] in ("acknowledged", "confirmed"),
-                              timeout=20)
+    await api.until_execution(
+        job["id"], 0, lambda e: e["remote_cancel"] in ("acknowledged", "confirmed"), timeout=20
+    )
     first, second = fake_gpu.runpod.cancel_times[:2]
     assert second - first >= 1.0  # the second try's backoff: 2 s, less up to a quarter of jitter
 
 
-async def test_submissions_carry_the_deadline(cluster: Cluster, fake_gpu: FakeProviders,
-                                              http: aiohttp.ClientSession) -> None:
+async def test_submissions_carry_the_deadline(
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(backends=_rp(fake_gpu, deadline_s=3600))
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     await api.submit({"backend": "rp", "input": {"polls": 1}}, timeout_s=120)
@@ -138,7 +171,8 @@ async def test_submissions_carry_the_deadline(cluster: Cluster, fake_gpu: FakePr
 
 
 async def test_confirmation_resumes_on_another_instance(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     """The instance that cancelled dies before the work is seen over: another confirms it
     (the state is in Postgres)."""
     fake_gpu.fal.cancel_lag_polls = 4
@@ -158,8 +192,12 @@ async def test_usage_adds_up_the_callers_jobs_only(cluster: Cluster, http: aioht
     rt = await cluster.start()
     base = f"http://127.0.0.1:{rt.port}"
     alice, bob = await Api.signed_in(http, base), await Api.signed_in(http, base)
-    mine = [await alice.submit({"backend": "demo", "input": {"seconds": 0.05}},
-                               {"backend": "demo", "input": {"seconds": 0.1}}) for _ in range(2)]
+    mine = [
+        await alice.submit(
+            {"backend": "demo", "input": {"seconds": 0.05}}, {"backend": "demo", "input": {"seconds": 0.1}}
+        )
+        for _ in range(2)
+    ]
     cancelled = await alice.submit({"backend": "demo", "input": {"seconds": 60}})
     await alice.until(cancelled["id"], "running")
     await alice.cancel(cancelled["id"], wait=True)
@@ -180,7 +218,8 @@ async def test_usage_adds_up_the_callers_jobs_only(cluster: Cluster, http: aioht
 
 
 async def test_a_sweep_confirms_a_few_at_a_time(
-        cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     """A hundred confirmations at once would fill every turn of the service's loop (a cancel
     arriving then waits behind them): the sweeper keeps a few in flight."""
     rt = await cluster.start(backends=_rep(fake_gpu))

@@ -27,21 +27,35 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def _claimed(pool: asyncpg.Pool, executions: int) -> store.ClaimedJob:
-    await jobs.submit(pool, owner=OWNER, executions=[jobs.NewExecution("gpu", {"i": i}) for i in range(executions)],
-                      timeout_s=None, metadata={}, max_active=100, per_minute=1000)
+    await jobs.submit(
+        pool,
+        owner=OWNER,
+        executions=[jobs.NewExecution("gpu", {"i": i}) for i in range(executions)],
+        timeout_s=None,
+        metadata={},
+        max_active=100,
+        per_minute=1000,
+    )
     (job,) = await store.claim(pool, worker_id=WORKER, limit=1, lease_s=60, capacity=ALL)
     return job
 
 
 def _result(job: store.ClaimedJob, index: int, status: str = "completed") -> store.ExecutionResult:
-    return store.ExecutionResult(job.id, job.executions[index].id, status, {"n": index},
-                                 error="boom" if status == "failed" else None, attempts=1)
+    return store.ExecutionResult(
+        job.id,
+        job.executions[index].id,
+        status,
+        {"n": index},
+        error="boom" if status == "failed" else None,
+        attempts=1,
+    )
 
 
 async def _trail(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[tuple[str, int]]:
     """(kind, transaction id) of each event, in order."""
-    rows = await pool.fetch("SELECT kind, xmin::text::bigint AS tx FROM job_events WHERE job_id = $1 "
-                            "ORDER BY id", job_id)
+    rows = await pool.fetch(
+        "SELECT kind, xmin::text::bigint AS tx FROM job_events WHERE job_id = $1 ORDER BY id", job_id
+    )
     return [(r["kind"], r["tx"]) for r in rows]
 
 
@@ -62,8 +76,9 @@ async def test_the_last_result_finishes_the_job_in_the_same_commit(pool: asyncpg
 
 async def test_a_job_whose_other_execution_was_cancelled_completes(pool: asyncpg.Pool) -> None:
     job = await _claimed(pool, 2)
-    await pool.execute("UPDATE executions SET status = 'cancelled', finished_at = now() WHERE id = $1",
-                       job.executions[0].id)
+    await pool.execute(
+        "UPDATE executions SET status = 'cancelled', finished_at = now() WHERE id = $1", job.executions[0].id
+    )
     assert await store.write_results(pool, [_result(job, 1)], WORKER) == [(True, "completed")]
     assert await pool.fetchval("SELECT cancelled_at FROM jobs WHERE id = $1", job.id) is None
 
@@ -98,8 +113,13 @@ async def _until_waiting_on_locks(db: asyncpg.Connection, count: int) -> None:
         while True:
             # Inside a transaction the activity view is read once and kept: read it afresh.
             await db.execute("SELECT pg_stat_clear_snapshot()")
-            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                "AND datname = current_database()") >= count:
+            if (
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+                >= count
+            ):
                 return
             await asyncio.sleep(0.01)
 
@@ -118,8 +138,9 @@ async def test_the_result_write_locks_the_job_before_its_executions(
             await _until_waiting_on_locks(db, 1)
             # Waiting for the job's lock, it holds none of its executions' yet.
             async with other.transaction():
-                await other.execute("SELECT 1 FROM executions WHERE id = $1 FOR NO KEY UPDATE NOWAIT",
-                                    job.executions[0].id)
+                await other.execute(
+                    "SELECT 1 FROM executions WHERE id = $1 FOR NO KEY UPDATE NOWAIT", job.executions[0].id
+                )
         assert await write == [(True, "completed")]
     finally:
         await other.close()

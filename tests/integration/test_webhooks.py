@@ -87,7 +87,8 @@ def _metric(rt: Runtime, start: str) -> float:
 
 
 async def test_every_event_of_a_completed_a_failed_and_a_cancelled_replicate_job_in_order(
-        cluster: Cluster, fake_gpu: FakeProviders, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, fake_gpu: FakeProviders, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
     # Replicate reports a cancelled prediction over (`canceled`, with its completed_at): a
     # confirmed stop. (RunPod's CANCELLED proves none, so it never sends remote_stopped.)
     rt = await cluster.start(**OPEN)
@@ -97,15 +98,26 @@ async def test_every_event_of_a_completed_a_failed_and_a_cancelled_replicate_job
 
     done = await api.submit({"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url)
     assert done["webhook"] == receiver.url and done["webhook_events"] == [
-        "started", "completed", "failed", "cancelled", "remote_stopped"]
-    failed = await api.submit({"backend": "demo", "input": {"fail": True}}, webhook=receiver.url,
-                              webhook_events=["failed"])
+        "started",
+        "completed",
+        "failed",
+        "cancelled",
+        "remote_stopped",
+    ]
+    failed = await api.submit(
+        {"backend": "demo", "input": {"fail": True}}, webhook=receiver.url, webhook_events=["failed"]
+    )
     held = await api.submit({"backend": "rep", "input": {"hold": True}}, webhook=receiver.url)
     await api.until_execution(held["id"], 0, lambda e: e["remote_id"] is not None)
     assert (await api.cancel(held["id"]))[0] == 200
 
-    await receiver.wait(lambda r: len(r.events_of(held["id"])) == 3 and len(r.events_of(done["id"])) == 2
-                        and len(r.events_of(failed["id"])) == 1)
+    await receiver.wait(
+        lambda r: (
+            len(r.events_of(held["id"])) == 3
+            and len(r.events_of(done["id"])) == 2
+            and len(r.events_of(failed["id"])) == 1
+        )
+    )
     assert receiver.events_of(done["id"]) == ["job.started", "job.completed"]
     assert receiver.events_of(failed["id"]) == ["job.failed"]  # only what it asked for
     assert receiver.events_of(held["id"]) == ["job.started", "job.cancelled", "job.remote_stopped"]
@@ -118,8 +130,9 @@ async def test_every_event_of_a_completed_a_failed_and_a_cancelled_replicate_job
     assert all(a["headers"]["webhook-id"].startswith("msg_") for a in receiver.arrivals)
 
     # The receiver has answered; the rows are marked just after.
-    rows = await _until_outbox(cluster.dsn, held["id"],
-                               lambda rs: len(rs) == 3 and all(r["state"] == "delivered" for r in rs))
+    rows = await _until_outbox(
+        cluster.dsn, held["id"], lambda rs: len(rs) == 3 and all(r["state"] == "delivered" for r in rs)
+    )
     audit = await _audit(api, held["id"])
     delivered = [e["detail"]["event"] for e in audit if e["kind"] == "webhook_delivered"]
     assert delivered == ["started", "cancelled", "remote_stopped"]
@@ -132,12 +145,14 @@ async def test_every_event_of_a_completed_a_failed_and_a_cancelled_replicate_job
 
 
 async def test_a_receiver_down_for_a_while_gets_the_event_once_when_it_is_back(
-        cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(**OPEN, webhook_retry_base_s=0.1)
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     await _signed_up(api, receiver)
-    job = await api.submit({"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url,
-                           webhook_events=["completed"])
+    job = await api.submit(
+        {"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url, webhook_events=["completed"]
+    )
     # Nothing listens yet: attempts fail and are retried.
     await _until_outbox(cluster.dsn, job["id"], lambda rs: rs and rs[0]["attempts"] >= 3)
     assert _metric(rt, 'runner_webhook_failures_total{status="network"}') >= 2
@@ -157,14 +172,16 @@ async def test_a_receiver_down_for_a_while_gets_the_event_once_when_it_is_back(
 
 
 async def test_a_slow_receiver_times_out_and_is_retried_with_the_same_id(
-        cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(**OPEN, webhook_timeout_s=0.5, webhook_retry_base_s=0.1)
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     await _signed_up(api, receiver)
     receiver.hold, receiver.hold_first = asyncio.Event(), 1  # the first request hangs
     await receiver.start()
-    job = await api.submit({"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url,
-                           webhook_events=["started"])
+    job = await api.submit(
+        {"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url, webhook_events=["started"]
+    )
     await receiver.wait(lambda r: r.verified)
     first, second = receiver.arrivals[:2]
     assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
@@ -174,11 +191,14 @@ async def test_a_slow_receiver_times_out_and_is_retried_with_the_same_id(
     failed = [e for e in audit if e["kind"] == "webhook_failed"]
     assert failed and failed[0]["detail"]["error"].startswith("timeout")
     assert _metric(rt, 'runner_webhook_failures_total{status="timeout"}') >= 1
-    assert [e["detail"]["attempt"] for e in audit if e["kind"] == "webhook_delivered"] == [len(receiver.arrivals)]
+    assert [e["detail"]["attempt"] for e in audit if e["kind"] == "webhook_delivered"] == [
+        len(receiver.arrivals)
+    ]
 
 
 async def test_deliveries_owed_by_a_killed_instance_are_made_by_another(
-        cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
     env = {"RUNNER_WEBHOOK_ALLOW_HTTP": "1", "RUNNER_WEBHOOK_ALLOW_PRIVATE": "1"}
     first = await ServeProcess(cluster.dsn, env_extra=env).start()
     try:
@@ -186,8 +206,11 @@ async def test_deliveries_owed_by_a_killed_instance_are_made_by_another(
         await _signed_up(api, receiver)
         receiver.hold, receiver.hold_first = asyncio.Event(), 1  # it is mid-delivery when killed
         await receiver.start()
-        job = await api.submit({"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url,
-                               webhook_events=["started", "completed"])
+        job = await api.submit(
+            {"backend": "demo", "input": {"seconds": 0.01}},
+            webhook=receiver.url,
+            webhook_events=["started", "completed"],
+        )
         await receiver.wait(lambda r: r.arrivals)
         first.kill()
         await first.wait()
@@ -207,20 +230,32 @@ async def test_deliveries_owed_by_a_killed_instance_are_made_by_another(
 
 
 async def test_private_addresses_are_refused_without_the_setting(
-        cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(webhook_allow_http=True)
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     demo = {"backend": "demo", "input": {"seconds": 0.01}}
-    for url in ("http://127.0.0.1:9/x", "https://localhost/x", "https://10.1.2.3/", "https://[::1]/",
-                "https://169.254.169.254/latest/meta-data", "https://[fd00:ec2::254]/",
-                "https://224.0.0.1/", "https://[::ffff:127.0.0.1]/", "https://no-such-host.invalid/"):
+    for url in (
+        "http://127.0.0.1:9/x",
+        "https://localhost/x",
+        "https://10.1.2.3/",
+        "https://[::1]/",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[fd00:ec2::254]/",
+        "https://224.0.0.1/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://no-such-host.invalid/",
+    ):
         status, body = await api.call("POST", "/jobs", json={"executions": [demo], "webhook": url})
         assert status == 400 and body["error"] == "invalid_request", (url, body)
         assert "webhook" in body["message"], body
     status, body = await api.call("POST", "/jobs", json={"executions": [demo], "webhook": "ftp://x.example/"})
     assert status == 400 and "webhook" in body["message"]
-    status, body = await api.call("POST", "/jobs", json={
-        "executions": [demo], "webhook": "https://x.example/", "webhook_events": ["exploded"]})
+    status, body = await api.call(
+        "POST",
+        "/jobs",
+        json={"executions": [demo], "webhook": "https://x.example/", "webhook_events": ["exploded"]},
+    )
     assert status == 400 and "webhook_events" in body["message"]
 
     # And at delivery (DNS may have changed since the submit): nothing reaches the receiver.
@@ -236,7 +271,8 @@ async def test_private_addresses_are_refused_without_the_setting(
 
 
 async def test_the_secret_is_made_once_and_a_rotated_one_still_signs_for_a_day(
-        cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
     rt = await cluster.start(**OPEN)
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
     first = (await api.call("GET", "/webhooks/secret"))[1]["secret"]
@@ -249,8 +285,9 @@ async def test_the_secret_is_made_once_and_a_rotated_one_still_signs_for_a_day(
 
     receiver.secret = first  # a receiver not yet updated still verifies
     await receiver.start()
-    await api.submit({"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url,
-                     webhook_events=["completed"])
+    await api.submit(
+        {"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url, webhook_events=["completed"]
+    )
     await receiver.wait(lambda r: r.verified)
     signatures = receiver.arrivals[0]["headers"]["webhook-signature"].split(" ")
     assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
@@ -258,7 +295,8 @@ async def test_the_secret_is_made_once_and_a_rotated_one_still_signs_for_a_day(
 
 
 async def test_a_webhook_job_without_a_backend_spec_in_the_listing(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
     """The fields are in every job JSON: null without a webhook."""
     rt = await cluster.start(backends={"demo": BackendSpec(name="demo", kind="demo")})
     api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
@@ -269,7 +307,8 @@ async def test_a_webhook_job_without_a_backend_spec_in_the_listing(
 
 
 async def test_the_triggers_write_each_event_with_its_change_and_only_those_asked_for(
-        cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
     """Statuses changed by hand (no worker runs here): the outbox follows, in the same
     transaction; a requeue is no event; remote_stopped comes from the execution's confirmation."""
     rt = await cluster.start("api", **OPEN)
@@ -283,21 +322,39 @@ async def test_the_triggers_write_each_event_with_its_change_and_only_those_aske
         await conn.execute("INSERT INTO workers (id, lease_expires_at) VALUES ('w', now() + interval '1 h')")
         for job in (every, some, none):
             async with conn.transaction():
-                await conn.execute("UPDATE jobs SET status = 'running', worker_id = 'w' WHERE id = $1", job["id"])
-                assert [r["event"] for r in await conn.fetch(
-                    "SELECT event FROM webhook_outbox WHERE job_id = $1", job["id"])] == (
-                    ["started"] if job is every else [])  # already there, before the commit
+                await conn.execute(
+                    "UPDATE jobs SET status = 'running', worker_id = 'w' WHERE id = $1", job["id"]
+                )
+                assert [
+                    r["event"]
+                    for r in await conn.fetch("SELECT event FROM webhook_outbox WHERE job_id = $1", job["id"])
+                ] == (["started"] if job is every else [])  # already there, before the commit
             await conn.execute("UPDATE jobs SET status = 'queued', worker_id = NULL WHERE id = $1", job["id"])
             await conn.execute("UPDATE jobs SET status = 'running', worker_id = 'w' WHERE id = $1", job["id"])
-            await conn.execute("UPDATE jobs SET status = 'cancelled', worker_id = NULL, cancelled_at = now() "
-                               "WHERE id = $1", job["id"])
-            await conn.execute("UPDATE executions SET status = 'cancelled', remote_cancel = 'acknowledged' "
-                               "WHERE job_id = $1", job["id"])
-            await conn.execute("UPDATE executions SET remote_cancel = 'confirmed' WHERE job_id = $1", job["id"])
-            await conn.execute("UPDATE executions SET remote_cancel = 'confirmed' WHERE job_id = $1", job["id"])
-        events = {job["id"]: [r["event"] for r in await conn.fetch(
-            "SELECT event FROM webhook_outbox WHERE job_id = $1 ORDER BY id", job["id"])]
-            for job in (every, some, none)}
+            await conn.execute(
+                "UPDATE jobs SET status = 'cancelled', worker_id = NULL, cancelled_at = now() WHERE id = $1",
+                job["id"],
+            )
+            await conn.execute(
+                "UPDATE executions SET status = 'cancelled', remote_cancel = 'acknowledged' "
+                "WHERE job_id = $1",
+                job["id"],
+            )
+            await conn.execute(
+                "UPDATE executions SET remote_cancel = 'confirmed' WHERE job_id = $1", job["id"]
+            )
+            await conn.execute(
+                "UPDATE executions SET remote_cancel = 'confirmed' WHERE job_id = $1", job["id"]
+            )
+        events = {
+            job["id"]: [
+                r["event"]
+                for r in await conn.fetch(
+                    "SELECT event FROM webhook_outbox WHERE job_id = $1 ORDER BY id", job["id"]
+                )
+            ]
+            for job in (every, some, none)
+        }
         stopped = await conn.fetchrow("SELECT * FROM webhook_outbox WHERE event = 'remote_stopped' LIMIT 1")
     finally:
         await conn.close()
@@ -321,15 +378,18 @@ async def test_a_redirect_is_not_followed(cluster: Cluster, receiver: Receiver) 
 
 
 async def test_a_postgres_outage_mid_delivery_loses_nothing(
-        own_pg: StoppablePostgres, settings: Settings, receiver: Receiver,
-        http: aiohttp.ClientSession) -> None:
+    own_pg: StoppablePostgres, settings: Settings, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
     async with running_service(settings.replace(**OPEN), dsn=own_pg.dsn) as rt:
         api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
         await _signed_up(api, receiver)
         receiver.hold, receiver.hold_first = asyncio.Event(), 1
         await receiver.start()
-        job = await api.submit({"backend": "demo", "input": {"seconds": 0.01}}, webhook=receiver.url,
-                               webhook_events=["completed"])
+        job = await api.submit(
+            {"backend": "demo", "input": {"seconds": 0.01}},
+            webhook=receiver.url,
+            webhook_events=["completed"],
+        )
         await receiver.wait(lambda r: r.arrivals)  # mid-delivery...
         own_pg.stop()  # ...the database goes away
         receiver.hold.set()  # and the receiver answers 2xx meanwhile

@@ -28,8 +28,10 @@ async def _events(api: Api, job_id: str) -> list[dict[str, Any]]:
 
 
 async def test_http_job_runs_to_completion_with_output_stored(api: Api, fake_gpu: FakeProviders) -> None:
-    job = await api.submit({"backend": "plain", "input": {"mode": "echo", "n": 1}},
-                           {"backend": "plain", "input": {"mode": "redirect", "hops": 2}})
+    job = await api.submit(
+        {"backend": "plain", "input": {"mode": "echo", "n": 1}},
+        {"backend": "plain", "input": {"mode": "redirect", "hops": 2}},
+    )
     done = await api.until(job["id"], "completed")
     first, second = done["executions"]
     assert first["output"] == {"echo": {"mode": "echo", "n": 1}, "job": job["id"]}
@@ -48,8 +50,9 @@ async def test_the_result_write_finishes_the_job_and_its_task_counts_it(
 ) -> None:
     job = await api.submit({"backend": "plain", "input": {"mode": "echo"}})
     await api.until(job["id"], "completed")
-    rows = await db.fetch("SELECT kind, xmin::text AS tx FROM job_events WHERE job_id = $1 ORDER BY id",
-                          uuid.UUID(job["id"]))
+    rows = await db.fetch(
+        "SELECT kind, xmin::text AS tx FROM job_events WHERE job_id = $1 ORDER BY id", uuid.UUID(job["id"])
+    )
     assert [r["kind"] for r in rows][-2:] == ["execution_completed", "completed"]
     assert rows[-1]["tx"] == rows[-2]["tx"]  # one statement, one commit
     # The job's task learns its final status from that write (no finalize after it).
@@ -66,8 +69,9 @@ async def _until_metric(api: Api, line: str, timeout: float = 10.0) -> None:
 
 
 async def test_one_failed_execution_fails_the_job_and_keeps_the_other_result(api: Api) -> None:
-    job = await api.submit({"backend": "plain", "input": {"mode": "echo"}},
-                           {"backend": "plain", "input": {"mode": "text"}})
+    job = await api.submit(
+        {"backend": "plain", "input": {"mode": "echo"}}, {"backend": "plain", "input": {"mode": "text"}}
+    )
     done = await api.until(job["id"], "failed")
     ok, bad = done["executions"]
     assert ok["status"] == "completed" and ok["output"]["echo"] == {"mode": "echo"}
@@ -101,8 +105,13 @@ async def _until_worker(db: Any, job_id: str, worker_id: str, timeout: float = 1
             await asyncio.sleep(0.02)
 
 
-async def test_lost_lease_requeues_and_resumes_runpod_by_remote_id(cluster: Cluster,
-    dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders, db: Any
+async def test_lost_lease_requeues_and_resumes_runpod_by_remote_id(
+    cluster: Cluster,
+    dsn: str,
+    settings: Settings,
+    http: aiohttp.ClientSession,
+    fake_gpu: FakeProviders,
+    db: Any,
 ) -> None:
     fast = settings.replace(lease_s=0.6)
     async with running_service(fast, dsn=dsn) as a:
@@ -154,11 +163,13 @@ async def test_shutdown_requeues_a_running_job_instead_of_cancelling_it(
         await wait_event(fake_gpu.web.started[execution_id])
     # The drain interrupted the call (the provider saw it close) and requeued the job.
     assert fake_gpu.web.closed[execution_id].is_set()
-    row = await db.fetchrow("SELECT status, attempts, cancelled_at FROM jobs WHERE id = $1",
-                            uuid.UUID(job["id"]))
+    row = await db.fetchrow(
+        "SELECT status, attempts, cancelled_at FROM jobs WHERE id = $1", uuid.UUID(job["id"])
+    )
     assert (row["status"], row["attempts"], row["cancelled_at"]) == ("queued", 0, None)
-    assert await db.fetchval("SELECT status FROM executions WHERE job_id = $1",
-                             uuid.UUID(job["id"])) == "queued"
+    assert (
+        await db.fetchval("SELECT status FROM executions WHERE job_id = $1", uuid.UUID(job["id"])) == "queued"
+    )
     kinds = await _kinds(db, job["id"])
     assert kinds[-1] == "requeued" and "cancelled" not in kinds and "task_stopped" not in kinds
     # A shutdown is not a cancel, but an http call with no remote id cannot be resumed: its
@@ -167,12 +178,14 @@ async def test_shutdown_requeues_a_running_job_instead_of_cancelling_it(
     fake_gpu.web.started[execution_id].clear()
     async with running_service(settings, "worker", dsn=dsn):
         await wait_event(fake_gpu.web.started[execution_id])  # picked up again by the next instance
-        assert len([c for c in fake_gpu.web.calls
-                    if c["headers"]["X-Runner-Execution-Id"] == execution_id]) == 2
+        assert (
+            len([c for c in fake_gpu.web.calls if c["headers"]["X-Runner-Execution-Id"] == execution_id]) == 2
+        )
 
 
-async def test_drain_lets_short_jobs_finish(dsn: str, settings: Settings, http: aiohttp.ClientSession,
-                                            db: Any) -> None:
+async def test_drain_lets_short_jobs_finish(
+    dsn: str, settings: Settings, http: aiohttp.ClientSession, db: Any
+) -> None:
     async with running_service(settings.replace(shutdown_grace_s=10), dsn=dsn) as a:
         api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
         job = await api.submit({"backend": "demo", "input": {"seconds": 0.3}})
@@ -180,17 +193,29 @@ async def test_drain_lets_short_jobs_finish(dsn: str, settings: Settings, http: 
     assert await db.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job["id"])) == "completed"
 
 
-
 async def test_sigterm_on_runner_serve_requeues_and_exits_cleanly(
     dsn: str, http: aiohttp.ClientSession, fake_gpu: FakeProviders, db: Any, tmp_path: Any
 ) -> None:
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": dsn, "RUNNER_PORT": str(port), "RUNNER_LOG_FORMAT": "json",
-           "RUNNER_SIWE_DOMAIN": "runner.test", "RUNNER_SHUTDOWN_GRACE_S": "0.2",
-           "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake_gpu.base_url}/run"\n'}
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "RUNNER_PORT": str(port),
+        "RUNNER_LOG_FORMAT": "json",
+        "RUNNER_SIWE_DOMAIN": "runner.test",
+        "RUNNER_SHUTDOWN_GRACE_S": "0.2",
+        "RUNNER_BACKENDS_TOML": f'[backends.gpu]\nkind = "http"\nurl = "{fake_gpu.base_url}/run"\n',
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runner", "serve", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "runner",
+        "serve",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         async with asyncio.timeout(30):
@@ -219,18 +244,22 @@ async def test_sigterm_on_runner_serve_requeues_and_exits_cleanly(
 async def test_two_workers_never_run_the_same_job(
     dsn: str, settings: Settings, http: aiohttp.ClientSession, fake_gpu: FakeProviders, db: Any
 ) -> None:
-    async with running_service(settings, "worker", dsn=dsn) as w1, \
-            running_service(settings, "worker", dsn=dsn) as w2, \
-            running_service(settings, "api", dsn=dsn) as front:
+    async with (
+        running_service(settings, "worker", dsn=dsn) as w1,
+        running_service(settings, "worker", dsn=dsn) as w2,
+        running_service(settings, "api", dsn=dsn) as front,
+    ):
         api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
-        jobs = await asyncio.gather(*(api.submit({"backend": "plain", "input": {"mode": "echo", "i": i}})
-                                      for i in range(60)))
+        jobs = await asyncio.gather(
+            *(api.submit({"backend": "plain", "input": {"mode": "echo", "i": i}}) for i in range(60))
+        )
         for job in jobs:
             await api.until(job["id"], "completed")
     calls = collections.Counter(c["headers"]["X-Runner-Execution-Id"] for c in fake_gpu.web.calls)
     assert len(calls) == 60 and set(calls.values()) == {1}
-    rows = await db.fetch("SELECT detail->>'worker' AS worker, count(*) AS n FROM job_events "
-                          "WHERE kind = 'started' GROUP BY 1")
+    rows = await db.fetch(
+        "SELECT detail->>'worker' AS worker, count(*) AS n FROM job_events WHERE kind = 'started' GROUP BY 1"
+    )
     per_worker = {r["worker"]: r["n"] for r in rows}
     assert sum(per_worker.values()) == 60
     assert set(per_worker) <= {w1.instance_id, w2.instance_id}

@@ -274,13 +274,17 @@ async def test_http_posts_input_with_runner_headers(
     assert headers["X-Team"] == "gpu" and headers["Authorization"] == "Bearer secret"
 
 
-async def test_http_follows_303_result_redirects(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
+async def test_http_follows_303_result_redirects(
+    fake_gpu: FakeProviders, session: aiohttp.ClientSession
+) -> None:
     assert await _http(fake_gpu, session).run(_call(input={"mode": "redirect", "hops": 3})) == {
         "result": "done"
     }
 
 
-async def test_http_refuses_off_origin_redirects(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
+async def test_http_refuses_off_origin_redirects(
+    fake_gpu: FakeProviders, session: aiohttp.ClientSession
+) -> None:
     with pytest.raises(PermanentBackendError, match="off-origin"):
         await _http(fake_gpu, session).run(_call(input={"mode": "offsite"}))
 
@@ -298,14 +302,18 @@ async def test_http_non_json_and_4xx_fail_without_retry(
     assert len(fake_gpu.web.calls) == before + 1 and call.attempts == 1
 
 
-async def test_http_retries_429_then_gives_up(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
+async def test_http_retries_429_then_gives_up(
+    fake_gpu: FakeProviders, session: aiohttp.ClientSession
+) -> None:
     call = _call(input={"mode": "status", "status": 429, "retry_after": 0})
     with pytest.raises(TransientBackendError, match="gave up after 3 attempts"):
         await _http(fake_gpu, session, max_attempts=3).run(call)
     assert call.attempts == 3
 
 
-async def test_http_is_not_posted_again_after_a_5xx(fake_gpu: FakeProviders, session: aiohttp.ClientSession) -> None:
+async def test_http_is_not_posted_again_after_a_5xx(
+    fake_gpu: FakeProviders, session: aiohttp.ClientSession
+) -> None:
     """The work may have started: a second POST could pay for it twice."""
     call = _call(input={"mode": "status", "status": 503, "retry_after": 0})
     with pytest.raises(PermanentBackendError, match="not sent again"):
@@ -392,6 +400,7 @@ async def test_demo_runs_fails_and_refuses_bad_input() -> None:
 
 # -- spend and deadlines ----------------------------------------------------------------------
 
+
 async def test_each_provider_reports_its_own_gpu_seconds(session: aiohttp.ClientSession) -> None:
     with aioresponses() as m:
         m.post(f"{RP}/run", payload={"id": "j1"})
@@ -399,21 +408,33 @@ async def test_each_provider_reports_its_own_gpu_seconds(session: aiohttp.Client
         call = _call()
         await _runpod(session).run(call)
         assert call.gpu_seconds == 2.5  # milliseconds at RunPod
-    replicate = ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url="https://rep.test/v1",
-                                             version="v", poll_interval_s=0.001), session)
+    replicate = ReplicateBackend(
+        BackendSpec(
+            name="r", kind="replicate", base_url="https://rep.test/v1", version="v", poll_interval_s=0.001
+        ),
+        session,
+    )
     with aioresponses() as m:
         m.post("https://rep.test/v1/predictions", payload={"id": "p1"})
-        m.get("https://rep.test/v1/predictions/p1",
-              payload={"status": "succeeded", "output": 1, "metrics": {"predict_time": 3.25}})
+        m.get(
+            "https://rep.test/v1/predictions/p1",
+            payload={"status": "succeeded", "output": 1, "metrics": {"predict_time": 3.25}},
+        )
         call = _call()
         await replicate.run(call)
         assert call.gpu_seconds == 3.25
-    fal = FalBackend(BackendSpec(name="f", kind="fal", base_url="https://fal.test", model="fal-ai/flux",
-                                 poll_interval_s=0.001), session)
+    fal = FalBackend(
+        BackendSpec(
+            name="f", kind="fal", base_url="https://fal.test", model="fal-ai/flux", poll_interval_s=0.001
+        ),
+        session,
+    )
     with aioresponses() as m:
         m.post("https://fal.test/fal-ai/flux", payload={"request_id": "q1"})
-        m.get("https://fal.test/fal-ai/flux/requests/q1/status",
-              payload={"status": "COMPLETED", "metrics": {"inference_time": 1.5}})
+        m.get(
+            "https://fal.test/fal-ai/flux/requests/q1/status",
+            payload={"status": "COMPLETED", "metrics": {"inference_time": 1.5}},
+        )
         m.get("https://fal.test/fal-ai/flux/requests/q1", payload={"images": []})
         call = _call()
         await fal.run(call)
@@ -429,8 +450,12 @@ async def test_the_deadline_goes_to_the_provider(session: aiohttp.ClientSession)
         await _runpod(session).run(call)
         [submit] = _requests(m, "POST", f"{RP}/run")
         assert submit.kwargs["json"]["policy"] == {"executionTimeout": 5000, "ttl": 10_000}
-    replicate = ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url="https://rep.test/v1",
-                                             version="v", poll_interval_s=0.001), session)
+    replicate = ReplicateBackend(
+        BackendSpec(
+            name="r", kind="replicate", base_url="https://rep.test/v1", version="v", poll_interval_s=0.001
+        ),
+        session,
+    )
     with aioresponses() as m:
         m.post("https://rep.test/v1/predictions", payload={"id": "p1"})
         m.get("https://rep.test/v1/predictions/p1", payload={"status": "succeeded", "output": 1})
@@ -441,8 +466,9 @@ async def test_the_deadline_goes_to_the_provider(session: aiohttp.ClientSession)
         assert create.kwargs["headers"]["Cancel-After"] == "13s"
 
 
-async def test_status_polls_are_spread_not_in_step(session: aiohttp.ClientSession,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_status_polls_are_spread_not_in_step(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Jobs claimed together must not poll together for good: each wait is the interval
     +-20%, drawn afresh."""
     waits: list[float] = []

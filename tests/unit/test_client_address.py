@@ -12,7 +12,8 @@ from api.ratelimit import client_key
 def _request(peer: str, **headers: str) -> object:
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda name, default=None: (
-        (peer, 1234) if name == "peername" else default)
+        (peer, 1234) if name == "peername" else default
+    )
     return make_mocked_request("GET", "/auth/nonce", headers=headers, transport=transport)
 
 

@@ -51,13 +51,22 @@ def test_dockerfile_installs_the_package_and_runs_as_non_root() -> None:
 def test_the_fly_page_gives_every_command_in_order_and_is_linked() -> None:
     page = (ROOT / "docs" / "deploy-fly.md").read_text()
     assert "docs/deploy-fly.md" in (ROOT / "README.md").read_text()
-    steps = ["fly apps create", "fly mpg create", "direct.", "fly secrets set",
-             "RUNNER_SIWE_DOMAIN=", ".fly.dev", "fly deploy", "/readyz",
-             "runner --api-url https://", "login"]
+    steps = [
+        "fly apps create",
+        "fly mpg create",
+        "direct.",
+        "fly secrets set",
+        "RUNNER_SIWE_DOMAIN=",
+        ".fly.dev",
+        "fly deploy",
+        "/readyz",
+        "runner --api-url https://",
+        "login",
+    ]
     at = 0
     for step in steps:  # each after the one before
         found = page.find(step, at)
-        assert found != -1, f"{step!r} missing after {page[max(0, at - 60):at]!r}"
+        assert found != -1, f"{step!r} missing after {page[max(0, at - 60) : at]!r}"
         at = found + len(step)
     # Fly secrets are the app's, every process group's alike: nothing may promise otherwise.
     for text in (page, (ROOT / "fly.toml").read_text()):
@@ -81,13 +90,23 @@ def test_the_metric_catalogue_lists_every_metric_and_five_alert_rules() -> None:
     page = (ROOT / "docs" / "metrics.md").read_text()
     assert "docs/metrics.md" in (ROOT / "README.md").read_text()
     names = {family.name for family in Metrics().registry.collect()}
-    assert {"runner_jobs_queued", "runner_oldest_queued_job_age_seconds", "runner_http_requests",
-            "runner_backend_request_errors", "runner_backend_request_seconds"} <= names
+    assert {
+        "runner_jobs_queued",
+        "runner_oldest_queued_job_age_seconds",
+        "runner_http_requests",
+        "runner_backend_request_errors",
+        "runner_backend_request_seconds",
+    } <= names
     missing = [n for n in names if f"`{n}" not in page]
     assert not missing, f"metrics missing from docs/metrics.md: {missing}"
     rules = re.findall(r"^\s*- alert: (\w+)\n\s*expr: (.+)$", page, re.MULTILINE)
     assert len(rules) >= 5, rules
     exprs = " ".join(expr for _name, expr in rules)
-    for needed in ("runner_jobs_unclaimable", "runner_remote_unconfirmed",
-                   "runner_oldest_queued_job_age_seconds", "probe_success", "webhook"):
+    for needed in (
+        "runner_jobs_unclaimable",
+        "runner_remote_unconfirmed",
+        "runner_oldest_queued_job_age_seconds",
+        "probe_success",
+        "webhook",
+    ):
         assert needed in exprs, needed

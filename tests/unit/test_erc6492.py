@@ -34,6 +34,7 @@ class FakeRpc:
     def reply(body: Any, status: int = 200) -> Answer:
         async def answer(_request: web.Request) -> web.StreamResponse:
             return web.Response(text=json.dumps(body), status=status, content_type="application/json")
+
         return answer
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -82,15 +83,18 @@ async def test_one_eth_call_without_to_carries_the_validator_and_its_arguments(r
     data = bytes.fromhex(call["data"].removeprefix("0x"))
     code = erc6492.validator_code()
     assert data.startswith(code)
-    signer, hash_, signature = decode(["address", "bytes32", "bytes"], data[len(code):])
+    signer, hash_, signature = decode(["address", "bytes32", "bytes"], data[len(code) :])
     assert (signer.lower(), hash_, signature) == (SIGNER.lower(), HASH, SIGNATURE)
 
 
-@pytest.mark.parametrize(("error", "why"), [
-    ({"code": 3, "message": "execution reverted: custom error 0x1234", "data": "0x1234"}, "geth, anvil"),
-    ({"code": -32000, "message": "execution reverted"}, "a revert without data"),
-    ({"code": -32015, "message": "VM execution error: Reverted 0x08c379a0"}, "a revert, other words"),
-])
+@pytest.mark.parametrize(
+    ("error", "why"),
+    [
+        ({"code": 3, "message": "execution reverted: custom error 0x1234", "data": "0x1234"}, "geth, anvil"),
+        ({"code": -32000, "message": "execution reverted"}, "a revert without data"),
+        ({"code": -32015, "message": "VM execution error: Reverted 0x08c379a0"}, "a revert, other words"),
+    ],
+)
 async def test_a_revert_is_a_no(rpc: FakeRpc, error: dict[str, Any], why: str) -> None:
     rpc.answer = rpc.reply({"jsonrpc": "2.0", "id": 1, "error": error})
     assert await _check(rpc.url) is False, why
@@ -101,17 +105,27 @@ async def test_0x00_is_a_no(rpc: FakeRpc) -> None:
     assert await _check(rpc.url) is False
 
 
-@pytest.mark.parametrize(("answer", "said"), [
-    (FakeRpc.reply({"error": "rate limited"}, status=429), "HTTP 429"),
-    (FakeRpc.reply({"error": "down"}, status=502), "HTTP 502"),
-    (FakeRpc.reply({"jsonrpc": "2.0", "id": 1, "error": {"code": -32005, "message": "limit exceeded"}}),
-     "JSON-RPC error -32005: limit exceeded"),
-    (FakeRpc.reply({"jsonrpc": "2.0", "id": 1, "result": "0x"}), "not the validator's"),
-    (FakeRpc.reply({"jsonrpc": "2.0", "id": 1, "result": "0x" + "00" * 31 + "01"}), "not the validator's"),
-    (FakeRpc.reply({"jsonrpc": "2.0", "id": 1}), "not the validator's"),
-    (FakeRpc.reply([1, 2]), "not JSON-RPC"),
-    (FakeRpc.reply({"result": "0x01", "padding": "x" * 70_000}), "more than"),
-])
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (FakeRpc.reply({"error": "rate limited"}, status=429), "HTTP 429"),
+        (FakeRpc.reply({"error": "down"}, status=502), "HTTP 502"),
+        (
+            FakeRpc.reply(
+                {"jsonrpc": "2.0", "id": 1, "error": {"code": -32005, "message": "limit exceeded"}}
+            ),
+            "JSON-RPC error -32005: limit exceeded",
+        ),
+        (FakeRpc.reply({"jsonrpc": "2.0", "id": 1, "result": "0x"}), "not the validator's"),
+        (
+            FakeRpc.reply({"jsonrpc": "2.0", "id": 1, "result": "0x" + "00" * 31 + "01"}),
+            "not the validator's",
+        ),
+        (FakeRpc.reply({"jsonrpc": "2.0", "id": 1}), "not the validator's"),
+        (FakeRpc.reply([1, 2]), "not JSON-RPC"),
+        (FakeRpc.reply({"result": "0x01", "padding": "x" * 70_000}), "more than"),
+    ],
+)
 async def test_anything_but_a_yes_or_no_is_unavailable_naming_the_chain_not_the_url(
     rpc: FakeRpc, answer: Answer, said: str
 ) -> None:
@@ -125,6 +139,7 @@ async def test_anything_but_a_yes_or_no_is_unavailable_naming_the_chain_not_the_
 async def test_a_json_text_answer_nested_too_deep_is_unavailable(rpc: FakeRpc) -> None:
     async def deep(_request: web.Request) -> web.StreamResponse:
         return web.Response(text="[" * 20_000 + "]" * 20_000, content_type="application/json")
+
     rpc.answer = deep
     with pytest.raises(erc6492.ChainUnavailable, match="not JSON"):
         await _check(rpc.url)
@@ -133,6 +148,7 @@ async def test_a_json_text_answer_nested_too_deep_is_unavailable(rpc: FakeRpc) -
 async def test_a_redirect_is_not_followed(rpc: FakeRpc) -> None:
     async def redirect(_request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/elsewhere")
+
     rpc.answer = redirect
     with pytest.raises(erc6492.ChainUnavailable, match="HTTP 302"):
         await _check(rpc.url)
@@ -143,6 +159,7 @@ async def test_an_rpc_that_does_not_answer_is_unavailable_after_the_timeout(rpc:
     async def hang(_request: web.Request) -> web.StreamResponse:
         await rpc.release.wait()
         return web.Response(text="{}")
+
     rpc.answer = hang
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -33,7 +33,8 @@ async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -
 
 
 async def test_runpod_queue_running_cancelled_at_once_while_the_worker_runs_on(
-        fakes: FakeProviders, http: aiohttp.ClientSession) -> None:
+    fakes: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     fakes.runpod.running_status = "RUNNING"
     base = f"{fakes.runpod_url}/ep1"
     _, run, _ = await _json(http, "POST", f"{base}/run", json={"input": {"hold": True}})
@@ -49,7 +50,9 @@ async def test_runpod_queue_running_cancelled_at_once_while_the_worker_runs_on(
     assert (await _json(http, "GET", f"{base}/status/{run['id']}"))[1]["status"] == "CANCELLED"
 
 
-async def test_runpod_async_handler_stops_on_cancel(fakes: FakeProviders, http: aiohttp.ClientSession) -> None:
+async def test_runpod_async_handler_stops_on_cancel(
+    fakes: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     fakes.runpod.handler = "async"  # runpod-python >= 1.10, per-job stop
     base = f"{fakes.runpod_url}/ep1"
     _, run, _ = await _json(http, "POST", f"{base}/run", json={"input": {"hold": True}})
@@ -60,7 +63,8 @@ async def test_runpod_async_handler_stops_on_cancel(fakes: FakeProviders, http: 
 
 
 async def test_runpod_404_after_ttl_429_without_retry_after_and_policy_bounds(
-        fakes: FakeProviders, http: aiohttp.ClientSession) -> None:
+    fakes: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     base = f"{fakes.runpod_url}/ep1"
     _, run, _ = await _json(http, "POST", f"{base}/run", json={"input": {"polls": 9}})
     fakes.runpod.status_429 = 1
@@ -82,20 +86,41 @@ async def test_runpod_cancel_limit_is_per_endpoint(fakes: FakeProviders, http: a
     assert codes == [200, 200, 200, 429]
 
 
-async def test_replicate_201_statuses_deadline_and_429(fakes: FakeProviders, http: aiohttp.ClientSession) -> None:
+async def test_replicate_201_statuses_deadline_and_429(
+    fakes: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     base = fakes.replicate_url
-    status, created, _ = await _json(http, "POST", f"{base}/predictions", json={"version": "v", "input": {"hold": True}},
-                                     headers={"Cancel-After": "1m"})
+    status, created, _ = await _json(
+        http,
+        "POST",
+        f"{base}/predictions",
+        json={"version": "v", "input": {"hold": True}},
+        headers={"Cancel-After": "1m"},
+    )
     assert status == 201 and created["status"] == "starting"
-    assert (await _json(http, "POST", f"{base}/predictions", json={"version": "v", "input": {}},
-                        headers={"Cancel-After": "4s"}))[0] == 400  # below the 5 s minimum
-    statuses = [(await _json(http, "GET", f"{base}/predictions/{created['id']}"))[1]["status"] for _ in range(2)]
+    assert (
+        await _json(
+            http,
+            "POST",
+            f"{base}/predictions",
+            json={"version": "v", "input": {}},
+            headers={"Cancel-After": "4s"},
+        )
+    )[0] == 400  # below the 5 s minimum
+    statuses = [
+        (await _json(http, "GET", f"{base}/predictions/{created['id']}"))[1]["status"] for _ in range(2)
+    ]
     assert statuses == ["starting", "processing"]
     fakes.replicate.pass_deadline(created["id"])
     ended = (await _json(http, "GET", f"{base}/predictions/{created['id']}"))[1]
     assert ended["status"] == "canceled" and ended["completed_at"] and "predict_time" in ended["metrics"]
-    _, starting, _ = await _json(http, "POST", f"{base}/predictions", json={"version": "v", "input": {"hold": True}},
-                                 headers={"Cancel-After": "5s"})
+    _, starting, _ = await _json(
+        http,
+        "POST",
+        f"{base}/predictions",
+        json={"version": "v", "input": {"hold": True}},
+        headers={"Cancel-After": "5s"},
+    )
     fakes.replicate.pass_deadline(starting["id"])
     aborted = (await _json(http, "GET", f"{base}/predictions/{starting['id']}"))[1]
     assert aborted["status"] == "aborted" and "metrics" not in aborted  # not billed
@@ -124,8 +149,9 @@ async def test_fal_urls_202_cancel_answers_and_499(fakes: FakeProviders, http: a
     assert (await _json(http, "PUT", missing))[:2] == (404, {"status": "NOT_FOUND"})
 
 
-async def test_fal_app_without_a_cancel_route_runs_to_its_end(fakes: FakeProviders,
-                                                             http: aiohttp.ClientSession) -> None:
+async def test_fal_app_without_a_cancel_route_runs_to_its_end(
+    fakes: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     fakes.fal.cancel_route = False
     _, sub, _ = await _json(http, "POST", f"{fakes.fal_url}/fal-ai/flux/dev", json={"polls": 4})
     for _ in range(2):
@@ -138,8 +164,13 @@ async def test_fal_app_without_a_cancel_route_runs_to_its_end(fakes: FakeProvide
 
 
 async def test_fal_start_deadline(fakes: FakeProviders, http: aiohttp.ClientSession) -> None:
-    _, sub, _ = await _json(http, "POST", f"{fakes.fal_url}/fal-ai/flux/dev", json={"hold": True},
-                            headers={"X-Fal-Request-Timeout": "30.0"})
+    _, sub, _ = await _json(
+        http,
+        "POST",
+        f"{fakes.fal_url}/fal-ai/flux/dev",
+        json={"hold": True},
+        headers={"X-Fal-Request-Timeout": "30.0"},
+    )
     fakes.fal.pass_start_deadline(sub["request_id"])
     done = (await _json(http, "GET", sub["status_url"]))[1]
     assert (done["error"], done["error_type"]) == ("Request timed out", "request_timeout")
@@ -148,10 +179,13 @@ async def test_fal_start_deadline(fakes: FakeProviders, http: aiohttp.ClientSess
     assert body == {"detail": "Request timed out", "error_type": "request_timeout"}
 
 
-async def test_modal_303_call_id_result_url_and_cancel(fakes: FakeProviders, http: aiohttp.ClientSession) -> None:
+async def test_modal_303_call_id_result_url_and_cancel(
+    fakes: FakeProviders, http: aiohttp.ClientSession
+) -> None:
     fakes.web.modal_cut_s = 0.05
-    async with http.post(f"{fakes.base_url}/run", json={"mode": "modal", "until_released": True},
-                         allow_redirects=False) as resp:
+    async with http.post(
+        f"{fakes.base_url}/run", json={"mode": "modal", "until_released": True}, allow_redirects=False
+    ) as resp:
         assert resp.status == 303
         location = resp.headers["Location"]
     assert "__modal_function_call_id=fc-" in location

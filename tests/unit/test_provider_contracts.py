@@ -44,8 +44,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def _call(remote_id: str | None = None, deadline_s: float | None = None) -> ExecutionCall:
-    return ExecutionCall(uuid.uuid4(), uuid.uuid4(), {"prompt": "a corgi"}, remote_id=remote_id,
-                         deadline_s=deadline_s)
+    return ExecutionCall(
+        uuid.uuid4(), uuid.uuid4(), {"prompt": "a corgi"}, remote_id=remote_id, deadline_s=deadline_s
+    )
 
 
 def _fast(backend: Any) -> Any:
@@ -54,18 +55,34 @@ def _fast(backend: Any) -> Any:
 
 
 def _runpod(session: aiohttp.ClientSession) -> RunPodBackend:
-    return _fast(RunPodBackend(BackendSpec(name="rp", kind="runpod", base_url="https://api.runpod.ai/v2",
-                                           endpoint_id="ep1", poll_interval_s=0.001), session))
+    return _fast(
+        RunPodBackend(
+            BackendSpec(
+                name="rp",
+                kind="runpod",
+                base_url="https://api.runpod.ai/v2",
+                endpoint_id="ep1",
+                poll_interval_s=0.001,
+            ),
+            session,
+        )
+    )
 
 
 def _replicate(session: aiohttp.ClientSession) -> ReplicateBackend:
-    return _fast(ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url=REP, version="v",
-                                              poll_interval_s=0.001), session))
+    return _fast(
+        ReplicateBackend(
+            BackendSpec(name="r", kind="replicate", base_url=REP, version="v", poll_interval_s=0.001), session
+        )
+    )
 
 
 def _fal(session: aiohttp.ClientSession, model: str = "fal-ai/fast-sdxl") -> FalBackend:
-    return _fast(FalBackend(BackendSpec(name="f", kind="fal", base_url=FAL, model=model,
-                                        poll_interval_s=0.001), session))
+    return _fast(
+        FalBackend(
+            BackendSpec(name="f", kind="fal", base_url=FAL, model=model, poll_interval_s=0.001), session
+        )
+    )
 
 
 def _json(m: aioresponses, method: str, url: str, name: str, status: int = 200, **kw: Any) -> None:
@@ -73,6 +90,7 @@ def _json(m: aioresponses, method: str, url: str, name: str, status: int = 200, 
 
 
 # -- RunPod -----------------------------------------------------------------------------------------
+
 
 async def test_runpod_documented_answers(session: aiohttp.ClientSession) -> None:
     run_id = doc("runpod-run.json")["id"]
@@ -106,7 +124,8 @@ async def test_runpod_documented_failure(session: aiohttp.ClientSession) -> None
 
 
 async def test_runpod_documented_cancel_is_acknowledged_but_proves_no_stop(
-        session: aiohttp.ClientSession) -> None:
+    session: aiohttp.ClientSession,
+) -> None:
     remote_id = doc("runpod-cancel.json")["id"]
     with aioresponses() as m:
         _json(m, "post", f"{RP}/cancel/{remote_id}", "runpod-cancel.json")
@@ -121,15 +140,24 @@ async def test_runpod_documented_cancel_is_acknowledged_but_proves_no_stop(
 
 # -- Replicate ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "path"), [
-    ("replicate-create-201-version.json", "/predictions"),
-    ("replicate-create-201-model.json", "/models/meta/llama-2-70b-chat/predictions"),
-])
-async def test_replicate_recorded_create_and_run(session: aiohttp.ClientSession, name: str, path: str) -> None:
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("replicate-create-201-version.json", "/predictions"),
+        ("replicate-create-201-model.json", "/models/meta/llama-2-70b-chat/predictions"),
+    ],
+)
+async def test_replicate_recorded_create_and_run(
+    session: aiohttp.ClientSession, name: str, path: str
+) -> None:
     created = doc(name)
     spec_kw = {"version": "v"} if path == "/predictions" else {"model": "meta/llama-2-70b-chat"}
-    backend = _fast(ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url=REP, poll_interval_s=0.001,
-                                                 **spec_kw), session))
+    backend = _fast(
+        ReplicateBackend(
+            BackendSpec(name="r", kind="replicate", base_url=REP, poll_interval_s=0.001, **spec_kw), session
+        )
+    )
     call = _call()
     with aioresponses() as m:
         _json(m, "post", f"{REP}{path}", name, status=201)
@@ -165,7 +193,9 @@ async def test_replicate_recorded_cancel_confirms_at_completed_at(session: aioht
 
 
 @pytest.mark.parametrize("name", ["replicate-429.json", "replicate-429-older-doc.json"])
-async def test_replicate_documented_429_on_a_poll_is_waited_out(session: aiohttp.ClientSession, name: str) -> None:
+async def test_replicate_documented_429_on_a_poll_is_waited_out(
+    session: aiohttp.ClientSession, name: str
+) -> None:
     call = _call(remote_id="vgcm4plb7tgzlyznry5d5jkgvu")
     with aioresponses() as m:
         for _ in range(4):
@@ -187,6 +217,7 @@ async def test_replicate_documented_429_on_a_create_is_sent_again(session: aioht
 
 # -- fal ------------------------------------------------------------------------------------------------
 
+
 async def test_fal_documented_queue_flow(session: aiohttp.ClientSession) -> None:
     submitted = doc("fal-submit-fast-sdxl.json")
     base = f"{FAL}/fal-ai/fast-sdxl/requests/{SDXL_ID}"
@@ -201,17 +232,24 @@ async def test_fal_documented_queue_flow(session: aiohttp.ClientSession) -> None
         output = await _fal(session).run(call)
     assert output == {"images": [{"url": "https://fal.media/x.png"}]}
     assert call.remote_id == submitted["request_id"]
-    assert call.remote_urls == {"status": submitted["status_url"], "response": submitted["response_url"],
-                                "cancel": submitted["cancel_url"]}
+    assert call.remote_urls == {
+        "status": submitted["status_url"],
+        "response": submitted["response_url"],
+        "cancel": submitted["cancel_url"],
+    }
     assert call.gpu_seconds is None  # "legacy apps might not return metrics"
 
 
-@pytest.mark.parametrize(("name", "text"), [
-    ("fal-status-completed-error-runner-disconnected.json", "runner_disconnected"),
-    ("fal-status-completed-error-request-timeout.json", "X-Fal-Request-Timeout"),
-])
-async def test_fal_fixture_completed_with_an_error_fails(session: aiohttp.ClientSession, name: str,
-                                                         text: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("fal-status-completed-error-runner-disconnected.json", "runner_disconnected"),
+        ("fal-status-completed-error-request-timeout.json", "X-Fal-Request-Timeout"),
+    ],
+)
+async def test_fal_fixture_completed_with_an_error_fails(
+    session: aiohttp.ClientSession, name: str, text: str
+) -> None:
     call = _call(remote_id=SDXL_ID, deadline_s=60)
     with aioresponses() as m:
         _json(m, "get", f"{FAL}/fal-ai/fast-sdxl/requests/{SDXL_ID}/status", name)
@@ -219,12 +257,16 @@ async def test_fal_fixture_completed_with_an_error_fails(session: aiohttp.Client
             await _fal(session).run(call)
 
 
-@pytest.mark.parametrize(("name", "status", "text"), [
-    ("fal-result-499-cancelled.json", 499, "cancelled"),
-    ("fal-request-error-504.json", 504, "did not start before its deadline"),
-])
-async def test_fal_result_errors_are_final(session: aiohttp.ClientSession, name: str, status: int,
-                                           text: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "status", "text"),
+    [
+        ("fal-result-499-cancelled.json", 499, "cancelled"),
+        ("fal-request-error-504.json", 504, "did not start before its deadline"),
+    ],
+)
+async def test_fal_result_errors_are_final(
+    session: aiohttp.ClientSession, name: str, status: int, text: str
+) -> None:
     call = _call(remote_id=SDXL_ID)
     base = f"{FAL}/fal-ai/fast-sdxl/requests/{SDXL_ID}"
     with aioresponses() as m:
@@ -235,6 +277,7 @@ async def test_fal_result_errors_are_final(session: aiohttp.ClientSession, name:
 
 
 # -- Modal ----------------------------------------------------------------------------------------------
+
 
 async def test_modal_redirect_shape_gives_the_call_id(session: aiohttp.ClientSession) -> None:
     url = "https://acme--app-infer.modal.run/"
@@ -249,6 +292,7 @@ async def test_modal_redirect_shape_gives_the_call_id(session: aiohttp.ClientSes
 
 # -- the fakes answer in the documented shapes ------------------------------------------------------
 
+
 async def test_the_fakes_answer_in_the_documented_shapes(session: aiohttp.ClientSession) -> None:
     fakes = FakeProviders()
     await fakes.start()
@@ -258,8 +302,9 @@ async def test_the_fakes_answer_in_the_documented_shapes(session: aiohttp.Client
         assert set(run) == set(doc("runpod-run.json")) and run["status"] == "IN_QUEUE"
         async with session.post(f"{fakes.runpod_url}/ep1/cancel/{run['id']}") as resp:
             assert set(await resp.json()) == set(doc("runpod-cancel.json"))
-        async with session.post(f"{fakes.replicate_url}/predictions",
-                                json={"version": "v", "input": {"hold": True}}) as resp:
+        async with session.post(
+            f"{fakes.replicate_url}/predictions", json={"version": "v", "input": {"hold": True}}
+        ) as resp:
             assert resp.status == 201
             created = await resp.json()
         assert set(created) == set(doc("replicate-create-201-version.json"))
@@ -274,7 +319,10 @@ async def test_the_fakes_answer_in_the_documented_shapes(session: aiohttp.Client
         async with session.post(f"{fakes.fal_url}/fal-ai/fast-sdxl", json={"prompt": "x"}) as resp:
             submitted = await resp.json()
         assert set(submitted) >= set(doc("fal-submit-fast-sdxl.json"))
-        assert submitted["status_url"] == f"{fakes.fal_url}/fal-ai/fast-sdxl/requests/{submitted['request_id']}/status"
+        assert (
+            submitted["status_url"]
+            == f"{fakes.fal_url}/fal-ai/fast-sdxl/requests/{submitted['request_id']}/status"
+        )
         async with session.get(submitted["status_url"]) as resp:
             assert resp.status == 202 and set(await resp.json()) == set(doc("fal-status-in-queue-doc.json"))
     finally:

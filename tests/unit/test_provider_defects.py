@@ -34,15 +34,23 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def _call(remote_id: str | None = None, deadline_s: float | None = None,
-          urls: dict[str, str] | None = None) -> tuple[ExecutionCall, list[Any]]:
+def _call(
+    remote_id: str | None = None, deadline_s: float | None = None, urls: dict[str, str] | None = None
+) -> tuple[ExecutionCall, list[Any]]:
     seen: list[Any] = []
 
     async def on_remote_id(rid: str, attempts: int, urls: dict[str, str] | None) -> None:
         seen.append((rid, attempts, urls))
 
-    call = ExecutionCall(uuid.uuid4(), uuid.uuid4(), {"prompt": "x"}, remote_id=remote_id,
-                         remote_urls=urls, on_remote_id=on_remote_id, deadline_s=deadline_s)
+    call = ExecutionCall(
+        uuid.uuid4(),
+        uuid.uuid4(),
+        {"prompt": "x"},
+        remote_id=remote_id,
+        remote_urls=urls,
+        on_remote_id=on_remote_id,
+        deadline_s=deadline_s,
+    )
     call.on_unknown_status = lambda status: seen.append(("unknown", status))
     return call, seen
 
@@ -55,19 +63,40 @@ def _fast(backend: Any) -> Any:
 
 
 def _runpod(session: aiohttp.ClientSession, **kw: Any) -> RunPodBackend:
-    return _fast(RunPodBackend(BackendSpec(name="rp", kind="runpod", base_url="https://rp.test/v2",
-                                           endpoint_id="ep1", api_key="k", poll_interval_s=0.001, **kw),
-                               session))
+    return _fast(
+        RunPodBackend(
+            BackendSpec(
+                name="rp",
+                kind="runpod",
+                base_url="https://rp.test/v2",
+                endpoint_id="ep1",
+                api_key="k",
+                poll_interval_s=0.001,
+                **kw,
+            ),
+            session,
+        )
+    )
 
 
 def _replicate(session: aiohttp.ClientSession, **kw: Any) -> ReplicateBackend:
-    return _fast(ReplicateBackend(BackendSpec(name="r", kind="replicate", base_url=REP, version="v",
-                                              poll_interval_s=0.001, **kw), session))
+    return _fast(
+        ReplicateBackend(
+            BackendSpec(name="r", kind="replicate", base_url=REP, version="v", poll_interval_s=0.001, **kw),
+            session,
+        )
+    )
 
 
 def _fal(session: aiohttp.ClientSession, model: str = "fal-ai/flux/dev", **kw: Any) -> FalBackend:
-    return _fast(FalBackend(BackendSpec(name="f", kind="fal", base_url=FAL, model=model, api_key="fk",
-                                        poll_interval_s=0.001, **kw), session))
+    return _fast(
+        FalBackend(
+            BackendSpec(
+                name="f", kind="fal", base_url=FAL, model=model, api_key="fk", poll_interval_s=0.001, **kw
+            ),
+            session,
+        )
+    )
 
 
 def _requests(m: aioresponses, method: str, url: str) -> list[Any]:
@@ -82,6 +111,7 @@ def _refused() -> aiohttp.ClientConnectorError:
 
 # -- unknown statuses, RunPod's RUNNING ---------------------------------------------------------
 
+
 async def test_runpod_running_is_still_running(session: aiohttp.ClientSession) -> None:
     """job-states.mdx documents RUNNING: "A worker has picked up the job"."""
     call, _ = _call()
@@ -93,7 +123,9 @@ async def test_runpod_running_is_still_running(session: aiohttp.ClientSession) -
         assert await _runpod(session).run(call) == 1
 
 
-async def test_an_unknown_status_is_waited_out_logged_once_and_counted(session: aiohttp.ClientSession) -> None:
+async def test_an_unknown_status_is_waited_out_logged_once_and_counted(
+    session: aiohttp.ClientSession,
+) -> None:
     call, seen = _call()
     with aioresponses() as m, structlog.testing.capture_logs() as logs:
         m.post(f"{RP}/run", payload={"id": "abc"})
@@ -107,6 +139,7 @@ async def test_an_unknown_status_is_waited_out_logged_once_and_counted(session: 
 
 
 # -- failed polls never fail healthy work ------------------------------------------------------
+
 
 async def test_throttled_and_failed_polls_back_off_and_poll_again(session: aiohttp.ClientSession) -> None:
     """RunPod and Replicate promise no Retry-After: a burst of 429s (and 5xx, 408, 409, a
@@ -147,7 +180,8 @@ async def test_polls_that_fail_until_the_deadline_fail_the_execution(session: ai
 
 
 async def test_a_404_on_the_status_of_running_work_fails_it_with_no_more_polls(
-        session: aiohttp.ClientSession) -> None:
+    session: aiohttp.ClientSession,
+) -> None:
     call, _ = _call(deadline_s=60)
     with aioresponses() as m:
         m.post(f"{RP}/run", payload={"id": "abc"})
@@ -161,11 +195,19 @@ async def test_a_404_on_the_status_of_running_work_fails_it_with_no_more_polls(
 
 # -- a create is sent again only where nothing can have started ------------------------------
 
-@pytest.mark.parametrize("failure", [{"status": 500, "body": "oops"}, {"status": 502, "body": ""},
-                                     {"exception": TimeoutError()},
-                                     {"exception": aiohttp.ServerDisconnectedError()}])
-async def test_a_create_is_not_sent_again_after_a_5xx_or_timeout(session: aiohttp.ClientSession,
-                                                                 failure: dict[str, Any]) -> None:
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"status": 500, "body": "oops"},
+        {"status": 502, "body": ""},
+        {"exception": TimeoutError()},
+        {"exception": aiohttp.ServerDisconnectedError()},
+    ],
+)
+async def test_a_create_is_not_sent_again_after_a_5xx_or_timeout(
+    session: aiohttp.ClientSession, failure: dict[str, Any]
+) -> None:
     call, _ = _call()
     with aioresponses() as m:
         m.post(f"{REP}/predictions", **failure)
@@ -177,7 +219,8 @@ async def test_a_create_is_not_sent_again_after_a_5xx_or_timeout(session: aiohtt
 
 
 async def test_a_create_is_sent_again_after_a_429_or_a_refused_connection(
-        session: aiohttp.ClientSession) -> None:
+    session: aiohttp.ClientSession,
+) -> None:
     call, _ = _call()
     with aioresponses() as m:
         m.post(f"{REP}/predictions", status=429, body='{"detail":"Request was throttled."}')
@@ -191,6 +234,7 @@ async def test_a_create_is_sent_again_after_a_429_or_a_refused_connection(
 
 # -- deadlines within each provider's bounds --------------------------------------------------
 
+
 async def test_replicate_cancel_after_is_never_below_5_s(session: aiohttp.ClientSession) -> None:
     call, _ = _call(deadline_s=2.0)
     with aioresponses() as m:
@@ -201,13 +245,17 @@ async def test_replicate_cancel_after_is_never_below_5_s(session: aiohttp.Client
     assert create.kwargs["headers"]["Cancel-After"] == "5s"
 
 
-@pytest.mark.parametrize(("deadline_s", "execution_ms", "ttl_ms"), [
-    (2.0, 5000, 10_000),  # RunPod's minimums: executionTimeout 5 s, ttl 10 s
-    (3600, 3_600_000, 3_600_000),  # the ttl counts queue time too: the whole deadline
-    (10 * 24 * 3600, WEEK_MS, WEEK_MS),  # both at most 7 days
-])
-async def test_runpod_policy_within_its_bounds(session: aiohttp.ClientSession, deadline_s: float,
-                                               execution_ms: int, ttl_ms: int) -> None:
+@pytest.mark.parametrize(
+    ("deadline_s", "execution_ms", "ttl_ms"),
+    [
+        (2.0, 5000, 10_000),  # RunPod's minimums: executionTimeout 5 s, ttl 10 s
+        (3600, 3_600_000, 3_600_000),  # the ttl counts queue time too: the whole deadline
+        (10 * 24 * 3600, WEEK_MS, WEEK_MS),  # both at most 7 days
+    ],
+)
+async def test_runpod_policy_within_its_bounds(
+    session: aiohttp.ClientSession, deadline_s: float, execution_ms: int, ttl_ms: int
+) -> None:
     call, _ = _call(deadline_s=deadline_s)
     with aioresponses() as m:
         m.post(f"{RP}/run", payload={"id": "j"})
@@ -221,8 +269,15 @@ async def test_fal_gets_its_start_deadline(session: aiohttp.ClientSession) -> No
     call, _ = _call(deadline_s=30)
     base = f"{FAL}/fal-ai/flux/requests/r1"
     with aioresponses() as m:
-        m.post(f"{FAL}/fal-ai/flux/dev", payload={"request_id": "r1", "status_url": f"{base}/status",
-                                                  "response_url": base, "cancel_url": f"{base}/cancel"})
+        m.post(
+            f"{FAL}/fal-ai/flux/dev",
+            payload={
+                "request_id": "r1",
+                "status_url": f"{base}/status",
+                "response_url": base,
+                "cancel_url": f"{base}/cancel",
+            },
+        )
         m.get(f"{base}/status", payload={"status": "COMPLETED", "logs": None})
         m.get(base, payload={"images": []})
         await _fal(session).run(call)
@@ -232,13 +287,21 @@ async def test_fal_gets_its_start_deadline(session: aiohttp.ClientSession) -> No
 
 # -- Replicate's deadline endings -------------------------------------------------------------
 
+
 async def test_replicate_aborted_fails_naming_the_deadline(session: aiohttp.ClientSession) -> None:
     call, _ = _call(deadline_s=60)
     with aioresponses() as m:
         m.post(f"{REP}/predictions", status=201, payload={"id": "p1", "status": "starting"})
-        m.get(f"{REP}/predictions/p1", payload={"id": "p1", "status": "aborted", "error": None,
-                                                 "created_at": "2025-10-16T10:00:00.000Z",
-                                                 "completed_at": "2025-10-16T10:01:00.000Z"})
+        m.get(
+            f"{REP}/predictions/p1",
+            payload={
+                "id": "p1",
+                "status": "aborted",
+                "error": None,
+                "created_at": "2025-10-16T10:00:00.000Z",
+                "completed_at": "2025-10-16T10:01:00.000Z",
+            },
+        )
         with pytest.raises(PermanentBackendError) as caught:
             await _replicate(session).run(call)
     assert "deadline" in str(caught.value) and "not by this runner" not in str(caught.value)
@@ -249,10 +312,17 @@ async def test_replicate_canceled_at_its_deadline_names_the_deadline(session: ai
     call, _ = _call(deadline_s=60)
     with aioresponses() as m:
         m.post(f"{REP}/predictions", status=201, payload={"id": "p1", "status": "starting"})
-        m.get(f"{REP}/predictions/p1", payload={
-            "id": "p1", "status": "canceled", "created_at": "2025-10-16T10:00:00.000Z",
-            "started_at": "2025-10-16T10:00:02.000Z", "completed_at": "2025-10-16T10:01:00.100Z",
-            "metrics": {"predict_time": 58.1}})
+        m.get(
+            f"{REP}/predictions/p1",
+            payload={
+                "id": "p1",
+                "status": "canceled",
+                "created_at": "2025-10-16T10:00:00.000Z",
+                "started_at": "2025-10-16T10:00:02.000Z",
+                "completed_at": "2025-10-16T10:01:00.100Z",
+                "metrics": {"predict_time": 58.1},
+            },
+        )
         with pytest.raises(PermanentBackendError) as caught:
             await _replicate(session).run(call)
     assert "deadline" in str(caught.value) and "Cancel-After" in str(caught.value)
@@ -261,19 +331,31 @@ async def test_replicate_canceled_at_its_deadline_names_the_deadline(session: ai
 
 # -- fal through the URLs it returns -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", ["workflows/acme/upscale", "comfy/acme/flow/sub"])
 async def test_fal_namespaced_apps_are_polled_and_cancelled_at_the_returned_urls(
-        session: aiohttp.ClientSession, model: str) -> None:
+    session: aiohttp.ClientSession, model: str
+) -> None:
     owner_app = "/".join(model.split("/")[:3])  # the namespace keeps three segments
     base = f"{FAL}/{owner_app}/requests/r9"
     call, seen = _call()
     with aioresponses() as m:
-        m.post(f"{FAL}/{model}", payload={"request_id": "r9", "status": "IN_QUEUE", "queue_position": 0,
-                                          "status_url": f"{base}/status", "response_url": base,
-                                          "cancel_url": f"{base}/cancel"})
+        m.post(
+            f"{FAL}/{model}",
+            payload={
+                "request_id": "r9",
+                "status": "IN_QUEUE",
+                "queue_position": 0,
+                "status_url": f"{base}/status",
+                "response_url": base,
+                "cancel_url": f"{base}/cancel",
+            },
+        )
         m.get(f"{base}/status", status=202, payload={"status": "IN_QUEUE", "queue_position": 0})
         m.get(f"{base}/status", status=202, payload={"status": "IN_PROGRESS", "logs": []})
-        m.get(f"{base}/status", payload={"status": "COMPLETED", "logs": [], "metrics": {"inference_time": 0.5}})
+        m.get(
+            f"{base}/status", payload={"status": "COMPLETED", "logs": [], "metrics": {"inference_time": 0.5}}
+        )
         m.get(base, payload={"images": ["a"]})
         backend = _fal(session, model=model)
         assert await backend.run(call) == {"images": ["a"]}
@@ -288,22 +370,45 @@ async def test_fal_urls_off_the_configured_origin_are_refused(session: aiohttp.C
     call, _ = _call()
     elsewhere = "https://evil.test/fal-ai/flux/requests/r1"
     with aioresponses() as m:
-        m.post(f"{FAL}/fal-ai/flux/dev", payload={"request_id": "r1", "status_url": f"{elsewhere}/status",
-                                                  "response_url": elsewhere, "cancel_url": f"{elsewhere}/cancel"})
+        m.post(
+            f"{FAL}/fal-ai/flux/dev",
+            payload={
+                "request_id": "r1",
+                "status_url": f"{elsewhere}/status",
+                "response_url": elsewhere,
+                "cancel_url": f"{elsewhere}/cancel",
+            },
+        )
         with pytest.raises(PermanentBackendError, match="origin"):
             await _fal(session).run(call)
         assert _requests(m, "GET", f"{elsewhere}/status") == []
 
 
 async def test_fal_completed_with_an_error_is_a_failure_naming_the_start_deadline(
-        session: aiohttp.ClientSession) -> None:
+    session: aiohttp.ClientSession,
+) -> None:
     call, _ = _call(deadline_s=30)
     base = f"{FAL}/fal-ai/flux/requests/r1"
     with aioresponses() as m:
-        m.post(f"{FAL}/fal-ai/flux/dev", payload={"request_id": "r1", "status_url": f"{base}/status",
-                                                  "response_url": base, "cancel_url": f"{base}/cancel"})
-        m.get(f"{base}/status", payload={"status": "COMPLETED", "logs": None, "metrics": {"inference_time": 1.5},
-                                         "error": "Request timed out", "error_type": "request_timeout"})
+        m.post(
+            f"{FAL}/fal-ai/flux/dev",
+            payload={
+                "request_id": "r1",
+                "status_url": f"{base}/status",
+                "response_url": base,
+                "cancel_url": f"{base}/cancel",
+            },
+        )
+        m.get(
+            f"{base}/status",
+            payload={
+                "status": "COMPLETED",
+                "logs": None,
+                "metrics": {"inference_time": 1.5},
+                "error": "Request timed out",
+                "error_type": "request_timeout",
+            },
+        )
         with pytest.raises(PermanentBackendError, match="X-Fal-Request-Timeout"):
             await _fal(session).run(call)
 
@@ -312,8 +417,15 @@ async def test_fal_499_result_is_a_cancelled_request(session: aiohttp.ClientSess
     call, _ = _call()
     base = f"{FAL}/fal-ai/flux/requests/r1"
     with aioresponses() as m:
-        m.post(f"{FAL}/fal-ai/flux/dev", payload={"request_id": "r1", "status_url": f"{base}/status",
-                                                  "response_url": base, "cancel_url": f"{base}/cancel"})
+        m.post(
+            f"{FAL}/fal-ai/flux/dev",
+            payload={
+                "request_id": "r1",
+                "status_url": f"{base}/status",
+                "response_url": base,
+                "cancel_url": f"{base}/cancel",
+            },
+        )
         m.get(f"{base}/status", payload={"status": "COMPLETED", "logs": []})
         m.get(base, status=499, body='{"detail":"Request cancelled by the client."}')
         with pytest.raises(PermanentBackendError, match="499") as caught:
@@ -323,6 +435,7 @@ async def test_fal_499_result_is_a_cancelled_request(session: aiohttp.ClientSess
 
 
 # -- cancels: 401/403 are not final; 404 is gone ----------------------------------------------
+
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_a_cancel_refused_for_its_key_is_retried(session: aiohttp.ClientSession, status: int) -> None:
@@ -354,9 +467,15 @@ async def test_runpod_cancelled_is_no_proof_of_a_stop(session: aiohttp.ClientSes
 
 async def test_replicate_canceled_proves_the_stop_at_its_completed_at(session: aiohttp.ClientSession) -> None:
     with aioresponses() as m:
-        m.get(f"{REP}/predictions/p", payload={"id": "p", "status": "canceled",
-                                               "completed_at": "2024-04-22T11:15:15.504128Z",
-                                               "metrics": {"predict_time": 0.128148}})
+        m.get(
+            f"{REP}/predictions/p",
+            payload={
+                "id": "p",
+                "status": "canceled",
+                "completed_at": "2024-04-22T11:15:15.504128Z",
+                "metrics": {"predict_time": 0.128148},
+            },
+        )
         over = await _replicate(session).remote_over("p")
     assert over is not None and over.proves_stop
     assert over.stopped_at is not None and over.stopped_at.isoformat() == "2024-04-22T11:15:15.504128+00:00"
@@ -371,9 +490,14 @@ async def test_a_status_404_on_a_confirmation_poll_is_gone(session: aiohttp.Clie
 
 # -- Modal: the call id of the 303 --------------------------------------------------------------
 
+
 def _modal(session: aiohttp.ClientSession) -> Any:
-    spec = BackendSpec(name="m", kind="http", url="https://acme--infer.modal.run/",
-                       cancel_url="https://acme--cancel.modal.run/?call={remote_id}")
+    spec = BackendSpec(
+        name="m",
+        kind="http",
+        url="https://acme--infer.modal.run/",
+        cancel_url="https://acme--cancel.modal.run/?call={remote_id}",
+    )
     return _fast(build_backend(spec, session))
 
 
@@ -390,7 +514,8 @@ async def test_modal_call_id_is_kept_as_the_remote_id(session: aiohttp.ClientSes
 
 
 async def test_a_resumed_modal_call_gets_its_result_url_instead_of_posting_again(
-        session: aiohttp.ClientSession) -> None:
+    session: aiohttp.ClientSession,
+) -> None:
     result_url = "https://acme--infer.modal.run/?__modal_function_call_id=fc-9"
     call, _ = _call(remote_id="fc-9", urls={"result": result_url})
     with aioresponses() as m:

@@ -161,8 +161,10 @@ async def test_cancel_ahead_only_for_the_owner_or_an_admin_and_only_on_the_tasks
     assert manager.cancel_ahead(uuid.uuid4(), StopReason.CANCELLED, pending("0xOwner")) is False
     assert manager.cancel_ahead(job_id, StopReason.CANCELLED, pending("0xStranger")) is False
     # Another thread: its futures could not be awaited by the task, so it waits for the commit.
-    assert await asyncio.to_thread(manager.cancel_ahead, job_id, StopReason.CANCELLED,
-                                   pending("0xOwner")) is False
+    assert (
+        await asyncio.to_thread(manager.cancel_ahead, job_id, StopReason.CANCELLED, pending("0xOwner"))
+        is False
+    )
     assert ctx.reason is None and ctx.pending_cancel is None and not task.done()
 
     admin = pending("0xAdmin", admin=True)

@@ -40,7 +40,7 @@ def test_a_mixed_case_address_with_a_wrong_checksum_is_refused() -> None:
     hexdigits = wallet.address[2:]
     # Flip the case of the first letter: still mixed case, no longer EIP-55.
     at = next(i for i, c in enumerate(hexdigits) if c.isalpha())
-    wrong = "0x" + hexdigits[:at] + hexdigits[at].swapcase() + hexdigits[at + 1:]
+    wrong = "0x" + hexdigits[:at] + hexdigits[at].swapcase() + hexdigits[at + 1 :]
     text = _sent(wallet, **{wallet.address: wrong})
     with pytest.raises(siwe.SiweError) as info:
         _check(text, wallet.sign(text))
@@ -55,8 +55,7 @@ def test_a_chain_id_with_leading_zeros_is_checked_as_sent() -> None:
     assert message.chain_id == 1
 
 
-@pytest.mark.parametrize("digits", ["9" * 79, "9" * 5000, "0" * 5000 + "1",
-                                    str(2**256)])
+@pytest.mark.parametrize("digits", ["9" * 79, "9" * 5000, "0" * 5000 + "1", str(2**256)])
 def test_a_chain_id_of_any_length_is_invalid_message(digits: str) -> None:
     wallet = Wallet()
     text = _sent(wallet, **{"Chain ID: 1": f"Chain ID: {digits}"})
@@ -78,8 +77,10 @@ def test_a_signature_without_its_0x_is_accepted() -> None:
     _check(text, wallet.sign(text).removeprefix("0x"))
 
 
-@pytest.mark.parametrize("signature", ["", "0x", "not hex", "0x" + "zz" * 65, "0x" + "1" * 129,
-                                       "0x0x" + "11" * 65, "0x" + "ab" * 70_000])
+@pytest.mark.parametrize(
+    "signature",
+    ["", "0x", "not hex", "0x" + "zz" * 65, "0x" + "1" * 129, "0x0x" + "11" * 65, "0x" + "ab" * 70_000],
+)
 def test_a_signature_that_is_not_hex_of_a_possible_length_is_malformed(signature: str) -> None:
     wallet = Wallet()
     text = _sent(wallet)

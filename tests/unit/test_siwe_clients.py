@@ -25,5 +25,10 @@ def test_a_clients_message_parses_and_verifies(name: str, case: dict[str, str]) 
     assert message.to_text() == case["message"]  # nothing the parser does not understand
     now = message.time("issued_at")
     assert now is not None
-    siwe.check(message, case["signature"], domains=frozenset({case["domain"]}), chain_ids=None,
-               now=now + timedelta(minutes=1))
+    siwe.check(
+        message,
+        case["signature"],
+        domains=frozenset({case["domain"]}),
+        chain_ids=None,
+        now=now + timedelta(minutes=1),
+    )

@@ -27,8 +27,9 @@ def test_a_signature_is_accepted_with_or_without_0x() -> None:
 
 # Any whole number of bytes may be a contract wallet's signature: only text that is no
 # bytes at all is malformed.
-@pytest.mark.parametrize("malformed", ["", "0x", "not hex", "0x" + "zz" * 65,
-                                       "0x" + "a" * 131, " 0x" + "ab" * 65])
+@pytest.mark.parametrize(
+    "malformed", ["", "0x", "not hex", "0x" + "zz" * 65, "0x" + "a" * 131, " 0x" + "ab" * 65]
+)
 def test_a_malformed_signature_is_said_to_be_malformed(malformed: str) -> None:
     wallet = Wallet()
     message = wallet.message("abcdefgh12")

@@ -19,10 +19,16 @@ def _load(name: str) -> dict[str, Any]:
 
 
 def test_vectors_are_present() -> None:
-    counts = {n: len(_load(n)) for n in ("parsing_positive", "parsing_negative",
-                                         "verification_positive", "verification_negative")}
-    assert counts == {"parsing_positive": 19, "parsing_negative": 29,
-                      "verification_positive": 4, "verification_negative": 10}
+    counts = {
+        n: len(_load(n))
+        for n in ("parsing_positive", "parsing_negative", "verification_positive", "verification_negative")
+    }
+    assert counts == {
+        "parsing_positive": 19,
+        "parsing_negative": 29,
+        "verification_positive": 4,
+        "verification_negative": 10,
+    }
 
 
 @pytest.mark.parametrize(("name", "case"), _load("parsing_positive").items())
@@ -53,10 +59,16 @@ def test_parsing_negative(name: str, text: str) -> None:
 
 def _from_fields(case: dict[str, Any]) -> str:
     return siwe.SiweMessage(
-        domain=case["domain"], address=case["address"], uri=case["uri"],
-        version=case["version"], chain_id=case["chainId"], nonce=case["nonce"],
-        issued_at=case["issuedAt"], statement=case.get("statement"),
-        expiration_time=case.get("expirationTime"), not_before=case.get("notBefore"),
+        domain=case["domain"],
+        address=case["address"],
+        uri=case["uri"],
+        version=case["version"],
+        chain_id=case["chainId"],
+        nonce=case["nonce"],
+        issued_at=case["issuedAt"],
+        statement=case.get("statement"),
+        expiration_time=case.get("expirationTime"),
+        not_before=case.get("notBefore"),
         request_id=case.get("requestId"),
         resources=tuple(case["resources"]) if case.get("resources") else None,
     ).to_text()
@@ -66,8 +78,9 @@ def _verify(case: dict[str, Any], **kwargs: Any) -> None:
     message = siwe.parse(_from_fields(case))
     now = siwe.parse_time(case["time"]) if "time" in case else None
     domain = case.get("domainBinding", case["domain"])
-    siwe.check(message, case["signature"], domains=frozenset({domain.lower()}),
-               chain_ids=None, now=now, **kwargs)
+    siwe.check(
+        message, case["signature"], domains=frozenset({domain.lower()}), chain_ids=None, now=now, **kwargs
+    )
     if "matchNonce" in case and case["matchNonce"] != message.nonce:
         # The server's equivalent: a nonce it did not issue is refused as invalid_nonce.
         raise siwe.SiweError(siwe.Reason.INVALID_NONCE, "nonce mismatch")
@@ -88,10 +101,15 @@ def test_verification_positive(name: str, case: dict[str, Any]) -> None:
 
 
 EXPECTED_NEGATIVE = {
-    "expired message": "expired", "domain binding": "invalid_domain", "custom time": "expired",
-    "custom nonce": "invalid_nonce", "malformed signature": "invalid_signature",
-    "wrong signature": "invalid_signature", "not yet valid": "expired",
-    "invalid issuedAt": "invalid_message", "invalid notBefore": "invalid_message",
+    "expired message": "expired",
+    "domain binding": "invalid_domain",
+    "custom time": "expired",
+    "custom nonce": "invalid_nonce",
+    "malformed signature": "invalid_signature",
+    "wrong signature": "invalid_signature",
+    "not yet valid": "expired",
+    "invalid issuedAt": "invalid_message",
+    "invalid notBefore": "invalid_message",
     "invalid expirationTime": "invalid_message",
 }
 
@@ -112,7 +130,8 @@ def test_a_domain_with_userinfo_parses_but_is_never_accepted() -> None:
     for text in texts:
         message = siwe.parse(text)
         with pytest.raises(siwe.SiweError) as info:
-            siwe.check(message, "0x" + "00" * 65, domains=frozenset({message.host}), chain_ids=None,
-                       future_skew=None)
+            siwe.check(
+                message, "0x" + "00" * 65, domains=frozenset({message.host}), chain_ids=None, future_skew=None
+            )
         assert info.value.reason is siwe.Reason.INVALID_DOMAIN
         assert "@" in info.value.message

@@ -15,13 +15,17 @@ from runner import storable
 from runner.errors import InvalidJson, Unstorable
 
 # Text as it may arrive: any code point, lone surrogates and NUL included.
-texts = st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF,
-                                       categories=None), max_size=12)
-numbers = st.one_of(st.integers(min_value=-(10**30), max_value=10**30),
-                    st.floats(allow_nan=True, allow_infinity=True))
-values = st.recursive(st.none() | st.booleans() | numbers | texts,
-                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-                      max_leaves=30)
+texts = st.text(
+    alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF, categories=None), max_size=12
+)
+numbers = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30), st.floats(allow_nan=True, allow_infinity=True)
+)
+values = st.recursive(
+    st.none() | st.booleans() | numbers | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=30,
+)
 
 
 def _at(value: Any, path: str) -> Any:
@@ -38,15 +42,15 @@ def _tokens(rest: str) -> list[str]:
         if rest.startswith("."):
             name = rest[1:].split(".")[0].split("[")[0]
             out.append(json.dumps(name))
-            rest = rest[1 + len(name):]
+            rest = rest[1 + len(name) :]
         elif rest[1] == '"':  # ["key"]: the key is JSON text, read as such
             key, end = json.JSONDecoder().raw_decode(rest, 1)
             out.append(json.dumps(key))
-            rest = rest[end + 1:]
+            rest = rest[end + 1 :]
         else:  # [n]
             end = rest.index("]", 1)
             out.append(rest[1:end])
-            rest = rest[end + 1:]
+            rest = rest[end + 1 :]
     return out
 
 
@@ -88,7 +92,7 @@ def test_any_bytes_either_parse_or_are_refused_cleanly(raw: bytes) -> None:
         storable.loads(raw)
 
 
-@given(st.integers(min_value=0, max_value=300), st.sampled_from(["[", "{\"a\":"]))
+@given(st.integers(min_value=0, max_value=300), st.sampled_from(["[", '{"a":']))
 def test_nesting_is_measured_before_parsing(depth: int, opener: str) -> None:
     closer = "]" if opener == "[" else "}"
     raw = (opener * depth + "1" + closer * depth).encode()
@@ -101,6 +105,6 @@ def test_nesting_is_measured_before_parsing(depth: int, opener: str) -> None:
 
 
 def test_brackets_inside_strings_do_not_count() -> None:
-    raw = json.dumps({"s": "[" * 1000, "t": "\\\"[[[", "u": [["]]]]"]]}).encode()
+    raw = json.dumps({"s": "[" * 1000, "t": '\\"[[[', "u": [["]]]]"]]}).encode()
     assert storable.nesting(raw) == 3
     storable.loads(raw)

@@ -112,14 +112,14 @@ def _stopped(proc: psutil.Process, containment: str) -> bool:
     """Dead; under the subreaper also reaped: the runner is its parent and must not keep a zombie.
     (Under a cgroup an orphan's reaper is init, not us.)"""
     try:
-        return not proc.is_running() or (
-            containment == "cgroup" and proc.status() == psutil.STATUS_ZOMBIE)
+        return not proc.is_running() or (containment == "cgroup" and proc.status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
 
-@pytest.mark.parametrize(("ignore_term", "event"),
-                         [(False, "subprocess_terminated"), (True, "subprocess_killed")])
+@pytest.mark.parametrize(
+    ("ignore_term", "event"), [(False, "subprocess_terminated"), (True, "subprocess_killed")]
+)
 async def test_cancel_stops_a_grandchild_in_its_own_session(
     tmp_path: Path, containment: str, ignore_term: bool, event: str
 ) -> None:
@@ -150,9 +150,7 @@ async def test_cancel_stops_an_orphaned_grandchild_and_reaps_what_it_left(
         assert middle_pid not in {c.pid for c in psutil.Process().children()}
 
 
-async def test_a_process_left_behind_by_a_finished_child_is_stopped(
-    tmp_path: Path, containment: str
-) -> None:
+async def test_a_process_left_behind_by_a_finished_child_is_stopped(tmp_path: Path, containment: str) -> None:
     backend = _backend(_tree(exit=True), str(tmp_path), grace_s=0.5)
     task = asyncio.create_task(backend.run(_call()))
     grandchild = await _published(tmp_path / "grandchild")
@@ -232,10 +230,12 @@ async def test_stderr_keeps_only_its_tail(tmp_path: Path) -> None:
 async def test_large_input_and_output_flow_at_once() -> None:
     """stdin is written while stdout and stderr are read: a child that writes much to stderr
     before it reads its input does not deadlock with us on full pipes."""
-    code = ("import json, sys\n"
-            "sys.stderr.write('e' * 2_000_000); sys.stderr.flush()\n"
-            "n = len(json.load(sys.stdin)['prompt'])\n"
-            "print(json.dumps({'n': n, 'pad': 'o' * 2_000_000}))\n")
+    code = (
+        "import json, sys\n"
+        "sys.stderr.write('e' * 2_000_000); sys.stderr.flush()\n"
+        "n = len(json.load(sys.stdin)['prompt'])\n"
+        "print(json.dumps({'n': n, 'pad': 'o' * 2_000_000}))\n"
+    )
     call = ExecutionCall(uuid.uuid4(), uuid.uuid4(), {"prompt": "p" * 3_000_000})
     reply = await asyncio.wait_for(_backend(code).run(call), DEADLINE_S)
     assert reply["n"] == 3_000_000 and len(reply["pad"]) == 2_000_000

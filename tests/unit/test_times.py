@@ -20,13 +20,14 @@ def _in(script_zero: str, text: str) -> str:
 
 
 @pytest.mark.parametrize("zero", SCRIPTS)
-@pytest.mark.parametrize("text", ["2026-01-02T03:04:05Z", "2026-01-02T03:04:05.678Z",
-                                  "2026-01-02T03:04:05+01:00"])
+@pytest.mark.parametrize(
+    "text", ["2026-01-02T03:04:05Z", "2026-01-02T03:04:05.678Z", "2026-01-02T03:04:05+01:00"]
+)
 def test_siwe_times_take_ascii_digits_only(zero: str, text: str) -> None:
     assert siwe.parse_time(text) is not None
     for i, ch in enumerate(text):
         if ch.isdigit():  # one foreign digit anywhere is enough to refuse it
-            hostile = text[:i] + _in(zero, ch) + text[i + 1:]
+            hostile = text[:i] + _in(zero, ch) + text[i + 1 :]
             assert int(_in(zero, ch)) == int(ch)
             with pytest.raises(ValueError, match="RFC 3339"):
                 siwe.parse_time(hostile)

@@ -16,10 +16,28 @@ from runner.webhooks.delivery import RETRY_CAP_S, retry_delay_s
 from runner.webhooks.signing import new_secret, signature_header
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.1.1", "169.254.169.254", "100.64.0.1",
-    "0.0.0.0", "224.0.0.1", "::1", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "::ffff:127.0.0.1",
-    "::ffff:10.0.0.1", "::"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "fd00:ec2::254",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::",
+    ],
+)
 def test_non_public_addresses_are_refused(address: str) -> None:
     assert refusal(ipaddress.ip_address(address), allow_private=False) is not None
 
@@ -36,10 +54,22 @@ def test_the_setting_opens_private_addresses_but_never_the_metadata_service() ->
         assert refusal(ipaddress.ip_address(metadata), allow_private=True) is not None
 
 
-@pytest.mark.parametrize("url", ["http://example.com/", "ftp://example.com/", "https://", "example.com",
-                                 "https://user:pw@example.com/", "https://example.com:99999/",
-                                 "https://exa mple.com/", "https://example.com/\n", 42, None,
-                                 "https://example.com/" + "x" * 2100])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/",
+        "ftp://example.com/",
+        "https://",
+        "example.com",
+        "https://user:pw@example.com/",
+        "https://example.com:99999/",
+        "https://exa mple.com/",
+        "https://example.com/\n",
+        42,
+        None,
+        "https://example.com/" + "x" * 2100,
+    ],
+)
 def test_urls_refused_by_form(url: object) -> None:
     with pytest.raises(Refused):
         check_url(url, allow_http=False)
@@ -68,8 +98,11 @@ def test_the_standard_library_verifies_the_signature_with_either_secret() -> Non
     old, new = new_secret(), new_secret()
     assert new.startswith("whsec_") and old != new
     body, stamp = b'{"type": "job.completed", "data": {}}', int(time.time())
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(stamp),
-               "webhook-signature": signature_header([new, old], "msg_1", stamp, body)}
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": signature_header([new, old], "msg_1", stamp, body),
+    }
     assert Webhook(new).verify(body, headers)["type"] == "job.completed"
     assert Webhook(old).verify(body, headers)["type"] == "job.completed"  # a rotation's overlap
     with pytest.raises(WebhookVerificationError):
