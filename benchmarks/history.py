@@ -28,11 +28,11 @@ from runner.cancel.registry import JobContextManager
 from runner.cancel.statements import CANCEL_ALL, CANCEL_JOB
 from runner.db import create_pool, migrate
 from runner.metrics import Metrics
-from runner.worker import store
+from runner.worker import records, store
 
 WALLETS = 1000
 CHUNK = 100_000
-CAPACITY = store.Capacity(["demo"], {})
+CAPACITY = records.Capacity(["demo"], {})
 
 
 def wallet(i: int) -> str:

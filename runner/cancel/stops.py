@@ -22,10 +22,10 @@ import structlog
 from runner.cancel.canceller import Canceller, cancel_applied
 from runner.cancel.registry import JobContext, PendingCancel, StopReason
 from runner.db import DATABASE_ERRORS, backoff_s, is_transient
+from runner.db.batch import Batcher
 from runner.db.notify import Notifier
 from runner.errors import JobError
 from runner.metrics import Metrics
-from runner.worker.batch import Batcher
 
 log = structlog.get_logger("runner.cancel.stops")
 

@@ -4,9 +4,6 @@ statuses it may leave, so Postgres decides every race."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -14,6 +11,7 @@ from runner import jsontext
 from runner.cancel.statements import owe_remote_cancel
 from runner.db.notify import Notifier
 from runner.storable import readable
+from runner.worker.records import Capacity, ClaimedExecution, ClaimedJob, ExecutionResult
 
 # A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A
 # running job's lease is its worker's.
@@ -22,35 +20,6 @@ _HEARTBEAT = """INSERT INTO workers (id, lease_expires_at, backends)
     VALUES ($2, now() + make_interval(secs => $3), $4::text[])
     ON CONFLICT (id) DO UPDATE
     SET lease_expires_at = EXCLUDED.lease_expires_at, backends = EXCLUDED.backends"""
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedExecution:
-    id: uuid.UUID
-    backend: str
-    input: Any
-    remote_id: str | None
-    attempts: int
-    remote_urls: dict[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
-    id: uuid.UUID
-    owner: str
-    timeout_s: int | None
-    started_at: datetime
-    attempts: int
-    executions: list[ClaimedExecution]
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    """What a worker can run: its backends, and those limited to a number of running
-    executions across every instance (their slots)."""
-
-    backends: list[str]
-    limits: dict[str, int]
 
 
 async def claim(
@@ -196,18 +165,6 @@ async def set_remote_id(
         notifier.changed(row["job_id"], row["owner"])
     status: str = row["status"]
     return status
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutionResult:
-    job_id: uuid.UUID
-    execution_id: uuid.UUID
-    status: str  # completed | failed
-    output: Any
-    error: str | None
-    attempts: int
-    owe_remote_cancel: bool = False  # it failed on our side with a remote job still alive
-    gpu_seconds: float | None = None  # the provider's figure, or the time it ran here
 
 
 async def write_results(
@@ -475,3 +432,54 @@ async def requeue_expired(
     # Forget workers long gone (nothing of theirs is left running after the requeue).
     await pool.execute("DELETE FROM workers WHERE lease_expires_at < now() - interval '1 day'")
     return rows
+
+
+# -- housekeeping (runner.worker.housekeeping runs these) ------------------------------------
+
+RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
+WAITING_LOCK_KEY = 0x72756E6E65720003  # one instance at a time notes why jobs wait
+
+# Queued jobs per backend that no live instance has (they wait for one; they do not fail).
+UNCLAIMABLE = """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.backends) b
+    WHERE j.status = 'queued' AND NOT EXISTS (
+        SELECT 1 FROM workers w WHERE w.lease_expires_at >= now() AND b = ANY(w.backends))
+    GROUP BY b"""
+
+# Per backend: queued jobs needing it and the oldest one's age (one scan, by the partial index).
+QUEUE = """SELECT b AS backend, count(*) AS jobs, extract(epoch FROM now() - min(j.created_at))::float8 AS age
+    FROM jobs j, unnest(j.backends) b WHERE j.status = 'queued' GROUP BY b"""
+
+# A `waiting` event, once per reason, for each queued job needing one of $1 (backends no live
+# instance has); returns the jobs noted and their owners.
+NOTE_WAITING = """WITH stranded AS (
+        SELECT j.id, runner_waiting_reason(j.backends) AS reason FROM jobs j
+        WHERE j.status = 'queued' AND j.backends && $1::text[]),
+    noted AS (
+        INSERT INTO job_events (job_id, kind, actor, detail)
+        SELECT s.id, 'waiting', 'system', jsonb_build_object('reason', s.reason) FROM stranded s
+        WHERE s.reason IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM job_events e WHERE e.job_id = s.id AND e.kind = 'waiting'
+            AND e.detail->>'reason' = s.reason)
+        RETURNING job_id)
+    SELECT n.job_id, j.owner FROM noted n JOIN jobs j ON j.id = n.job_id"""
+
+# Executions per backend whose work may still run at the provider after a cancel.
+UNCONFIRMED = """SELECT backend, count(*) AS n FROM executions
+    WHERE (remote_cancel = 'acknowledged' AND remote_cancel_due IS NOT NULL)
+       OR (remote_cancel = 'pending' AND remote_cancel_tries > 0)
+    GROUP BY backend"""
+
+# Up to $3 finished jobs older than $1 days + $2 seconds, with their executions, events and
+# idempotency keys; the number deleted.
+DELETE_FINISHED = """WITH old AS (
+        SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(days => $1::int, secs => $2)
+        ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED),
+    events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM old)),
+    executions AS (DELETE FROM executions WHERE job_id IN (SELECT id FROM old)),
+    keys AS (DELETE FROM idempotency_keys WHERE job_id IN (SELECT id FROM old)),
+    gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
+    SELECT count(*) FROM gone"""
+
+# A turn at a limited backend (runner.worker.slots): $1 execution, $2 backend, $3 its slots.
+TAKE_SLOT = "SELECT runner_take_slot($1, $2, $3)"
