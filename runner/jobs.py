@@ -34,6 +34,21 @@ JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished
     j.webhook, j.webhook_events, runner_executions_json(j.id) AS executions"""
 
 
+ANOTHER_WALLET = "this job belongs to another wallet"
+
+
+def may_act(owner: str, caller: str, admin: str) -> str:
+    """The owner check, in SQL over three expressions: a caller may read or change its own
+    jobs, an admin any job. Written once: every statement that acts for a caller (these reads,
+    the cancels in runner.cancel.statements) filters by it or returns it as `allowed`."""
+    return f"({owner} = {caller} OR {admin})"
+
+
+def _refuse_unless_allowed(row: JobRow) -> None:
+    if not row["allowed"]:
+        raise JobForbidden(ANOTHER_WALLET)
+
+
 @dataclass(frozen=True, slots=True)
 class NewExecution:
     backend: str
@@ -192,7 +207,7 @@ async def rerun(
     if outcome == "not_found":
         raise JobNotFound(f"no job {job_id}")
     if outcome == "forbidden":
-        raise JobForbidden("this job belongs to another wallet")
+        raise JobForbidden(ANOTHER_WALLET)
     if outcome == "not_rerunnable":
         raise NotRerunnable(
             f"the job is {row['detail']}; only cancelled or failed ones can be re-run", status=row["detail"]
@@ -220,9 +235,15 @@ async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> J
 
 
 async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> JobRow:
-    job = await _read(pool, job_id)
-    if job["owner"] != caller and not admin:
-        raise JobForbidden("this job belongs to another wallet")
+    job: JobRow | None = await pool.fetchrow(
+        f"SELECT {JOB_COLUMNS}, {may_act('j.owner', '$2', '$3')} AS allowed FROM jobs j WHERE j.id = $1",
+        job_id,
+        caller,
+        admin,
+    )
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    _refuse_unless_allowed(job)
     return job
 
 
@@ -284,15 +305,17 @@ async def list_jobs(
 
 async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> list[JobRow]:
     rows = await pool.fetch(
-        """SELECT j.owner, e.at, e.kind, e.actor, e.detail, e.execution_id
+        f"""SELECT {may_act("j.owner", "$2", "$3")} AS allowed,
+                  e.at, e.kind, e.actor, e.detail, e.execution_id
            FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id
            WHERE j.id = $1 ORDER BY e.id""",
         job_id,
+        caller,
+        admin,
     )
     if not rows:
         raise JobNotFound(f"no job {job_id}")
-    if rows[0]["owner"] != caller and not admin:
-        raise JobForbidden("this job belongs to another wallet")
+    _refuse_unless_allowed(rows[0])
     return [r for r in rows if r["kind"] is not None]
 
 

@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 
 from runner import jsontext
-from runner.cancel.statements import owe_remote_cancel
+from runner.cancel.statements import finish_job_set, owe_remote_cancel
 from runner.db.notify import Notifier
 from runner.storable import readable
 from runner.worker.records import Capacity, ClaimedExecution, ClaimedJob, ExecutionResult
@@ -94,10 +94,7 @@ async def claim(
            turns AS (
                INSERT INTO wallet_turns (owner, last_claimed_at) SELECT DISTINCT owner, now() FROM job
                ON CONFLICT (owner) DO UPDATE SET last_claimed_at = EXCLUDED.last_claimed_at)
-           SELECT job.*, coalesce(json_agg(json_build_object(
-                   'id', open.id, 'backend', open.backend, 'input', open.input,
-                   'remote_id', open.remote_id, 'attempts', open.attempts, 'remote_urls', open.remote_urls)
-                   ORDER BY open.position)
+           SELECT job.*, coalesce(json_agg(open ORDER BY open.position)
                FILTER (WHERE open.id IS NOT NULL), '[]')::text AS executions
            FROM job LEFT JOIN open ON open.job_id = job.id
            GROUP BY job.id, job.owner, job.timeout_s, job.started_at, job.attempts""",
@@ -111,8 +108,10 @@ async def claim(
     if notifier is not None:
         for r in rows:
             notifier.changed(r["id"], r["owner"])
-    # The executions come as text, decoded here one job at a time (big ones beside the
-    # loop): a claim of many big inputs decoded in one go held the loop for 100s of ms.
+    # The executions come as text -- each open one's row as it stands (json_agg of the row:
+    # the one rendering of an execution is the API's, runner_executions_json) -- decoded here
+    # one job at a time (big ones beside the loop): a claim of many big inputs decoded in one
+    # go held the loop for 100s of ms.
     return [
         ClaimedJob(
             id=r["id"],
@@ -208,7 +207,7 @@ async def write_results(
            -- Finished: every execution terminal, one of them written here (so completed or
            -- failed: such a job is not "all cancelled").
            job AS (
-               UPDATE jobs j SET status = d.final, finished_at = now(), worker_id = NULL
+               UPDATE jobs j SET {finish_job_set("d.final", "NULL", "NULL")}
                FROM (SELECT job_id, runner_final_status(array_agg(status)) AS final FROM latest
                      GROUP BY job_id HAVING bool_or(written)) d
                WHERE j.id = d.job_id AND d.final IS NOT NULL AND j.status = 'running' AND j.worker_id = $2
@@ -252,6 +251,12 @@ async def write_results(
     ]
 
 
+# Finished from its executions: all cancelled (by cancels of each), by the last canceller.
+_FINISH_BY_EXECUTIONS = finish_job_set(
+    "agg.final", "coalesce(last_cancel.actor, 'system')", "'every execution was cancelled'"
+)
+
+
 async def finalize(
     pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str, notifier: Notifier | None = None
 ) -> list[tuple[bool, str]]:
@@ -261,7 +266,7 @@ async def finalize(
     ours to finish (cancelled meanwhile, requeued elsewhere, or an execution still open).
     """
     rows = await pool.fetch(
-        """WITH agg AS (
+        f"""WITH agg AS (
                 SELECT job_id, runner_final_status(array_agg(status)) AS final
                 FROM executions WHERE job_id = ANY($1) GROUP BY job_id),
             last_cancel AS (
@@ -271,13 +276,7 @@ async def finalize(
                 SELECT id FROM jobs WHERE id = ANY($1) AND status = 'running' AND worker_id = $2
                 ORDER BY id FOR NO KEY UPDATE),
             job AS (
-                UPDATE jobs j SET
-                    status = agg.final, finished_at = now(), worker_id = NULL,
-                    cancelled_at = CASE WHEN agg.final = 'cancelled' THEN now() END,
-                    cancelled_by = CASE WHEN agg.final = 'cancelled'
-                                        THEN coalesce(last_cancel.actor, 'system') END,
-                    cancel_reason = CASE WHEN agg.final = 'cancelled'
-                                         THEN 'every execution was cancelled' END
+                UPDATE jobs j SET {_FINISH_BY_EXECUTIONS}
                 FROM locked JOIN agg ON agg.job_id = locked.id
                     LEFT JOIN last_cancel ON last_cancel.job_id = agg.job_id
                 WHERE j.id = locked.id AND j.status = 'running' AND j.worker_id = $2
@@ -285,7 +284,7 @@ async def finalize(
                 RETURNING j.id, j.status, j.owner),
             ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
-                SELECT id, status, 'system', '{}'::jsonb FROM job)
+                SELECT id, status, 'system', '{{}}'::jsonb FROM job)
             SELECT job.id, job.status, true AS written, job.owner FROM job
             UNION ALL
             SELECT j.id, j.status, false, j.owner FROM jobs j
