@@ -64,6 +64,11 @@ class TaskStopping:
             or await self.stops.cancel_landed(ctx.pending_cancel) is not False
         )
 
+    def found_cancelled(self, ctx: JobContext) -> None:
+        """Its final write found the job cancelled (it was, just as it finished): the task
+        stopped for that cancel all the same, and its stop is recorded when it ends."""
+        ctx.reason = ctx.reason or StopReason.CANCELLED
+
     def task_ended(self, ctx: JobContext) -> None:
         """The job's task has ended, however: "stopped" is reported once its stop is on record."""
         self.stops.on_task_done(ctx)

@@ -118,8 +118,7 @@ class JobTasks:
                 self.metrics.jobs_finished.labels(status).inc()
                 jlog.info("job_finished", status=status)
             elif status == "cancelled":
-                # Cancelled just as it finished: the task stopped all the same.
-                ctx.reason = ctx.reason or StopReason.CANCELLED
+                self.stopping.found_cancelled(ctx)
             elif status == "running":
                 self.unsettled.add(job.id)
                 jlog.warning("job_unsettled")
