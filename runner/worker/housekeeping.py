@@ -61,7 +61,7 @@ class Housekeeping:
         instance has) why it waits: a `waiting` event, once per reason, which also reaches the
         wallet's event stream. The number noted; None if another instance is at it."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", store.WAITING_LOCK_KEY):
+            if not await conn.fetchval(store.TRY_LOCK, store.WAITING_LOCK_KEY):
                 return None
             noted = await conn.fetch(store.NOTE_WAITING, backends)
         if self.notifier is not None:
@@ -89,9 +89,9 @@ class Housekeeping:
         """Up to RETENTION_BATCH of them in one transaction; None if another instance holds
         the retention lock."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", store.RETENTION_LOCK_KEY):
+            if not await conn.fetchval(store.TRY_LOCK, store.RETENTION_LOCK_KEY):
                 return None
-            await conn.execute("SET LOCAL runner.retention = 'on'")  # the audit trail allows this delete
+            await conn.execute(store.RETENTION_ON)
             deleted: int = await conn.fetchval(
                 store.DELETE_FINISHED, int(days), (days % 1) * 86400, RETENTION_BATCH
             )

@@ -437,6 +437,8 @@ async def requeue_expired(
 
 RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
 WAITING_LOCK_KEY = 0x72756E6E65720003  # one instance at a time notes why jobs wait
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # $1 one of the keys above
+RETENTION_ON = "SET LOCAL runner.retention = 'on'"  # the audit trail allows the delete below
 
 # Queued jobs per backend that no live instance has (they wait for one; they do not fail).
 UNCLAIMABLE = """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.backends) b
