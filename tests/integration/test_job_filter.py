@@ -106,6 +106,7 @@ async def test_each_filter_field_and_their_combinations(
         ("created_after=2026-02-01&created_before=2026-01-01", "created_after"),
         ("created_after=2026-01-01&created_after=2026-02-01", "created_after"),
         ("ids=nope", "ids"),
+        ("ids=" + ",".join(["x"] * 1001), "at most 1000 ids"),
         ("meta.=x", "meta."),
         ("meta.k=a&meta.k=b", "meta.k"),
     ],
