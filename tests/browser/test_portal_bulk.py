@@ -14,7 +14,6 @@ from tests.browser.conftest import Portal
 from tests.browser.test_portal import HOLD, _running
 from tests.client import wait_event
 
-
 RECENT = re.compile(r"^(just now|\d+ s ago)$")  # relative, for a job made seconds ago
 
 
