@@ -13,16 +13,15 @@ from api import render
 from api.auth import identity_of
 from api.bodies import iso, json_reply, read_json_object
 from api.errors import BadRequest
+from api.filtering import parse_body_filter, parse_query_filter
 from api.state import RUNTIME
 from api.validation import (
     parse_bool,
-    parse_cancel_statuses,
     parse_id,
     parse_idempotency_key,
     parse_limit,
     parse_reason,
     parse_rerun,
-    parse_status_filter,
     parse_submission,
     parse_time,
 )
@@ -70,6 +69,8 @@ async def submit(request: web.Request) -> web.Response:
         per_minute=runtime.settings.max_submits_per_minute,
         body_hash=jobs.request_hash(body) if key else None,
         notifier=runtime.notifier,
+        concurrency_key=submission.concurrency_key,
+        supersede=runtime.canceller if submission.supersede else None,
     )
     if created:
         log.info("job_submitted", job_id=str(job["id"]), executions=len(job["executions"]))
@@ -81,7 +82,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     page, cursor = await jobs.list_jobs(
         runtime.pool,
         owner=identity.address,
-        statuses=parse_status_filter(request.query.get("status")),
+        job_filter=parse_query_filter(request.query),
         limit=parse_limit(request.query.get("limit")),
         cursor=request.query.get("cursor") or None,
         max_bytes=runtime.settings.max_page_bytes,
@@ -133,10 +134,15 @@ async def cancel_execution(request: web.Request) -> web.Response:
 async def cancel_all(request: web.Request) -> web.Response:
     runtime, identity = _runtime(request), identity_of(request)
     body = await read_json_object(request, required=False)
-    reason = parse_reason(body, extra={"statuses"})
-    outcome = await runtime.canceller.cancel_all(
-        identity.address, statuses=parse_cancel_statuses(body), reason=reason
-    )
+    job_filter = parse_body_filter(body, extra={"reason", "dry_run"})
+    reason = parse_reason({k: v for k, v in body.items() if k == "reason"})
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("'dry_run' must be true or false")
+    if dry_run:
+        found = await runtime.canceller.dry_run(identity.address, job_filter)
+        return json_reply(render.dry_run(found))
+    outcome = await runtime.canceller.cancel_all(identity.address, reason=reason, job_filter=job_filter)
     return json_reply(render.bulk_cancel(outcome))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.cancel.canceller import BulkCancel, ExecutionCancel, JobCancel
+from runner.cancel.canceller import BulkCancel, DryRun, ExecutionCancel, JobCancel
 from runner.jobs import JobRow
 from runner.timeutil import iso
 
@@ -28,6 +28,7 @@ def job(row: JobRow) -> dict[str, Any]:
         "rerun_of": str(row["rerun_of"]) if row["rerun_of"] else None,
         "webhook": row["webhook"],
         "webhook_events": row["webhook_events"],
+        "concurrency_key": row["concurrency_key"],
         "executions": row["executions"],
     }
 
@@ -73,3 +74,7 @@ def bulk_cancel(outcome: BulkCancel) -> dict[str, Any]:
         "count": len(outcome.job_ids),
         "executions_cancelled": outcome.executions_cancelled,
     }
+
+
+def dry_run(found: DryRun) -> dict[str, Any]:
+    return {"ok": True, "count": found.count, "ids": [str(i) for i in found.first_ids]}

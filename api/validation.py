@@ -13,7 +13,6 @@ from api.errors import BadRequest
 from runner.backends.config import BackendSpec
 from runner.errors import JobNotFound, UnknownBackend
 from runner.jobs import NewExecution
-from runner.statuses import ACTIVE, STATUSES
 from runner.timeutil import parse_iso
 from runner.webhooks.addresses import Refused, check_url
 
@@ -23,6 +22,16 @@ MAX_TIMEOUT_S = 86400
 MAX_REASON_CHARS = 500
 MAX_NAME_CHARS = 200
 MAX_IDEMPOTENCY_KEY = 255
+MAX_CONCURRENCY_KEY = 255
+SUBMIT_FIELDS = {
+    "executions",
+    "timeout_s",
+    "metadata",
+    "webhook",
+    "webhook_events",
+    "concurrency_key",
+    "on_conflict",
+}
 WEBHOOK_EVENTS = ("started", "completed", "failed", "cancelled", "remote_stopped")
 
 
@@ -33,6 +42,8 @@ class Submission:
     metadata: dict[str, Any]
     webhook: str | None = None
     webhook_events: list[str] | None = None  # with a webhook: the events it gets (default all)
+    concurrency_key: str | None = None
+    supersede: bool = False  # on_conflict: cancel the wallet's active jobs with the same key
 
 
 def _only(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -64,7 +75,7 @@ def parse_id(value: str, what: str = "job") -> uuid.UUID:
 def parse_submission(
     body: Mapping[str, Any], backends: Mapping[str, BackendSpec], *, allow_http: bool = False
 ) -> Submission:
-    _only(body, {"executions", "timeout_s", "metadata", "webhook", "webhook_events"}, "body")
+    _only(body, SUBMIT_FIELDS, "body")
     executions = body.get("executions")
     if not isinstance(executions, list) or not executions:
         raise BadRequest("'executions' must be a non-empty list")
@@ -106,7 +117,25 @@ def parse_submission(
     if len(json.dumps(metadata, separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
         raise BadRequest(f"'metadata' is larger than {MAX_METADATA_BYTES // 1024} KiB")
     webhook, events = parse_webhook(body, allow_http=allow_http)
-    return Submission(parsed, timeout_s, metadata, webhook, events)
+    key, supersede = parse_concurrency(body)
+    return Submission(parsed, timeout_s, metadata, webhook, events, key, supersede)
+
+
+def parse_concurrency(body: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """`concurrency_key` (stored on the job) and `on_conflict` ("cancel_running": cancel the
+    wallet's active jobs with that key)."""
+    key, on_conflict = body.get("concurrency_key"), body.get("on_conflict")
+    if key is not None and (
+        not isinstance(key, str) or not 1 <= len(key) <= MAX_CONCURRENCY_KEY or not key.isprintable()
+    ):
+        raise BadRequest(f"'concurrency_key' must be 1-{MAX_CONCURRENCY_KEY} printable characters")
+    if on_conflict is None:
+        return key, False
+    if on_conflict != "cancel_running":
+        raise BadRequest("'on_conflict' must be \"cancel_running\" (or absent)")
+    if key is None:
+        raise BadRequest("'on_conflict' needs a 'concurrency_key'")
+    return key, True
 
 
 def parse_webhook(body: Mapping[str, Any], *, allow_http: bool) -> tuple[str | None, list[str] | None]:
@@ -138,27 +167,6 @@ def parse_reason(body: Mapping[str, Any], extra: set[str] | None = None) -> str 
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
         raise BadRequest(f"'reason' must be a string of at most {MAX_REASON_CHARS} characters")
     return reason
-
-
-def parse_cancel_statuses(body: Mapping[str, Any]) -> list[str]:
-    statuses = body.get("statuses", list(ACTIVE))
-    if (
-        not isinstance(statuses, list)
-        or not statuses
-        or not all(isinstance(s, str) and s in ACTIVE for s in statuses)
-    ):
-        raise BadRequest("'statuses' must be a non-empty list of 'queued' and/or 'running'")
-    return sorted(set(statuses))
-
-
-def parse_status_filter(value: str | None) -> list[str] | None:
-    if value is None or value == "":
-        return None
-    statuses = [s.strip() for s in value.split(",")]
-    bad = [s for s in statuses if s not in STATUSES]
-    if bad:
-        raise BadRequest(f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
-    return statuses
 
 
 def parse_limit(value: str | None, default: int = 50, maximum: int = 200) -> int:

@@ -25,8 +25,9 @@ from benchmarks.harness import embedded_postgres, fresh_database, machine, perce
 from runner import jobs
 from runner.cancel.canceller import Canceller
 from runner.cancel.registry import JobContextManager
-from runner.cancel.statements import CANCEL_ALL, CANCEL_JOB
+from runner.cancel.statements import CANCEL_JOB, cancel_matching
 from runner.db import create_pool, migrate
+from runner.filters import JobFilter
 from runner.metrics import Metrics
 from runner.worker import store
 
@@ -103,7 +104,7 @@ class Target:
     async def prepare(self) -> None:
         for _ in range(60):
             await self.submit(self.lister)
-        await self.canceller.cancel_all(self.lister, statuses=["queued", "running"], reason=None)
+        await self.canceller.cancel_all(self.lister, reason=None)
 
     async def timed(self, op: str, call: Callable[[], Awaitable[Any]]) -> Any:
         began = time.perf_counter()
@@ -138,7 +139,7 @@ class Target:
         await self.timed(
             "list",
             lambda: jobs.list_jobs(
-                self.pool, owner=self.lister, statuses=None, limit=50, cursor=None, max_bytes=8 << 20
+                self.pool, owner=self.lister, job_filter=JobFilter(), limit=50, cursor=None, max_bytes=8 << 20
             ),
         )
         bulk_owner = "0x" + uuid.uuid4().hex.ljust(40, "0")
@@ -146,14 +147,14 @@ class Target:
             await self.submit(bulk_owner)
         await self.timed(
             "cancel_all",
-            lambda: self.canceller.cancel_all(bulk_owner, statuses=["queued", "running"], reason=None),
+            lambda: self.canceller.cancel_all(bulk_owner, reason=None),
         )
 
 
 EXPLAINED = {
     "claim": None,  # built from store.claim's own text below
     "cancel": CANCEL_JOB,
-    "cancel_all": CANCEL_ALL,
+    "cancel_all": cancel_matching("true"),
     "list": f"SELECT {jobs.JOB_COLUMNS} FROM jobs j WHERE j.owner = $1 ORDER BY j.created_at DESC, j.id DESC LIMIT 51",
 }
 
@@ -163,7 +164,10 @@ async def explain(pool: asyncpg.Pool) -> None:
         checks = {
             "list": (EXPLAINED["list"], [wallet(7)]),
             "cancel": (CANCEL_JOB, [uuid.uuid4(), wallet(7), None, False, [], 5.0]),
-            "cancel_all": (CANCEL_ALL, [wallet(7), ["queued", "running"], None, [], 5.0, 1000, "bench"]),
+            "cancel_all": (
+                cancel_matching("true"),
+                [wallet(7), None, [], 5.0, 1000, "bench", {"bulk": True}],
+            ),
             "quota": (
                 "SELECT count(*) FROM jobs j WHERE j.owner = $1 AND j.status IN ('queued', 'running')",
                 [wallet(7)],

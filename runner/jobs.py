@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -24,14 +24,30 @@ from runner.errors import (
     QuotaExceeded,
     RateExceeded,
 )
+from runner.filters import JobFilter, where
 from runner.timeutil import parse_iso
 
+if TYPE_CHECKING:
+    from runner.cancel.canceller import Canceller
+
 JobRow = Mapping[str, Any]
+# The wallet's lock, as runner_submit takes it (migration 0003): a superseding submit takes
+# it before its cancel, so that no submit with the same key commits between the two.
+SUBMIT = "SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)"
+WALLET_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 42))"
 
 JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,
     j.cancelled_at, j.cancelled_by, j.cancel_reason, j.timeout_s, j.metadata, j.error,
     (SELECT sum(e.gpu_seconds) FROM executions e WHERE e.job_id = j.id) AS gpu_seconds, j.rerun_of,
-    j.webhook, j.webhook_events, runner_executions_json(j.id) AS executions"""
+    j.webhook, j.webhook_events, j.concurrency_key, runner_executions_json(j.id) AS executions"""
+
+
+class _NotCreated(Exception):
+    """runner_submit created nothing (a repeat, a conflict, the quota): roll back."""
+
+    def __init__(self, row: asyncpg.Record) -> None:
+        super().__init__(row["outcome"])
+        self.row = row
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,29 +94,54 @@ async def submit(
     webhook: str | None = None,
     webhook_events: list[str] | None = None,
     notifier: Notifier | None = None,
+    concurrency_key: str | None = None,
+    supersede: Canceller | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert a queued job in one round trip (runner_submit, migration 0003); returns
-    (job, created). A repeated idempotency key returns the original job."""
+    (job, created). A repeated idempotency key returns the original job. With `supersede`,
+    the wallet's active jobs with the same `concurrency_key` are cancelled in the
+    transaction that creates this one (and not at all if it is not created)."""
     await _within_rate(pool, owner, per_minute)
     job_id = uuid.uuid4()
     rows = [
         {"id": str(uuid.uuid4()), "name": e.name, "backend": e.backend, "input": e.input} for e in executions
     ]
     args = (job_id, owner, timeout_s, metadata, rows, idempotency_key, body_hash, max_active)
-    if webhook is None:  # one round trip, as before webhooks
-        row = await pool.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)", *args)
+    superseded = None
+    if webhook is None and concurrency_key is None:  # one round trip, as before webhooks
+        row = await pool.fetchrow(SUBMIT, *args)
     else:
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)", *args)
-            if row is not None and row["outcome"] == "created":
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if supersede is not None:
+                    assert concurrency_key is not None
+                    await conn.execute(WALLET_LOCK, owner)
+                    superseded = await supersede.supersede(conn, owner, concurrency_key, job_id)
+                row = await conn.fetchrow(SUBMIT, *args)
+                assert row is not None
+                if row["outcome"] != "created":
+                    raise _NotCreated(row)  # and nothing superseded
                 # In the submit's transaction: no worker can start the job (an event) before
                 # its webhook is there.
                 await conn.execute(
-                    "UPDATE jobs SET webhook = $2, webhook_events = $3 WHERE id = $1",
+                    "UPDATE jobs SET webhook = $2, webhook_events = $3, concurrency_key = $4 WHERE id = $1",
                     job_id,
                     webhook,
                     webhook_events,
+                    concurrency_key,
                 )
+                if superseded is not None and superseded["ids"]:
+                    await conn.execute(
+                        """INSERT INTO job_events (job_id, kind, actor, detail)
+                           VALUES ($1, 'superseded', $2,
+                                   jsonb_build_object('jobs', $3::uuid[], 'concurrency_key', $4::text))""",
+                        job_id,
+                        owner,
+                        superseded["ids"],
+                        concurrency_key,
+                    )
+        except _NotCreated as exc:
+            row, superseded = exc.row, None
     assert row is not None
     if row["outcome"] == "conflict":
         raise IdempotencyConflict("this Idempotency-Key was used with a different body in the last 24 h")
@@ -110,6 +151,8 @@ async def submit(
         raise QuotaExceeded(
             f"this wallet already has {row['active']} active jobs (limit {max_active})", limit=max_active
         )
+    if supersede is not None and superseded is not None:
+        await supersede.superseded(superseded, owner)
     if notifier is not None:
         notifier.work(e.backend for e in executions)
         notifier.changed(job_id, owner)
@@ -150,6 +193,7 @@ async def submit(
             "rerun_of": None,
             "webhook": webhook,
             "webhook_events": webhook_events if webhook is not None else None,
+            "concurrency_key": concurrency_key,
             "executions": fresh,
         },
         True,
@@ -244,7 +288,7 @@ async def list_jobs(
     pool: asyncpg.Pool,
     *,
     owner: str,
-    statuses: list[str] | None,
+    job_filter: JobFilter,
     limit: int,
     cursor: str | None,
     max_bytes: int,
@@ -252,30 +296,33 @@ async def list_jobs(
     """The wallet's jobs, newest first: at most `limit`, and no more once their inputs,
     outputs and metadata pass `max_bytes` of JSON (the first job always comes, however big).
     Keyset pagination: new jobs never shift a page. Sizes are measured in Postgres, so that a
-    page's rows are the only ones this process ever holds."""
+    page's rows are the only ones this process ever holds. Only jobs `job_filter` matches."""
     after = decode_cursor(cursor) if cursor else None
+    args: list[Any] = [
+        owner,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit + 1,
+        limit,
+        max_bytes,
+    ]
+    matches = where(job_filter, args)
     rows = await pool.fetch(
         f"""WITH candidates AS (
                 SELECT j.id, j.created_at, octet_length(j.metadata::text) + coalesce((
                     SELECT sum(octet_length(e.input::text) + coalesce(octet_length(e.output::text), 0))
                     FROM executions e WHERE e.job_id = j.id), 0) AS size
                 FROM jobs j
-                WHERE j.owner = $1 AND ($2::text[] IS NULL OR j.status = ANY($2))
-                  AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
-                ORDER BY j.created_at DESC, j.id DESC LIMIT $5),
+                WHERE j.owner = $1 AND {matches}
+                  AND ($2::timestamptz IS NULL OR (j.created_at, j.id) < ($2, $3::uuid))
+                ORDER BY j.created_at DESC, j.id DESC LIMIT $4),
             sized AS (
                 SELECT id, row_number() OVER w AS n, sum(size) OVER w AS upto, count(*) OVER () AS found
                 FROM candidates WINDOW w AS (ORDER BY created_at DESC, id DESC))
             SELECT {JOB_COLUMNS}, s.found FROM sized s JOIN jobs j ON j.id = s.id
-            WHERE s.n <= $6 AND (s.n = 1 OR s.upto <= $7)
+            WHERE s.n <= $5 AND (s.n = 1 OR s.upto <= $6)
             ORDER BY j.created_at DESC, j.id DESC""",
-        owner,
-        statuses,
-        after[0] if after else None,
-        after[1] if after else None,
-        limit + 1,
-        limit,
-        max_bytes,
+        *args,
     )
     more = bool(rows) and rows[0]["found"] > len(rows)
     next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None

@@ -17,15 +17,18 @@ import asyncpg
 import structlog
 
 from runner.cancel.registry import JobContextManager, PendingCancel, StopReason
-from runner.cancel.statements import CANCEL_ALL, CANCEL_EXECUTION, CANCEL_JOB
+from runner.cancel.statements import CANCEL_EXECUTION, CANCEL_JOB, cancel_matching, matching
 from runner.db import fetchrow_retrying_aborts
 from runner.db.notify import Notifier
 from runner.errors import JobForbidden, JobNotFound, NotCancellable
+from runner.filters import JobFilter, where
 from runner.metrics import Metrics
 
 log = structlog.get_logger("runner.cancel.canceller")
 
 BULK_CHUNK = 1000
+DRY_RUN_IDS = 50  # the ids a dry run names
+SUPERSEDED = "superseded"  # the reason a superseding submit's cancels carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,12 @@ class ExecutionCancel:
 class BulkCancel:
     job_ids: list[uuid.UUID]
     executions_cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    count: int
+    first_ids: list[uuid.UUID]  # newest first, at most DRY_RUN_IDS
 
 
 # What a job's pending cancel resolves to after a bulk cancel: the shape of CANCEL_JOB's row
@@ -209,18 +218,23 @@ class Canceller:
         )
         return ExecutionCancel(job_id, execution_id, previous, running, row["cancelled_at"])
 
-    async def cancel_all(self, owner: str, *, statuses: list[str], reason: str | None) -> BulkCancel:
-        """Cancel a wallet's active jobs, BULK_CHUNK at a time (no lock is held on them all).
-        The wallet's tasks held here are signalled at once, ahead of the statements (as
+    async def cancel_all(
+        self, owner: str, *, reason: str | None, job_filter: JobFilter | None = None
+    ) -> BulkCancel:
+        """Cancel a wallet's active jobs that `job_filter` matches (all without one),
+        BULK_CHUNK at a time (no lock is held on them all). The wallet's tasks held here
+        that the filter surely names are signalled at once, ahead of the statements (as
         `cancel_job` does for one job): their connections close while Postgres works. Each
-        learns from its chunk's commit whether the cancel landed. Tasks held elsewhere hear
-        each chunk's NOTIFY."""
+        learns from its chunk's commit whether the cancel landed. The other matches held
+        here are signalled after their chunk's commit; tasks held elsewhere hear each
+        chunk's NOTIFY."""
+        job_filter = job_filter or JobFilter()
         started = time.perf_counter()
         ids: list[uuid.UUID] = []
         executions = 0
         waited_s = 0.0
-        chunk: asyncio.Task[asyncpg.Record] | None = self._cancel_chunk(owner, statuses, reason)
-        ahead = self._signal_ahead(owner, reason) if "running" in statuses else {}
+        chunk: asyncio.Task[asyncpg.Record] | None = self._cancel_chunk(owner, job_filter, reason)
+        ahead = self._signal_ahead(owner, job_filter, reason)
         first_signal_ms = round((time.perf_counter() - started) * 1000, 1) if ahead else None
         try:
             if ahead:  # inside the try: interrupted here, the signalled tasks still learn
@@ -231,7 +245,9 @@ class Canceller:
                 waited_s += time.perf_counter() - waiting
                 # A full chunk may have more behind it; the next statement starts on the next
                 # loop turn, ahead of the task steps the signals below schedule.
-                chunk = self._cancel_chunk(owner, statuses, reason) if len(row["ids"]) == BULK_CHUNK else None
+                chunk = (
+                    self._cancel_chunk(owner, job_filter, reason) if len(row["ids"]) == BULK_CHUNK else None
+                )
                 for job_id in row["ids"]:
                     landed = ahead.pop(job_id, None)
                     if landed is not None:
@@ -265,7 +281,7 @@ class Canceller:
             "jobs_cancelled",
             by=owner,
             count=len(ids),
-            statuses=statuses,
+            filtered=job_filter != JobFilter(),
             reason=reason,
             first_signal_ms=first_signal_ms,
             waited_for_statements_ms=round(waited_s * 1000, 1),
@@ -273,11 +289,28 @@ class Canceller:
         )
         return BulkCancel(ids, executions)
 
-    def _signal_ahead(self, owner: str, reason: str | None) -> dict[uuid.UUID, asyncio.Future[Any]]:
-        """Signal the owner's tasks held on this loop; each gets a future of "did it land"."""
+    def _signal_ahead(
+        self, owner: str, job_filter: JobFilter, reason: str | None
+    ) -> dict[uuid.UUID, asyncio.Future[Any]]:
+        """Signal the owner's tasks held on this loop that the filter names whatever their
+        rows say (a task holds a running job; ids and statuses are known here); each gets a
+        future of "did it land". A filter on anything else is decided by the statement."""
+        narrowed = (
+            job_filter.backends,
+            job_filter.metadata or None,
+            job_filter.created_after,
+            job_filter.created_before,
+            job_filter.concurrency_key,
+        )
+        if any(x is not None for x in narrowed) or "running" not in (job_filter.statuses or ("running",)):
+            return {}
+        held = self.manager.held_here_by(owner)
+        if job_filter.ids is not None:
+            named = set(job_filter.ids)
+            held = [job_id for job_id in held if job_id in named]
         loop = asyncio.get_running_loop()
         ahead: dict[uuid.UUID, asyncio.Future[Any]] = {}
-        for job_id in self.manager.held_here_by(owner):
+        for job_id in held:
             landed = loop.create_future()
             if self.manager.cancel_ahead(
                 job_id, StopReason.CANCELLED, PendingCancel(owner, False, reason, landed)
@@ -286,21 +319,60 @@ class Canceller:
         return ahead
 
     def _cancel_chunk(
-        self, owner: str, statuses: list[str], reason: str | None
+        self, owner: str, job_filter: JobFilter, reason: str | None
     ) -> asyncio.Task[asyncpg.Record]:
+        args: list[Any] = [
+            owner,
+            reason,
+            self.remote_cancel_backends,
+            self.holder_grace_s,
+            BULK_CHUNK,
+            self.instance_id,
+            {"bulk": True},
+        ]
+        statement = cancel_matching(where(job_filter, args))
+
         async def run() -> asyncpg.Record:
-            row = await fetchrow_retrying_aborts(
-                self.pool,
-                CANCEL_ALL,
-                owner,
-                statuses,
-                reason,
-                self.remote_cancel_backends,
-                self.holder_grace_s,
-                BULK_CHUNK,
-                self.instance_id,
-            )
+            row = await fetchrow_retrying_aborts(self.pool, statement, *args)
             assert row is not None  # the statement always returns its one row
             return row
 
         return asyncio.create_task(run(), name="cancel-all-chunk")
+
+    async def dry_run(self, owner: str, job_filter: JobFilter) -> DryRun:
+        """What `cancel_all` with this filter would cancel now, cancelling nothing."""
+        args: list[Any] = [owner, DRY_RUN_IDS]
+        rows = await self.pool.fetch(matching(where(job_filter, args)), *args)
+        return DryRun(rows[0]["found"] if rows else 0, [r["id"] for r in rows])
+
+    async def supersede(
+        self, conn: asyncpg.Connection, owner: str, key: str, new_job: uuid.UUID
+    ) -> asyncpg.Record:
+        """In the caller's transaction (the one creating `new_job`): cancel the wallet's
+        active jobs with concurrency key `key`, reason SUPERSEDED, each one's audit row
+        naming the new job. The caller holds the wallet's lock, so no other submit adds one
+        meanwhile; the rows' NOTIFY goes out with its commit. Then call `superseded`."""
+        args: list[Any] = [
+            owner,
+            SUPERSEDED,
+            self.remote_cancel_backends,
+            self.holder_grace_s,
+            None,  # no chunks: every one, in this transaction (few: the wallet's active quota)
+            self.instance_id,
+            {"superseded_by": str(new_job)},
+        ]
+        row = await conn.fetchrow(cancel_matching(where(JobFilter(concurrency_key=key), args)), *args)
+        assert row is not None  # the statement always returns its one row
+        return row
+
+    async def superseded(self, row: asyncpg.Record, owner: str) -> None:
+        """After the commit of `supersede`'s transaction: stop the tasks held here (those
+        held elsewhere heard the NOTIFY) and tell the watchers."""
+        if sum(self.manager.cancel(job_id, StopReason.CANCELLED) for job_id in row["running"]):
+            await _let_the_stop_run_first()
+        if self.notifier is not None:
+            for job_id in row["ids"]:
+                self.notifier.changed(job_id, owner)
+        self.metrics.cancel_requests.labels("cancelled").inc(len(row["ids"]))
+        if row["ids"]:
+            log.info("jobs_superseded", by=owner, job_ids=[str(i) for i in row["ids"]])

@@ -94,37 +94,55 @@ SELECT t.job_status, t.owner, t.status AS previous_status,
     (SELECT count(*) FROM notify) AS notified
 FROM target t LEFT JOIN ex ON true"""
 
-# $1 owner (and actor), $2 statuses, $3 reason, $4 remote-cancel backends, $5 grace,
-# $6 chunk size: each chunk is one atomic statement (see Canceller.cancel_all); $7 the
-# sending instance, which signals its own tasks itself and so skips these notifications.
-CANCEL_ALL = f"""
+
+def _cancellable(where: str) -> str:
+    """The wallet's ($1) active jobs that the filter condition `where` (runner.filters)
+    matches. The literal status list lets the partial index on active jobs serve it."""
+    return f"j.owner = $1 AND j.status IN ('queued', 'running') AND {where}"
+
+
+def cancel_matching(where: str) -> str:
+    """A bulk cancel of the jobs `_cancellable(where)` names, at most a chunk of them: one
+    atomic statement (see Canceller.cancel_matching). $1 owner (and actor), $2 reason, $3
+    remote-cancel backends, $4 grace, $5 chunk size, $6 the sending instance (which signals
+    its own tasks itself, and so skips these notifications), $7 detail added to each audit
+    row (jsonb); the filter's values from $8."""
+    return f"""
 WITH targets AS (
-    SELECT id, status FROM jobs WHERE owner = $1 AND status = ANY($2::text[])
-    ORDER BY id LIMIT $6 FOR NO KEY UPDATE),
+    SELECT j.id, j.status FROM jobs j WHERE {_cancellable(where)}
+    ORDER BY j.id LIMIT $5 FOR NO KEY UPDATE),
 job AS (
-    UPDATE jobs j SET {_job_cancel_set("$1", "$3")}
+    UPDATE jobs j SET {_job_cancel_set("$1", "$2")}
     FROM targets t WHERE j.id = t.id
     RETURNING j.id, t.status AS previous_status),
 open_execs AS (
     SELECT e.id FROM executions e JOIN job ON e.job_id = job.id
     WHERE e.status IN ('queued', 'running') ORDER BY e.id FOR NO KEY UPDATE OF e),
 execs AS (
-    UPDATE executions e SET {_exec_cancel_set("$4", "$5")}
+    UPDATE executions e SET {_exec_cancel_set("$3", "$4")}
     FROM open_execs o WHERE e.id = o.id
     RETURNING e.id),
 event AS (
     INSERT INTO job_events (job_id, kind, actor, detail)
     SELECT id, 'cancelled', $1, jsonb_build_object(
-        'reason', $3::text, 'previous_status', previous_status, 'bulk', true)
+        'reason', $2::text, 'previous_status', previous_status) || $7::jsonb
     FROM job),
 -- Running jobs' notifications in chunks (runner.db.notify): cancelling 10,000
 -- jobs wakes each instance 50 times, not 10,000.
 notify AS (
-    {notify.cancel_bulk_sql("$7", "SELECT id FROM job WHERE previous_status = 'running'")})
+    {notify.cancel_bulk_sql("$6", "SELECT id FROM job WHERE previous_status = 'running'")})
 SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
     coalesce((SELECT array_agg(id) FROM job WHERE previous_status = 'running'), '{{}}') AS running,
     (SELECT count(*) FROM execs) AS executions_cancelled,
     (SELECT count(*) FROM notify) AS notified"""
+
+
+# What a cancel-all of the filter would cancel, cancelling nothing: how many, and the first
+# `$2` ids, newest first. $1 owner; the filter's values from $3.
+def matching(where: str) -> str:
+    return f"""
+SELECT j.id, count(*) OVER () AS found FROM jobs j WHERE {_cancellable(where)}
+ORDER BY j.created_at DESC, j.id DESC LIMIT $2"""
 
 
 # Whether a job's task has stopped, wherever it ran: its last start was followed by a

@@ -182,9 +182,7 @@ async def test_a_cancel_all_interrupted_right_after_its_signals_still_settles_th
     still learn the cancel's fate (here: retried until recorded), not wait for ever."""
     job, execution_id, ctx = await _running(api, service, fake_gpu)
     assert api.wallet is not None
-    bulk = asyncio.create_task(
-        service.canceller.cancel_all(api.wallet.address, statuses=["queued", "running"], reason="interrupted")
-    )
+    bulk = asyncio.create_task(service.canceller.cancel_all(api.wallet.address, reason="interrupted"))
     await asyncio.sleep(0)  # it has signalled the task and yields for its stop to run
     bulk.cancel()
     await asyncio.gather(bulk, return_exceptions=True)

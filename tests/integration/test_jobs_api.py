@@ -47,7 +47,9 @@ async def test_submit_returns_the_queued_job(api: Api) -> None:
         "rerun_of",
         "webhook",
         "webhook_events",
+        "concurrency_key",
     }
+    assert job["concurrency_key"] is None
     assert uuid.UUID(job["id"]) and job["owner"] == api.wallet.address  # type: ignore[union-attr]
     assert job["status"] == "queued" and job["timeout_s"] == 900 and job["metadata"] == {"project": "x"}
     assert job["created_at"].endswith("Z")
