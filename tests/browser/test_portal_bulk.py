@@ -7,12 +7,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from playwright.async_api import Page, expect
+import aiohttp
+from playwright.async_api import Browser, Page, expect
 
 from runner.fakes import FakeProviders
-from tests.browser.conftest import Portal
+from tests.browser.conftest import Portal, open_portal
 from tests.browser.test_portal import HOLD, _running
 from tests.client import wait_event
+from tests.conftest import Cluster
+from tests.wallets import Wallet
 
 RECENT = re.compile(r"^(just now|\d+ s ago)$")  # relative, for a job made seconds ago
 
@@ -195,21 +198,208 @@ async def test_search_by_the_start_of_an_id_and_the_stream_adds_no_other_job(
 ) -> None:
     api = await portal.api()
     jobs = [await api.submit({"backend": "gpu", "input": {"n": n}}) for n in range(3)]
+    held = await api.submit(HOLD)
     page = await portal.sign_in()
     rows = page.locator("[data-job-id]")
-    await expect(rows).to_have_count(3)
-    target = jobs[1]["id"]
+    await expect(rows).to_have_count(4)
+    target = held["id"]
     await page.get_by_label("Search").fill(target[:6])
     await expect(rows).to_have_count(1)
     await expect(rows.first).to_have_attribute("data-job-id", target)
     later = await api.submit({"backend": "gpu", "input": {"later": True}})
     await api.until(later["id"], "completed")
-    # A job the stream brings that does not match is not shown; the target's row still is.
+    # The stream brings the later job before the target's cancel: once the cancel shows,
+    # the later job has been seen, and was not added.
+    await _running(portal, held, fake_gpu)
+    await api.cancel(target)
+    await expect(portal.job(target)).to_have_attribute("data-status", "cancelled")
     await expect(rows).to_have_count(1)
-    assert not await portal.job(later["id"]).count()
 
     await page.get_by_label("Search").fill("not-an-id!")
     await expect(page.get_by_role("alert")).to_contain_text("neither an id")
     await page.get_by_role("button", name="Clear filter").click()
-    await expect(rows).to_have_count(4)
+    await expect(rows).to_have_count(5)
     await expect(page.get_by_role("button", name="Clear filter")).to_be_hidden()
+    del jobs
+
+
+async def test_status_backend_metadata_and_id_filters_reload_the_list(
+    portal: Portal, fake_gpu: FakeProviders
+) -> None:
+    api = await portal.api()
+    running = await api.submit(HOLD, metadata={"project": "apollo"})
+    on_demo = await api.submit({"backend": "demo", "input": {"seconds": 0}}, metadata={"project": "zeus"})
+    done = await api.submit({"backend": "gpu", "input": {}}, metadata={"project": "apollo"})
+    await api.until(on_demo["id"], "completed")
+    await api.until(done["id"], "completed")
+    page = await portal.sign_in()
+    rows = page.locator("[data-job-id]")
+    await _running(portal, running, fake_gpu)
+    await expect(rows).to_have_count(3)
+
+    async def shown() -> list[str | None]:
+        return [await rows.nth(i).get_attribute("data-job-id") for i in range(await rows.count())]
+
+    requested: list[str] = []
+    page.on("request", lambda r: "/jobs?" in r.url and requested.append(r.url))
+    await page.get_by_label("Status").select_option("running")
+    await expect(rows).to_have_count(1)
+    assert await shown() == [running["id"]]
+    assert "statuses=running" in requested[-1]  # the service filters, not the page
+
+    # The stream adds only what matches. Under "completed", a job held running is not added;
+    # once a later job shows (completed), the held one's events have been read too.
+    await page.get_by_label("Status").select_option("completed")
+    await expect(rows).to_have_count(2)
+    held = await api.submit(HOLD)
+    await wait_event(fake_gpu.web.started[held["executions"][0]["id"]])
+    await api.until(held["id"], "running")
+    finished = await api.submit({"backend": "gpu", "input": {}})
+    await expect(portal.job(finished["id"])).to_have_attribute("data-status", "completed")
+    assert await shown() == [finished["id"], done["id"], on_demo["id"]]
+
+    await page.get_by_label("Status").select_option("")
+    await page.get_by_label("Runs on").select_option("demo")
+    await expect(rows).to_have_count(1)
+    assert await shown() == [on_demo["id"]]
+
+    await page.get_by_label("Runs on").select_option("")
+    await page.get_by_label("Search").fill("project=apollo")
+    await expect(rows).to_have_count(2)
+    assert await shown() == [done["id"], running["id"]]
+    assert "meta.project=apollo" in requested[-1]
+
+    await page.get_by_label("Search").fill(on_demo["id"])  # a whole id is asked of the service
+    await expect(rows).to_have_count(1)
+    assert await shown() == [on_demo["id"]]
+    assert f"ids={on_demo['id']}" in requested[-1]
+
+    await page.get_by_label("Search").fill("project=nobody")
+    await expect(page.locator("#jobs-empty")).to_have_text("No job matches the filter.")
+    await expect(rows).to_have_count(0)
+    assert portal.problems == []
+
+
+async def test_cancel_the_selected_jobs_with_a_reason(portal: Portal, fake_gpu: FakeProviders) -> None:
+    page = await portal.sign_in()
+    api = await portal.api()
+    jobs = [await api.submit(HOLD) for _ in range(3)]
+    executions = [await _running(portal, job, fake_gpu) for job in jobs]
+    chosen, kept = jobs[:2], jobs[2]
+    selected = page.get_by_role("button", name=re.compile(r"^Cancel \d+ selected$"))
+    await expect(selected).to_be_hidden()
+    for job in chosen:
+        await page.get_by_role("checkbox", name=f"Select job {job['id'][:8]}").check()
+    await expect(selected).to_have_text("Cancel 2 selected")
+    await selected.click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog.get_by_role("heading")).to_have_text("Cancel 2 selected jobs?")
+    ids = dialog.get_by_role("list", name="Jobs").get_by_role("listitem")
+    await expect(ids).to_have_text([j["id"][:8] for j in chosen])  # the count, and the ids
+    assert not any(fake_gpu.web.closed[e].is_set() for e in executions)  # nothing before the confirmation
+    await dialog.get_by_label("Reason (optional)").fill("wrong batch")
+    await dialog.get_by_role("button", name="Cancel selected jobs").click()
+    for job in chosen:
+        await expect(portal.job(job["id"])).to_have_attribute("data-status", "cancelled")
+        assert (await api.job(job["id"]))["cancel_reason"] == "wrong batch"
+    await expect(page.get_by_role("status")).to_contain_text("2 job(s) cancelled")
+    await expect(selected).to_be_hidden()
+    await expect(portal.job(kept["id"])).to_have_attribute("data-status", "running")
+    assert not fake_gpu.web.closed[executions[2]].is_set()
+
+
+async def test_cancel_all_matching_shows_the_dry_runs_count_first(
+    portal: Portal, fake_gpu: FakeProviders
+) -> None:
+    page = await portal.sign_in()
+    api = await portal.api()
+    batch = [await api.submit(HOLD, metadata={"batch": "a"}) for _ in range(3)]
+    other = await api.submit(HOLD, metadata={"batch": "b"})
+    done = await api.submit({"backend": "gpu", "input": {}}, metadata={"batch": "a"})
+    for job in [*batch, other]:
+        await _running(portal, job, fake_gpu)
+    await api.until(done["id"], "completed")
+    await expect(page.get_by_role("button", name="Cancel all matching")).to_be_hidden()  # no filter
+    await page.get_by_label("Search").fill("batch=a")
+    await expect(page.locator("[data-job-id]")).to_have_count(4)
+    sent: list[Any] = []
+    page.on("request", lambda r: r.url.endswith("/jobs/cancel") and sent.append(r.post_data_json))
+    await page.get_by_role("button", name="Cancel all matching").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog.get_by_role("heading")).to_have_text("Cancel 3 matching jobs?")  # the active ones
+    await expect(dialog).to_contain_text("batch=a")
+    await expect(dialog.get_by_role("list", name="Jobs").get_by_role("listitem")).to_have_count(3)
+    assert sent == [{"metadata": {"batch": "a"}, "dry_run": True}]
+    assert not any(fake_gpu.web.closed[job["executions"][0]["id"]].is_set() for job in batch)
+    await dialog.get_by_label("Reason (optional)").fill("batch a is wrong")
+    await dialog.get_by_role("button", name="Cancel matching jobs").click()
+    for job in batch:
+        await expect(portal.job(job["id"])).to_have_attribute("data-status", "cancelled")
+        assert (await api.job(job["id"]))["cancel_reason"] == "batch a is wrong"
+    assert sent[1] == {"metadata": {"batch": "a"}, "reason": "batch a is wrong"}
+    await expect(page.get_by_role("status")).to_contain_text("3 job(s) cancelled")
+    assert (await api.job(other["id"]))["status"] == "running"
+    assert (await api.job(done["id"]))["status"] == "completed"
+
+
+async def test_the_new_controls_work_from_the_keyboard(portal: Portal, fake_gpu: FakeProviders) -> None:
+    page = await portal.sign_in()
+    api = await portal.api()
+    job = await api.submit(HOLD)
+    await _running(portal, job, fake_gpu)
+    search = page.get_by_label("Search")
+    await _focus_by_tab(page, search)
+    await page.keyboard.type(job["id"][:5])
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("button", name="Clear filter")).to_be_visible()
+    box = page.get_by_role("checkbox", name=f"Select job {job['id'][:8]}")
+    await _focus_by_tab(page, box)
+    await page.keyboard.press("Space")
+    await expect(box).to_be_checked()
+    selected = page.get_by_role("button", name="Cancel 1 selected")
+    await _focus_by_tab(page, selected)
+    await page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    await expect(dialog.get_by_role("heading")).to_have_text("Cancel 1 selected job?")
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(selected).to_be_focused()
+    await _focus_by_tab(page, page.get_by_role("button", name="Cancel all matching"))
+    await page.keyboard.press("Enter")
+    await expect(dialog.get_by_role("heading")).to_have_text("Cancel 1 matching job?")
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")  # "Cancel matching jobs"
+    await expect(portal.job(job["id"])).to_have_attribute("data-status", "cancelled")
+    await _focus_by_tab(page, page.get_by_label("Times"))
+    await page.keyboard.press("ArrowDown")  # a closed select changes with the arrows
+    await expect(page.get_by_label("Times")).to_have_value("absolute")
+
+
+async def test_the_new_controls_fit_a_phone(
+    cluster: Cluster, browser: Browser, http: aiohttp.ClientSession, fake_gpu: FakeProviders
+) -> None:
+    portal = await open_portal(cluster, browser, http, [Wallet()], width=375, height=740)
+    try:
+        page = await portal.sign_in()
+        api = await portal.api()
+        job = await api.submit(HOLD, metadata={"a-rather-long-metadata-key": "and-a-long-value-" * 3})
+        await _running(portal, job, fake_gpu)
+        await page.get_by_label("Search").fill("a-rather-long-metadata-key=" + "and-a-long-value-" * 3)
+        await page.get_by_role("checkbox", name=f"Select job {job['id'][:8]}").check()
+        await expect(page.get_by_role("button", name="Cancel 1 selected")).to_be_visible()
+        widths = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1] == 375, widths
+        for name in ("Cancel 1 selected", "Cancel all matching", "Clear filter"):
+            left, right = await page.get_by_role("button", name=name).evaluate(
+                "b => { b.scrollIntoView(); const r = b.getBoundingClientRect(); return [r.left, r.right]; }"
+            )
+            assert 0 <= left < right <= 375, (name, left, right)
+        await page.get_by_role("button", name="Cancel all matching").click()
+        dialog = page.get_by_role("dialog")
+        await expect(dialog.get_by_role("heading")).to_have_text("Cancel 1 matching job?")
+        box = await dialog.evaluate("d => { const r = d.getBoundingClientRect(); return [r.left, r.right]; }")
+        assert 0 <= box[0] < box[1] <= 375, box
+        widths = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= 375, widths
+    finally:
+        await portal.context.close()

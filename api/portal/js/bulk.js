@@ -87,6 +87,10 @@ async function send(body, reason, ids, button) {
 async function cancelMatching() {
   const filter = page.filter();
   const body = toBody(filter);
+  if (body === null) {
+    toast("No active job matches the filter: only queued and running jobs can be cancelled.");
+    return;
+  }
   if (filter.prefixes.length) {
     // The API has no id-prefix search: the active jobs loaded here that match are named.
     const ids = page.entries().filter((e) => ACTIVE.has(e.job.status) && matches(e.job, filter)).map((e) => e.job.id);

@@ -45,10 +45,18 @@ export function toQuery(filter) {
   return params.toString();
 }
 
-/** The POST /jobs/cancel body's filter fields. Statuses outside queued/running match nothing there. */
+const ACTIVE_STATUSES = ["queued", "running"];
+
+/**
+ * The POST /jobs/cancel body's filter fields, or null when the filter can match no active
+ * job (a status filter of finished statuses only: the route takes queued and running).
+ */
 export function toBody(filter) {
   const body = {};
-  if (filter.statuses.length) body.statuses = filter.statuses;
+  if (filter.statuses.length) {
+    body.statuses = filter.statuses.filter((status) => ACTIVE_STATUSES.includes(status));
+    if (body.statuses.length === 0) return null;
+  }
   if (filter.backends.length) body.backends = filter.backends;
   if (filter.ids.length) body.ids = filter.ids;
   if (Object.keys(filter.metadata).length) body.metadata = filter.metadata;
@@ -63,9 +71,8 @@ export function matches(job, filter) {
   if (filter.prefixes.length && !filter.prefixes.some((p) => job.id.startsWith(p))) return false;
   const metadata = job.metadata || {};
   for (const [key, value] of Object.entries(filter.metadata)) {
-    // A query's value is text: a stored number or boolean matches its JSON spelling.
-    const stored = metadata[key];
-    if (stored === undefined || (typeof stored === "string" ? stored : JSON.stringify(stored)) !== value) return false;
+    // The service's rule for meta.KEY=VALUE: the stored value is that very string.
+    if (metadata[key] !== value) return false;
   }
   return true;
 }
