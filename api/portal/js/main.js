@@ -1,7 +1,8 @@
 // The portal: sign in with a wallet, then the caller's jobs, live on one GET /events stream.
+import { refreshAudit, setupActions } from "./actions.js";
 import { api, ApiError, describe, hasToken, setToken } from "./api.js";
 import { clearSelection, forget, selected, setupBulk, showButtons } from "./bulk.js";
-import { chooseWallet, confirmAction, toast } from "./dialogs.js";
+import { chooseWallet, toast } from "./dialogs.js";
 import { isServerFiltered, matches, readFilter, toQuery } from "./filter.js";
 import { setBackendKinds } from "./remote.js";
 import { loadSpend, spendSoon } from "./spend.js";
@@ -291,131 +292,6 @@ function startStream() {
   });
 }
 
-async function refreshAudit(entry) {
-  try {
-    const { events } = await api.audit(entry.job.id);
-    if (entry.ui.audit === null) return; // closed meanwhile
-    entry.ui.audit = events;
-  } catch (error) {
-    entry.ui.audit = null;
-    toast(describe(error), "error");
-  }
-  render(entry);
-}
-
-// ---- actions --------------------------------------------------------------------------------
-
-async function cancelJob(entry) {
-  const short = entry.job.id.slice(0, 8);
-  entry.ui.cancelling = true;
-  render(entry);
-  const answer = await confirmAction({
-    title: "Cancel this job?",
-    body: `Job ${short} stops at once: its running calls are closed and each backend is told to stop.`,
-    confirm: "Cancel job",
-  });
-  if (!answer || !(await ensureToken())) {
-    entry.ui.cancelling = false;
-    render(entry);
-    entry.node.querySelector('[data-key="cancel"]')?.focus();
-    return;
-  }
-  try {
-    const outcome = await api.cancel(entry.job.id, answer.reason);
-    const stopped = outcome.stopped === false ? " (still stopping)" : "";
-    toast(outcome.previous_status === "cancelled"
-      ? `Job ${short} was already cancelled.`
-      : `Job ${short} cancelled: ${outcome.executions_cancelled} execution(s) stopped${stopped}.`);
-    upsert(await api.job(entry.job.id), "reply");
-  } catch (error) {
-    toast(describe(error), "error");
-    entry.ui.cancelling = false;
-    render(entry);
-  }
-}
-
-async function cancelExecution(entry, executionId) {
-  const execution = entry.job.executions.find((e) => e.id === executionId);
-  const answer = await confirmAction({
-    title: "Cancel this execution?",
-    body: `The ${execution ? execution.backend : ""} execution stops; the job's other executions go on.`,
-    confirm: "Cancel execution",
-  });
-  if (!answer || !(await ensureToken())) return;
-  entry.ui.cancellingExecutions.add(executionId);
-  render(entry);
-  try {
-    await api.cancelExecution(entry.job.id, executionId, answer.reason);
-    toast(`Execution of job ${entry.job.id.slice(0, 8)} cancelled.`);
-    upsert(await api.job(entry.job.id), "reply");
-  } catch (error) {
-    toast(describe(error), "error");
-  } finally {
-    entry.ui.cancellingExecutions.delete(executionId);
-    render(entry);
-  }
-}
-
-async function rerun(entry) {
-  if (!(await ensureToken())) return;
-  entry.ui.rerunning = true;
-  render(entry);
-  try {
-    const job = await api.rerun(entry.job.id);
-    upsert(job, "reply");
-    toast(`Job ${entry.job.id.slice(0, 8)} re-run as ${job.id.slice(0, 8)}.`);
-  } catch (error) {
-    toast(describe(error), "error");
-  } finally {
-    entry.ui.rerunning = false;
-    render(entry);
-  }
-}
-
-async function cancelAll() {
-  const active = [...state.jobs.values()].filter((entry) => ACTIVE.has(entry.job.status)).length;
-  const answer = await confirmAction({
-    title: "Cancel all your jobs?",
-    body: `Every queued or running job of this wallet stops, whatever the filter${active ? ` (${active} shown here)` : ""}.`,
-    confirm: "Cancel all jobs",
-  });
-  if (!answer || !(await ensureToken())) return;
-  const button = $("cancel-all");
-  button.disabled = true;
-  try {
-    const outcome = await api.cancelMatching({}, answer.reason);
-    toast(outcome.count === 0 ? "No job was active." : `${outcome.count} job(s) cancelled.`);
-  } catch (error) {
-    toast(describe(error), "error");
-  } finally {
-    button.disabled = false;
-  }
-}
-
-function toggleAudit(entry) {
-  if (entry.ui.audit !== null) {
-    entry.ui.audit = null;
-    render(entry);
-    return;
-  }
-  entry.ui.audit = undefined; // loading
-  render(entry);
-  refreshAudit(entry);
-}
-
-function onJobsClick(event) {
-  const button = event.target.closest("button[data-action]");
-  if (!button || button.disabled) return;
-  const node = button.closest("[data-job-id]");
-  const entry = node && state.jobs.get(node.dataset.jobId);
-  if (!entry) return;
-  const action = button.dataset.action;
-  if (action === "cancel") cancelJob(entry);
-  else if (action === "cancel-execution") cancelExecution(entry, button.dataset.executionId);
-  else if (action === "rerun") rerun(entry);
-  else if (action === "audit") toggleAudit(entry);
-}
-
 // ---- backends -------------------------------------------------------------------------------
 
 async function loadBackendChoices() {
@@ -439,9 +315,10 @@ async function loadBackendChoices() {
 async function start() {
   $("sign-in").addEventListener("click", signInFlow);
   $("sign-out").addEventListener("click", signOut);
-  $("jobs").addEventListener("click", onJobsClick);
   $("load-more").addEventListener("click", loadPage);
-  $("cancel-all").addEventListener("click", cancelAll);
+  setupActions({
+    entry: (id) => state.jobs.get(id), entries: () => [...state.jobs.values()], upsert, render, ensureToken,
+  });
   setupSubmitForm({
     ensureToken,
     submitted: (job) => {
