@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from api import statements
 from api.auth import auth_middleware, setup_auth
 from api.bodies import BIG_BODIES, READ_TIMEOUT_S, big_body_middleware, json_reply
 from api.cors import preflight_middleware, setup_cors
@@ -59,7 +60,7 @@ async def readyz(request: web.Request) -> web.Response:
     problems.extend(f"background task {name} died ({why})" for name, why in runtime.supervisor.dead.items())
     try:
         async with asyncio.timeout(2):
-            await runtime.pool.fetchval("SELECT 1")
+            await runtime.pool.fetchval(statements.PING)
     except Exception as exc:  # any failure to reach the database means "not ready"
         problems.append(f"database unreachable ({type(exc).__name__})")
     if problems:

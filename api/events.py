@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import render
+from api import render, statements
 from api.auth import SESSIONS, identity_of
 from api.errors import BadRequest
 from api.sessions import Identity
@@ -141,7 +141,7 @@ async def _session_live(request: web.Request, identity: Identity, response: web.
 
 async def _database_up(request: web.Request) -> bool:
     try:
-        await request.app[RUNTIME].pool.fetchval("SELECT 1")
+        await request.app[RUNTIME].pool.fetchval(statements.PING)
     except Exception as exc:
         if not is_transient(exc):
             raise

@@ -39,6 +39,39 @@ _TIME = {"type": ["string", "null"], "format": "date-time"}
 _ID = {"type": "string", "format": "uuid"}
 _SESSION: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}]
 _JOB_PATH = {"name": "job_id", "in": "path", "required": True, "schema": _ID}
+# The job filter (api.filtering): as GET /jobs's query, and as POST /jobs/cancel's body.
+_LIST = {"type": "string", "description": "one, or a comma list (or the parameter repeated)"}
+_FILTER_QUERY = [
+    {"name": "status", "in": "query", "schema": _LIST, "description": "statuses; `statuses` is the same"},
+    {"name": "statuses", "in": "query", "schema": _LIST},
+    {"name": "backends", "in": "query", "schema": _LIST, "description": "jobs with an execution on any"},
+    {
+        "name": "meta.KEY",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "repeatable, one per key: the job's metadata has KEY set to this string",
+    },
+    {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {
+        "name": "created_before",
+        "in": "query",
+        "schema": {"type": "string", "format": "date-time"},
+        "description": "exclusive; created_after is inclusive (ISO 8601; a date is its midnight UTC)",
+    },
+    {"name": "ids", "in": "query", "schema": _LIST, "description": "job ids, at most 1,000"},
+]
+_FILTER_BODY = {
+    "statuses": {"type": "array", "minItems": 1, "items": {"enum": ["queued", "running"]}},
+    "backends": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    "metadata": {
+        "type": "object",
+        "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        "description": "every pair must be in the job's metadata, exactly",
+    },
+    "created_after": {"type": "string", "format": "date-time", "description": "inclusive"},
+    "created_before": {"type": "string", "format": "date-time", "description": "exclusive"},
+    "ids": {"type": "array", "maxItems": 1000, "items": _ID, "description": "empty: matches nothing"},
+}
 _REASON_BODY = {
     "required": False,
     "content": {
@@ -136,6 +169,7 @@ SCHEMAS: dict[str, Any] = {
             "rerun_of": {"type": ["string", "null"], "format": "uuid"},
             "webhook": {"type": ["string", "null"], "format": "uri"},
             "webhook_events": {"type": ["array", "null"], "items": _ref("WebhookEvent")},
+            "concurrency_key": {"type": ["string", "null"], "maxLength": 255},
             "executions": {"type": "array", "items": _ref("Execution")},
         },
     },
@@ -190,6 +224,17 @@ SCHEMAS: dict[str, Any] = {
                 "items": _ref("WebhookEvent"),
                 "description": "which events; default all (needs webhook)",
             },
+            "concurrency_key": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 255,
+                "description": "printable characters, kept on the job",
+            },
+            "on_conflict": {
+                "const": "cancel_running",
+                "description": "needs concurrency_key: the wallet's queued and running jobs with that "
+                "key are cancelled (reason superseded) in the transaction that creates this one",
+            },
         },
     },
     "CancelReply": {
@@ -235,6 +280,7 @@ _EXAMPLE_JOB = {
     "rerun_of": None,
     "webhook": "https://api.example.com/hooks/runner",
     "webhook_events": ["completed", "failed"],
+    "concurrency_key": None,
     "executions": [
         {
             "id": "0b9d7c1e-2f3a-4b5c-8d6e-7f8091a2b3c4",
@@ -470,12 +516,7 @@ def document(server_url: str = "/") -> dict[str, Any]:
                 "summary": "The caller's jobs, newest first",
                 "security": _SESSION,
                 "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "schema": {"type": "string"},
-                        "description": "one status, or several separated by commas",
-                    },
+                    *_FILTER_QUERY,
                     {
                         "name": "limit",
                         "in": "query",
@@ -491,7 +532,8 @@ def document(server_url: str = "/") -> dict[str, Any]:
                                 "jobs": {"type": "array", "items": _ref("Job")},
                                 "next_cursor": {"type": ["string", "null"]},
                             },
-                        }
+                        },
+                        "OK (a filter that matches nothing: no jobs)",
                     ),
                     **_errors(400, 401),
                 },
@@ -499,7 +541,9 @@ def document(server_url: str = "/") -> dict[str, Any]:
         },
         "/jobs/cancel": {
             "post": {
-                "summary": "Cancel all of the caller's active jobs",
+                "summary": "Cancel the caller's active jobs that match the filter (all without one)",
+                "description": "An unknown field is a 400 naming it. `dry_run`: cancel nothing, "
+                "answer how many would be cancelled and the first 50 ids (newest first).",
                 "security": [{"bearer": []}],
                 "requestBody": {
                     "required": False,
@@ -509,8 +553,9 @@ def document(server_url: str = "/") -> dict[str, Any]:
                                 "type": "object",
                                 "additionalProperties": False,
                                 "properties": {
-                                    "statuses": {"type": "array", "items": {"enum": ["queued", "running"]}},
+                                    **_FILTER_BODY,
                                     "reason": {"type": "string", "maxLength": 500},
+                                    "dry_run": {"type": "boolean", "default": False},
                                 },
                             }
                         }
@@ -519,13 +564,26 @@ def document(server_url: str = "/") -> dict[str, Any]:
                 "responses": {
                     "200": _json(
                         {
-                            "type": "object",
-                            "properties": {
-                                "ok": {"const": True},
-                                "cancelled": {"type": "array", "items": _ID},
-                                "count": {"type": "integer"},
-                                "executions_cancelled": {"type": "integer"},
-                            },
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "ok": {"const": True},
+                                        "cancelled": {"type": "array", "items": _ID},
+                                        "count": {"type": "integer"},
+                                        "executions_cancelled": {"type": "integer"},
+                                    },
+                                },
+                                {
+                                    "type": "object",
+                                    "description": "with dry_run",
+                                    "properties": {
+                                        "ok": {"const": True},
+                                        "count": {"type": "integer"},
+                                        "ids": {"type": "array", "items": _ID, "maxItems": 50},
+                                    },
+                                },
+                            ]
                         }
                     ),
                     **_errors(400, 401),

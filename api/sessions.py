@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
+from api import statements
 from runner.config import Settings
 from runner.db.notify import AUTH
 
@@ -73,23 +74,14 @@ class Sessions:
 
     async def issue_nonce(self) -> tuple[str, datetime]:
         nonce = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(17))  # ~101 bits
-        expires_at: datetime = await self.pool.fetchval(
-            "INSERT INTO auth_nonces (nonce, expires_at) "
-            "VALUES ($1, now() + make_interval(secs => $2)) RETURNING expires_at",
-            nonce,
-            NONCE_TTL_S,
-        )
+        expires_at: datetime = await self.pool.fetchval(statements.ISSUE_NONCE, nonce, NONCE_TTL_S)
         return nonce, expires_at
 
     async def login(self, nonce: str, address: str) -> tuple[str, datetime] | None:
         """Consume the nonce and open a session, atomically; None if the nonce is not valid."""
         token = secrets.token_urlsafe(32)
         expires_at: datetime | None = await self.pool.fetchval(
-            """WITH used AS (
-                   DELETE FROM auth_nonces WHERE nonce = $1 AND expires_at > now() RETURNING 1)
-               INSERT INTO sessions (token_hash, address, expires_at)
-               SELECT $2, $3, now() + make_interval(secs => $4) FROM used
-               RETURNING expires_at""",
+            statements.LOGIN,
             nonce,
             token_hash(token),
             address,
@@ -113,11 +105,7 @@ class Sessions:
     async def _look_up(self, hashed: bytes) -> Identity | None:
         began = time.monotonic()
         generation = self._generation
-        row = await self.pool.fetchrow(
-            "SELECT address, expires_at FROM sessions "
-            "WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()",
-            hashed,
-        )
+        row = await self.pool.fetchrow(statements.SESSION, hashed)
         if row is None:
             self._cache.pop(hashed, None)
             return None
@@ -171,10 +159,7 @@ class Sessions:
         self._cache.pop(identity.token_hash, None)
         self._verified.pop(identity.token_hash, None)
         await self.pool.execute(
-            """WITH revoked AS (
-                   UPDATE sessions SET revoked_at = now()
-                   WHERE token_hash = $1 AND revoked_at IS NULL RETURNING 1)
-               SELECT pg_notify($2, $3) FROM revoked""",
+            statements.REVOKE,
             identity.token_hash,
             AUTH,
             identity.token_hash.hex(),
@@ -202,8 +187,7 @@ class Sessions:
     async def issue_ticket(self, identity: Identity) -> tuple[str, datetime]:
         ticket = secrets.token_urlsafe(24)
         expires_at: datetime = await self.pool.fetchval(
-            "INSERT INTO auth_tickets (ticket_hash, token_hash, expires_at) "
-            "VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING expires_at",
+            statements.ISSUE_TICKET,
             token_hash(ticket),
             identity.token_hash,
             TICKET_TTL_S,
@@ -212,13 +196,7 @@ class Sessions:
 
     async def redeem_ticket(self, ticket: str) -> Identity | None:
         """A ticket works once, within 60 s, and only while its session is valid."""
-        row = await self.pool.fetchrow(
-            """DELETE FROM auth_tickets t USING sessions s
-               WHERE t.ticket_hash = $1 AND t.expires_at > now() AND s.token_hash = t.token_hash
-                 AND s.revoked_at IS NULL AND s.expires_at > now()
-               RETURNING s.address, s.expires_at, s.token_hash""",
-            token_hash(ticket),
-        )
+        row = await self.pool.fetchrow(statements.REDEEM_TICKET, token_hash(ticket))
         if row is None:
             return None
         return self._identity(row["address"], row["expires_at"], row["token_hash"])
@@ -226,8 +204,5 @@ class Sessions:
     async def cleanup(self) -> None:
         """Forget what can no longer be used (run periodically on every instance)."""
         async with self.pool.acquire() as conn:
-            await conn.execute("DELETE FROM auth_nonces WHERE expires_at < now()")
-            await conn.execute("DELETE FROM auth_tickets WHERE expires_at < now()")
-            await conn.execute(
-                "DELETE FROM sessions WHERE expires_at < now() OR revoked_at < now() - interval '1 day'"
-            )
+            for statement in statements.CLEANUP:
+                await conn.execute(statement)

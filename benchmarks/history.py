@@ -3,9 +3,12 @@ history (by default 1,000,000 finished jobs of 1,000 wallets, each with an execu
 three audit events), side by side in one run, interleaved so that noise falls on both.
 
 Measured through the daemon's own functions (no HTTP: what history changes is the
-statements): submit, claim, cancel (a running job), cancel-all (10 active jobs), and the
-first page of GET /jobs for a wallet with a thousand jobs of history. Then EXPLAIN of each
-hot statement on the history database, to show it uses an index.
+statements): submit, claim, cancel (a running job), cancel-all (10 active jobs), the first
+page of GET /jobs for a wallet with 60 jobs, that page filtered (metadata, status and a
+time range: issue #29), and a filtered cancel's dry run (10 active jobs, 5 match). Every
+job carries metadata (`{"sweep": "sN"}`, 50 values), so the metadata index holds a million
+entries. Then EXPLAIN of each hot statement on the history database, to show it uses an
+index (the filtered ones for a wallet with a thousand jobs of history).
 
     python -m benchmarks.history [--jobs 1000000] [--rounds 300]
 """
@@ -16,6 +19,7 @@ import argparse
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -25,9 +29,9 @@ from benchmarks.harness import embedded_postgres, fresh_database, machine, perce
 from runner import jobs
 from runner.cancel.canceller import Canceller
 from runner.cancel.registry import JobContextManager
-from runner.cancel.statements import CANCEL_JOB, cancel_matching
+from runner.cancel.statements import CANCEL_JOB, cancel_matching, matching
 from runner.db import create_pool, migrate
-from runner.filters import JobFilter
+from runner.filters import JobFilter, where
 from runner.metrics import Metrics
 from runner.worker import store
 
@@ -50,14 +54,14 @@ async def fill(dsn: str, total: int) -> None:
             await conn.execute(
                 """WITH j AS (
                        INSERT INTO jobs (id, owner, status, created_at, started_at, finished_at,
-                                         cancelled_at, cancelled_by, attempts, backends)
+                                         cancelled_at, cancelled_by, attempts, backends, metadata)
                        SELECT gen_random_uuid(), '0x' || lpad(to_hex(i % $3), 40, '0'),
                               CASE WHEN i % 10 = 0 THEN 'cancelled' WHEN i % 17 = 0 THEN 'failed'
                                    ELSE 'completed' END,
                               t, t, t + interval '30 seconds',
                               CASE WHEN i % 10 = 0 THEN t + interval '30 seconds' END,
                               CASE WHEN i % 10 = 0 THEN '0x' || lpad(to_hex(i % $3), 40, '0') END,
-                              1, '{demo}'
+                              1, '{demo}', jsonb_build_object('sweep', 's' || (i % 50))
                        FROM generate_series($1::bigint, $1 + $2 - 1) i,
                             LATERAL (SELECT now() - interval '365 days' * random() AS t) tt
                        RETURNING id, status, created_at, finished_at),
@@ -102,8 +106,8 @@ class Target:
         self.lister = wallet(WALLETS + 1)
 
     async def prepare(self) -> None:
-        for _ in range(60):
-            await self.submit(self.lister)
+        for i in range(60):
+            await self.submit(self.lister, {"sweep": f"s{i % 2}"})
         await self.canceller.cancel_all(self.lister, reason=None)
 
     async def timed(self, op: str, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -112,13 +116,13 @@ class Target:
         self.samples.setdefault(op, []).append((time.perf_counter() - began) * 1000)
         return result
 
-    async def submit(self, owner: str) -> dict[str, Any]:
+    async def submit(self, owner: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         job, _ = await jobs.submit(
             self.pool,
             owner=owner,
             executions=[jobs.NewExecution("demo", {"seconds": 1})],
             timeout_s=None,
-            metadata={},
+            metadata=metadata or {},
             max_active=1_000_000,
             per_minute=1_000_000_000,
         )
@@ -142,13 +146,35 @@ class Target:
                 self.pool, owner=self.lister, job_filter=JobFilter(), limit=50, cursor=None, max_bytes=8 << 20
             ),
         )
+        await self.timed(
+            "list_filtered",
+            lambda: jobs.list_jobs(
+                self.pool, owner=self.lister, job_filter=LISTED, limit=50, cursor=None, max_bytes=8 << 20
+            ),
+        )
         bulk_owner = "0x" + uuid.uuid4().hex.ljust(40, "0")
-        for _ in range(10):
-            await self.submit(bulk_owner)
+        for n in range(10):
+            await self.submit(bulk_owner, {"sweep": f"s{n % 2}"})
+        found = await self.timed("dry_run", lambda: self.canceller.dry_run(bulk_owner, SWEEP))
+        assert found.count == 5
         await self.timed(
             "cancel_all",
             lambda: self.canceller.cancel_all(bulk_owner, reason=None),
         )
+
+
+# The filtered page: one sweep's cancelled jobs of the last year (the lister's: 30 of 60).
+LISTED = JobFilter(
+    statuses=("cancelled",),
+    metadata={"sweep": "s1"},
+    created_after=datetime.now(UTC) - timedelta(days=365),
+)
+SWEEP = JobFilter(metadata={"sweep": "s1"})
+
+
+def _filtered(sql: str, job_filter: JobFilter, *args: Any) -> tuple[str, list[Any]]:
+    values = list(args)
+    return sql.replace("{where}", where(job_filter, values)), values
 
 
 EXPLAINED = {
@@ -167,6 +193,23 @@ async def explain(pool: asyncpg.Pool) -> None:
             "cancel_all": (
                 cancel_matching("true"),
                 [wallet(7), None, [], 5.0, 1000, "bench", {"bulk": True}],
+            ),
+            # The filters for a wallet with a thousand jobs of history.
+            "list filtered": _filtered(
+                f"SELECT {jobs.JOB_COLUMNS} FROM jobs j WHERE j.owner = $1 AND {{where}} "
+                "ORDER BY j.created_at DESC, j.id DESC LIMIT 51",
+                LISTED,
+                wallet(7),
+            ),
+            "list by metadata": _filtered(
+                f"SELECT {jobs.JOB_COLUMNS} FROM jobs j WHERE j.owner = $1 AND {{where}} "
+                "ORDER BY j.created_at DESC, j.id DESC LIMIT 51",
+                JobFilter(metadata={"sweep": "s7"}),
+                wallet(7),
+            ),
+            "dry run": _filtered(matching("{where}"), SWEEP, wallet(7), 50),
+            "cancel filtered": _filtered(
+                cancel_matching("{where}"), SWEEP, wallet(7), None, [], 5.0, 1000, "bench", {"bulk": True}
             ),
             "quota": (
                 "SELECT count(*) FROM jobs j WHERE j.owner = $1 AND j.status IN ('queued', 'running')",
@@ -232,7 +275,7 @@ async def main() -> None:
             print(
                 f"{'operation':<12} {'empty p50/p99 (ms)':>22} {'history p50/p99 (ms)':>22}  ratio p50, p99"
             )
-            for op in ("submit", "claim", "cancel", "cancel_all", "list"):
+            for op in ("submit", "claim", "cancel", "cancel_all", "list", "list_filtered", "dry_run"):
                 e = percentiles(targets[0].samples[op])
                 h = percentiles(targets[1].samples[op])
                 print(

@@ -64,7 +64,7 @@ class Runtime:
             if self.role != "api":
                 # Only instances that run jobs act on cancels; an API instance does not even
                 # LISTEN for them, so its Python is not woken by them.
-                self.listener.subscribe(notify.CANCEL, self.on_cancel_notification)
+                self.listener.subscribe(notify.cancel_channel(self.instance_id), self.on_cancel_notification)
             if self.role != "worker":
                 # Only instances with the API have watchers (event streams, `?wait=true`).
                 self.listener.subscribe(notify.CHANGE, self.watch.on_change)
@@ -72,7 +72,7 @@ class Runtime:
 
     def on_cancel_notification(self, payload: str) -> None:
         """A cancel committed on some instance: stop the tasks here that we hold."""
-        for job_id, execution_id in notify.decode_cancel(payload, self.instance_id):
+        for job_id, execution_id in notify.decode_cancel(payload):
             if execution_id is None:
                 self.manager.cancel(job_id, StopReason.CANCELLED)
             else:

@@ -195,20 +195,69 @@ class SiweMessage:
         return self.domain.rsplit("@", 1)[-1].lower()
 
 
-def parse(text: str) -> SiweMessage:
-    """Parse an EIP-4361 message strictly; anything off raises SiweError(invalid_message)."""
-    lines = text.split("\n")
-    pos = 0
+class _Lines:
+    """The message's lines, read in order: each field is one line, taken by its prefix."""
 
-    def take(prefix: str, what: str) -> str:
-        nonlocal pos
-        if pos >= len(lines) or not lines[pos].startswith(prefix):
-            raise _bad(f"expected the {what} line ({prefix!r}) at line {pos + 1}")
-        value = lines[pos][len(prefix) :]
-        pos += 1
+    def __init__(self, text: str) -> None:
+        self.lines = text.split("\n")
+        self.pos = 0
+
+    def at(self, prefix: str) -> bool:
+        return self.pos < len(self.lines) and self.lines[self.pos].startswith(prefix)
+
+    def take(self, prefix: str, what: str) -> str:
+        if not self.at(prefix):
+            raise _bad(f"expected the {what} line ({prefix!r}) at line {self.pos + 1}")
+        value = self.lines[self.pos][len(prefix) :]
+        self.pos += 1
         return value
 
-    header = lines[0]
+    def blank(self, after: str) -> None:
+        if self.take("", "blank") != "":
+            raise _bad(f"expected a blank line after the {after}")
+
+
+def parse(text: str) -> SiweMessage:
+    """Parse an EIP-4361 message strictly; anything off raises SiweError(invalid_message)."""
+    lines = _Lines(text)
+    scheme, origin = _origin(lines.take("", "header"))
+    address = _address(lines.take("", "address"))
+    lines.blank("address")
+    statement = _statement(lines)
+    uri = lines.take("URI: ", "URI")
+    if not is_uri(uri):
+        raise _bad("the URI is not an RFC 3986 URI")
+    if lines.take("Version: ", "Version") != "1":
+        raise _bad("the version must be 1")
+    chain_id = _chain_id(lines.take("Chain ID: ", "Chain ID"))
+    nonce = lines.take("Nonce: ", "Nonce")
+    if not _NONCE.fullmatch(nonce):
+        raise _bad("the nonce must be at least 8 letters or digits")
+    times: dict[str, datetime] = {}
+    issued_at = _timestamp(lines, "Issued At: ", "issued_at", times)
+    optional = _optional_fields(lines, times)
+    resources = _resources(lines)
+    if lines.pos != len(lines.lines):
+        raise _bad(f"unexpected content at line {lines.pos + 1}")
+    return SiweMessage(
+        domain=origin,
+        address=to_checksum_address(address),
+        uri=uri,
+        version="1",
+        chain_id=chain_id,
+        nonce=nonce,
+        issued_at=issued_at,
+        statement=statement,
+        scheme=scheme,
+        resources=resources,
+        _times=times,
+        _text=text,
+        **optional,
+    )
+
+
+def _origin(header: str) -> tuple[str | None, str]:
+    """The header line's scheme (if any) and domain (an RFC 3986 authority)."""
     if not header.endswith(HEADER_SUFFIX):
         raise _bad("the first line must end with" + HEADER_SUFFIX)
     origin = header[: -len(HEADER_SUFFIX)]
@@ -221,8 +270,10 @@ def parse(text: str) -> SiweMessage:
     host = origin.rsplit("@", 1)[-1]
     if not host.startswith("[") and not host.split(":")[0]:
         raise _bad("the domain has no host")
-    pos = 1
-    address = take("", "address")
+    return scheme, origin
+
+
+def _address(address: str) -> str:
     if not _ADDRESS.fullmatch(address):
         raise _bad("the address is not 0x and 40 hex digits")
     digits = address[2:]
@@ -230,79 +281,67 @@ def parse(text: str) -> SiweMessage:
     # which carries no checksum. Mixed case is a checksum, and it must hold.
     if digits not in (digits.lower(), digits.upper()) and not is_checksum_address(address):
         raise _bad("the address is in mixed case but its EIP-55 checksum is wrong")
-    if take("", "blank") != "":
-        raise _bad("expected a blank line after the address")
-    statement: str | None = take("", "statement")
+    return address
+
+
+def _statement(lines: _Lines) -> str | None:
+    """The optional statement: its line and a blank one, or one blank line for none."""
+    statement = lines.take("", "statement")
     if statement == "":
-        statement = None
-    else:
-        if not _STATEMENT.fullmatch(statement or ""):
-            raise _bad("the statement has characters EIP-4361 does not allow")
-        if take("", "blank") != "":
-            raise _bad("expected a blank line after the statement")
-    uri = take("URI: ", "URI")
-    if not is_uri(uri):
-        raise _bad("the URI is not an RFC 3986 URI")
-    if take("Version: ", "Version") != "1":
-        raise _bad("the version must be 1")
-    chain = take("Chain ID: ", "Chain ID")
+        return None
+    if not _STATEMENT.fullmatch(statement):
+        raise _bad("the statement has characters EIP-4361 does not allow")
+    lines.blank("statement")
+    return statement
+
+
+def _chain_id(chain: str) -> int:
     if not re.fullmatch(r"[0-9]+", chain):
         raise _bad("the chain id must be a number")
     # A chain id is a uint256 (EIP-155, the CHAINID opcode): at most 78 digits. Bounding the
     # length first also keeps int() within its 4,300-digit limit (a ValueError otherwise).
     if len(chain) > _MAX_CHAIN_ID_DIGITS or int(chain) >= 2**256:
         raise _bad("the chain id is larger than any chain's (a chain id fits in 256 bits)")
-    nonce = take("Nonce: ", "Nonce")
-    if not _NONCE.fullmatch(nonce):
-        raise _bad("the nonce must be at least 8 letters or digits")
-    times: dict[str, datetime] = {}
+    return int(chain)
 
-    def timestamp(prefix: str, key: str) -> str:
-        value = take(prefix, prefix.rstrip(": "))
-        try:
-            times[key] = parse_time(value)
-        except ValueError as exc:
-            raise _bad(f"{prefix.rstrip(': ')}: {exc}") from None
-        return value
 
-    issued_at = timestamp("Issued At: ", "issued_at")
+def _timestamp(lines: _Lines, prefix: str, key: str, times: dict[str, datetime]) -> str:
+    """A time field's text, its parsed value recorded in `times` under `key`."""
+    value = lines.take(prefix, prefix.rstrip(": "))
+    try:
+        times[key] = parse_time(value)
+    except ValueError as exc:
+        raise _bad(f"{prefix.rstrip(': ')}: {exc}") from None
+    return value
+
+
+def _optional_fields(lines: _Lines, times: dict[str, datetime]) -> dict[str, str | None]:
+    """Expiration Time, Not Before and Request ID, each optional, in that order."""
     optional: dict[str, str | None] = {"expiration_time": None, "not_before": None, "request_id": None}
-    if pos < len(lines) and lines[pos].startswith("Expiration Time: "):
-        optional["expiration_time"] = timestamp("Expiration Time: ", "expiration_time")
-    if pos < len(lines) and lines[pos].startswith("Not Before: "):
-        optional["not_before"] = timestamp("Not Before: ", "not_before")
-    if pos < len(lines) and lines[pos].startswith("Request ID: "):
-        optional["request_id"] = take("Request ID: ", "Request ID")
-        if not _REQUEST_ID.fullmatch(optional["request_id"] or ""):
+    if lines.at("Expiration Time: "):
+        optional["expiration_time"] = _timestamp(lines, "Expiration Time: ", "expiration_time", times)
+    if lines.at("Not Before: "):
+        optional["not_before"] = _timestamp(lines, "Not Before: ", "not_before", times)
+    if lines.at("Request ID: "):
+        request_id = lines.take("Request ID: ", "Request ID")
+        if not _REQUEST_ID.fullmatch(request_id):
             raise _bad("the request id has characters EIP-4361 does not allow")
-    resources: tuple[str, ...] | None = None
-    if pos < len(lines) and lines[pos] == "Resources:":
-        pos += 1
-        found: list[str] = []
-        while pos < len(lines) and lines[pos].startswith("- "):
-            resource = lines[pos][2:]
-            if not is_uri(resource):
-                raise _bad(f"resource {len(found) + 1} is not an RFC 3986 URI")
-            found.append(resource)
-            pos += 1
-        resources = tuple(found)
-    if pos != len(lines):
-        raise _bad(f"unexpected content at line {pos + 1}")
-    return SiweMessage(
-        domain=origin,
-        address=to_checksum_address(address),
-        uri=uri,
-        version="1",
-        chain_id=int(chain),
-        nonce=nonce,
-        issued_at=issued_at,
-        statement=statement,
-        scheme=scheme,
-        resources=resources,
-        _times=times,
-        _text=text,
-        **optional,
-    )
+        optional["request_id"] = request_id
+    return optional
+
+
+def _resources(lines: _Lines) -> tuple[str, ...] | None:
+    """The optional "Resources:" line and the "- uri" lines under it."""
+    if not (lines.at("Resources:") and lines.lines[lines.pos] == "Resources:"):
+        return None
+    lines.pos += 1
+    found: list[str] = []
+    while lines.at("- "):
+        resource = lines.take("- ", "resource")
+        if not is_uri(resource):
+            raise _bad(f"resource {len(found) + 1} is not an RFC 3986 URI")
+        found.append(resource)
+    return tuple(found)
 
 
 def check(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,8 +142,24 @@ def _url(where: str, value: Any) -> str:
     return url.rstrip("/")
 
 
+_NUMBERS = ("timeout_s", "poll_interval_s", "grace_s", "confirm_within_s", "cancel_rate_per_s", "deadline_s")
+_WHOLE_NUMBERS = ("max_attempts", "concurrency", "max_output_bytes", "stderr_tail_bytes")
+Options = dict[str, Any]
+
+
 def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
     where = f"backends.{name}"
+    kind, table = _table(where, raw, env)
+    opts: Options = {"name": name, "kind": kind}
+    opts |= _common_options(where, table)
+    opts |= _address_options(kind, where, table)
+    if kind in _KIND_OPTIONS:
+        opts |= _KIND_OPTIONS[kind](where, table)
+    return BackendSpec(**opts)
+
+
+def _table(where: str, raw: Any, env: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """The backend's kind, and its table with `${VAR}`s expanded once its keys are known."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     kind = raw.get("kind")
@@ -152,9 +168,12 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
     unknown = set(raw) - _COMMON - _KIND_KEYS[kind]
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind {kind}")
-    raw = {k: _expand(v, env, f"{where}.{k}") for k, v in raw.items()}
+    return kind, {k: _expand(v, env, f"{where}.{k}") for k, v in raw.items()}
 
-    opts: dict[str, Any] = {"name": name, "kind": kind}
+
+def _common_options(where: str, raw: dict[str, Any]) -> Options:
+    """The keys every kind may have: the API key, headers, and the numbers."""
+    opts: Options = {}
     if "api_key" in raw:
         opts["api_key"] = _string(f"{where}.api_key", raw["api_key"])
     if "headers" in raw:
@@ -162,47 +181,62 @@ def _spec(name: str, raw: Any, env: Mapping[str, str]) -> BackendSpec:
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError(f"{where}.headers: expected a table of strings")
         opts["headers"] = dict(headers)
-    for key in (
-        "timeout_s",
-        "poll_interval_s",
-        "grace_s",
-        "confirm_within_s",
-        "cancel_rate_per_s",
-        "deadline_s",
-    ):
+    for key in _NUMBERS:
         if key in raw:
             opts[key] = _number(f"{where}.{key}", raw[key])
-    for key in ("max_attempts", "concurrency", "max_output_bytes", "stderr_tail_bytes"):
+    for key in _WHOLE_NUMBERS:
         if key in raw:
             opts[key] = int(_number(f"{where}.{key}", raw[key], integer=True))
+    return opts
 
+
+def _address_options(kind: str, where: str, raw: dict[str, Any]) -> Options:
+    """Where the work is sent: http's url (and cancel_url), a queue API's base_url."""
     if kind == "http":
         if "url" not in raw:
             raise ConfigError(f"{where}.url: required for kind http")
-        opts["url"] = _url(f"{where}.url", raw["url"])
+        opts = {"url": _url(f"{where}.url", raw["url"])}
         if "cancel_url" in raw:
             opts["cancel_url"] = _url(f"{where}.cancel_url", raw["cancel_url"])
-    elif kind in DEFAULT_BASE_URLS:
-        opts["base_url"] = _url(
-            f"{where}.base_url", raw.get("base_url", raw.get("url", DEFAULT_BASE_URLS[kind]))
-        )
-    if kind == "runpod":
-        opts["endpoint_id"] = _string(f"{where}.endpoint_id", raw.get("endpoint_id"))
-    elif kind == "replicate":
-        if ("version" in raw) == ("model" in raw):
-            raise ConfigError(f"{where}: exactly one of version or model is required")
-        key = "version" if "version" in raw else "model"
-        opts[key] = _string(f"{where}.{key}", raw[key])
-        if key == "model" and raw["model"].count("/") != 1:
-            raise ConfigError(f"{where}.model: expected owner/name")
-    elif kind == "fal":
-        opts["model"] = _string(f"{where}.model", raw.get("model")).strip("/")
-    elif kind == "subprocess":
-        command = raw.get("command")
-        if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
-            raise ConfigError(f"{where}.command: expected a non-empty list of strings")
-        opts["command"] = tuple(command)
-    return BackendSpec(**opts)
+        return opts
+    if kind in DEFAULT_BASE_URLS:
+        base_url = raw.get("base_url", raw.get("url", DEFAULT_BASE_URLS[kind]))
+        return {"base_url": _url(f"{where}.base_url", base_url)}
+    return {}
+
+
+def _runpod_options(where: str, raw: dict[str, Any]) -> Options:
+    return {"endpoint_id": _string(f"{where}.endpoint_id", raw.get("endpoint_id"))}
+
+
+def _replicate_options(where: str, raw: dict[str, Any]) -> Options:
+    if ("version" in raw) == ("model" in raw):
+        raise ConfigError(f"{where}: exactly one of version or model is required")
+    key = "version" if "version" in raw else "model"
+    value = _string(f"{where}.{key}", raw[key])
+    if key == "model" and value.count("/") != 1:
+        raise ConfigError(f"{where}.model: expected owner/name")
+    return {key: value}
+
+
+def _fal_options(where: str, raw: dict[str, Any]) -> Options:
+    return {"model": _string(f"{where}.model", raw.get("model")).strip("/")}
+
+
+def _subprocess_options(where: str, raw: dict[str, Any]) -> Options:
+    command = raw.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
+        raise ConfigError(f"{where}.command: expected a non-empty list of strings")
+    return {"command": tuple(command)}
+
+
+# The options only one kind has, checked by that kind's function.
+_KIND_OPTIONS: dict[str, Callable[[str, dict[str, Any]], Options]] = {
+    "runpod": _runpod_options,
+    "replicate": _replicate_options,
+    "fal": _fal_options,
+    "subprocess": _subprocess_options,
+}
 
 
 def load_backends(text: str, env: Mapping[str, str], *, source: str) -> dict[str, BackendSpec]:

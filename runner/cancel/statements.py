@@ -29,10 +29,16 @@ def _job_cancel_set(actor: str, reason: str) -> str:
     cancel_reason = {reason}, finished_at = now(), worker_id = NULL"""
 
 
+# What each statement's notification names, and the instance holding it (runner.db.notify).
+_HELD_JOB = f"SELECT t.worker_id AS holder, {notify.cancel_entry_sql('job.id')} AS entry FROM job, target t"
+_HELD_EXECUTION = (
+    f"SELECT t.worker_id AS holder, {notify.cancel_entry_sql('$1', 'ex.id')} AS entry FROM ex, target t"
+)
+
 # $1 job, $2 actor, $3 reason, $4 actor is admin, $5 remote-cancel backends, $6 grace.
 CANCEL_JOB = f"""
 WITH target AS (
-    SELECT id, status, owner, cancelled_at FROM jobs WHERE id = $1 FOR NO KEY UPDATE),
+    SELECT id, status, owner, cancelled_at, worker_id FROM jobs WHERE id = $1 FOR NO KEY UPDATE),
 job AS (
     UPDATE jobs j SET {_job_cancel_set("$2", "$3")}
     FROM target t
@@ -49,7 +55,7 @@ event AS (
         'executions_cancelled', (SELECT count(*) FROM execs))
     FROM job, target t),
 notify AS (
-    SELECT {notify.cancel_job_sql("job.id")} FROM job)
+    {notify.cancel_notify_sql(_HELD_JOB)})
 SELECT t.status AS previous_status, t.owner, coalesce(job.cancelled_at, t.cancelled_at) AS cancelled_at,
     job.id IS NOT NULL AS changed, (SELECT count(*) FROM execs) AS executions_cancelled,
     (SELECT count(*) FROM notify) AS notified
@@ -58,7 +64,7 @@ FROM target t LEFT JOIN job ON true"""
 # $1 job, $2 actor, $3 reason, $4 actor is admin, $5 remote-cancel backends, $6 grace, $7 execution.
 CANCEL_EXECUTION = f"""
 WITH target AS (
-    SELECT j.status AS job_status, j.owner, e.id AS execution_id, e.status, e.finished_at
+    SELECT j.status AS job_status, j.owner, j.worker_id, e.id AS execution_id, e.status, e.finished_at
     FROM jobs j JOIN executions e ON e.job_id = j.id
     WHERE j.id = $1 AND e.id = $7 FOR NO KEY UPDATE OF j, e),
 ex AS (
@@ -88,7 +94,7 @@ event AS (
     SELECT $1, NULL, fin.status, $2, jsonb_build_object('reason', 'its last execution was cancelled')
     FROM fin),
 notify AS (
-    SELECT {notify.cancel_execution_sql("$1", "ex.id")} FROM ex)
+    {notify.cancel_notify_sql(_HELD_EXECUTION)})
 SELECT t.job_status, t.owner, t.status AS previous_status,
     coalesce(ex.finished_at, t.finished_at) AS cancelled_at, ex.id IS NOT NULL AS changed,
     (SELECT count(*) FROM notify) AS notified
@@ -103,18 +109,18 @@ def _cancellable(where: str) -> str:
 
 def cancel_matching(where: str) -> str:
     """A bulk cancel of the jobs `_cancellable(where)` names, at most a chunk of them: one
-    atomic statement (see Canceller.cancel_matching). $1 owner (and actor), $2 reason, $3
+    atomic statement (see Canceller.cancel_all). $1 owner (and actor), $2 reason, $3
     remote-cancel backends, $4 grace, $5 chunk size, $6 the sending instance (which signals
     its own tasks itself, and so skips these notifications), $7 detail added to each audit
     row (jsonb); the filter's values from $8."""
     return f"""
 WITH targets AS (
-    SELECT j.id, j.status FROM jobs j WHERE {_cancellable(where)}
+    SELECT j.id, j.status, j.worker_id FROM jobs j WHERE {_cancellable(where)}
     ORDER BY j.id LIMIT $5 FOR NO KEY UPDATE),
 job AS (
     UPDATE jobs j SET {_job_cancel_set("$1", "$2")}
     FROM targets t WHERE j.id = t.id
-    RETURNING j.id, t.status AS previous_status),
+    RETURNING j.id, t.status AS previous_status, t.worker_id AS holder),
 open_execs AS (
     SELECT e.id FROM executions e JOIN job ON e.job_id = job.id
     WHERE e.status IN ('queued', 'running') ORDER BY e.id FOR NO KEY UPDATE OF e),
@@ -127,19 +133,19 @@ event AS (
     SELECT id, 'cancelled', $1, jsonb_build_object(
         'reason', $2::text, 'previous_status', previous_status) || $7::jsonb
     FROM job),
--- Running jobs' notifications in chunks (runner.db.notify): cancelling 10,000
--- jobs wakes each instance 50 times, not 10,000.
+-- Running jobs' notifications, to their holders in chunks (runner.db.notify): cancelling
+-- 10,000 jobs wakes each holder a few times, not 10,000.
 notify AS (
-    {notify.cancel_bulk_sql("$6", "SELECT id FROM job WHERE previous_status = 'running'")})
+    {notify.cancel_notify_sql(f"SELECT holder, {notify.cancel_entry_sql('id')} AS entry FROM job", "$6")})
 SELECT coalesce((SELECT array_agg(id) FROM job), '{{}}') AS ids,
     coalesce((SELECT array_agg(id) FROM job WHERE previous_status = 'running'), '{{}}') AS running,
     (SELECT count(*) FROM execs) AS executions_cancelled,
     (SELECT count(*) FROM notify) AS notified"""
 
 
-# What a cancel-all of the filter would cancel, cancelling nothing: how many, and the first
-# `$2` ids, newest first. $1 owner; the filter's values from $3.
 def matching(where: str) -> str:
+    """What `cancel_matching(where)` would cancel, cancelling nothing: how many (`found`),
+    and the first `$2` ids, newest first. $1 owner; the filter's values from $3."""
     return f"""
 SELECT j.id, count(*) OVER () AS found FROM jobs j WHERE {_cancellable(where)}
 ORDER BY j.created_at DESC, j.id DESC LIMIT $2"""

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from runner.client.http import Client, ClientError, NotSignedIn, TokenStore
 from runner.client.serving import SERVICE_VERBS, run_loop
-from runner.client.verbs import CLIENT_VERBS, Interrupted, Usage
+from runner.client.verbs import CLIENT_VERBS, CONFIRM_OVER, Interrupted, Usage
 from runner.config import load_settings
 from runner.errors import ConfigError, RunnerError
 from runner.logs import configure_logging
@@ -75,6 +75,30 @@ def _verb(verbs: Any, name: str, summary: str, description: str) -> _Parser:
         name, parents=[_globals(True)], help=summary, description=f"{summary}. {description}"
     )
     return parser
+
+
+def _filter_options(parser: _Parser, statuses: str) -> None:
+    """The job filter's options, shared by `jobs` and `cancel`: every one given must match."""
+    parser.add_argument(
+        "--status",
+        action="append",
+        help=f"only jobs in this status ({statuses}); repeatable, or a comma list",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        help="only jobs with an execution on this backend; repeatable, or a comma list",
+    )
+    parser.add_argument(
+        "--meta",
+        action="append",
+        metavar="KEY=VALUE",
+        help="only jobs whose metadata has KEY set to the string VALUE; repeatable (all must match)",
+    )
+    parser.add_argument(
+        "--since", help="only jobs created at or after this time (ISO 8601, or a date: its midnight UTC)"
+    )
+    parser.add_argument("--before", help="only jobs created before this time (ISO 8601, or a date)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,10 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this event (repeat for several; default all)",
     )
     submit.add_argument(
+        "--concurrency-key",
+        metavar="KEY",
+        help="a key kept on the job (up to 255 printable characters), for --supersede and filters",
+    )
+    submit.add_argument(
+        "--supersede",
+        action="store_true",
+        help="cancel your queued and running jobs with the same --concurrency-key (reason "
+        "'superseded') as this one is created",
+    )
+    submit.add_argument(
         "--wait", action="store_true", help="follow it live to its end; exit 0 only if it completes"
     )
-    jobs = _verb(verbs, "jobs", "list your jobs", "Newest first.")
-    jobs.add_argument("--status", help="only these statuses (one, or a comma list)")
+    jobs = _verb(verbs, "jobs", "list your jobs", "Newest first; the filter options narrow them.")
+    _filter_options(jobs, "queued, running, completed, failed, cancelled")
     jobs.add_argument("--limit", type=int, default=50, help="jobs per page, 1-200 (default 50)")
     jobs.add_argument("--all", action="store_true", help="every page, not just the first")
     status = _verb(
@@ -181,14 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = _verb(
         verbs,
         "cancel",
-        "cancel a job, or all of yours",
-        "Stops its task, its HTTP calls and its work at the backend.",
+        "cancel a job, all of yours, or those a filter names",
+        "Stops its task, its HTTP calls and its work at the backend. With filter options "
+        "(no job id), cancels your queued and running jobs that match them all; more than "
+        f"{CONFIRM_OVER} are confirmed on the terminal first (or pass --yes).",
     )
     cancel.add_argument("job_id", nargs="?", help="the job's id")
     cancel.add_argument("--reason", help="kept in the job's audit trail (at most 500 characters)")
     cancel.add_argument("--wait", action="store_true", help="answer once its task has stopped (10 s at most)")
-    cancel.add_argument("--all", action="store_true", help="cancel all your active jobs")
+    cancel.add_argument(
+        "--all", action="store_true", help="cancel all your active jobs (or all a filter names)"
+    )
     cancel.add_argument("--queued-only", action="store_true", help="with --all: queued jobs only")
+    _filter_options(cancel, "queued, running")
+    cancel.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="cancel nothing: print how many jobs would be cancelled, and the first 50 ids",
+    )
+    cancel.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"cancel more than {CONFIRM_OVER} filtered jobs without asking "
+        "(needed with --json, or without a terminal)",
+    )
     _verb(
         verbs,
         "backends",

@@ -14,8 +14,10 @@ from urllib.parse import urlencode
 
 from runner.client.http import Client, ClientError, TokenStore, config_dir, wallet_key
 from runner.client.progress import Progress, execution_line, follow, job_line
+from runner.timeutil import parse_iso
 
 EXIT_OK, EXIT_ERROR = 0, 1
+CONFIRM_OVER = 10  # a filtered cancel of more jobs than this asks first (or needs --yes)
 
 
 class Usage(Exception):
@@ -171,6 +173,12 @@ async def submit(args: argparse.Namespace, client: Client, out: Printer) -> int:
         body["webhook"] = args.webhook
     if args.webhook_events:
         body["webhook_events"] = args.webhook_events
+    if args.supersede and args.concurrency_key is None:
+        raise Usage("--supersede needs --concurrency-key")
+    if args.concurrency_key is not None:
+        body["concurrency_key"] = args.concurrency_key
+    if args.supersede:
+        body["on_conflict"] = "cancel_running"
     job = await client.call("POST", "/jobs", json_body=body)
     return await _new_job(client, out, job, args.wait, f"submitted job {job['id']}")
 
@@ -190,8 +198,12 @@ async def _new_job(client: Client, out: Printer, job: dict[str, Any], wait: bool
 async def jobs(args: argparse.Namespace, client: Client, out: Printer) -> int:
     """One page (--limit), or every page with --all, following next_cursor."""
     query: dict[str, str] = {"limit": str(args.limit)}
-    if args.status:
-        query["status"] = args.status
+    job_filter = _filter(args)
+    for name in ("statuses", "backends"):
+        if name in job_filter:
+            query[name] = ",".join(job_filter.pop(name))
+    query.update({f"meta.{k}": v for k, v in job_filter.pop("metadata", {}).items()})
+    query.update(job_filter)
     found: list[dict[str, Any]] = []
     while True:
         reply = await client.call("GET", "/jobs?" + urlencode(query))
@@ -222,15 +234,17 @@ async def status(args: argparse.Namespace, client: Client, out: Printer) -> int:
 
 async def cancel(args: argparse.Namespace, client: Client, out: Printer) -> int:
     body = {"reason": args.reason} if args.reason else None
-    if args.all:
+    job_filter = _filter(args)
+    if args.all or job_filter or args.dry_run:
         if args.job_id or args.wait:
-            raise Usage("--all takes no job id and no --wait")
-        statuses = ["queued"] if args.queued_only else ["queued", "running"]
-        reply = await client.call("POST", "/jobs/cancel", json_body={**(body or {}), "statuses": statuses})
-        out.result(reply, f"cancelled {reply['count']} job(s), {reply['executions_cancelled']} execution(s)")
-        return EXIT_OK
+            raise Usage("--all, a filter and --dry-run take no job id and no --wait")
+        if args.queued_only:
+            job_filter["statuses"] = ["queued"]
+        return await _cancel_many(
+            args, client, out, {**(body or {}), **job_filter}, filtered=bool(job_filter)
+        )
     if not args.job_id or args.queued_only:
-        raise Usage("give a job id, or --all [--queued-only]")
+        raise Usage("give a job id, or --all [--queued-only], or a filter (--status, --backend, --meta, ...)")
     args.job_id = await job_id(client, args.job_id)
     reply = await client.call(
         "POST", f"/jobs/{args.job_id}/cancel" + ("?wait=true" if args.wait else ""), json_body=body
@@ -246,6 +260,65 @@ async def cancel(args: argparse.Namespace, client: Client, out: Printer) -> int:
         text += "; its task has stopped" if reply.get("stopped") else "; its task did not stop within 10 s"
     out.result(reply, text)
     return EXIT_OK
+
+
+def _filter(args: argparse.Namespace) -> dict[str, Any]:
+    """The job filter the options give (as POST /jobs/cancel's body has it): --status,
+    --backend (each repeatable or a comma list), --meta KEY=VALUE, --since, --before."""
+    found: dict[str, Any] = {}
+    for option, name in (("status", "statuses"), ("backend", "backends")):
+        values = [v.strip() for given in getattr(args, option) or [] for v in given.split(",") if v.strip()]
+        if values:
+            found[name] = list(dict.fromkeys(values))
+    metadata: dict[str, str] = {}
+    for pair in args.meta or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Usage(f"--meta {pair!r}: write KEY=VALUE")
+        metadata[key] = value
+    if metadata:
+        found["metadata"] = metadata
+    for option, name in (("since", "created_after"), ("before", "created_before")):
+        given = getattr(args, option)
+        if given:
+            try:
+                parse_iso(given)
+            except (ValueError, OverflowError):
+                raise Usage(
+                    f"--{option} {given!r} is not an ISO 8601 time, such as 2026-11-01T00:00:00Z"
+                ) from None
+            found[name] = given
+    return found
+
+
+async def _cancel_many(
+    args: argparse.Namespace, client: Client, out: Printer, body: dict[str, Any], *, filtered: bool
+) -> int:
+    """A bulk cancel: --dry-run says what it would cancel; a filtered one of more than
+    CONFIRM_OVER jobs is confirmed on the terminal first, unless --yes."""
+    if args.dry_run or (filtered and not args.yes):
+        dry = await client.call("POST", "/jobs/cancel", json_body={**body, "dry_run": True})
+        shown = "".join(f"\n  {i}" for i in dry["ids"])
+        more = f"\n  ... and {dry['count'] - len(dry['ids'])} more" if dry["count"] > len(dry["ids"]) else ""
+        if args.dry_run:
+            out.result(dry, f"{dry['count']} job(s) would be cancelled{shown}{more}")
+            return EXIT_OK
+        if dry["count"] > CONFIRM_OVER:
+            if out.json or not sys.stdin.isatty():
+                raise Usage(f"{dry['count']} jobs match; pass --yes to cancel them without a question")
+            print(f"{dry['count']} jobs match:{shown}{more}", file=sys.stderr)
+            if not await asyncio.to_thread(_confirm, f"Cancel {dry['count']} jobs? [y/N] "):
+                print("cancelled nothing", file=sys.stderr)
+                return EXIT_ERROR
+    reply = await client.call("POST", "/jobs/cancel", json_body=body)
+    out.result(reply, f"cancelled {reply['count']} job(s), {reply['executions_cancelled']} execution(s)")
+    return EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    """Asked on stderr: stdout holds only the result."""
+    print(question, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 async def backends(args: argparse.Namespace, client: Client, out: Printer) -> int:

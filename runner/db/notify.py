@@ -5,11 +5,15 @@ A few fixed channels, LISTENed once per connection; the routing is in the payloa
 LISTEN comes and goes per job or per wallet (Postgres up to 18 scans a listener's channels
 for every notification):
 
-- `runner_cancel` (workers): `<job>` one job was cancelled; `<job>:<execution>` one
-  execution was, the job goes on; `<instance>;<job>,<job>,...` a bulk cancel (cancel-all),
-  up to BULK_IDS ids a notification (payloads are limited to 8000 bytes) -- the sending
-  instance has signalled its own tasks already, and skips it. Sent inside the cancel's own
-  transaction: the one NOTIFY such a transaction sends.
+- `runner_cancel_<holder>` (workers): one channel per worker instance, named after it
+  (cancel_channel), so a cancel wakes the one instance whose task holds the job -- the job
+  row's `worker_id` -- and no other: with 16 instances on 2 cores, waking all 15 others for
+  each cancel cost the holder its turn on a core. The payload: `<job>` one job was
+  cancelled; `<job>:<execution>` one execution was, the job goes on; a bulk cancel sends
+  comma lists of `<job>`, up to BULK_IDS ids a notification (payloads are limited to 8000
+  bytes) per holder, and none to the sending instance, which has signalled its own tasks
+  already. Sent inside the cancel's own transaction: the only NOTIFY such a transaction
+  sends. A queued job has no holder and no notification.
 - `runner_submit` (workers): work was queued; a comma list of what each job needs, its
   backends joined by `+` (names are `[A-Za-z0-9_.-]`); an instance lacking them does not
   run a claim for it. Empty: anything.
@@ -33,6 +37,7 @@ rows anyway -- the lease renewal for cancels, the claim poll, each event stream'
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Iterable
 
@@ -41,7 +46,7 @@ import structlog
 
 log = structlog.get_logger("runner.db.notify")
 
-CANCEL = "runner_cancel"
+CANCEL_PREFIX = "runner_cancel_"
 SUBMIT = "runner_submit"
 CHANGE = "runner_change"
 AUTH = "runner_auth"
@@ -60,31 +65,36 @@ MIN_INTERVAL_S = 0.01
 # -- runner_cancel ---------------------------------------------------------------------------
 
 
-def cancel_job_sql(job: str) -> str:
-    """SQL sending the notification for a cancelled job (`job`: an SQL uuid expression)."""
-    return f"pg_notify('{CANCEL}', {job}::text)"
+def cancel_channel(instance_id: str) -> str:
+    """The channel an instance hears its cancels on. Instance ids hold a host name (up to 64
+    bytes) and channel names are at most 63: a digest of the id, the same in SQL
+    (_CHANNEL_SQL)."""
+    digest = hashlib.md5(instance_id.encode(), usedforsecurity=False).hexdigest()[:16]
+    return CANCEL_PREFIX + digest
 
 
-def cancel_execution_sql(job: str, execution: str) -> str:
-    return f"pg_notify('{CANCEL}', {job}::text || ':' || {execution}::text)"
+def cancel_entry_sql(job: str, execution: str | None = None) -> str:
+    """SQL text naming a cancelled job, or one execution of it (SQL uuid expressions)."""
+    if execution is None:
+        return f"{job}::text"
+    return f"{job}::text || ':' || {execution}::text"
 
 
-def cancel_bulk_sql(origin: str, ids: str) -> str:
-    """SQL sending one notification per BULK_IDS ids: `ids` is a set-returning SQL query of
-    job ids, `origin` an SQL text expression naming the sending instance."""
-    return f"""SELECT pg_notify('{CANCEL}', {origin} || ';' || string_agg(id::text, ','))
-        FROM (SELECT id, (row_number() OVER ()) / {BULK_IDS} AS chunk FROM ({ids}) ids) c
-        GROUP BY chunk"""
+def cancel_notify_sql(rows: str, origin: str | None = None) -> str:
+    """SQL sending the cancel notifications for `rows`, an SQL query of (holder, entry) rows
+    (holder: the job's worker_id; entry: cancel_entry_sql): one NOTIFY per holder and per
+    BULK_IDS entries, none for a NULL holder (a queued job) nor for `origin` (an SQL text
+    expression: the sending instance, which signals its own tasks itself)."""
+    skip = "" if origin is None else f" AND holder <> {origin}"
+    return f"""SELECT pg_notify('{CANCEL_PREFIX}' || left(md5(holder), 16), string_agg(entry, ','))
+        FROM (SELECT holder, entry, (row_number() OVER (PARTITION BY holder)) / {BULK_IDS} AS chunk
+              FROM ({rows}) r WHERE holder IS NOT NULL{skip}) c
+        GROUP BY holder, chunk"""
 
 
-def decode_cancel(payload: str, instance_id: str) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
-    """The (job, execution or None) pairs a notification names, less a bulk cancel this
-    instance sent itself. Malformed entries are logged and skipped."""
-    origin, bulk, jobs = payload.partition(";")
-    if bulk:
-        if origin == instance_id:
-            return []
-        payload = jobs
+def decode_cancel(payload: str) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """The (job, execution or None) pairs a notification names. Malformed entries are
+    logged and skipped."""
     found = []
     for entry in payload.split(","):
         job, _, execution = entry.partition(":")

@@ -21,9 +21,10 @@ import structlog
 from runner import jsontext
 from runner.config import Settings
 from runner.db import notify, until_written
-from runner.jobs import JOB_COLUMNS, JobRow
+from runner.jobs import JobRow
 from runner.metrics import Metrics
 from runner.timeutil import iso
+from runner.webhooks import statements
 from runner.webhooks.addresses import CheckedResolver, Refused, check_literal
 from runner.webhooks.signing import signature_header, signing_secrets
 
@@ -33,40 +34,6 @@ MAX_ANSWER_BYTES = 64 * 1024  # what is read of a receiver's answer (then droppe
 MAX_IN_FLIGHT = 32  # deliveries one instance makes at once
 RETRY_CAP_S = 3600.0  # the longest wait between two attempts
 WAKE_CHANNEL = notify.WEBHOOK
-
-_CLAIM = """
-WITH due AS (
-    SELECT w.id FROM webhook_outbox w
-    WHERE w.state = 'pending' AND w.next_attempt_at <= now()
-      AND NOT EXISTS (SELECT 1 FROM webhook_outbox p
-                      WHERE p.job_id = w.job_id AND p.state = 'pending' AND p.id < w.id)
-    ORDER BY w.next_attempt_at LIMIT $1 FOR UPDATE OF w SKIP LOCKED)
-UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
-FROM due, jobs j WHERE o.id = due.id AND j.id = o.job_id
-RETURNING o.id, o.msg_id, o.job_id, o.event, o.url, o.created_at, o.payload, o.attempts, j.owner"""
-
-_DELIVERED = """
-WITH done AS (
-    UPDATE webhook_outbox SET state = 'delivered', finished_at = now()
-    WHERE id = $1 AND state = 'pending' RETURNING job_id, execution_id, msg_id, event, attempts)
-INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-SELECT job_id, execution_id, 'webhook_delivered', $2, jsonb_build_object(
-    'event', event, 'webhook_id', msg_id, 'attempt', attempts, 'status', $3::int) FROM done"""
-
-# Retried at now + $3 s, but never past created_at + $4 s: then it is given up.
-_FAILED = """
-WITH f AS (
-    UPDATE webhook_outbox SET
-        state = CASE WHEN now() >= created_at + make_interval(secs => $4) THEN 'failed' ELSE 'pending' END,
-        finished_at = CASE WHEN now() >= created_at + make_interval(secs => $4) THEN now() END,
-        next_attempt_at = least(now() + make_interval(secs => $3), created_at + make_interval(secs => $4))
-    WHERE id = $1 AND state = 'pending'
-    RETURNING job_id, execution_id, msg_id, event, attempts, state, next_attempt_at)
-INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-SELECT job_id, execution_id, 'webhook_failed', $2, jsonb_build_object(
-    'event', event, 'webhook_id', msg_id, 'attempt', attempts, 'error', $5::text,
-    'status', $6::int, 'gave_up', state = 'failed',
-    'next_attempt_at', CASE WHEN state = 'pending' THEN next_attempt_at END) FROM f"""
 
 
 def retry_delay_s(attempt: int, base_s: float) -> float:
@@ -132,11 +99,11 @@ class WebhookSender:
             room = MAX_IN_FLIGHT - len(self.in_flight)
             if room > 0:
                 lease_s = self.settings.webhook_timeout_s + 5.0
-                for row in await self.pool.fetch(_CLAIM, room, lease_s):
+                for row in await self.pool.fetch(statements.CLAIM, room, lease_s):
                     task = asyncio.get_running_loop().create_task(self._guarded(row), name="webhook")
                     self.in_flight.add(task)
                     task.add_done_callback(self.in_flight.discard)
-            pending = await self.pool.fetchval("SELECT count(*) FROM webhook_outbox WHERE state = 'pending'")
+            pending = await self.pool.fetchval(statements.PENDING_COUNT)
             self.metrics.webhooks_pending.set(pending)
         finally:
             self._ticking = False
@@ -153,18 +120,14 @@ class WebhookSender:
     async def _body(self, row: asyncpg.Record) -> bytes | None:
         if row["payload"] is not None:
             return str(row["payload"]).encode()
-        job = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1", row["job_id"])
+        job = await self.pool.fetchrow(statements.JOB, row["job_id"])
         if job is None:
             return None  # deleted by retention; its outbox rows go with it
         body = jsontext.dumps_bytes(
             {"type": f"job.{row['event']}", "timestamp": iso(row["created_at"]), "data": self.render(job)}
         ).decode()
         # Fixed at the first attempt (another instance may have fixed it first: keep theirs).
-        fixed: str = await self.pool.fetchval(
-            "UPDATE webhook_outbox SET payload = coalesce(payload, $2) WHERE id = $1 RETURNING payload",
-            row["id"],
-            body,
-        )
+        fixed: str = await self.pool.fetchval(statements.FIX_PAYLOAD, row["id"], body)
         return fixed.encode() if fixed is not None else None
 
     async def _guarded(self, row: asyncpg.Record) -> None:
@@ -190,7 +153,7 @@ class WebhookSender:
         }
         if status is not None and 200 <= status < 300:
             await until_written(
-                lambda: self.pool.execute(_DELIVERED, row["id"], self.instance_id, status),
+                lambda: self.pool.execute(statements.DELIVERED, row["id"], self.instance_id, status),
                 "webhook_delivered",
                 **fields,
             )
@@ -201,7 +164,13 @@ class WebhookSender:
         delay = retry_delay_s(row["attempts"], self.settings.webhook_retry_base_s)
         await until_written(
             lambda: self.pool.execute(
-                _FAILED, row["id"], self.instance_id, delay, self.settings.webhook_retry_for_s, error, status
+                statements.FAILED,
+                row["id"],
+                self.instance_id,
+                delay,
+                self.settings.webhook_retry_for_s,
+                error,
+                status,
             ),
             "webhook_failed",
             **fields,

@@ -11,9 +11,10 @@ import aiohttp
 import asyncpg
 import pytest
 
+from runner.backends.config import BackendSpec
 from runner.config import Settings
 from runner.db import connect
-from runner.db.notify import CANCEL
+from runner.db.notify import cancel_channel
 from runner.fakes import FakeProviders
 from runner.service import running_service
 from tests.client import Api, freeze, wait_event
@@ -178,56 +179,64 @@ async def test_cancel_on_one_instance_stops_a_job_running_on_another(
     assert b.listener is not None and b.listener.reconnects == 0  # it came by NOTIFY
 
 
-async def test_cancel_all_on_one_instance_stops_jobs_running_on_another(
+async def test_a_cancel_wakes_only_the_instance_holding_the_job(
     cluster: Cluster,
     dsn: str,
-    settings: Settings,
     http: aiohttp.ClientSession,
     fake_gpu: FakeProviders,
+    db: asyncpg.Connection,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Each cancel NOTIFY goes to the job's holder alone (its worker_id's channel): the other
+    workers are not woken, and a bulk cancel's sender, which signals its own tasks itself,
+    gets none."""
     import runner.cancel.canceller
 
-    monkeypatch.setattr(runner.cancel.canceller, "BULK_CHUNK", 2)  # 3 jobs: two statements, two NOTIFYs
-    a = await cluster.start("api")
-    b = await cluster.start("worker")
+    monkeypatch.setattr(runner.cancel.canceller, "BULK_CHUNK", 2)  # several statements
+    a = await cluster.start("all", concurrency=3)  # holds the first three jobs, then is full
     api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
-    a_heard: list[str] = []
-    # An API instance does not listen for cancels: a connection of the test's own does.
-    heard = await connect(dsn)
-    await heard.add_listener(CANCEL, lambda *args: a_heard.append(args[-1]))
     jobs = [await api.submit(HOLD) for _ in range(3)]
     for job in jobs:
         await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
-    assert all(b.manager.is_running(uuid.UUID(j["id"])) for j in jobs) and a.manager.count() == 0
+    b = await cluster.start("worker")  # holds the next three
+    c = await cluster.start("worker", backends={"demo": BackendSpec(name="demo", kind="demo")})  # none
+    heard: dict[str, list[str]] = {r.instance_id: [] for r in (a, b, c)}
+    barrier = {r.instance_id: asyncio.Event() for r in (a, b, c)}
+    conn = await connect(dsn)
+    for r in (a, b, c):
+
+        def hear(*args: Any, instance: str = r.instance_id) -> None:
+            payload = args[-1]
+            if payload == "barrier":
+                barrier[instance].set()
+            else:
+                heard[instance].append(payload)
+
+        await conn.add_listener(cancel_channel(r.instance_id), hear)
+    jobs += [await api.submit(HOLD) for _ in range(3)]
+    for job in jobs:
+        await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
+    holders = {
+        str(r["id"]): r["worker_id"]
+        for r in await db.fetch(
+            "SELECT id, worker_id FROM jobs WHERE id = ANY($1::uuid[])", [j["id"] for j in jobs]
+        )
+    }
+    assert [holders[j["id"]] for j in jobs] == [a.instance_id] * 3 + [b.instance_id] * 3
+    one = jobs[-1]
+    await api.cancel(one["id"])
     status, reply = await api.call("POST", "/jobs/cancel")
-    assert status == 200 and reply["count"] == 3
+    assert status == 200 and reply["count"] == len(jobs) - 1
     for job in jobs:
         await wait_event(fake_gpu.web.closed[job["executions"][0]["id"]])
-        stopped = await _until_event(api, job["id"], "task_stopped")
-        assert stopped["actor"] == b.instance_id
-    # Bulk notifications name their sender, which has signalled its own tasks already.
-    assert len(a_heard) == 2 and all(p.startswith(f"{a.instance_id};") for p in a_heard)
-    assert sorted(",".join(p.split(";", 1)[1] for p in a_heard).split(",")) == sorted(j["id"] for j in jobs)
-    await heard.close()
-
-
-async def test_a_bulk_notification_is_skipped_only_by_its_sender(
-    cluster: Cluster, dsn: str, settings: Settings
-) -> None:
-    a = await cluster.start("api")
-    mine, theirs = uuid.uuid4(), uuid.uuid4()
-    tasks = {job_id: asyncio.create_task(asyncio.Event().wait()) for job_id in (mine, theirs)}
-    for job_id, task in tasks.items():
-        a.manager.register(job_id, task)
-    a.on_cancel_notification(f"{a.instance_id};{mine}")  # signalled by its sender already
-    a.on_cancel_notification(f"some-other-instance;{uuid.uuid4()},{theirs}")
-    await asyncio.wait([tasks[theirs]])
-    assert tasks[theirs].cancelled() and not tasks[mine].done()
-    tasks[mine].cancel()
-    await asyncio.wait([tasks[mine]])
-    for job_id in tasks:
-        a.manager.unregister(job_id)
+    for r in (a, b, c):  # notifications arrive in commit order: the barrier comes last
+        await conn.execute("SELECT pg_notify($1, 'barrier')", cancel_channel(r.instance_id))
+        await wait_event(barrier[r.instance_id])
+    named = {k: sorted(",".join(v).split(",")) if v else [] for k, v in heard.items()}
+    assert named[b.instance_id] == sorted(j for j, h in holders.items() if h == b.instance_id)
+    assert named[a.instance_id] == [] and named[c.instance_id] == []
+    assert heard[b.instance_id][0] == one["id"]  # the single cancel's own notification
+    await conn.close()
 
 
 async def _listener_pid(runtime: Any) -> int:

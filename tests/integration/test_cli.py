@@ -539,3 +539,92 @@ async def test_json_migrate_prints_one_document(dsn: str, tmp_path: Path) -> Non
     assert code == 0, err
     doc = json.loads(out)
     assert doc["ok"] is True and isinstance(doc["applied"], list)
+
+
+async def _answering(cli: Cli, answer: str, *args: str) -> tuple[int, str, str]:
+    """Run the CLI with a terminal for stdin, which answers `answer`."""
+    master, slave = os.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "runner",
+            *args,
+            env=cli.env(),
+            stdin=slave,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.write(master, answer.encode() + b"\n")
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_jobs_and_cancel_take_the_filter_and_a_big_cancel_is_confirmed(cli: Cli) -> None:
+    import aiohttp
+
+    code, out, _ = await cli.run("login", "--print-token")
+    headers = {"Authorization": f"Bearer {out.strip()}"}
+    held = {"backend": "demo", "input": {"seconds": 60}}
+    async with aiohttp.ClientSession() as http:
+
+        async def submit(metadata: dict[str, str]) -> str:
+            body = {"executions": [held], "metadata": metadata}
+            async with http.post(f"{cli.api_url}/jobs", json=body, headers=headers) as resp:
+                assert resp.status == 201
+                return str((await resp.json())["id"])
+
+        sweep = {await submit({"sweep": "a"}) for _ in range(12)}
+        [other] = [await submit({"sweep": "b"})]
+
+    code, doc = await cli.json("jobs", "--meta", "sweep=a", "--status", "queued,running", "--backend", "demo")
+    assert code == 0 and {j["id"] for j in doc["jobs"]} == sweep
+    code, doc = await cli.json("jobs", "--status", "queued", "--status", "running", "--meta", "sweep=b")
+    assert code == 0 and [j["id"] for j in doc["jobs"]] == [other]
+    code, doc = await cli.json("jobs", "--since", "2999-01-01")
+    assert code == 0 and doc["jobs"] == []
+    code, doc = await cli.json("jobs", "--before", "2999-01-01T00:00:00Z", "--meta", "sweep=b")
+    assert code == 0 and [j["id"] for j in doc["jobs"]] == [other]
+    for bad in (("--since", "yesterday"), ("--meta", "novalue"), ("--status", "done")):
+        code, doc = await cli.json("jobs", *bad)
+        assert code in (1, 2) and bad[1] in doc["message"], doc
+
+    code, out, _ = await cli.run("cancel", "--meta", "sweep=a", "--dry-run")
+    assert code == 0 and out.startswith("12 job(s) would be cancelled") and all(i in out for i in sweep)
+    # More than 10, no terminal, no --yes: refused, nothing cancelled.
+    code, out, err = await cli.run("cancel", "--meta", "sweep=a")
+    assert code == 2 and "--yes" in err and out == ""
+    code, doc = await cli.json("cancel", "--meta", "sweep=a")
+    assert code == 2 and doc["error"] == "usage" and "--yes" in doc["message"]
+    code, out, err = await _answering(cli, "n", "cancel", "--meta", "sweep=a")
+    assert code == 1 and "Cancel 12 jobs? [y/N]" in err and out == ""
+    code, doc = await cli.json("jobs", "--status", "cancelled")
+    assert code == 0 and doc["jobs"] == []
+    code, out, err = await _answering(cli, "y", "cancel", "--meta", "sweep=a", "--reason", "bad sweep")
+    assert code == 0 and out.startswith("cancelled 12 job(s)"), (out, err)
+    code, doc = await cli.json("jobs", "--status", "cancelled", "--limit", "200")
+    assert {j["id"] for j in doc["jobs"]} == sweep and {j["cancel_reason"] for j in doc["jobs"]} == {
+        "bad sweep"
+    }
+    # Ten or fewer: no question.
+    code, doc = await cli.json("cancel", "--meta", "sweep=b")
+    assert code == 0 and doc["cancelled"] == [other]
+
+
+async def test_submit_with_a_concurrency_key_supersedes(cli: Cli) -> None:
+    await _signed_in(cli)
+    held = ("--backend", "demo", "--input", '{"seconds": 60}')
+    code, first = await cli.json("submit", *held, "--concurrency-key", "nightly")
+    assert code == 0 and first["concurrency_key"] == "nightly"
+    code, second = await cli.json("submit", *held, "--concurrency-key", "nightly", "--supersede")
+    assert code == 0 and second["concurrency_key"] == "nightly"
+    code, old = await cli.json("status", first["id"])
+    assert old["status"] == "cancelled" and old["cancel_reason"] == "superseded"
+    code, doc = await cli.json("submit", *held, "--supersede")
+    assert code == 2 and "--concurrency-key" in doc["message"]
+    code, doc = await cli.json("cancel", "--all", "--yes")
+    assert code == 0 and doc["cancelled"] == [second["id"]]

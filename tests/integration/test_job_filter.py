@@ -221,3 +221,103 @@ async def test_a_filtered_cancel_stops_tasks_held_by_another_instance(
     assert status == 200 and reply["cancelled"] == [doomed["id"]]
     await wait_event(fake_gpu.web.closed[doomed["executions"][0]["id"]])  # heard the NOTIFY
     assert (await api.job(kept["id"]))["status"] == "running"
+
+
+async def _audit(api: Api, job_id: str) -> list[dict[str, Any]]:
+    status, body = await api.call("GET", f"/jobs/{job_id}/audit")
+    assert status == 200
+    events: list[dict[str, Any]] = body["events"]
+    return events
+
+
+async def test_a_superseding_submit_cancels_the_keys_active_jobs_in_its_transaction(
+    api: Api, fake_gpu: FakeProviders, db: asyncpg.Connection, http: aiohttp.ClientSession
+) -> None:
+    old = await api.submit(HOLD, concurrency_key="train-7")
+    queued_old = await api.submit(QUEUED, concurrency_key="train-7")
+    other_key = await api.submit(QUEUED, concurrency_key="train-8")
+    stranger = await Api.signed_in(http, api.base)
+    theirs = await stranger.submit(QUEUED, concurrency_key="train-7")
+    await wait_event(fake_gpu.web.started[old["executions"][0]["id"]])
+    # Without on_conflict the key is only stored.
+    plain = await api.submit(QUEUED, concurrency_key="train-7")
+    assert plain["concurrency_key"] == "train-7" and (await api.job(old["id"]))["status"] == "running"
+
+    new = await api.submit(QUEUED, concurrency_key="train-7", on_conflict="cancel_running")
+    assert new["concurrency_key"] == "train-7" and new["status"] == "queued"
+    await wait_event(fake_gpu.web.closed[old["executions"][0]["id"]])  # its task stopped
+    superseded = {old["id"], queued_old["id"], plain["id"]}
+    for job_id in superseded:
+        job = await api.job(job_id)
+        assert job["status"] == "cancelled" and job["cancel_reason"] == "superseded"
+        cancelled = [e for e in await _audit(api, job_id) if e["kind"] == "cancelled"]
+        assert len(cancelled) == 1 and cancelled[0]["detail"]["reason"] == "superseded"
+        assert cancelled[0]["detail"]["superseded_by"] == new["id"]
+    named = [e for e in await _audit(api, new["id"]) if e["kind"] == "superseded"]
+    assert len(named) == 1 and set(named[0]["detail"]["jobs"]) == superseded
+    assert named[0]["detail"]["concurrency_key"] == "train-7"
+    # One transaction: the old jobs' cancel rows and the new job's were written by one.
+    xids = await db.fetch(
+        "SELECT DISTINCT xmin::text FROM job_events WHERE (kind = 'cancelled' AND job_id = ANY($1::uuid[])) "
+        "OR (kind IN ('submitted', 'superseded') AND job_id = $2)",
+        [uuid.UUID(i) for i in superseded],
+        uuid.UUID(new["id"]),
+    )
+    assert len(xids) == 1
+    assert (await api.job(other_key["id"]))["status"] in ("queued", "running")
+    assert (await stranger.job(theirs["id"]))["status"] in ("queued", "running")
+    assert (await api.job(old["id"]))["concurrency_key"] == "train-7"
+    listed = {j["id"]: j for j in (await api.call("GET", "/jobs"))[1]["jobs"]}
+    assert (
+        listed[new["id"]]["concurrency_key"] == "train-7"
+        and listed[other_key["id"]]["concurrency_key"] == "train-8"
+    )
+
+
+async def test_a_superseding_submit_that_creates_nothing_cancels_nothing(api: Api) -> None:
+    old = await api.submit(QUEUED, concurrency_key="k")
+    first = await api.call("POST", "/jobs", json={"executions": [QUEUED]}, headers={"Idempotency-Key": "i1"})
+    assert first[0] == 201
+    # The same Idempotency-Key with another body: 409, and the supersede is rolled back.
+    body = {"executions": [QUEUED], "concurrency_key": "k", "on_conflict": "cancel_running"}
+    status, reply = await api.call("POST", "/jobs", json=body, headers={"Idempotency-Key": "i1"})
+    assert status == 409 and reply["error"] == "idempotency_conflict"
+    assert (await api.job(old["id"]))["status"] in ("queued", "running")
+    # A repeat of a superseding submit returns its job and supersedes nothing more.
+    status, new = await api.call("POST", "/jobs", json=body, headers={"Idempotency-Key": "i2"})
+    assert status == 201 and (await api.job(old["id"]))["cancel_reason"] == "superseded"
+    later = await api.submit(QUEUED, concurrency_key="k")
+    status, again = await api.call("POST", "/jobs", json=body, headers={"Idempotency-Key": "i2"})
+    assert status == 201 and again["id"] == new["id"]
+    assert (await api.job(later["id"]))["status"] in ("queued", "running")
+
+
+async def test_a_superseding_submit_stops_a_task_held_by_another_instance(
+    cluster: Cluster, http: aiohttp.ClientSession, fake_gpu: FakeProviders
+) -> None:
+    front = await cluster.start("api")
+    worker = await cluster.start("worker")
+    api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
+    old = await api.submit(HOLD, concurrency_key="k")
+    await wait_event(fake_gpu.web.started[old["executions"][0]["id"]])
+    assert worker.manager.is_running(uuid.UUID(old["id"]))
+    await api.submit(QUEUED, concurrency_key="k", on_conflict="cancel_running")
+    await wait_event(fake_gpu.web.closed[old["executions"][0]["id"]])  # heard the NOTIFY
+    assert (await api.job(old["id"]))["cancel_reason"] == "superseded"
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"concurrency_key": "k" * 256}, "concurrency_key"),
+        ({"concurrency_key": ""}, "concurrency_key"),
+        ({"concurrency_key": "a\nb"}, "concurrency_key"),
+        ({"concurrency_key": 7}, "concurrency_key"),
+        ({"concurrency_key": "k", "on_conflict": "cancel_all"}, "on_conflict"),
+        ({"on_conflict": "cancel_running"}, "concurrency_key"),
+    ],
+)
+async def test_bad_concurrency_keys_are_400(api: Api, fields: dict[str, Any], named: str) -> None:
+    status, body = await api.call("POST", "/jobs", json={"executions": [QUEUED], **fields})
+    assert status == 400 and body["error"] == "invalid_request" and named in body["message"], body
+    assert (await api.submit(QUEUED, concurrency_key="k" * 255))["concurrency_key"] == "k" * 255

@@ -22,7 +22,7 @@ async def test_the_listener_listens_on_a_few_fixed_channels_whatever_is_watched(
     async with service.watch.watching(uuid.uuid4()), service.watch.watching_wallet(OWNER):
         channels = {r[0] for r in await service.listener._conn.fetch("SELECT pg_listening_channels()")}
     assert channels == {
-        notify.CANCEL,
+        notify.cancel_channel(service.instance_id),
         notify.SUBMIT,
         notify.CHANGE,
         notify.AUTH,

@@ -142,3 +142,18 @@ async def test_backend_calls_are_timed_and_their_errors_counted(fake_gpu: FakePr
         'runner_backend_request_errors_total{backend="gpu-m",kind="transient",operation="poll"} 1.0' in text
     )
     assert 'runner_backend_request_seconds_count{backend="gpu-m",operation="poll"} 1.0' in text
+
+
+async def test_the_document_names_every_field_the_job_routes_take_and_give(api: Api) -> None:
+    from api.filtering import BODY_FIELDS, PAGING, QUERY_FIELDS
+    from api.validation import SUBMIT_FIELDS
+
+    doc = document()
+    schemas, paths = doc["components"]["schemas"], doc["paths"]
+    job = await api.submit({"backend": "demo", "input": {"seconds": 0}}, concurrency_key="k")
+    assert set(schemas["Job"]["properties"]) == set(job)
+    assert set(schemas["Submit"]["properties"]) == SUBMIT_FIELDS
+    listed = {p["name"] for p in paths["/jobs"]["get"]["parameters"]}
+    assert listed == QUERY_FIELDS | PAGING | {"meta.KEY"}
+    body = paths["/jobs/cancel"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == BODY_FIELDS | {"reason", "dry_run"}
