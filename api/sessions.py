@@ -175,14 +175,16 @@ class Sessions:
         except ValueError:
             return
         self._cache.pop(hashed, None)
+        self._verified.pop(hashed, None)
         for revoked in self.on_revoked:
             revoked(hashed)
-            self._verified.pop(bytes.fromhex(hashed_hex), None)
 
     def clear(self) -> None:
-        """After the listener reconnects: revocations may have been missed."""
+        """After the listener reconnects: revocations may have been missed, so nothing is
+        taken on trust (the outage path's tokens included) until looked up again."""
         self._generation += 1
         self._cache.clear()
+        self._verified.clear()
 
     async def issue_ticket(self, identity: Identity) -> tuple[str, datetime]:
         ticket = secrets.token_urlsafe(24)
