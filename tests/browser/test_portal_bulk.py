@@ -307,6 +307,11 @@ async def test_cancel_the_selected_jobs_with_a_reason(portal: Portal, fake_gpu: 
     await expect(portal.job(kept["id"])).to_have_attribute("data-status", "running")
     assert not fake_gpu.web.closed[executions[2]].is_set()
 
+    # "Select all shown" ticks the active jobs the list shows: here the one left.
+    await page.get_by_role("button", name="Select all shown").click()
+    await expect(page.get_by_role("checkbox", name=f"Select job {kept['id'][:8]}")).to_be_checked()
+    await expect(selected).to_have_text("Cancel 1 selected")
+
 
 async def test_cancel_all_matching_shows_the_dry_runs_count_first(
     portal: Portal, fake_gpu: FakeProviders

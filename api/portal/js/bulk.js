@@ -13,6 +13,7 @@ export function setupBulk(given) {
   page = given;
   $("cancel-selected").addEventListener("click", cancelSelected);
   $("cancel-matching").addEventListener("click", cancelMatching);
+  $("select-shown").addEventListener("click", selectShown);
   $("jobs").addEventListener("change", (event) => {
     const box = event.target.closest("input[data-action=select]");
     const node = box && box.closest("[data-job-id]");
@@ -40,6 +41,20 @@ export function showButtons() {
   const filtered = isFiltered(page.filter());
   $("cancel-matching").hidden = !filtered;
   $("clear-filter").hidden = !filtered;
+}
+
+/** Ticks every queued or running job shown (those the filter let in). */
+function selectShown() {
+  const active = page.entries().filter((entry) => ACTIVE.has(entry.job.status));
+  if (active.length === 0) {
+    toast("No queued or running job is shown.");
+    return;
+  }
+  for (const entry of active) {
+    selected.add(entry.job.id);
+    page.render(entry);
+  }
+  showButtons();
 }
 
 /** Marks rows "Cancelling…" while their cancel is on its way, and back when it failed. */
