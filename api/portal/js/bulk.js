@@ -71,7 +71,9 @@ async function cancelSelected() {
   if (ids.length === 0) return;
   const answer = await confirmAction({
     title: `Cancel ${ids.length} selected job${ids.length === 1 ? "" : "s"}?`,
-    body: `${ids.length} job${ids.length === 1 ? "" : "s"} stop at once: their running calls are closed and each backend is told to stop.`,
+    body: ids.length === 1
+      ? "This job stops at once: its running calls are closed and each backend is told to stop."
+      : `${ids.length} jobs stop at once: their running calls are closed and each backend is told to stop.`,
     confirm: "Cancel selected jobs",
     ids,
   });
