@@ -408,3 +408,24 @@ async def test_the_new_controls_fit_a_phone(
         assert widths[0] <= 375, widths
     finally:
         await portal.context.close()
+
+
+async def test_the_wallet_chooser_keeps_the_keyboard_inside_too(
+    cluster: Cluster, browser: Browser, http: aiohttp.ClientSession
+) -> None:
+    portal = await open_portal(cluster, browser, http, [Wallet(), Wallet()])
+    try:
+        page = await portal.open()
+        await page.get_by_role("button", name="Sign in with Ethereum").click()
+        dialog = page.get_by_role("dialog")
+        first = dialog.get_by_role("button", name="Test Wallet 1")
+        await expect(first).to_be_focused()
+        await page.keyboard.press("Shift+Tab")
+        await expect(dialog.get_by_role("button", name="Close")).to_be_focused()
+        await page.keyboard.press("Tab")
+        await expect(first).to_be_focused()
+        await page.keyboard.press("Escape")
+        await expect(dialog).to_be_hidden()
+        await expect(page.get_by_role("button", name="Sign in with Ethereum")).to_be_visible()
+    finally:
+        await portal.context.close()

@@ -89,6 +89,7 @@ export function chooseWallet(wallets) {
   return new Promise((resolve) => {
     const done = (wallet) => {
       dialog.removeEventListener("close", closed);
+      dialog.removeEventListener("keydown", trapFocus);
       if (dialog.open) dialog.close();
       resolve(wallet);
     };
@@ -100,6 +101,7 @@ export function chooseWallet(wallets) {
       return el("li", {}, button);
     }));
     dialog.addEventListener("close", closed);
+    dialog.addEventListener("keydown", trapFocus);
     dialog.showModal();
     list.querySelector("button").focus();
   });
