@@ -563,9 +563,9 @@ CREATE INDEX jobs_active_key_idx ON public.jobs USING btree (owner, concurrency_
 
 CREATE INDEX jobs_finished_idx ON public.jobs USING btree (finished_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]));
 
--- INDEX jobs_metadata_idx
+-- INDEX jobs_owned_metadata_idx
 
-CREATE INDEX jobs_metadata_idx ON public.jobs USING gin (metadata jsonb_path_ops);
+CREATE INDEX jobs_owned_metadata_idx ON public.jobs USING gin (jsonb_set('{}'::jsonb, ARRAY[owner], metadata) jsonb_path_ops);
 
 -- INDEX jobs_owner_active_idx
 

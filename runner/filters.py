@@ -27,8 +27,9 @@ class JobFilter:
     concurrency_key: str | None = None
 
 
-def where(job_filter: JobFilter, args: list[Any], alias: str = "j") -> str:
-    """The filter as one SQL condition on the jobs row `alias`; its values are appended to
+def where(job_filter: JobFilter, args: list[Any], owner: str = "$1", alias: str = "j") -> str:
+    """The filter as one SQL condition on the jobs row `alias` of the wallet `owner` (an SQL
+    text expression: every statement filters one wallet's jobs); its values are appended to
     `args`, numbered after those already there. Only the fields given are in it: the plans
     stay index scans however few fields a filter names (the pool forces generic plans, which
     an `$n IS NULL OR ...` would defeat)."""
@@ -45,7 +46,11 @@ def where(job_filter: JobFilter, args: list[Any], alias: str = "j") -> str:
         # A job's backends are kept on the job (migration 0007): any of them will do.
         conditions.append(f"{a}.backends && {param(list(f.backends))}::text[]")
     if f.metadata:
-        conditions.append(f"{a}.metadata @> {param(f.metadata)}::jsonb")
+        # The expression of jobs_owned_metadata_idx (migration 0016): the pairs under the owner.
+        conditions.append(
+            f"jsonb_set('{{}}', ARRAY[{a}.owner], {a}.metadata) "
+            f"@> jsonb_build_object({owner}::text, {param(f.metadata)}::jsonb)"
+        )
     if f.created_after is not None:
         conditions.append(f"{a}.created_at >= {param(f.created_after)}::timestamptz")
     if f.created_before is not None:

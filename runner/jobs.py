@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     from runner.cancel.canceller import Canceller
 
 JobRow = Mapping[str, Any]
+SUBMIT = "SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)"
 # The wallet's lock, as runner_submit takes it (migration 0003): a superseding submit takes
 # it before its cancel, so that no submit with the same key commits between the two.
-SUBMIT = "SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)"
 WALLET_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 42))"
 
 JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished_at,

@@ -3,6 +3,7 @@ on real Postgres, with real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -321,3 +322,14 @@ async def test_bad_concurrency_keys_are_400(api: Api, fields: dict[str, Any], na
     status, body = await api.call("POST", "/jobs", json={"executions": [QUEUED], **fields})
     assert status == 400 and body["error"] == "invalid_request" and named in body["message"], body
     assert (await api.submit(QUEUED, concurrency_key="k" * 255))["concurrency_key"] == "k" * 255
+
+
+async def test_concurrent_superseding_submits_leave_one_active_job(api: Api, db: asyncpg.Connection) -> None:
+    body = {"executions": [QUEUED], "concurrency_key": "race", "on_conflict": "cancel_running"}
+    replies = await asyncio.gather(*(api.call("POST", "/jobs", json=body) for _ in range(8)))
+    assert all(status == 201 for status, _ in replies)
+    active = await db.fetch(
+        "SELECT id FROM jobs WHERE concurrency_key = 'race' AND status IN ('queued', 'running')"
+    )
+    assert len(active) == 1  # each submit held the wallet's lock from its cancel to its commit
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE cancel_reason = 'superseded'") == 7
