@@ -114,9 +114,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     )
     reply = render.job_cancel(outcome)
     if wait:
-        reply["stopped"] = await wait_stopped(
-            runtime.pool, runtime.watch, runtime.worker, job_id, WAIT_LIMIT_S, ctx
-        )
+        stops = runtime.worker.stops if runtime.worker is not None else None
+        reply["stopped"] = await wait_stopped(runtime.pool, runtime.watch, stops, job_id, WAIT_LIMIT_S, ctx)
     return json_reply(reply)
 
 

@@ -160,10 +160,10 @@ class Load:
     """The service's job statements, as a worker and the API run them, on a pool of its own."""
 
     def __init__(self, pool: asyncpg.Pool, notes: Any) -> None:
-        from runner.worker import store
+        from runner.worker import records, store
 
         self.pool, self.store, self.notes = pool, store, notes
-        self.capacity = store.Capacity(backends=[BENCH_BACKEND], limits={})
+        self.capacity = records.Capacity(backends=[BENCH_BACKEND], limits={})
         # The statement functions take the instance's notifier where the tree has one.
         self.kw = {"notifier": notes} if "notifier" in inspect.signature(store.claim).parameters else {}
         self.claimed: list[Any] = []
@@ -205,7 +205,7 @@ class Load:
         await self.store.write_results(
             self.pool,
             [
-                self.store.ExecutionResult(job.id, job.executions[0].id, "completed", {"ok": True}, None, 1)
+                self.records.ExecutionResult(job.id, job.executions[0].id, "completed", {"ok": True}, None, 1)
                 for job in done
             ],
             worker,

@@ -33,11 +33,11 @@ from runner.cancel.statements import CANCEL_JOB, cancel_matching, matching
 from runner.db import create_pool, migrate
 from runner.filters import JobFilter, where
 from runner.metrics import Metrics
-from runner.worker import store
+from runner.worker import records, store
 
 WALLETS = 1000
 CHUNK = 100_000
-CAPACITY = store.Capacity(["demo"], {})
+CAPACITY = records.Capacity(["demo"], {})
 
 
 def wallet(i: int) -> str:

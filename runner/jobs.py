@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -27,9 +27,6 @@ from runner.errors import (
 from runner.filters import JobFilter, where
 from runner.timeutil import parse_iso
 
-if TYPE_CHECKING:
-    from runner.cancel.canceller import Canceller
-
 JobRow = Mapping[str, Any]
 SUBMIT = "SELECT * FROM runner_submit($1, $2, $3, $4, $5, $6, $7, $8)"
 # The wallet's lock, as runner_submit takes it (migration 0003): a superseding submit takes
@@ -42,12 +39,38 @@ JOB_COLUMNS = """j.id, j.owner, j.status, j.created_at, j.started_at, j.finished
     j.webhook, j.webhook_events, j.concurrency_key, runner_executions_json(j.id) AS executions"""
 
 
+class Superseder(Protocol):
+    """What a superseding submit needs of the canceller (runner.cancel.canceller, which
+    imports this module): its cancel, in the submit's transaction, and what follows it."""
+
+    async def supersede(
+        self, conn: asyncpg.Connection, owner: str, key: str, new_job: uuid.UUID
+    ) -> asyncpg.Record: ...
+
+    async def superseded(self, row: asyncpg.Record, owner: str) -> None: ...
+
+
 class _NotCreated(Exception):
     """runner_submit created nothing (a repeat, a conflict, the quota): roll back."""
 
     def __init__(self, row: asyncpg.Record) -> None:
         super().__init__(row["outcome"])
         self.row = row
+
+
+ANOTHER_WALLET = "this job belongs to another wallet"
+
+
+def may_act(owner: str, caller: str, admin: str) -> str:
+    """The owner check, in SQL over three expressions: a caller may read or change its own
+    jobs, an admin any job. Written once: every statement that acts for a caller (these reads,
+    the cancels in runner.cancel.statements) filters by it or returns it as `allowed`."""
+    return f"({owner} = {caller} OR {admin})"
+
+
+def _refuse_unless_allowed(row: JobRow) -> None:
+    if not row["allowed"]:
+        raise JobForbidden(ANOTHER_WALLET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +118,7 @@ async def submit(
     webhook_events: list[str] | None = None,
     notifier: Notifier | None = None,
     concurrency_key: str | None = None,
-    supersede: Canceller | None = None,
+    supersede: Superseder | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert a queued job in one round trip (runner_submit, migration 0003); returns
     (job, created). A repeated idempotency key returns the original job. With `supersede`,
@@ -236,7 +259,7 @@ async def rerun(
     if outcome == "not_found":
         raise JobNotFound(f"no job {job_id}")
     if outcome == "forbidden":
-        raise JobForbidden("this job belongs to another wallet")
+        raise JobForbidden(ANOTHER_WALLET)
     if outcome == "not_rerunnable":
         raise NotRerunnable(
             f"the job is {row['detail']}; only cancelled or failed ones can be re-run", status=row["detail"]
@@ -264,9 +287,15 @@ async def _read(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> J
 
 
 async def get_job(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> JobRow:
-    job = await _read(pool, job_id)
-    if job["owner"] != caller and not admin:
-        raise JobForbidden("this job belongs to another wallet")
+    job: JobRow | None = await pool.fetchrow(
+        f"SELECT {JOB_COLUMNS}, {may_act('j.owner', '$2', '$3')} AS allowed FROM jobs j WHERE j.id = $1",
+        job_id,
+        caller,
+        admin,
+    )
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    _refuse_unless_allowed(job)
     return job
 
 
@@ -331,15 +360,17 @@ async def list_jobs(
 
 async def audit(pool: asyncpg.Pool, job_id: uuid.UUID, *, caller: str, admin: bool) -> list[JobRow]:
     rows = await pool.fetch(
-        """SELECT j.owner, e.at, e.kind, e.actor, e.detail, e.execution_id
+        f"""SELECT {may_act("j.owner", "$2", "$3")} AS allowed,
+                  e.at, e.kind, e.actor, e.detail, e.execution_id
            FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id
            WHERE j.id = $1 ORDER BY e.id""",
         job_id,
+        caller,
+        admin,
     )
     if not rows:
         raise JobNotFound(f"no job {job_id}")
-    if rows[0]["owner"] != caller and not admin:
-        raise JobForbidden("this job belongs to another wallet")
+    _refuse_unless_allowed(rows[0])
     return [r for r in rows if r["kind"] is not None]
 
 

@@ -22,6 +22,7 @@ from runner.db import fetchrow_retrying_aborts
 from runner.db.notify import Notifier
 from runner.errors import JobForbidden, JobNotFound, NotCancellable
 from runner.filters import JobFilter, where
+from runner.jobs import ANOTHER_WALLET
 from runner.metrics import Metrics
 
 log = structlog.get_logger("runner.cancel.canceller")
@@ -102,14 +103,14 @@ class Canceller:
         # sweeper on any instance takes over.
         self.holder_grace_s = holder_grace_s
 
-    def _refuse_unless_changed(self, row: asyncpg.Record, actor: str, admin: bool, what: str) -> None:
+    def _refuse_unless_changed(self, row: asyncpg.Record, what: str) -> None:
         """Nothing was written: another wallet's (403), or already terminal. Cancelled
         already is fine (idempotent); completed or failed is 409."""
         if row["changed"]:
             return
-        if row["owner"] != actor and not admin:
+        if not row["allowed"]:
             self.metrics.cancel_requests.labels("forbidden").inc()
-            raise JobForbidden("this job belongs to another wallet")
+            raise JobForbidden(ANOTHER_WALLET)
         previous = row["previous_status"]
         if previous != "cancelled":
             self.metrics.cancel_requests.labels("not_cancellable").inc()
@@ -146,7 +147,7 @@ class Canceller:
         previous = row["previous_status"]
         if row["changed"] and self.notifier is not None:
             self.notifier.changed(job_id, row["owner"])
-        self._refuse_unless_changed(row, actor, admin, "job")
+        self._refuse_unless_changed(row, "job")
         running = row["changed"] and previous == "running"
         if running and not signalled and self.manager.cancel(job_id, stop):
             # Claimed here while the statement ran: signalled after the commit.
@@ -203,7 +204,7 @@ class Canceller:
         previous = row["previous_status"]
         if row["changed"] and self.notifier is not None:
             self.notifier.changed(job_id, row["owner"])
-        self._refuse_unless_changed(row, actor, admin, "execution")
+        self._refuse_unless_changed(row, "execution")
         running = row["changed"] and previous == "running" and row["job_status"] == "running"
         if running and self.manager.cancel_execution(job_id, execution_id):
             await _let_the_stop_run_first()

@@ -45,6 +45,10 @@ class PendingCancel:
 
 @dataclass
 class JobContext:
+    """What a running job is, as the cancel path sees it: its task and its executions' tasks,
+    why it is stopping, and its stop's record (the stops batcher writes it). The worker's
+    parts keep their own state (runner.worker)."""
+
     job_id: UUID
     task: asyncio.Task[Any]
     loop: asyncio.AbstractEventLoop
@@ -61,7 +65,6 @@ class JobContext:
     loop_thread: int | None = None
     owner: str | None = None  # the wallet that submitted the job
     pending_cancel: PendingCancel | None = None  # set by cancel_ahead
-    final_status: str | None = None  # the job was finished with its last execution's result
 
     def _request(self, reason: StopReason) -> bool:
         """Record why; True when the task must be cancelled now (first request only).

@@ -20,6 +20,7 @@ import structlog
 
 from runner.backends import Backend, CancelOutcome, CancelResult
 from runner.backends.polling import PollingBackend
+from runner.cancel import statements
 from runner.db import DATABASE_ERRORS
 from runner.db.notify import Notifier
 from runner.errors import BackendError, RemoteGone
@@ -34,93 +35,6 @@ SWEEP_CONCURRENCY = 4
 CLAIM_S = 30  # a claimed row is not picked by another sweeper meanwhile
 MAX_BACKOFF_S = 300
 
-# $1 job, $2 execution, $3 outcome, $4 answer, $5 instance, $6 backoff cap, $7 Retry-After
-# (seconds or null), $8 when to poll an acknowledged cancel's work (seconds; null: never).
-_RECORD = """
-WITH ex AS (
-    UPDATE executions SET
-        remote_cancel = CASE WHEN $3 IN ('acknowledged', 'failed', 'gone') THEN $3 ELSE 'pending' END,
-        remote_cancel_error = CASE WHEN $3 = 'acknowledged' THEN NULL ELSE $4 END,
-        error = CASE WHEN $3 = 'failed' THEN 'remote cancel refused: ' || $4 ELSE error END,
-        remote_cancel_tries = remote_cancel_tries + 1,
-        remote_cancel_acknowledged_at = CASE WHEN $3 = 'acknowledged' THEN now() END,
-        remote_cancel_due = CASE
-            -- backoff with jitter (three quarters to the whole step); a Retry-After is a minimum
-            WHEN $3 = 'retry' THEN now() + make_interval(secs => greatest(coalesce($7::float8, 0),
-                least($6::int, 2 ^ least(remote_cancel_tries + 1, 20)) * (0.75 + random() / 4)))
-            WHEN $3 = 'acknowledged' AND $8::float8 IS NOT NULL THEN now() + make_interval(secs => $8) END
-    WHERE id = $2 AND remote_cancel = 'pending'
-    RETURNING id, job_id, remote_id, remote_cancel_tries),
-ev AS (
-    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-    SELECT $1, ex.id, 'remote_cancel', $5, jsonb_build_object(
-        'outcome', $3::text, 'answer', $4::text, 'remote_id', ex.remote_id, 'try', ex.remote_cancel_tries)
-    FROM ex)
-SELECT j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
-
-
-# An acknowledged cancel whose work is over: confirmed, with when and what it cost.
-# $1 execution, $2 the provider's GPU-seconds (or null), $3 instance, $4 the answer, $5 the
-# provider's own end time (or null: when it was seen over).
-_CONFIRM = """
-WITH ex AS (
-    UPDATE executions SET remote_cancel = 'confirmed', remote_stopped_at = coalesce($5::timestamptz, now()),
-        remote_cancel_due = NULL,
-        gpu_seconds = coalesce($2::float8, gpu_seconds)
-    WHERE id = $1 AND remote_cancel = 'acknowledged'
-    RETURNING id, job_id, remote_id, extract(epoch FROM now() - finished_at) AS after_cancel_s),
-ev AS (
-    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-    SELECT ex.job_id, ex.id, 'remote_stop_confirmed', $3, jsonb_build_object(
-        'remote_id', ex.remote_id, 'answer', $4::text, 'after_cancel_s', round(ex.after_cancel_s::numeric, 3))
-    FROM ex)
-SELECT ex.after_cancel_s, ex.job_id, j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
-
-# Over by the provider's word, but a word that proves no stop (RunPod's CANCELLED, answered at
-# once whatever the worker does): stays `acknowledged`, and nothing more can be learnt by
-# polling. $1 execution, $2 instance, $3 the answer.
-_REPORTED = """
-WITH ex AS (
-    UPDATE executions SET remote_cancel_due = NULL
-    WHERE id = $1 AND remote_cancel = 'acknowledged'
-    RETURNING id, job_id, remote_id),
-ev AS (
-    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-    SELECT ex.job_id, ex.id, 'remote_cancel_reported', $2, jsonb_build_object(
-        'remote_id', ex.remote_id, 'answer', $3::text,
-        'proves_stop', false)
-    FROM ex)
-SELECT ex.job_id, j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
-
-# The provider no longer knows the work (404): nothing more can be sent or learnt.
-# $1 execution, $2 instance, $3 the answer.
-_GONE = """
-WITH ex AS (
-    UPDATE executions SET remote_cancel = 'gone', remote_cancel_due = NULL, remote_cancel_error = $3
-    WHERE id = $1 AND remote_cancel IN ('pending', 'acknowledged')
-    RETURNING id, job_id, remote_id),
-ev AS (
-    INSERT INTO job_events (job_id, execution_id, kind, actor, detail)
-    SELECT ex.job_id, ex.id, 'remote_cancel', $2, jsonb_build_object(
-        'outcome', 'gone', 'answer', $3::text, 'remote_id', ex.remote_id)
-    FROM ex)
-SELECT ex.job_id, j.owner FROM ex JOIN jobs j ON j.id = ex.job_id"""
-
-# Remote cancels to one backend, paced across every instance: take the backend's next free
-# send time and move it on by one interval, in one statement (the row lock orders takers).
-# $1 backend, $2 seconds between sends. Returns how long to wait for the slot taken.
-_PACE = """
-INSERT INTO cancel_pacing AS p (backend, next_at) VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-ON CONFLICT (backend) DO UPDATE
-    SET next_at = greatest(p.next_at, clock_timestamp()) + make_interval(secs => $2)
-RETURNING extract(epoch FROM next_at - clock_timestamp())::float8 - $2"""
-
-# Still running: poll again after $2 seconds; $3: a cancel was sent again (tries + 1).
-_STILL_RUNNING = """
-UPDATE executions SET remote_cancel_due = now() + make_interval(secs => $2),
-    remote_cancel_tries = remote_cancel_tries + $3::int
-WHERE id = $1 AND remote_cancel = 'acknowledged'"""
-
 
 class SharedPace:
     """Remote cancels to one backend at most `rate` per second, evenly, across every instance
@@ -134,7 +48,7 @@ class SharedPace:
 
     async def take(self) -> None:
         try:
-            wait = await self.pool.fetchval(_PACE, self.backend, self.interval)
+            wait = await self.pool.fetchval(statements.CANCEL_PACE, self.backend, self.interval)
         except DATABASE_ERRORS:
             await self.local.take()
             return
@@ -204,7 +118,7 @@ class RemoteCanceller:
         confirms = backend is not None and backend.spec.confirms_stop
         confirm_in = backend.spec.poll_interval_s if backend is not None and confirms else None
         recorded = await self.pool.fetchrow(
-            _RECORD,
+            statements.REMOTE_CANCEL_RECORD,
             job_id,
             execution_id,
             result.outcome.value,
@@ -257,15 +171,7 @@ class RemoteCanceller:
         """Send the cancels that are due (their holder is gone, or an earlier try failed), and
         check the acknowledged ones whose work is due a look (any instance, from Postgres)."""
         rows = await self.pool.fetch(
-            """WITH due AS (
-                   SELECT id FROM executions
-                   WHERE remote_cancel IN ('pending', 'acknowledged') AND remote_cancel_due <= now()
-                   ORDER BY remote_cancel_due LIMIT $1 FOR UPDATE SKIP LOCKED)
-               UPDATE executions e SET remote_cancel_due = now() + make_interval(secs => $2)
-               FROM due WHERE e.id = due.id
-               RETURNING e.id, e.job_id, e.backend, e.remote_id, e.remote_urls, e.remote_cancel,
-                   e.remote_cancel_tries,
-                   extract(epoch FROM now() - e.remote_cancel_acknowledged_at) AS acknowledged_s""",
+            statements.SWEEP_DUE,
             SWEEP_BATCH,
             CLAIM_S,
         )
@@ -298,7 +204,7 @@ class RemoteCanceller:
             async with asyncio.timeout(SEND_TIMEOUT_S):
                 over = await backend.remote_over(row["remote_id"], row["remote_urls"])
         except RemoteGone as exc:
-            await self._record(_GONE, row["id"], self.instance_id, readable(str(exc)))
+            await self._record(statements.REMOTE_WORK_GONE, row["id"], self.instance_id, readable(str(exc)))
             self._warned.discard(row["id"])
             log.info(
                 "remote_work_gone",
@@ -311,10 +217,12 @@ class RemoteCanceller:
         except (BackendError, TimeoutError) as exc:
             log.info("remote_stop_check_failed", execution_id=str(row["id"]), error=str(exc))
             backoff = min(MAX_BACKOFF_S, next_look * 2 ** min(row["remote_cancel_tries"], 10))
-            await self.pool.execute(_STILL_RUNNING, row["id"], backoff, 0)
+            await self.pool.execute(statements.REMOTE_STILL_RUNNING, row["id"], backoff, 0)
             return
         if over is not None and not over.proves_stop:
-            await self._record(_REPORTED, row["id"], self.instance_id, readable(over.error or ""))
+            await self._record(
+                statements.REMOTE_CANCEL_REPORTED, row["id"], self.instance_id, readable(over.error or "")
+            )
             self._warned.discard(row["id"])
             log.info(
                 "remote_cancel_reported",
@@ -327,7 +235,12 @@ class RemoteCanceller:
         if over is not None:
             stopped_at: datetime | None = over.stopped_at
             confirmed = await self.pool.fetchrow(
-                _CONFIRM, row["id"], over.gpu_seconds, self.instance_id, over.state.value, stopped_at
+                statements.REMOTE_STOP_CONFIRMED,
+                row["id"],
+                over.gpu_seconds,
+                self.instance_id,
+                over.state.value,
+                stopped_at,
             )
             after = None if confirmed is None else confirmed["after_cancel_s"]
             if confirmed is not None and self.notifier is not None:
@@ -346,7 +259,7 @@ class RemoteCanceller:
             self._warned.discard(row["id"])
             return
         if (row["acknowledged_s"] or 0) < spec.confirm_within_s:
-            await self.pool.execute(_STILL_RUNNING, row["id"], next_look, 0)
+            await self.pool.execute(statements.REMOTE_STILL_RUNNING, row["id"], next_look, 0)
             return
         if row["id"] not in self._warned:
             self._warned.add(row["id"])
@@ -362,7 +275,11 @@ class RemoteCanceller:
         )
         self.metrics.remote_cancels.labels(row["backend"], f"resent_{result.outcome.value}").inc()
         if result.outcome is CancelOutcome.GONE:
-            await self._record(_GONE, row["id"], self.instance_id, readable(result.detail))
+            await self._record(
+                statements.REMOTE_WORK_GONE, row["id"], self.instance_id, readable(result.detail)
+            )
             return
         backoff = min(MAX_BACKOFF_S, next_look * 2 ** min(row["remote_cancel_tries"], 10))
-        await self.pool.execute(_STILL_RUNNING, row["id"], max(backoff, result.retry_after or 0), 1)
+        await self.pool.execute(
+            statements.REMOTE_STILL_RUNNING, row["id"], max(backoff, result.retry_after or 0), 1
+        )

@@ -19,13 +19,14 @@ from typing import Any
 import asyncpg
 import structlog
 
+from runner.cancel import statements
 from runner.cancel.canceller import Canceller, cancel_applied
 from runner.cancel.registry import JobContext, PendingCancel, StopReason
 from runner.db import DATABASE_ERRORS, backoff_s, is_transient
+from runner.db.batch import Batcher
 from runner.db.notify import Notifier
 from runner.errors import JobError
 from runner.metrics import Metrics
-from runner.worker.batch import Batcher
 
 log = structlog.get_logger("runner.cancel.stops")
 
@@ -44,33 +45,9 @@ class StopRecord:
 async def record_stops(
     pool: asyncpg.Pool, stops: list[StopRecord], worker_id: str, notifier: Notifier | None = None
 ) -> list[None]:
-    """Tasks of cancelled jobs have stopped: record each with its latency; one
-    statement for the batch. The reason comes from the row (a timeout and a user's cancel
-    stop the task alike)."""
-    # Typed arrays, not a JSON document: asyncpg encodes them in binary, which is cheaper
-    # for the thousands of rows a cancel-all brings.
+    """Tasks of cancelled jobs have stopped: record each (statements.RECORD_STOPS)."""
     rows = await pool.fetch(
-        """WITH s AS (
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int[])
-                   AS s(job_id, reason, local_latency_ms, executions)),
-           spent AS (
-               UPDATE executions e SET gpu_seconds = coalesce(e.gpu_seconds, x.seconds),
-                   remote_stopped_at = coalesce(e.remote_stopped_at, clock_timestamp())
-               FROM unnest($6::uuid[], $7::float8[]) AS x(id, seconds)
-               WHERE e.id = x.id AND e.status = 'cancelled'),
-           ev AS (
-               INSERT INTO job_events (job_id, kind, actor, detail)
-               SELECT j.id, 'task_stopped', $5, jsonb_strip_nulls(jsonb_build_object(
-                   'reason', CASE WHEN j.status = 'cancelled' AND j.cancelled_by = 'system'
-                                  THEN coalesce(j.cancel_reason, s.reason)
-                                  WHEN j.status = 'cancelled' THEN 'cancelled' ELSE s.reason END,
-                   'executions', s.executions,
-                   'latency_ms', round((extract(epoch FROM clock_timestamp() - j.cancelled_at)
-                                        * 1000)::numeric, 3),
-                   'local_latency_ms', round(s.local_latency_ms::numeric, 3)))
-               FROM s JOIN jobs j ON j.id = s.job_id
-               RETURNING job_id)
-           SELECT ev.job_id, j.owner FROM ev JOIN jobs j ON j.id = ev.job_id""",
+        statements.RECORD_STOPS,
         [r.job_id for r in stops],
         [r.reason for r in stops],
         [r.local_latency_ms for r in stops],

@@ -9,25 +9,26 @@ import asyncpg
 
 from runner.cancel.registry import JobContext
 from runner.cancel.statements import NO_TASK_LEFT
+from runner.cancel.stops import StopRecorder
 from runner.watch import JobWatch
-from runner.worker.worker import Worker
 
 
 async def wait_stopped(
     pool: asyncpg.Pool,
     watch: JobWatch,
-    worker: Worker | None,
+    stops: StopRecorder | None,
     job_id: uuid.UUID,
     limit_s: float,
     ctx: JobContext | None,
 ) -> bool:
     """True once the job's task has stopped and its stop is on record; False after
-    `limit_s`. Held here (`ctx`, taken before the cancel): on its context. Elsewhere: on the
-    job's notifications and its audit trail."""
+    `limit_s`. Held here (`ctx`, taken before the cancel): by the stop recorder (`stops`,
+    None on an instance that runs no jobs). Elsewhere: on the job's notifications and its
+    audit trail."""
     try:
         async with asyncio.timeout(limit_s):
-            if ctx is not None and worker is not None:  # only a worker holds tasks
-                await worker.stops.until_stopped(ctx)
+            if ctx is not None and stops is not None:  # only a worker holds tasks
+                await stops.until_stopped(ctx)
                 return True
             async with watch.watching(job_id) as changed:
                 while True:

@@ -1,5 +1,6 @@
 """Postgres: the pool (pool), the embedded server (embedded), migrations, the LISTEN
-connection (listener), and the one classification of database errors (errors)."""
+connection (listener), the one classification of database errors (errors), and batched
+writes (batch). It knows nothing of the cancel path or the worker, which use it."""
 
 from runner.db.embedded import EmbeddedPostgres, resolve_dsn
 from runner.db.errors import (

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runner.fakes.common import Watched, iso_now
+from runner.fakes.common import Watched, answer_slowly, iso_now
 
 # rate-limits (newest copy): "a body like" this, and no Retry-After is documented.
 THROTTLED = b'{"detail":"Request was throttled. Your rate limit resets in ~30s."}'
@@ -133,13 +133,7 @@ class FakeReplicate(Watched):
         if self.status_429 > 0:
             self.status_429 -= 1
             return web.Response(status=429, body=THROTTLED, content_type="application/json")
-        if self.status_delay_s:
-            self.status_open += 1
-            self.status_open_max = max(self.status_open_max, self.status_open)
-            try:
-                await asyncio.sleep(self.status_delay_s)
-            finally:
-                self.status_open -= 1
+        await answer_slowly(self)
         p.polls += 1
         self._advance(p)
         self.touch()

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runner.fakes.common import Watched
+from runner.fakes.common import Watched, answer_slowly
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -154,13 +154,7 @@ class FakeRunPod(Watched):
             # body nor a Retry-After is documented for api.runpod.ai.
             return web.Response(status=429)
         job.polls += 1
-        if self.status_delay_s:
-            self.status_open += 1
-            self.status_open_max = max(self.status_open_max, self.status_open)
-            try:
-                await asyncio.sleep(self.status_delay_s)
-            finally:
-                self.status_open -= 1
+        await answer_slowly(self)
         now = time.monotonic()
         if job.status == "IN_QUEUE" and job.polls > self.queue_polls:
             job.status, job.picked_at, job.worker_running = self.running_status, now, True

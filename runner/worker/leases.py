@@ -1,6 +1,5 @@
 """The worker's leases: renewing them, holding Postgres and memory to each other, requeueing
-the jobs of instances that are gone -- and the housekeeping that runs with them (the gauge of
-jobs nobody can claim, retention)."""
+the jobs of instances that are gone."""
 
 from __future__ import annotations
 
@@ -14,40 +13,47 @@ from runner.cancel.registry import JobContextManager, StopReason
 from runner.cancel.stops import StopRecorder
 from runner.config import Settings
 from runner.db.notify import Notifier
-from runner.metrics import Metrics
 from runner.supervisor import Supervisor
-from runner.worker import housekeeping, store
+from runner.worker import store
+from runner.worker.claims import Claims
+from runner.worker.records import Capacity
+from runner.worker.tasks import JobTasks
 
 log = structlog.get_logger("runner.worker.leases")
 
 
-RETENTION_BATCH = 500
-RETENTION_EVERY_S = 60.0
+class Leases:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        instance_id: str,
+        manager: JobContextManager,
+        capacity: Capacity,
+        claims: Claims,
+        tasks: JobTasks,
+        stops: StopRecorder,
+        supervisor: Supervisor,
+        notifier: Notifier | None,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.instance_id = instance_id
+        self.manager = manager
+        self.capacity = capacity
+        self.claims = claims
+        self.tasks = tasks  # their jobs still unsettled are retried here
+        self.stops = stops
+        self.supervisor = supervisor
+        self.notifier = notifier
+        # Since when this instance has reached Postgres without a failure (loop time).
+        self._db_ok_since: float | None = None
 
-
-class LeaseKeeping:
-    """The lease side of the Worker (a mixin: these are the Worker's own attributes)."""
-
-    pool: asyncpg.Pool
-    settings: Settings
-    instance_id: str
-    manager: JobContextManager
-    metrics: Metrics
-    supervisor: Supervisor
-    stops: StopRecorder
-    capacity: store.Capacity
-    notifier: Notifier | None
-    unsettled: set[uuid.UUID]
-    _claiming: bool
-    _claims_started: int
-    _db_ok_since: float | None
-    _retention_ran: float = float("-inf")
-
-    async def renew_leases(self) -> None:
+    async def renew(self) -> None:
         """Extend our lease, and hold Postgres and memory to each other both ways: held jobs
         that are no longer ours stop here (a cancel whose NOTIFY was lost lands within one
         renewal period); jobs Postgres says run here that no task holds go back to the queue."""
-        claims_before, claiming_before = self._claims_started, self._claiming
+        claims_before, claiming_before = self.claims.started, self.claims.claiming
         try:
             lost, unheld = await store.renew_lease(
                 self.pool,
@@ -69,16 +75,16 @@ class LeaseKeeping:
             if self.manager.cancel(job_id, reason):
                 log.info("job_stopped_by_lease_check", job_id=str(job_id), status=status)
         # A claim under way may hold jobs not registered yet: judge them at the next renewal.
-        if not claiming_before and not self._claiming and self._claims_started == claims_before:
+        if not claiming_before and not self.claims.claiming and self.claims.started == claims_before:
             await self._requeue_unheld(unheld)
-        if self.unsettled:
+        if self.tasks.unsettled:
             await self._settle()
 
     async def _requeue_unheld(self, unheld: list[uuid.UUID]) -> None:
         """Jobs left `running` under this instance with no task (their task ended without its
         final write): back to the queue at once, keeping the attempt they used. Jobs whose
         final write or owed cancel is still being retried here are not orphans."""
-        busy = self.unsettled | self.stops.in_progress
+        busy = self.tasks.unsettled | self.stops.in_progress
         for job_id in unheld:
             if job_id in busy or self.manager.is_running(job_id):
                 continue
@@ -89,8 +95,8 @@ class LeaseKeeping:
 
     async def _settle(self) -> None:
         """Finish jobs whose final write did not happen; requeue those still open."""
-        job_ids = list(self.unsettled)
-        self.unsettled.clear()
+        job_ids = list(self.tasks.unsettled)
+        self.tasks.unsettled.clear()
         for job_id, (written, status) in zip(
             job_ids, await store.finalize(self.pool, job_ids, self.instance_id, self.notifier), strict=True
         ):
@@ -116,39 +122,6 @@ class LeaseKeeping:
         for row in rows:
             log.warning("job_lease_expired", job_id=str(row["id"]), new_status=row["status"])
 
-    async def housekeeping(self) -> None:
-        """Every renewal period: requeue what lost instances held, count the queued jobs no
-        live instance can run (runner_jobs_unclaimable) and note in their audit trails why
-        they wait, and -- once a minute -- retention."""
-        await self.requeue_expired()
-        unclaimable = await housekeeping.unclaimable(self.pool)
-        self.metrics.set_counts(self.metrics.jobs_unclaimable, unclaimable)
-        if unclaimable:
-            await housekeeping.note_waiting(self.pool, sorted(unclaimable), self.notifier)
-        self.metrics.set_counts(self.metrics.remote_unconfirmed, await housekeeping.unconfirmed(self.pool))
-        self.metrics.set_queue(await housekeeping.queue(self.pool))
-        days = self.settings.retention_days
-        now = asyncio.get_running_loop().time()
-        if days is not None and now - self._retention_ran >= RETENTION_EVERY_S:
-            self._retention_ran = now
-            await self.apply_retention(days)
-
-    async def apply_retention(self, days: float) -> int:
-        """Delete finished jobs older than `days`, with their executions and events, in small
-        batches (each its own short transaction); one instance at a time."""
-        deleted = 0
-        while True:
-            batch = await housekeeping.delete_finished(self.pool, older_than_days=days, limit=RETENTION_BATCH)
-            if batch is None:  # another instance is at it
-                break
-            deleted += batch
-            if batch < RETENTION_BATCH:
-                break
-            await asyncio.sleep(0)  # other work goes first between batches
-        if deleted:
-            log.info("retention_deleted", jobs=deleted, older_than_days=days)
-        return deleted
-
     def recheck(self) -> None:
         """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
-        self.supervisor.track(self.renew_leases(), "lease_recheck")
+        self.supervisor.track(self.renew(), "lease_recheck")

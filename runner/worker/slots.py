@@ -13,8 +13,8 @@ import asyncpg
 
 from runner.db import until_written
 from runner.db.notify import Notifier
+from runner.worker import store
 
-TAKE = "SELECT runner_take_slot($1, $2, $3)"
 POLL_MAX_S = 1.0  # a slot freed on another instance is seen within this
 
 
@@ -35,7 +35,7 @@ class Slots:
         while True:
             freed = self._freed.setdefault(backend, asyncio.Event())
             outcome: str = await until_written(
-                lambda: self.pool.fetchval(TAKE, execution_id, backend, total),
+                lambda: self.pool.fetchval(store.TAKE_SLOT, execution_id, backend, total),
                 "slot",
                 execution_id=str(execution_id),
             )

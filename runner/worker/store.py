@@ -4,16 +4,14 @@ statuses it may leave, so Postgres decides every race."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import asyncpg
 
 from runner import jsontext
-from runner.cancel.statements import owe_remote_cancel
+from runner.cancel.statements import finish_job_set, owe_remote_cancel
 from runner.db.notify import Notifier
 from runner.storable import readable
+from runner.worker.records import Capacity, ClaimedExecution, ClaimedJob, ExecutionResult
 
 # A worker's lease: one row, renewed by its heartbeat ($2 worker, $3 lease seconds). A
 # running job's lease is its worker's.
@@ -22,35 +20,6 @@ _HEARTBEAT = """INSERT INTO workers (id, lease_expires_at, backends)
     VALUES ($2, now() + make_interval(secs => $3), $4::text[])
     ON CONFLICT (id) DO UPDATE
     SET lease_expires_at = EXCLUDED.lease_expires_at, backends = EXCLUDED.backends"""
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedExecution:
-    id: uuid.UUID
-    backend: str
-    input: Any
-    remote_id: str | None
-    attempts: int
-    remote_urls: dict[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
-    id: uuid.UUID
-    owner: str
-    timeout_s: int | None
-    started_at: datetime
-    attempts: int
-    executions: list[ClaimedExecution]
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    """What a worker can run: its backends, and those limited to a number of running
-    executions across every instance (their slots)."""
-
-    backends: list[str]
-    limits: dict[str, int]
 
 
 async def claim(
@@ -125,10 +94,7 @@ async def claim(
            turns AS (
                INSERT INTO wallet_turns (owner, last_claimed_at) SELECT DISTINCT owner, now() FROM job
                ON CONFLICT (owner) DO UPDATE SET last_claimed_at = EXCLUDED.last_claimed_at)
-           SELECT job.*, coalesce(json_agg(json_build_object(
-                   'id', open.id, 'backend', open.backend, 'input', open.input,
-                   'remote_id', open.remote_id, 'attempts', open.attempts, 'remote_urls', open.remote_urls)
-                   ORDER BY open.position)
+           SELECT job.*, coalesce(json_agg(open ORDER BY open.position)
                FILTER (WHERE open.id IS NOT NULL), '[]')::text AS executions
            FROM job LEFT JOIN open ON open.job_id = job.id
            GROUP BY job.id, job.owner, job.timeout_s, job.started_at, job.attempts""",
@@ -142,8 +108,10 @@ async def claim(
     if notifier is not None:
         for r in rows:
             notifier.changed(r["id"], r["owner"])
-    # The executions come as text, decoded here one job at a time (big ones beside the
-    # loop): a claim of many big inputs decoded in one go held the loop for 100s of ms.
+    # The executions come as text -- each open one's row as it stands (json_agg of the row:
+    # the one rendering of an execution is the API's, runner_executions_json) -- decoded here
+    # one job at a time (big ones beside the loop): a claim of many big inputs decoded in one
+    # go held the loop for 100s of ms.
     return [
         ClaimedJob(
             id=r["id"],
@@ -198,18 +166,6 @@ async def set_remote_id(
     return status
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutionResult:
-    job_id: uuid.UUID
-    execution_id: uuid.UUID
-    status: str  # completed | failed
-    output: Any
-    error: str | None
-    attempts: int
-    owe_remote_cancel: bool = False  # it failed on our side with a remote job still alive
-    gpu_seconds: float | None = None  # the provider's figure, or the time it ran here
-
-
 async def write_results(
     pool: asyncpg.Pool, results: list[ExecutionResult], worker_id: str, notifier: Notifier | None = None
 ) -> list[tuple[bool, str | None]]:
@@ -251,7 +207,7 @@ async def write_results(
            -- Finished: every execution terminal, one of them written here (so completed or
            -- failed: such a job is not "all cancelled").
            job AS (
-               UPDATE jobs j SET status = d.final, finished_at = now(), worker_id = NULL
+               UPDATE jobs j SET {finish_job_set("d.final", "NULL", "NULL")}
                FROM (SELECT job_id, runner_final_status(array_agg(status)) AS final FROM latest
                      GROUP BY job_id HAVING bool_or(written)) d
                WHERE j.id = d.job_id AND d.final IS NOT NULL AND j.status = 'running' AND j.worker_id = $2
@@ -295,6 +251,12 @@ async def write_results(
     ]
 
 
+# Finished from its executions: all cancelled (by cancels of each), by the last canceller.
+_FINISH_BY_EXECUTIONS = finish_job_set(
+    "agg.final", "coalesce(last_cancel.actor, 'system')", "'every execution was cancelled'"
+)
+
+
 async def finalize(
     pool: asyncpg.Pool, job_ids: list[uuid.UUID], worker_id: str, notifier: Notifier | None = None
 ) -> list[tuple[bool, str]]:
@@ -304,7 +266,7 @@ async def finalize(
     ours to finish (cancelled meanwhile, requeued elsewhere, or an execution still open).
     """
     rows = await pool.fetch(
-        """WITH agg AS (
+        f"""WITH agg AS (
                 SELECT job_id, runner_final_status(array_agg(status)) AS final
                 FROM executions WHERE job_id = ANY($1) GROUP BY job_id),
             last_cancel AS (
@@ -314,13 +276,7 @@ async def finalize(
                 SELECT id FROM jobs WHERE id = ANY($1) AND status = 'running' AND worker_id = $2
                 ORDER BY id FOR NO KEY UPDATE),
             job AS (
-                UPDATE jobs j SET
-                    status = agg.final, finished_at = now(), worker_id = NULL,
-                    cancelled_at = CASE WHEN agg.final = 'cancelled' THEN now() END,
-                    cancelled_by = CASE WHEN agg.final = 'cancelled'
-                                        THEN coalesce(last_cancel.actor, 'system') END,
-                    cancel_reason = CASE WHEN agg.final = 'cancelled'
-                                         THEN 'every execution was cancelled' END
+                UPDATE jobs j SET {_FINISH_BY_EXECUTIONS}
                 FROM locked JOIN agg ON agg.job_id = locked.id
                     LEFT JOIN last_cancel ON last_cancel.job_id = agg.job_id
                 WHERE j.id = locked.id AND j.status = 'running' AND j.worker_id = $2
@@ -328,7 +284,7 @@ async def finalize(
                 RETURNING j.id, j.status, j.owner),
             ev AS (
                 INSERT INTO job_events (job_id, kind, actor, detail)
-                SELECT id, status, 'system', '{}'::jsonb FROM job)
+                SELECT id, status, 'system', '{{}}'::jsonb FROM job)
             SELECT job.id, job.status, true AS written, job.owner FROM job
             UNION ALL
             SELECT j.id, j.status, false, j.owner FROM jobs j
@@ -475,3 +431,56 @@ async def requeue_expired(
     # Forget workers long gone (nothing of theirs is left running after the requeue).
     await pool.execute("DELETE FROM workers WHERE lease_expires_at < now() - interval '1 day'")
     return rows
+
+
+# -- housekeeping (runner.worker.housekeeping runs these) ------------------------------------
+
+RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
+WAITING_LOCK_KEY = 0x72756E6E65720003  # one instance at a time notes why jobs wait
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # $1 one of the keys above
+RETENTION_ON = "SET LOCAL runner.retention = 'on'"  # the audit trail allows the delete below
+
+# Queued jobs per backend that no live instance has (they wait for one; they do not fail).
+UNCLAIMABLE = """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.backends) b
+    WHERE j.status = 'queued' AND NOT EXISTS (
+        SELECT 1 FROM workers w WHERE w.lease_expires_at >= now() AND b = ANY(w.backends))
+    GROUP BY b"""
+
+# Per backend: queued jobs needing it and the oldest one's age (one scan, by the partial index).
+QUEUE = """SELECT b AS backend, count(*) AS jobs, extract(epoch FROM now() - min(j.created_at))::float8 AS age
+    FROM jobs j, unnest(j.backends) b WHERE j.status = 'queued' GROUP BY b"""
+
+# A `waiting` event, once per reason, for each queued job needing one of $1 (backends no live
+# instance has); returns the jobs noted and their owners.
+NOTE_WAITING = """WITH stranded AS (
+        SELECT j.id, runner_waiting_reason(j.backends) AS reason FROM jobs j
+        WHERE j.status = 'queued' AND j.backends && $1::text[]),
+    noted AS (
+        INSERT INTO job_events (job_id, kind, actor, detail)
+        SELECT s.id, 'waiting', 'system', jsonb_build_object('reason', s.reason) FROM stranded s
+        WHERE s.reason IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM job_events e WHERE e.job_id = s.id AND e.kind = 'waiting'
+            AND e.detail->>'reason' = s.reason)
+        RETURNING job_id)
+    SELECT n.job_id, j.owner FROM noted n JOIN jobs j ON j.id = n.job_id"""
+
+# Executions per backend whose work may still run at the provider after a cancel.
+UNCONFIRMED = """SELECT backend, count(*) AS n FROM executions
+    WHERE (remote_cancel = 'acknowledged' AND remote_cancel_due IS NOT NULL)
+       OR (remote_cancel = 'pending' AND remote_cancel_tries > 0)
+    GROUP BY backend"""
+
+# Up to $3 finished jobs older than $1 days + $2 seconds, with their executions, events and
+# idempotency keys; the number deleted.
+DELETE_FINISHED = """WITH old AS (
+        SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(days => $1::int, secs => $2)
+        ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED),
+    events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM old)),
+    executions AS (DELETE FROM executions WHERE job_id IN (SELECT id FROM old)),
+    keys AS (DELETE FROM idempotency_keys WHERE job_id IN (SELECT id FROM old)),
+    gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING 1)
+    SELECT count(*) FROM gone"""
+
+# A turn at a limited backend (runner.worker.slots): $1 execution, $2 backend, $3 its slots.
+TAKE_SLOT = "SELECT runner_take_slot($1, $2, $3)"

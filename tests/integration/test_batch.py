@@ -8,7 +8,7 @@ import asyncio
 
 import asyncpg
 
-from runner.worker.batch import Batcher
+from runner.db.batch import Batcher
 
 
 class Recorder:

@@ -50,6 +50,7 @@ async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str
         "0012_providers.sql",
         "0014_webhooks.sql",
         "0015_notify_after_commit.sql",
+        "0016_job_filter.sql",
     ]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)

@@ -12,7 +12,7 @@ import asyncpg
 from runner import jobs
 from runner.db import connect, notify
 from runner.runtime import Runtime
-from runner.worker import store
+from runner.worker import records, store
 
 OWNER = "0x" + "ab" * 20
 
@@ -61,12 +61,16 @@ async def test_a_job_changing_transaction_sends_no_notify_of_its_own(dsn: str, s
             [{"id": str(uuid.uuid4()), "backend": "nobody", "input": {}}],
         )
         claimed = await store.claim(
-            pool, worker_id="test", limit=1, lease_s=60, capacity=store.Capacity(["nobody"], {})
+            pool, worker_id="test", limit=1, lease_s=60, capacity=records.Capacity(["nobody"], {})
         )
         assert [c.id for c in claimed] == [job_id]
         await store.write_results(
             pool,
-            [store.ExecutionResult(job_id, claimed[0].executions[0].id, "completed", {"ok": True}, None, 1)],
+            [
+                records.ExecutionResult(
+                    job_id, claimed[0].executions[0].id, "completed", {"ok": True}, None, 1
+                )
+            ],
             "test",
         )
         await pool.execute(f"NOTIFY {notify.SUBMIT}, 'sentinel'")

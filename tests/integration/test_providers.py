@@ -165,12 +165,13 @@ async def test_cancel_pacing_is_shared_by_every_instance(
     backend's pace, not each its own."""
     rate = 4.0
     backends = _with(fake_gpu, "rp", cancel_rate_per_s=rate, poll_interval_s=5.0)
-    a = await cluster.start(backends=backends)
-    b = await cluster.start(backends=backends)
+    a = await cluster.start(backends=backends, concurrency=8)  # holds the first 8, then is full
     api = await Api.signed_in(http, f"http://127.0.0.1:{a.port}")
-    jobs = [(await _running(api, "rp", HOLD))[0] for _ in range(16)]
-    holders = await db.fetch("SELECT DISTINCT worker_id FROM jobs WHERE status = 'running'")
-    assert {r["worker_id"] for r in holders} == {a.instance_id, b.instance_id}  # both hold some
+    jobs = [(await _running(api, "rp", HOLD))[0] for _ in range(8)]
+    b = await cluster.start(backends=backends)  # holds the next 8
+    jobs += [(await _running(api, "rp", HOLD))[0] for _ in range(8)]
+    holders = await db.fetch("SELECT worker_id, count(*) FROM jobs WHERE status = 'running' GROUP BY 1")
+    assert {r["worker_id"]: r["count"] for r in holders} == {a.instance_id: 8, b.instance_id: 8}
     status, reply = await api.call("POST", "/jobs/cancel", json={})
     assert status == 200 and reply["count"] == 16
     await fake_gpu.runpod.until(lambda: len(fake_gpu.runpod.cancels) == 16, 30)

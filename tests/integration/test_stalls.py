@@ -142,16 +142,16 @@ async def test_a_background_task_that_dies_is_restarted_and_readyz_says_so_meanw
     api = await Api.signed_in(http, base)
     assert runtime.worker is not None
     worker = runtime.worker
-    real_start = worker._start
+    real_start = worker.claims.start
     died = asyncio.Event()
     resume = asyncio.Event()
 
     def broken_start(job: Any) -> None:  # a bug in the claim loop, once
-        monkeypatch.setattr(worker, "_start", real_start)
+        monkeypatch.setattr(worker.claims, "start", real_start)
         died.set()
         raise RuntimeError("a bug in the claim loop")
 
-    monkeypatch.setattr(worker, "_start", broken_start)
+    monkeypatch.setattr(worker.claims, "start", broken_start)
     first = await api.submit({"backend": "demo", "input": {"seconds": 0.01}})
     await wait_event(died)
     assert "worker_claim" in runtime.supervisor.dead or runtime.supervisor.deaths == 1

@@ -12,11 +12,11 @@ import pytest
 
 from runner import jobs
 from runner.db import create_pool
-from runner.worker import store
+from runner.worker import records, store
 
 WORKER = "test-worker"
 OWNER = "0x" + "ab" * 20
-ALL = store.Capacity(["gpu"], {})
+ALL = records.Capacity(["gpu"], {})
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def _claimed(pool: asyncpg.Pool, executions: int) -> store.ClaimedJob:
+async def _claimed(pool: asyncpg.Pool, executions: int) -> records.ClaimedJob:
     await jobs.submit(
         pool,
         owner=OWNER,
@@ -40,8 +40,8 @@ async def _claimed(pool: asyncpg.Pool, executions: int) -> store.ClaimedJob:
     return job
 
 
-def _result(job: store.ClaimedJob, index: int, status: str = "completed") -> store.ExecutionResult:
-    return store.ExecutionResult(
+def _result(job: records.ClaimedJob, index: int, status: str = "completed") -> records.ExecutionResult:
+    return records.ExecutionResult(
         job.id,
         job.executions[index].id,
         status,

@@ -11,7 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each package and the one module of it that holds its SQL.
-PACKAGES = {"api": "api/statements.py", "runner/webhooks": "runner/webhooks/statements.py"}
+PACKAGES = {
+    "api": "api/statements.py",
+    "runner/cancel": "runner/cancel/statements.py",
+    "runner/webhooks": "runner/webhooks/statements.py",
+    "runner/worker": "runner/worker/store.py",
+}
 _SQL = re.compile(r"^\s*(SELECT|INSERT INTO|UPDATE|DELETE FROM|WITH)\s")
 
 

@@ -10,9 +10,9 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from runner.db import backoff_s, is_database_error, is_transient
+from runner.db.errors import backoff_s, is_database_error, is_transient
 
-log = structlog.get_logger("runner.worker.batch")
+log = structlog.get_logger("runner.db.batch")
 
 T = TypeVar("T")
 R = TypeVar("R")
