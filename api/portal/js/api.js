@@ -12,6 +12,14 @@ export class ApiError extends Error {
   }
 }
 
+/** An error in words for a person: the API's message, a wallet's refusal, or a fallback. */
+export function describe(error) {
+  if (error instanceof ApiError) return error.message;
+  if (error && error.code === 4001) return "The request was declined in the wallet.";
+  if (error && typeof error.message === "string" && error.message) return error.message;
+  return "Something went wrong.";
+}
+
 export function setToken(value) {
   token = value;
 }
@@ -50,6 +58,9 @@ export async function request(method, path, body) {
   return payload;
 }
 
+/** A reason, when given, rides in the body (POST /jobs/{id}/cancel and friends take one). */
+const withReason = (body, reason) => (reason ? { ...body, reason } : body);
+
 export const api = {
   nonce: () => request("GET", "/auth/nonce"),
   login: (message, signature) => request("POST", "/auth/login", { message, signature }),
@@ -57,13 +68,17 @@ export const api = {
   me: () => request("GET", "/auth/me"),
   backends: () => request("GET", "/backends"),
   usage: () => request("GET", "/usage"),
-  jobs: (cursor) => request("GET", `/jobs?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`),
+  /** `query` is the filter as query parameters (filter.js), "" for none. */
+  jobs: (cursor, query = "") =>
+    request("GET", `/jobs?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}${query ? `&${query}` : ""}`),
   job: (id) => request("GET", `/jobs/${encodeURIComponent(id)}`),
   audit: (id) => request("GET", `/jobs/${encodeURIComponent(id)}/audit`),
   submit: (body) => request("POST", "/jobs", body),
-  cancel: (id) => request("POST", `/jobs/${encodeURIComponent(id)}/cancel?wait=true`, {}),
-  cancelExecution: (id, eid) =>
-    request("POST", `/jobs/${encodeURIComponent(id)}/executions/${encodeURIComponent(eid)}/cancel`, {}),
-  cancelAll: () => request("POST", "/jobs/cancel", {}),
+  cancel: (id, reason) => request("POST", `/jobs/${encodeURIComponent(id)}/cancel?wait=true`, withReason({}, reason)),
+  cancelExecution: (id, eid, reason) =>
+    request("POST", `/jobs/${encodeURIComponent(id)}/executions/${encodeURIComponent(eid)}/cancel`, withReason({}, reason)),
+  /** POST /jobs/cancel: `filter` is the filter as a body (filter.js); {} cancels every active job. */
+  cancelMatching: (filter, reason) => request("POST", "/jobs/cancel", withReason(filter, reason)),
+  countMatching: (filter) => request("POST", "/jobs/cancel", { ...filter, dry_run: true }),
   rerun: (id) => request("POST", `/jobs/${encodeURIComponent(id)}/rerun`, {}),
 };

@@ -14,28 +14,69 @@ export function toast(text, kind = "info") {
   setTimeout(() => item.remove(), TOAST_MS);
 }
 
-/** Resolves true when the person confirms; Escape or "Keep running" resolve false. */
-export function confirmAction({ title, body, confirm }) {
+const SHOWN_IDS = 10;
+
+/** Tab and Shift+Tab go round the dialog's own controls (a modal dialog's rest is inert, but
+ * Tab would otherwise leave for the browser's own controls). */
+function trapFocus(event) {
+  if (event.key !== "Tab") return;
+  const dialog = event.currentTarget;
+  const controls = [...dialog.querySelectorAll("button, input, select, textarea, [href]")]
+    .filter((node) => !node.disabled && !node.closest("[hidden]"));
+  if (!controls.length) return;
+  const first = controls[0];
+  const last = controls[controls.length - 1];
+  if (event.shiftKey && document.activeElement === first) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && document.activeElement === last) {
+    event.preventDefault();
+    first.focus();
+  }
+}
+
+/**
+ * Asks before acting. Resolves {reason} when the person confirms (reason "" when none was
+ * typed), null on Escape or "Keep running". `ids`, when given, are listed (the first ten).
+ */
+export function confirmAction({ title, body, confirm, ids = null, total = null }) {
   const dialog = $("confirm");
   $("confirm-title").textContent = title;
   $("confirm-body").textContent = body;
   $("confirm-yes").textContent = confirm;
+  $("confirm-reason").value = "";
+  const list = $("confirm-ids");
+  list.hidden = !ids || ids.length === 0;
+  if (ids) {
+    const count = total ?? ids.length;
+    const shown = ids.slice(0, SHOWN_IDS).map((id) => el("li", {}, el("code", { title: id }, id.slice(0, 8))));
+    if (count > shown.length) shown.push(el("li", { className: "muted" }, `and ${count - shown.length} more`));
+    list.replaceChildren(...shown);
+  }
   return new Promise((resolve) => {
     const done = (answer) => {
       $("confirm-yes").removeEventListener("click", yes);
       $("confirm-no").removeEventListener("click", no);
+      $("confirm-reason").removeEventListener("keydown", enter);
       dialog.removeEventListener("cancel", no);
+      dialog.removeEventListener("keydown", trapFocus);
       if (dialog.open) dialog.close();
       resolve(answer);
     };
-    const yes = () => done(true);
+    const yes = () => done({ reason: $("confirm-reason").value.trim() });
     const no = (event) => {
       if (event) event.preventDefault();
-      done(false);
+      done(null);
+    };
+    // Enter in the reason box does not confirm: confirming is the named button's job.
+    const enter = (event) => {
+      if (event.key === "Enter") event.preventDefault();
     };
     $("confirm-yes").addEventListener("click", yes);
     $("confirm-no").addEventListener("click", no);
+    $("confirm-reason").addEventListener("keydown", enter);
     dialog.addEventListener("cancel", no);
+    dialog.addEventListener("keydown", trapFocus);
     dialog.showModal();
     $("confirm-no").focus();
   });
@@ -48,6 +89,7 @@ export function chooseWallet(wallets) {
   return new Promise((resolve) => {
     const done = (wallet) => {
       dialog.removeEventListener("close", closed);
+      dialog.removeEventListener("keydown", trapFocus);
       if (dialog.open) dialog.close();
       resolve(wallet);
     };
@@ -59,6 +101,7 @@ export function chooseWallet(wallets) {
       return el("li", {}, button);
     }));
     dialog.addEventListener("close", closed);
+    dialog.addEventListener("keydown", trapFocus);
     dialog.showModal();
     list.querySelector("button").focus();
   });

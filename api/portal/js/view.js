@@ -1,4 +1,6 @@
 // Building the page's elements. Text from the service goes through textContent only.
+import { explainRemoteCancel, mayRunOn, secondsAfterCancel } from "./remote.js";
+import { timeElement } from "./times.js";
 
 export const ACTIVE = new Set(["queued", "running"]);
 const RERUNNABLE = new Set(["cancelled", "failed"]);
@@ -39,7 +41,7 @@ function elapsed(execution, now) {
 }
 
 function when(iso) {
-  return el("time", { datetime: iso }, new Date(iso).toLocaleString());
+  return timeElement(iso);
 }
 
 function pretty(value) {
@@ -58,10 +60,26 @@ function onDemand(label, value, key, open) {
   return details;
 }
 
+/** The remote cancel's state, what it proves, and the GPU time that ran on after the cancel. */
+function remoteCancel(execution) {
+  const words = explainRemoteCancel(execution);
+  const after = secondsAfterCancel(execution);
+  const spend = after !== null
+    ? el("span", {
+      className: "after-cancel",
+      title: "From the cancel (the execution's finished_at) to the work seen over (its remote_stopped_at)",
+    }, `${formatGpu(after)} after the cancel`)
+    : mayRunOn(execution) ? el("span", { className: "after-cancel" }, "not yet seen stopped") : null;
+  if (!execution.remote_cancel && !spend) return null;
+  return el("div", { className: "remote-box" },
+    execution.remote_cancel
+      ? el("span", { className: `remote remote-${execution.remote_cancel}` }, `remote cancel: ${execution.remote_cancel}`)
+      : null,
+    spend,
+    words ? el("p", { className: "remote-note" }, words) : null);
+}
+
 function executionRow(job, execution, ui, now) {
-  const remote = execution.remote_cancel
-    ? el("span", { className: `remote remote-${execution.remote_cancel}` }, `remote cancel: ${execution.remote_cancel}`)
-    : null;
   const spend = formatGpu(execution.gpu_seconds);
   const row = el(
     "li",
@@ -70,8 +88,8 @@ function executionRow(job, execution, ui, now) {
     el("span", { className: `status status-${execution.status}` }, execution.status),
     el("span", { className: "elapsed", dataset: { started: execution.started_at || "", finished: execution.finished_at || "" } },
       elapsed(execution, now)),
-    remote,
     spend ? el("span", { className: "spend" }, spend) : null,
+    remoteCancel(execution),
   );
   // Alone, an execution is cancelled with its job: the button is for one among several.
   const activeCount = job.executions.filter((e) => ACTIVE.has(e.status)).length;
@@ -171,7 +189,16 @@ export function renderJob(node, job, ui, now = Date.now()) {
   }, "Audit trail"));
 
   const spend = formatGpu(job.gpu_seconds);
+  const short = job.id.slice(0, 8);
+  // Only an active job can be selected: a cancel leaves the others as they are.
+  const select = ACTIVE.has(job.status)
+    ? el("input", {
+      type: "checkbox", className: "select", "aria-label": `Select job ${short}`,
+      dataset: { action: "select", key: "select" }, checked: ui.selected,
+    })
+    : null;
   const head = el("div", { className: "job-head" },
+    select,
     el("code", { className: "job-id", title: job.id }, job.id.slice(0, 8)),
     el("span", { className: `status status-${job.status}` }, job.status),
     el("span", { className: "muted" }, when(job.created_at)),
@@ -180,8 +207,8 @@ export function renderJob(node, job, ui, now = Date.now()) {
     actions);
   const details = [];
   if (job.cancelled_at) {
-    details.push(el("p", { className: "muted" },
-      `Cancelled ${new Date(job.cancelled_at).toLocaleString()}${job.cancel_reason ? ` (${job.cancel_reason})` : ""}`));
+    details.push(el("p", { className: "muted cancelled-line" }, "Cancelled ", when(job.cancelled_at),
+      job.cancel_reason ? el("span", { className: "cancel-reason" }, ` (${job.cancel_reason})`) : null));
   }
   if (job.error) details.push(el("p", { className: "error" }, job.error));
   const executions = el("ul", { className: "executions", "aria-label": "Executions" },
