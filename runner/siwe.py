@@ -368,7 +368,7 @@ def check_claims(
     now: datetime | None = None,
     future_skew: timedelta | None = timedelta(seconds=60),
 ) -> None:
-    """The checks before the signature, in the order the README gives: domain, chain, time.
+    """The checks before the signature, in the order docs/api.md gives: domain, chain, time.
 
     `future_skew` is how far Issued At may lie ahead of `now`. The EIP itself has no such
     rule; the service does (60 s). None turns it off, to check a message by the EIP alone.

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         "run the service",
         "Applies pending migrations, then serves the API and/or runs the worker, "
-        "configured by RUNNER_* environment variables (see the README). SIGTERM, "
+        "configured by RUNNER_* environment variables (see docs/configuration.md). SIGTERM, "
         "SIGINT or SIGHUP drains; a second one interrupts and requeues at once. "
         "SIGUSR1 and SIGUSR2 are ignored.",
     )
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--webhook",
         metavar="URL",
-        help="POST each of the job's events to this https URL, signed (see the README)",
+        help="POST each of the job's events to this https URL, signed (see docs/api.md, Webhooks)",
     )
     submit.add_argument(
         "--webhook-event",

@@ -1,4 +1,4 @@
-"""The bound of a lost NOTIFY (README, cancellation guarantees): the worker's listener
+"""The bound of a lost NOTIFY (docs/guarantees.md): the worker's listener
 connection is terminated just before a cancel, and kept from coming back, so the cancel's
 notification reaches nobody; the job still stops within one lease renewal
 (RUNNER_LEASE_S / 3) plus a margin -- the renewal reads the row."""

@@ -43,7 +43,7 @@ def test_parsing_positive(name: str, case: dict[str, Any]) -> None:
 
 # Where the service departs from the vectors on purpose. The vector's address is all
 # lowercase: EIP-4361 says SHOULD be EIP-55, wallets' one-click flows send lowercase, and
-# the maintained `siwe` library accepts it (with a warning); so does the service (README).
+# the maintained `siwe` library accepts it (with a warning); so does the service (docs/api.md).
 ACCEPTED_HERE = {"address not EIP-55": "0xe5A12547fe4E872D192E3eCecb76F2Ce1aeA4946"}
 
 

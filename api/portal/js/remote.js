@@ -1,5 +1,5 @@
 // What an execution's remote cancel state proves, in words, for the kind of backend it ran
-// on (README, "Cancellation guarantees and failures"), and the GPU time that ran on after it.
+// on (docs/backends.md, "What a cancel proves, per provider"), and the GPU time that ran on after it.
 
 let kinds = new Map(); // backend name -> kind, from GET /backends
 
