@@ -12,16 +12,18 @@ from typing import Any
 from multidict import MultiMapping
 
 from api.errors import BadRequest
-from api.validation import parse_time
+from api.validation import MAX_NAME_CHARS, parse_time
 from runner.filters import MAX_IDS, JobFilter
 from runner.statuses import ACTIVE, STATUSES
+from runner.storable import text_problem
 
 META_PREFIX = "meta."
-MAX_NAME_CHARS = 200
 # The query parameters GET /jobs takes besides the filter's.
 PAGING = frozenset({"limit", "cursor"})
 QUERY_FIELDS = frozenset({"status", "statuses", "backends", "created_after", "created_before", "ids"})
-BODY_FIELDS = frozenset({"statuses", "backends", "metadata", "created_after", "created_before", "ids"})
+BODY_FIELDS = frozenset(
+    {"status", "statuses", "backends", "metadata", "created_after", "created_before", "ids"}
+)
 
 
 def _statuses(values: Iterable[str], allowed: tuple[str, ...], where: str) -> tuple[str, ...]:
@@ -36,7 +38,16 @@ def _backends(values: Iterable[str], where: str) -> tuple[str, ...]:
     found = tuple(dict.fromkeys(values))
     if not found or not all(0 < len(b) <= MAX_NAME_CHARS for b in found):
         raise BadRequest(f"'{where}' must name one or more backends")
+    _storable(found, where)
     return found
+
+
+def _storable(texts: Iterable[str], where: str) -> None:
+    """A query's text reaches Postgres unchecked by the body reader: what its text type
+    refuses is the caller's mistake, a 400, not a 500."""
+    for text in texts:
+        if (problem := text_problem(text)) is not None:
+            raise BadRequest(f"'{where[:60]}' holds {problem}")
 
 
 def _ids(values: Iterable[str], where: str) -> tuple[uuid.UUID, ...]:
@@ -88,6 +99,7 @@ def parse_query_filter(query: MultiMapping[str]) -> JobFilter:
         key = name.removeprefix(META_PREFIX)
         if not key:
             raise BadRequest("'meta.' needs a key: meta.KEY=VALUE")
+        _storable((key, value), name)
         if metadata.get(key, value) != value:
             raise BadRequest(f"'{name[:60]}' is given twice with different values")
         metadata[key] = value
@@ -113,6 +125,24 @@ def _string_list(body: Mapping[str, Any], name: str, *, empty: bool = False) -> 
     return value
 
 
+def _body_statuses(body: Mapping[str, Any]) -> list[str] | None:
+    """`status` and/or `statuses`: each one status, a comma list, or a list of them (as a
+    query takes them); of 'queued' and 'running', what a cancel can act on."""
+    found: list[str] | None = None
+    for name in ("status", "statuses"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+            raise BadRequest(
+                f"'{name}' must be a status, a comma list or a list of 'queued' and/or 'running'"
+            )
+        found = (found or []) + _split(value)  # the values are checked by _statuses
+    return found
+
+
 def _body_time(body: Mapping[str, Any], name: str) -> datetime | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
@@ -121,7 +151,8 @@ def _body_time(body: Mapping[str, Any], name: str) -> datetime | None:
 
 
 def parse_body_filter(body: Mapping[str, Any], extra: set[str]) -> JobFilter:
-    """POST /jobs/cancel: `statuses` (a list of 'queued' and/or 'running'), `backends` and
+    """POST /jobs/cancel: `status`/`statuses` ('queued' and/or 'running': one, a comma list or
+    a list), `backends` and
     `ids` (lists), `metadata` (an object: every pair must match), `created_after`,
     `created_before`; `extra`: the route's other fields."""
     allowed = BODY_FIELDS | extra
@@ -131,9 +162,7 @@ def parse_body_filter(body: Mapping[str, Any], extra: set[str]) -> JobFilter:
             f"body: unknown field(s) {', '.join(repr(k[:50]) for k in unknown)}; "
             f"allowed: {', '.join(sorted(allowed))}"
         )
-    statuses = _string_list(body, "statuses")
-    if statuses is not None and not set(statuses) <= set(ACTIVE):
-        raise BadRequest("'statuses' must be a non-empty list of 'queued' and/or 'running'")
+    statuses = _body_statuses(body)
     backends = _string_list(body, "backends")
     ids = _string_list(body, "ids", empty=True)  # none: nothing matches (never "all")
     metadata = body.get("metadata", {})

@@ -60,8 +60,15 @@ _FILTER_QUERY = [
     },
     {"name": "ids", "in": "query", "schema": _LIST, "description": "job ids, at most 1,000"},
 ]
+_BODY_STATUSES = {
+    "oneOf": [
+        {"type": "array", "minItems": 1, "items": {"enum": ["queued", "running"]}},
+        {"type": "string", "description": "one status, or a comma list"},
+    ]
+}
 _FILTER_BODY = {
-    "statuses": {"type": "array", "minItems": 1, "items": {"enum": ["queued", "running"]}},
+    "status": _BODY_STATUSES,
+    "statuses": _BODY_STATUSES,
     "backends": {"type": "array", "minItems": 1, "items": {"type": "string"}},
     "metadata": {
         "type": "object",

@@ -238,11 +238,10 @@ async def cancel(args: argparse.Namespace, client: Client, out: Printer) -> int:
     if args.all or job_filter or args.dry_run:
         if args.job_id or args.wait:
             raise Usage("--all, a filter and --dry-run take no job id and no --wait")
+        filtered = bool(job_filter)  # --queued-only alone is `--all`'s, not a filter to confirm
         if args.queued_only:
             job_filter["statuses"] = ["queued"]
-        return await _cancel_many(
-            args, client, out, {**(body or {}), **job_filter}, filtered=bool(job_filter)
-        )
+        return await _cancel_many(args, client, out, {**(body or {}), **job_filter}, filtered=filtered)
     if not args.job_id or args.queued_only:
         raise Usage("give a job id, or --all [--queued-only], or a filter (--status, --backend, --meta, ...)")
     args.job_id = await job_id(client, args.job_id)

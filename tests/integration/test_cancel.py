@@ -377,7 +377,7 @@ async def test_cancel_all_of_the_callers_active_jobs(
     stranger = await Api.signed_in(http, api.base)
     theirs = await stranger.submit({"backend": "demo", "input": {"seconds": 60}})
 
-    for bad in ({"statuses": ["completed"]}, {"statuses": []}, {"statuses": "queued"}, {"x": 1}):
+    for bad in ({"statuses": ["completed"]}, {"statuses": []}, {"statuses": "done"}, {"x": 1}):
         status, body = await api.call("POST", "/jobs/cancel", json=bad)
         assert status == 400 and body["error"] == "invalid_request", bad
     status, reply = await api.call("POST", "/jobs/cancel", json={"reason": "stop everything"})

@@ -177,6 +177,9 @@ async def test_cancel_verbs_and_exit_codes(cli: Cli, tmp_path: Path) -> None:
         await cli.json("submit", "--backend", "demo", "--input", '{"seconds": 60}')
     _, before = await cli.json("jobs")
     running = {j["id"] for j in before["jobs"] if j["status"] == "running"}
+    code, _, err = await cli.run("-v", "--json", "cancel", "--all", "--queued-only")
+    # No filter given: one request, no dry run first, and no confirmation to ask for.
+    assert code == 0 and err.count("> POST") == 1, err
     code, doc = await cli.json("cancel", "--all", "--queued-only")
     assert code == 0 and not running & set(doc["cancelled"])  # running jobs were left alone
     code, doc = await cli.json("cancel", "--all")

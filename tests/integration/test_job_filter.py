@@ -91,6 +91,12 @@ async def test_each_filter_field_and_their_combinations(
     assert (await _dry_run(api, ids=[a, b, d]))["ids"] == [a]  # b and d are finished
     assert (await _dry_run(api, ids=[]))["count"] == 0  # no ids: nothing, never everything
     assert await _dry_run(api, metadata={"team": "nobody"}) == {"ok": True, "count": 0, "ids": []}
+    # `status` or `statuses`, one or a comma list or a list, as in a query.
+    for status in ("queued", "running"):
+        listed = await _dry_run(api, statuses=[status], metadata={"team": "x"})
+        assert await _dry_run(api, status=status, metadata={"team": "x"}) == listed
+        assert await _dry_run(api, statuses=status, metadata={"team": "x"}) == listed
+    assert (await _dry_run(api, status="queued,running", metadata={"team": "x"}))["count"] == 2
 
 
 @pytest.mark.parametrize(
@@ -109,6 +115,9 @@ async def test_each_filter_field_and_their_combinations(
         ("ids=" + ",".join(["x"] * 1001), "at most 1000 ids"),
         ("meta.=x", "meta."),
         ("meta.k=a&meta.k=b", "meta.k"),
+        ("backends=a%00b", "backends"),
+        ("meta.k=v%00", "meta.k"),
+        ("meta.k%00=v", "meta."),
     ],
 )
 async def test_bad_query_parameters_are_400_naming_them(api: Api, query: str, named: str | None) -> None:
@@ -123,7 +132,9 @@ async def test_bad_query_parameters_are_400_naming_them(api: Api, query: str, na
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"status": ["queued"]}, "'status'"),
+        ({"status": ["completed"]}, "status"),
+        ({"status": 5}, "status"),
+        ({"statuses": "queued,done"}, "statuses"),
         ({"meta.team": "x"}, "'meta.team'"),
         ({"ids": [str(uuid.uuid4()) for _ in range(1001)]}, "1000"),
         ({"ids": ["nope"]}, "ids"),
