@@ -108,8 +108,8 @@ async def claim(
     if notifier is not None:
         for r in rows:
             notifier.changed(r["id"], r["owner"])
-    # The executions come as text -- each open one's row as it stands (json_agg of the row:
-    # the one rendering of an execution is the API's, runner_executions_json) -- decoded here
+    # The executions come as text -- each open one's row as it stands (json_agg of the row,
+    # the worker's own input, not a rendering: the API's is runner_executions_json) -- decoded here
     # one job at a time (big ones beside the loop): a claim of many big inputs decoded in one
     # go held the loop for 100s of ms.
     return [
