@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from runner.backends import Backend, ExecutionCall
 from runner.cancel.registry import JobContext, StopReason
 from runner.cancel.remote import RemoteCanceller
-from runner.cancel.stops import StopRecorder
+from runner.cancel.stops import Spawn, StopRecorder
 
 
 class TaskStopping:
-    def __init__(self, remote: RemoteCanceller, stops: StopRecorder) -> None:
+    def __init__(self, remote: RemoteCanceller, stops: StopRecorder, spawn: Spawn) -> None:
         self.remote = remote
         self.stops = stops
+        # The supervisor's short tasks: what must run to its end even if the task waiting on
+        # it is cancelled again (a shutdown) runs there, owned and awaited when the worker drains.
+        self._spawn = spawn
 
     async def execution_cancelled(
         self,
@@ -36,10 +39,12 @@ class TaskStopping:
             ctx.spent[execution_id] = spent_s
         if not await self._backend_must_be_told(ctx, execution_id, backend, call):
             return
+        send = self._spawn(
+            self.remote.send(ctx.job_id, execution_id, backend_name, call.remote_id, call.remote_urls),
+            f"remote-cancel-{execution_id}",
+        )
         try:
-            await asyncio.shield(
-                self.remote.send(ctx.job_id, execution_id, backend_name, call.remote_id, call.remote_urls)
-            )
+            await asyncio.shield(send)
         except Exception:
             # The cancel stays owed ("pending"): the sweeper sends it. Whatever went wrong
             # here must not replace the CancelledError.
@@ -73,14 +78,16 @@ class TaskStopping:
         """The job's task has ended, however: "stopped" is reported once its stop is on record."""
         self.stops.on_task_done(ctx)
 
-    async def job_cancelled(self, ctx: JobContext, requeue: Callable[[], Awaitable[None]], jlog: Any) -> None:
+    async def job_cancelled(
+        self, ctx: JobContext, requeue: Callable[[], Coroutine[Any, Any, None]], jlog: Any
+    ) -> None:
         """The job's task was cancelled, its executions have cleaned up (the caller re-raises
         the CancelledError): a shutdown requeues the job (`requeue`, shielded); a lost lease
         writes nothing; a cancel hands its stop record over -- no await here, so thousands of
         cancelled tasks end at once (the batcher owns the write, and the drain awaits it)."""
         reason = ctx.reason or StopReason.SHUTDOWN
         if reason is StopReason.SHUTDOWN:
-            await asyncio.shield(requeue())
+            await asyncio.shield(self._spawn(requeue(), f"requeue-{ctx.job_id}"))
         elif reason is StopReason.LEASE_LOST:
             jlog.warning("job_lease_lost")
         else:

@@ -65,7 +65,7 @@ async def record_stops(
 LINGER_S = 0.02
 OWED_CANCEL_RETRY_MAX_S = 2.0
 
-Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[Any]]
+Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
 
 
 def _stop_recorded(ctx: JobContext, write: asyncio.Future[None]) -> None:

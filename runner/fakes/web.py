@@ -51,6 +51,7 @@ class FakeWebEndpoint(Watched):
     url_cancels: list[str] = field(default_factory=list)
     url_cancel_at: dict[str, float] = field(default_factory=dict)
     url_cancel_reply: tuple[int, bytes, dict[str, str]] | None = None  # status, body, headers
+    url_cancel_delay_s: float = 0.0  # a slow cancel endpoint: the answer comes this late
     url_cancelled: defaultdict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     endless_sent: dict[str, int] = field(default_factory=dict)  # bytes of "endless" replies sent
     modal_cut_s: float = 150.0  # Modal cuts a web request here and redirects to the result URL
@@ -156,6 +157,7 @@ class FakeWebEndpoint(Watched):
         self.url_cancels.append(execution_id)
         self._note(self.url_cancel_at, execution_id)
         self.url_cancelled[execution_id].set()
+        await asyncio.sleep(self.url_cancel_delay_s)
         if self.url_cancel_reply is not None:
             status, raw, headers = self.url_cancel_reply
             return web.Response(status=status, body=raw, content_type="application/json", headers=headers)

@@ -94,17 +94,18 @@ class Leases:
                 log.warning("job_requeued", job_id=str(job_id), reason="not_held")
 
     async def _settle(self) -> None:
-        """Finish jobs whose final write did not happen; requeue those still open."""
+        """Finish jobs whose final write did not happen; requeue those still open. A job
+        leaves `unsettled` only once that is written: until then the orphan check
+        (_requeue_unheld) leaves it alone, and the next renewal tries again."""
         job_ids = list(self.tasks.unsettled)
-        self.tasks.unsettled.clear()
-        for job_id, (written, status) in zip(
-            job_ids, await store.finalize(self.pool, job_ids, self.instance_id, self.notifier), strict=True
-        ):
+        settled = await store.finalize(self.pool, job_ids, self.instance_id, self.notifier)
+        for job_id, (written, status) in zip(job_ids, settled, strict=True):
             if not written and status == "running":
                 await store.requeue_interrupted(
                     self.pool, job_id, self.instance_id, reason="unsettled", notifier=self.notifier
                 )
                 log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
+            self.tasks.unsettled.discard(job_id)
 
     async def requeue_expired(self) -> None:
         """Requeue the jobs of instances that are gone. An instance that has itself just got

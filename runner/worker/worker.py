@@ -57,7 +57,7 @@ class Worker:
             {name: b.spec.concurrency for name, b in backends.items() if b.spec.concurrency is not None},
         )
         self.stops = StopRecorder(pool, instance_id, canceller, metrics, supervisor.track, notifier)
-        stopping = TaskStopping(remote, self.stops)
+        stopping = TaskStopping(remote, self.stops, supervisor.track)
         self.results = Results(pool, instance_id, metrics, notifier)
         executions = Executions(pool, settings, backends, self.results, remote, stopping, metrics, notifier)
         self.tasks = JobTasks(

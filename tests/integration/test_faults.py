@@ -5,9 +5,11 @@ starts and, where a process boundary matters, real `runner serve` processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import psutil
 import pytest
 
 from runner.config import Settings
+from runner.db import DATABASE_ERRORS
 from runner.fakes import FakeProviders
 from runner.service import running_service
 from tests.client import Api
@@ -173,6 +176,45 @@ async def test_a_job_postgres_says_we_hold_but_no_task_does_is_requeued(
         await conn.execute("ALTER TABLE jobs ENABLE TRIGGER jobs_terminal_is_final")
     requeued = await _wait_for_event(api, orphan["id"], "requeued", timeout=10)
     assert requeued["detail"]["reason"] == "not_held", requeued
+
+
+async def test_a_final_write_that_fails_again_at_the_renewal_is_kept_not_requeued(
+    own_pg: StoppablePostgres, settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    """A job whose task ended without its final write is settled at the lease renewal. When
+    that write fails too (Postgres gone again), the job stays to settle: it is not left for
+    the orphan check to requeue, which would run its paid work a second time."""
+    async with running_service(settings.replace(lease_s=60.0), dsn=own_pg.dsn) as rt:
+        assert rt.worker is not None
+        api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+        job = await api.submit({"backend": "demo", "input": {"seconds": 0.05}})
+        await api.until(job["id"], "completed")
+        job_id = uuid.UUID(job["id"])
+        async with rt.pool.acquire() as conn:
+            # What a failed final write leaves: every execution done, the row running here.
+            await conn.execute("ALTER TABLE jobs DISABLE TRIGGER jobs_terminal_is_final")
+            await conn.execute(
+                "UPDATE jobs SET status = 'running', worker_id = $1, finished_at = NULL WHERE id = $2",
+                rt.instance_id,
+                job_id,
+            )
+            await conn.execute("ALTER TABLE jobs ENABLE TRIGGER jobs_terminal_is_final")
+        rt.worker.tasks.unsettled.add(job_id)
+        own_pg.stop()
+        with pytest.raises(DATABASE_ERRORS):
+            await rt.worker.leases._settle()
+        assert job_id in rt.worker.tasks.unsettled
+        own_pg.start()
+        deadline = time.monotonic() + 30
+        while job_id in rt.worker.tasks.unsettled:
+            assert time.monotonic() < deadline, "never settled"
+            with contextlib.suppress(*DATABASE_ERRORS):  # the pool finds its connections dead
+                await rt.worker.renew_leases()
+            await asyncio.sleep(0.1)
+        settled = await api.until(job["id"], "completed")
+        _, audit = await api.call("GET", f"/jobs/{job['id']}/audit")
+        started = [e for e in audit["events"] if e["kind"] == "started"]
+        assert settled["status"] == "completed" and _requeues(audit["events"]) == [] and len(started) == 1
 
 
 async def _wait_for_event(api: Api, job_id: str, kind: str, timeout: float) -> dict[str, Any]:
@@ -337,6 +379,29 @@ async def test_an_instance_does_not_stop_the_embedded_postgres_under_another(
     assert (await api.call("GET", "/jobs"))[0] == 200
     await second.stop()
     assert not _postgres_running_on((data_dir / "pg").resolve())
+
+
+async def test_a_remote_cancel_under_way_at_shutdown_is_awaited_and_recorded(
+    dsn: str, settings: Settings, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
+    """A cancelled execution is telling its backend to stop when the instance shuts down: the
+    shutdown interrupts its job's task, which cancels the execution's task a second time. The
+    send is the instance's to finish and record before the pool closes, not a task left
+    running on its own."""
+    fake_gpu.web.url_cancel_delay_s = 1.0
+    async with running_service(settings.replace(shutdown_grace_s=0.0), dsn=dsn) as rt:
+        api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+        job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
+        execution = job["executions"][0]["id"]
+        await asyncio.wait_for(fake_gpu.web.started[execution].wait(), 10)
+        status, _ = await api.call("POST", f"/jobs/{job['id']}/executions/{execution}/cancel")
+        assert status == 200
+        await asyncio.wait_for(fake_gpu.web.url_cancelled[execution].wait(), 10)
+    sends = [t for t in asyncio.all_tasks() if "RemoteCanceller.send" in repr(t.get_coro())]
+    assert sends == []
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+        owed = await pool.fetchval("SELECT remote_cancel FROM executions WHERE id = $1::uuid", execution)
+    assert owed != "pending", owed  # the backend's answer was recorded
 
 
 # -- signals ------------------------------------------------------------------------------------
