@@ -26,7 +26,7 @@ from runner.db.notify import PROBE, SUBMIT
 from runner.db.pool import describe_dsn
 from runner.errors import MigrationError, StartupError
 from runner.runtime import ROLES, Runtime
-from runner.webhooks.delivery import WAKE_CHANNEL, WebhookSender
+from runner.webhooks.delivery import LONGEST_WAIT_S, WAKE_CHANNEL, WebhookSender
 from runner.worker.worker import Worker
 
 log = structlog.get_logger("runner.service")
@@ -178,17 +178,13 @@ def _start_worker(runtime: Runtime, http: aiohttp.ClientSession) -> Worker:
 
 
 def _start_webhooks(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
-    """Any worker instance delivers the webhook outbox: a periodic claim, and a NOTIFY from the
-    triggers (migration 0014) to look at once."""
+    """Any worker instance delivers the webhook outbox: a claim when the next row comes due,
+    and at once on a NOTIFY from the triggers (migration 0014)."""
     sender = WebhookSender(runtime.pool, runtime.settings, runtime.metrics, runtime.instance_id, render.job)
     stack.push_async_callback(sender.close)
     assert runtime.listener is not None
     runtime.listener.subscribe(WAKE_CHANNEL, sender.wake)
-    runtime.supervisor.every("webhook_delivery", WEBHOOK_INTERVAL_S, sender.tick)
-
-
-# How often a worker looks for due webhook retries (new events also wake it by NOTIFY).
-WEBHOOK_INTERVAL_S = 0.5
+    runtime.supervisor.paced("webhook_delivery", LONGEST_WAIT_S, sender.tick, sender.woken)
 
 
 async def _serve_app(

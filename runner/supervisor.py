@@ -8,6 +8,7 @@ again `dead` names it (/readyz answers 503): never a live-looking instance whose
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -64,15 +65,26 @@ class Supervisor:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(interval_s)
-                try:
-                    await fn()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if is_transient(exc):
-                        log.warning("periodic_task_failed", task=name, error=repr(exc))
-                    else:
-                        log.exception("periodic_task_failed", task=name)
+                await _round(name, fn)
+
+        self.spawn(name, loop)
+
+    def paced(
+        self, name: str, longest_s: float, fn: Callable[[], Awaitable[float | None]], wake: asyncio.Event
+    ) -> None:
+        """Run `fn` in a named task at once, then whenever `wake` is set or the time it
+        returned (seconds until it has work due; None: nothing known) has passed, waiting
+        at most `longest_s` (and at least PACED_FLOOR_S): a poll that sleeps while nothing
+        is due. Errors as in every()."""
+
+        async def loop() -> None:
+            while True:
+                wake.clear()
+                due_in_s = await _round(name, fn)
+                wait_s = longest_s if due_in_s is None else min(longest_s, max(PACED_FLOOR_S, due_in_s))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await wake.wait()
 
         self.spawn(name, loop)
 
@@ -101,3 +113,23 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
+
+
+# Unless woken, a paced round comes at most this often, whatever is due: work due but not
+# to be had (taken by another instance a moment ago) would otherwise bring round after round.
+PACED_FLOOR_S = 0.5
+
+
+async def _round(name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+    """One round of periodic work; an error is logged (a transient one as a warning) and
+    gives None."""
+    try:
+        return await fn()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            log.warning("periodic_task_failed", task=name, error=repr(exc))
+        else:
+            log.exception("periodic_task_failed", task=name)
+        return None

@@ -145,8 +145,6 @@ class Canceller:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no job {job_id}")
         previous = row["previous_status"]
-        if row["changed"] and self.notifier is not None:
-            self.notifier.changed(job_id, row["owner"])
         self._refuse_unless_changed(row, "job")
         running = row["changed"] and previous == "running"
         if running and not signalled and self.manager.cancel(job_id, stop):
@@ -202,8 +200,6 @@ class Canceller:
             self.metrics.cancel_requests.labels("not_found").inc()
             raise JobNotFound(f"no execution {execution_id} in job {job_id}")
         previous = row["previous_status"]
-        if row["changed"] and self.notifier is not None:
-            self.notifier.changed(job_id, row["owner"])
         self._refuse_unless_changed(row, "execution")
         running = row["changed"] and previous == "running" and row["job_status"] == "running"
         if running and self.manager.cancel_execution(job_id, execution_id):

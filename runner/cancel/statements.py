@@ -1,8 +1,8 @@
 """The cancel path's statements, all of them: the cancels (the canceller runs them), the stop
 records (stops), the remote cancels and their sweep (remote), and the check `?wait=true`
-makes (waiting). A cancel does the job, its executions, the audit row and the cancel's NOTIFY
-(its only one: watchers hear of it from the canceller's Notifier, after the commit) in one
-statement and one commit, and names the statuses it may leave."""
+makes (waiting). A cancel does the job, its executions, the audit row, the NOTIFY to the
+instance holding it and its watchers' change hint in one statement and one commit (one
+notifying commit: runner.db.notify), and names the statuses it may leave."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ event AS (
         'executions_cancelled', (SELECT count(*) FROM execs))
     FROM job, target t),
 notify AS (
-    {notify.cancel_notify_sql(_HELD_JOB)})
+    {notify.cancel_notify_sql(_HELD_JOB)}
+    UNION ALL SELECT {notify.change_notify_sql("job.id", "t.owner")} FROM job, target t)
 SELECT t.status AS previous_status, t.owner, {may_act("t.owner", "$2", "$4")} AS allowed,
     coalesce(job.cancelled_at, t.cancelled_at) AS cancelled_at,
     job.id IS NOT NULL AS changed, (SELECT count(*) FROM execs) AS executions_cancelled,
@@ -103,7 +104,8 @@ event AS (
     SELECT $1, NULL, fin.status, $2, jsonb_build_object('reason', 'its last execution was cancelled')
     FROM fin),
 notify AS (
-    {notify.cancel_notify_sql(_HELD_EXECUTION)})
+    {notify.cancel_notify_sql(_HELD_EXECUTION)}
+    UNION ALL SELECT {notify.change_notify_sql("$1", "t.owner")} FROM ex, target t)
 SELECT t.job_status, t.owner, {may_act("t.owner", "$2", "$4")} AS allowed, t.status AS previous_status,
     coalesce(ex.finished_at, t.finished_at) AS cancelled_at, ex.id IS NOT NULL AS changed,
     (SELECT count(*) FROM notify) AS notified

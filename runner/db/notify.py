@@ -12,8 +12,8 @@ for every notification):
   cancelled; `<job>:<execution>` one execution was, the job goes on; a bulk cancel sends
   comma lists of `<job>`, up to BULK_IDS ids a notification (payloads are limited to 8000
   bytes) per holder, and none to the sending instance, which has signalled its own tasks
-  already. Sent inside the cancel's own transaction: the only NOTIFY such a transaction
-  sends. A queued job has no holder and no notification.
+  already. Sent inside the cancel's own transaction. A queued job has no holder and no
+  notification.
 - `runner_submit` (workers): work was queued; a comma list of what each job needs, its
   backends joined by `+` (names are `[A-Za-z0-9_.-]`); an instance lacking them does not
   run a claim for it. Empty: anything.
@@ -25,7 +25,10 @@ for every notification):
   migration 0014's triggers inside the transaction that queues it, deduplicated there by
   Postgres -- only jobs that asked for webhooks pay for it.
 
-Work and change hints are sent after their commit by the instance's Notifier, coalesced:
+A job's or an execution's cancel sends its change hint in its own transaction too
+(change_notify_sql): that transaction notifies anyway, and each notifying commit wakes every
+listening backend -- one commit, one wake-up, where a hint after it would be a second.
+Other work and change hints are sent after their commit by the instance's Notifier, coalesced:
 whatever is noted while one NOTIFY transaction is on its way goes out in the next. A
 transaction that changes rows sends no NOTIFY of its own, so it is not serialised behind
 Postgres' notify lock, which a notifying commit holds across its WAL flush; the Notifier's
@@ -128,6 +131,12 @@ def job_key(job_id: uuid.UUID) -> str:
 
 def wallet_key(address: str) -> str:
     return "w" + address[2:].lower()
+
+
+def change_notify_sql(job: str, owner: str) -> str:
+    """SQL sending the change hint for one job of wallet `owner` (SQL expressions), as
+    job_key and wallet_key write it: for a statement that notifies already (a cancel)."""
+    return f"pg_notify('{CHANGE}', 'j' || replace({job}::text, '-', '') || ',w' || lower(substr({owner}, 3)))"
 
 
 def decode_change(payload: str) -> list[str]:

@@ -32,6 +32,9 @@ log = structlog.get_logger("runner.webhooks")
 
 MAX_ANSWER_BYTES = 64 * 1024  # what is read of a receiver's answer (then dropped, never stored)
 MAX_IN_FLIGHT = 32  # deliveries one instance makes at once
+# The longest an instance goes without looking at the outbox: new events wake it by NOTIFY,
+# and each look learns when the next retry is due, so this only bounds a lost NOTIFY.
+LONGEST_WAIT_S = 5.0
 RETRY_CAP_S = 3600.0  # the longest wait between two attempts
 WAKE_CHANNEL = notify.WEBHOOK
 
@@ -58,9 +61,9 @@ class WebhookSender:
         self.instance_id = instance_id
         self.render = render
         self.in_flight: set[asyncio.Task[None]] = set()  # deliveries under way
-        self._wakes: set[asyncio.Task[None]] = set()
+        # Set by a NOTIFY of a new event and by each attempt's end: look again at once.
+        self.woken = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
-        self._ticking = False
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -78,39 +81,30 @@ class WebhookSender:
         return self._http
 
     def wake(self, _payload: str = "") -> None:
-        """A NOTIFY from a trigger: an event was just written; look now, not at the next tick."""
-        if not self._ticking:
-            task = asyncio.get_running_loop().create_task(self._woken(), name="webhook_wake")
-            self._wakes.add(task)
-            task.add_done_callback(self._wakes.discard)
+        """A NOTIFY from a trigger: an event was just written; look now, not when due."""
+        self.woken.set()
 
-    async def _woken(self) -> None:
-        try:
-            await self.tick()
-        except Exception as exc:  # the periodic tick tries again shortly
-            log.warning("webhook_wake_failed", error=repr(exc))
-
-    async def tick(self) -> None:
-        """Claim what is due (as many as there is room for) and start delivering it."""
-        if self._ticking:
-            return
-        self._ticking = True
-        try:
-            room = MAX_IN_FLIGHT - len(self.in_flight)
-            if room > 0:
-                lease_s = self.settings.webhook_timeout_s + 5.0
-                for row in await self.pool.fetch(statements.CLAIM, room, lease_s):
-                    task = asyncio.get_running_loop().create_task(self._guarded(row), name="webhook")
-                    self.in_flight.add(task)
-                    task.add_done_callback(self.in_flight.discard)
-            pending = await self.pool.fetchval(statements.PENDING_COUNT)
-            self.metrics.webhooks_pending.set(pending)
-        finally:
-            self._ticking = False
+    async def tick(self) -> float | None:
+        """Claim what is due (as many as there is room for) and start delivering it. Returns
+        in how many seconds the next row comes due; None when none is known (nothing
+        pending, or no room left: an attempt's end wakes the sender)."""
+        room = MAX_IN_FLIGHT - len(self.in_flight)
+        if room > 0:
+            lease_s = self.settings.webhook_timeout_s + 5.0
+            for row in await self.pool.fetch(statements.CLAIM, room, lease_s):
+                task = asyncio.get_running_loop().create_task(self._guarded(row), name="webhook")
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+        due = await self.pool.fetchrow(statements.NEXT_DUE)
+        self.metrics.webhooks_pending.set(due["pending"])
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
+            return None
+        due_in_s: float | None = due["due_in_s"]
+        return due_in_s
 
     async def close(self) -> None:
         """Stop: deliveries under way are abandoned (their rows come due again elsewhere)."""
-        tasks = [*self.in_flight, *self._wakes]
+        tasks = [*self.in_flight]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -138,6 +132,8 @@ class WebhookSender:
         except Exception as exc:
             # Unrecorded: the row's claim lapses and it is tried again (here or elsewhere).
             log.warning("webhook_attempt_unrecorded", job_id=str(row["job_id"]), error=repr(exc))
+        finally:
+            self.woken.set()  # its retry, or its job's next event, may be due before the next look
 
     async def _deliver(self, row: asyncpg.Record) -> None:
         body = await self._body(row)

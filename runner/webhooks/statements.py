@@ -38,7 +38,14 @@ UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = now() +
 FROM due, jobs j WHERE o.id = due.id AND j.id = o.job_id
 RETURNING o.id, o.msg_id, o.job_id, o.event, o.url, o.created_at, o.payload, o.attempts, j.owner"""
 
-PENDING_COUNT = "SELECT count(*) FROM webhook_outbox WHERE state = 'pending'"
+# How many are pending, and in how many seconds the first that CLAIM could take comes due (a
+# row waiting for an earlier one of its job is not: that one's time counts).
+NEXT_DUE = """
+SELECT count(*) AS pending, extract(epoch FROM min(w.next_attempt_at) FILTER (
+        WHERE NOT EXISTS (SELECT 1 FROM webhook_outbox p
+                          WHERE p.job_id = w.job_id AND p.state = 'pending' AND p.id < w.id))
+    - now())::float8 AS due_in_s
+FROM webhook_outbox w WHERE w.state = 'pending'"""
 
 # $1 job id: the job as a delivery's body shows it.
 JOB = f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"

@@ -122,3 +122,30 @@ async def test_jobs_submit_hands_its_hints_to_the_notifier(service: Runtime, db:
         notifier=service.notifier,
     )
     assert await asyncio.wait_for(heard.get(), 10) == "demo"
+
+
+async def test_a_cancel_is_one_notifying_commit_with_its_change_hint(service: Runtime) -> None:
+    """A job's or an execution's cancel tells its watchers inside its own transaction: the
+    cancel's commit is the one that wakes every listening backend (Postgres up to 18 signals
+    them all for each notifying commit), not a second one from the Notifier after it."""
+    for target in ("job", "execution"):
+        job_id, execution_id = uuid.uuid4(), uuid.uuid4()
+        await service.pool.fetchrow(
+            "SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
+            job_id,
+            OWNER,
+            [{"id": str(execution_id), "backend": "nobody", "input": {}}],
+        )
+        async with (
+            service.watch.watching(job_id) as job_changed,
+            service.watch.watching_wallet(OWNER) as wallet_changed,
+        ):
+            before = service.notifier.sent
+            if target == "job":
+                await service.canceller.cancel_job(job_id, actor=OWNER, admin=False, reason=None)
+            else:
+                await service.canceller.cancel_execution(
+                    job_id, execution_id, actor=OWNER, admin=False, reason=None
+                )
+            await asyncio.wait_for(asyncio.gather(job_changed.wait(), wallet_changed.wait()), 10)
+            assert service.notifier.sent == before, target

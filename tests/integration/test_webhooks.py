@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,33 @@ async def test_a_postgres_outage_mid_delivery_loses_nothing(
         delivered = [e for e in audit if e["kind"] == "webhook_delivered"]
         assert len(delivered) == 1 and delivered[0]["detail"]["webhook_id"] == rows[0]["msg_id"]
         assert {a["headers"]["webhook-id"] for a in receiver.arrivals} == {rows[0]["msg_id"]}
+
+
+async def test_an_idle_sender_looks_again_when_the_next_retry_is_due(cluster: Cluster) -> None:
+    """With nothing due, a look at the outbox says when the next one is (new events wake the
+    sender by NOTIFY): an idle fleet does not query the outbox twice a second per instance."""
+    rt = await cluster.start("api", **OPEN)
+    sender = WebhookSender(rt.pool, rt.settings, rt.metrics, "test", lambda row: {})
+    job_id = uuid.uuid4()
+    try:
+        assert await sender.tick() is None  # nothing pending: the longest wait
+        await rt.pool.fetchrow(
+            "SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
+            job_id,
+            "0x" + "ab" * 20,
+            [{"id": str(uuid.uuid4()), "backend": "nobody", "input": {}}],
+        )
+        for event, due_s in (("started", 30), ("completed", 3)):
+            await rt.pool.execute(
+                "INSERT INTO webhook_outbox (job_id, event, url, next_attempt_at)"
+                " VALUES ($1, $2, 'https://x.example/', now() + make_interval(secs => $3))",
+                job_id,
+                event,
+                due_s,
+            )
+        # The later event waits for its job's earlier one: the next look is when that is due.
+        due = await sender.tick()
+        assert due is not None and 29 < due <= 30
+        assert _metric(rt, "runner_webhooks_pending") == 2
+    finally:
+        await sender.close()
