@@ -1,13 +1,14 @@
 """A fleet on one Postgres: 1 API instance and N-1 workers (real `runner serve` processes),
 every connection on loopback.
 
-    python -m benchmarks.fleet [--instances 2,8,16] [--cancels 300] [--knee-instances 16]
+    python -m benchmarks.fleet [--instances 2,8,16] [--cancels 300] [--rounds 1] [--knee-instances 16]
         [--step-s 4] [--cancel-all 8000] [--parts cancel,knee,knee_fleet,cancel_all] [--logs DIR]
 
 - cancel: `--cancels` jobs in flight, held by whichever worker claimed each (a job anywhere),
   cancelled one at a time through the API instance: from the request leaving the client to
   the fake GPU endpoint seeing that job's connection close (the NOTIFY path across
-  instances), p50/p99 per fleet size.
+  instances), p50/p99 per fleet size; with `--rounds` R, R rounds of every size in turn, and
+  the p99 over all of each size's samples.
 - knee: with the fleet idle-listening (its listeners connected, its workers woken as usual),
   a load generator runs the service's own job statements -- submit, claim, result -- at a
   paced rate (open loop, on a pool of 20 connections) for a bench backend no instance has,
@@ -107,7 +108,7 @@ async def _spread(dsn: str) -> str:
     return f"{len(counts)} workers hold {counts}"
 
 
-async def cancel_latency(admin_dsn: str, size: int, n: int, logdir: Path) -> dict[str, float]:
+async def cancel_latency(admin_dsn: str, size: int, n: int, logdir: Path) -> list[float]:
     fake = FakeGpu()
     await fake.start()
     dsn = await fresh_database(admin_dsn, f"bench_fleet_cancel_{size}")
@@ -129,10 +130,9 @@ async def cancel_latency(admin_dsn: str, size: int, n: int, logdir: Path) -> dic
                     assert status == 200, body
                     closed_at = closed.result() if closed.done() else await asyncio.wait_for(closed, 60)
                     samples.append((closed_at - t0) * 1000)
-            stats = percentiles(samples)
-            summary_line(f"  {size} instances: request -> connection closed", fmt(stats))
+            summary_line(f"  {size} instances: request -> connection closed", fmt(percentiles(samples)))
             summary_line(f"  {size} instances: CPU stolen by the host", steal_line(host_before, host_cpu()))
-            return stats
+            return samples
     finally:
         await fake.stop()
 
@@ -367,12 +367,44 @@ async def cancel_all(admin_dsn: str, workers: int, n: int, logdir: Path) -> floa
         await fake.stop()
 
 
+async def cancel_rounds(admin_dsn: str, sizes: list[int], args: argparse.Namespace, logdir: Path) -> None:
+    """`--rounds` rounds, each fleet size in turn within a round (drift on the machine falls
+    on every size alike): each round's p99 ratio, then the p99 over every round's samples."""
+    print(f"cancel latency, {args.cancels} jobs in flight, cancelled one at a time:")
+    pooled: dict[int, list[float]] = {size: [] for size in sizes}
+    ratios: dict[int, list[float]] = {size: [] for size in sizes}
+    smallest = min(sizes)
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f" round {round_no} of {args.rounds}:")
+        p99 = {}
+        for size in sizes:
+            samples = await cancel_latency(admin_dsn, size, args.cancels, logdir)
+            pooled[size].extend(samples)
+            p99[size] = percentiles(samples)["p99"]
+        for size in sizes:
+            ratios[size].append(p99[size] / p99[smallest])
+            summary_line(f"cancel p99, {size} instances / {smallest}", f"{ratios[size][-1]:.2f}")
+    if args.rounds > 1:
+        print(f"all {args.rounds} rounds:")
+        pooled_p99 = {size: percentiles(samples)["p99"] for size, samples in pooled.items()}
+        for size in sizes:
+            summary_line(f"  {size} instances: request -> connection closed", fmt(percentiles(pooled[size])))
+        for size in sizes:
+            each = ", ".join(f"{r:.2f}" for r in ratios[size])
+            summary_line(
+                f"cancel p99, {size} instances / {smallest}",
+                f"{pooled_p99[size] / pooled_p99[smallest]:.2f} over all samples (rounds: {each})",
+            )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--instances", default="2,8,16")
     parser.add_argument("--cancels", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--knee-instances", default="16")
     parser.add_argument("--step-s", type=float, default=4.0)
     parser.add_argument("--cancel-all", type=int, default=8000)
@@ -388,13 +420,7 @@ async def main() -> None:
         summary_line("Postgres", await conn.fetchval("SHOW server_version"))
         await conn.close()
         if "cancel" in parts:
-            print(f"cancel latency, {args.cancels} jobs in flight, cancelled one at a time:")
-            p99 = {}
-            for size in (int(s) for s in args.instances.split(",")):
-                p99[size] = (await cancel_latency(admin_dsn, size, args.cancels, Path(logs)))["p99"]
-            smallest = min(p99)
-            for size, value in p99.items():
-                summary_line(f"cancel p99, {size} instances / {smallest}", f"{value / p99[smallest]:.2f}")
+            await cancel_rounds(admin_dsn, [int(s) for s in args.instances.split(",")], args, Path(logs))
         if "knee" in parts:
             print(f"notifying-commit knee: statements until p99 > {KNEE_P99_MS:.0f} ms:")
             for size in (int(s) for s in args.knee_instances.split(",")):
