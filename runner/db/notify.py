@@ -31,10 +31,14 @@ listening backend -- one commit, one wake-up, where a hint after it would be a s
 Other work and change hints are sent after their commit by the instance's Notifier, coalesced:
 whatever is noted while one NOTIFY transaction is on its way goes out in the next. A
 transaction that changes rows sends no NOTIFY of its own, so it is not serialised behind
-Postgres' notify lock, which a notifying commit holds across its WAL flush; the Notifier's
-transactions write nothing else, so they hold it for microseconds. NOTIFY is a wake-up hint:
-a lost one (an instance dying between a commit and its hint) is made good by what reads the
-rows anyway -- the lease renewal for cancels, the claim poll, each event stream's ping.
+Postgres' notify lock, which a notifying commit holds across its WAL flush. A notifying
+transaction writes a commit record even when it writes nothing else (Postgres gives it a
+transaction id to order the queue: PreCommit_Notify in its async.c), so the Notifier's
+transactions commit asynchronously (HINT_SQL): a hint holds the lock for microseconds, not
+for a disk flush that every cancel's commit would wait behind. NOTIFY is a wake-up hint: a
+lost one (an instance dying between a commit and its hint, or Postgres crashing before a
+hint's commit reached the disk) is made good by what reads the rows anyway -- the lease
+renewal for cancels, the claim poll, each event stream's ping.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ PROBE = "runner_probe"
 WEBHOOK = "runner_webhook"
 
 BULK_IDS = 200
+# The Notifier's one statement: its transaction writes nothing but the notifications, and
+# commits without waiting for the WAL flush (set_config local to the transaction).
+HINT_SQL = """SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p)
+    FROM unnest($1::text[], $2::text[]) AS n(c, p)"""
 MAX_PAYLOAD = 7900  # Postgres refuses 8000 bytes or more
 # Between two NOTIFY transactions of one instance, at least this long: each one wakes every
 # listening backend of the database (Postgres up to 18 signals them all, whatever the
@@ -210,12 +218,7 @@ class Notifier:
                     payloads.append(payload)
                 pending.clear()
             try:
-                # One statement, one transaction that writes nothing but the notifications.
-                await self.pool.execute(
-                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
-                    channels,
-                    payloads,
-                )
+                await self.pool.execute(HINT_SQL, channels, payloads)
                 self.sent += 1
                 self._last_sent = loop.time()
             except Exception as exc:  # any failure: dropped, never retried in a loop

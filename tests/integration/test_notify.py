@@ -149,3 +149,14 @@ async def test_a_cancel_is_one_notifying_commit_with_its_change_hint(service: Ru
                 )
             await asyncio.wait_for(asyncio.gather(job_changed.wait(), wallet_changed.wait()), 10)
             assert service.notifier.sent == before, target
+
+
+async def test_a_hint_commits_without_waiting_for_the_disk(db: asyncpg.Connection) -> None:
+    """A notifying transaction holds Postgres' notify lock until its commit is done, and it
+    writes a commit record even when it writes nothing else: a hint's transaction commits
+    asynchronously, so it does not hold that lock -- which every cancel's commit waits
+    for -- across a WAL flush. Only its own transaction."""
+    async with db.transaction():
+        await db.execute(notify.HINT_SQL, [notify.CHANGE], ["j" + "0" * 32])
+        assert await db.fetchval("SHOW synchronous_commit") == "off"
+    assert await db.fetchval("SHOW synchronous_commit") == "on"
