@@ -184,6 +184,7 @@ def _start_webhooks(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
     stack.push_async_callback(sender.close)
     assert runtime.listener is not None
     runtime.listener.subscribe(WAKE_CHANNEL, sender.wake)
+    runtime.listener.on_reconnect(sender.wake)  # a NOTIFY may have been lost meanwhile
     runtime.supervisor.paced("webhook_delivery", LONGEST_WAIT_S, sender.tick, sender.woken)
 
 

@@ -74,8 +74,8 @@ class Supervisor:
     ) -> None:
         """Run `fn` in a named task at once, then whenever `wake` is set or the time it
         returned (seconds until it has work due; None: nothing known) has passed, waiting
-        at most `longest_s` (and at least PACED_FLOOR_S): a poll that sleeps while nothing
-        is due. Errors as in every()."""
+        at most `longest_s` (and, unless woken, at least PACED_FLOOR_S): a poll that sleeps
+        while nothing is due. Errors as in every()."""
 
         async def loop() -> None:
             while True:

@@ -17,7 +17,7 @@
    else on the job's audit trail (statements.NO_TASK_LEFT).
 
 Across instances, the NOTIFY (runner.db.notify) reaches the listener (runner.db.listener) of
-the instance the job's row names as its holder, and no other; runner.runtime hands it to the
+the instance the job's row names as its holder, and no other worker; runner.runtime hands it to the
 registry; a lost one is made good by the lease renewal.
 Every statement of this package is in statements. The package never imports the worker
 (runner.worker), which uses it: it runs the tasks this package registers and stops.

@@ -94,7 +94,7 @@ class Canceller:
         notifier: Notifier | None = None,
     ) -> None:
         self.pool = pool
-        self.notifier = notifier  # the watchers' hints, after each commit
+        self.notifier = notifier  # the watchers' hints after a bulk cancel's or a supersede's commit
         self.instance_id = instance_id
         self.manager = manager
         self.metrics = metrics

@@ -6,6 +6,7 @@ a shutdown, goes back to the queue; for a lost lease it writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -43,12 +44,12 @@ class TaskStopping:
             self.remote.send(ctx.job_id, execution_id, backend_name, call.remote_id, call.remote_urls),
             f"remote-cancel-{execution_id}",
         )
-        try:
-            await asyncio.shield(send)
-        except Exception:
+        # Logged when it ends, whether or not this task is still there to see it.
+        send.add_done_callback(lambda task: _log_failed_send(task, xlog))
+        with contextlib.suppress(Exception):
             # The cancel stays owed ("pending"): the sweeper sends it. Whatever went wrong
-            # here must not replace the CancelledError.
-            xlog.exception("remote_cancel_failed")
+            # there must not replace the CancelledError.
+            await asyncio.shield(send)
 
     async def _backend_must_be_told(
         self, ctx: JobContext, execution_id: uuid.UUID, backend: Backend, call: ExecutionCall
@@ -92,3 +93,8 @@ class TaskStopping:
             jlog.warning("job_lease_lost")
         else:
             self.stops.record(ctx, reason)
+
+
+def _log_failed_send(task: asyncio.Task[Any], xlog: Any) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        xlog.error("remote_cancel_failed", exc_info=error)

@@ -173,7 +173,8 @@ class Notifier:
     NOTIFY transaction in flight, carrying everything noted since the last (natural
     batching: an idle instance sends at once, a busy one sends one per round trip).
 
-    `enabled=False` drops every hint (the benchmarks' floor)."""
+    `enabled=False` drops every hint it would send (the benchmarks' floor; a job's or an
+    execution's cancel sends its own, in its statement)."""
 
     def __init__(self, pool: asyncpg.Pool, *, enabled: bool = True) -> None:
         self.pool = pool

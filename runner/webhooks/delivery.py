@@ -64,6 +64,7 @@ class WebhookSender:
         # Set by a NOTIFY of a new event and by each attempt's end: look again at once.
         self.woken = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -88,6 +89,8 @@ class WebhookSender:
         """Claim what is due (as many as there is room for) and start delivering it. Returns
         in how many seconds the next row comes due; None when none is known (nothing
         pending, or no room left: an attempt's end wakes the sender)."""
+        if self._closed:  # its deliveries, cancelled by close(), wake it one last time
+            return None
         room = MAX_IN_FLIGHT - len(self.in_flight)
         if room > 0:
             lease_s = self.settings.webhook_timeout_s + 5.0
@@ -104,6 +107,7 @@ class WebhookSender:
 
     async def close(self) -> None:
         """Stop: deliveries under way are abandoned (their rows come due again elsewhere)."""
+        self._closed = True
         tasks = [*self.in_flight]
         for task in tasks:
             task.cancel()
@@ -133,7 +137,10 @@ class WebhookSender:
             # Unrecorded: the row's claim lapses and it is tried again (here or elsewhere).
             log.warning("webhook_attempt_unrecorded", job_id=str(row["job_id"]), error=repr(exc))
         finally:
-            self.woken.set()  # its retry, or its job's next event, may be due before the next look
+            # Its retry, or its job's next event, may be due before the next look; and its
+            # room is free now (the done-callback that frees it would run after the wake-up).
+            self.in_flight.discard(asyncio.current_task())
+            self.woken.set()
 
     async def _deliver(self, row: asyncpg.Record) -> None:
         body = await self._body(row)

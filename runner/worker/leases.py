@@ -48,6 +48,7 @@ class Leases:
         self.notifier = notifier
         # Since when this instance has reached Postgres without a failure (loop time).
         self._db_ok_since: float | None = None
+        self._settling = asyncio.Lock()  # a re-check's renewal and the periodic one
 
     async def renew(self) -> None:
         """Extend our lease, and hold Postgres and memory to each other both ways: held jobs
@@ -97,15 +98,19 @@ class Leases:
         """Finish jobs whose final write did not happen; requeue those still open. A job
         leaves `unsettled` only once that is written: until then the orphan check
         (_requeue_unheld) leaves it alone, and the next renewal tries again."""
-        job_ids = list(self.tasks.unsettled)
-        settled = await store.finalize(self.pool, job_ids, self.instance_id, self.notifier)
-        for job_id, (written, status) in zip(job_ids, settled, strict=True):
-            if not written and status == "running":
-                await store.requeue_interrupted(
-                    self.pool, job_id, self.instance_id, reason="unsettled", notifier=self.notifier
-                )
-                log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
-            self.tasks.unsettled.discard(job_id)
+        async with self._settling:
+            # One claimed here again meanwhile (requeued elsewhere while Postgres was away)
+            # has a task again: that task writes its end; requeueing it would run it twice.
+            self.tasks.unsettled -= {j for j in self.tasks.unsettled if self.manager.is_running(j)}
+            job_ids = list(self.tasks.unsettled)
+            settled = await store.finalize(self.pool, job_ids, self.instance_id, self.notifier)
+            for job_id, (written, status) in zip(job_ids, settled, strict=True):
+                if not written and status == "running" and not self.manager.is_running(job_id):
+                    await store.requeue_interrupted(
+                        self.pool, job_id, self.instance_id, reason="unsettled", notifier=self.notifier
+                    )
+                    log.warning("job_requeued", job_id=str(job_id), reason="unsettled")
+                self.tasks.unsettled.discard(job_id)
 
     async def requeue_expired(self) -> None:
         """Requeue the jobs of instances that are gone. An instance that has itself just got

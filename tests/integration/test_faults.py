@@ -217,6 +217,27 @@ async def test_a_final_write_that_fails_again_at_the_renewal_is_kept_not_requeue
         assert settled["status"] == "completed" and _requeues(audit["events"]) == [] and len(started) == 1
 
 
+async def test_a_job_to_settle_that_runs_here_again_is_left_to_its_task(
+    cluster: Cluster, settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    """A job still to settle here may have been requeued elsewhere meanwhile (Postgres away
+    for a lease) and claimed here again: its new task writes its end. Settling it must not
+    requeue it under that task, which would run its work twice."""
+    rt = await cluster.start("all", settings.replace(lease_s=60.0))
+    assert rt.worker is not None
+    api = await Api.signed_in(http, f"http://127.0.0.1:{rt.port}")
+    job = await api.submit({"backend": "demo", "input": {"seconds": 60}})
+    await api.until(job["id"], "running")
+    job_id = uuid.UUID(job["id"])
+    assert rt.manager.is_running(job_id)
+    rt.worker.tasks.unsettled.add(job_id)  # left from its earlier run here
+    await rt.worker.leases._settle()
+    assert job_id not in rt.worker.tasks.unsettled
+    _, audit = await api.call("GET", f"/jobs/{job['id']}/audit")
+    assert _requeues(audit["events"]) == [], audit
+    assert (await api.job(job["id"]))["status"] == "running"
+
+
 async def _wait_for_event(api: Api, job_id: str, kind: str, timeout: float) -> dict[str, Any]:
     began = time.monotonic()
     while True:

@@ -432,3 +432,25 @@ async def test_an_idle_sender_looks_again_when_the_next_retry_is_due(cluster: Cl
         assert _metric(rt, "runner_webhooks_pending") == 2
     finally:
         await sender.close()
+
+
+async def test_a_closed_sender_claims_nothing(cluster: Cluster) -> None:
+    """close() cancels the deliveries in flight, and each one's end wakes the sender: a look
+    after close() must not claim rows (an attempt counted, a lease taken) for deliveries that
+    nothing will make."""
+    rt = await cluster.start("api", **OPEN)
+    sender = WebhookSender(rt.pool, rt.settings, rt.metrics, "test", lambda row: {})
+    job_id = uuid.uuid4()
+    await rt.pool.fetchrow(
+        "SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
+        job_id,
+        "0x" + "ab" * 20,
+        [{"id": str(uuid.uuid4()), "backend": "nobody", "input": {}}],
+    )
+    await rt.pool.execute(
+        "INSERT INTO webhook_outbox (job_id, event, url) VALUES ($1, 'started', 'https://x.example/')", job_id
+    )
+    await sender.close()
+    assert await sender.tick() is None
+    assert await rt.pool.fetchval("SELECT attempts FROM webhook_outbox WHERE job_id = $1", job_id) == 0
+    assert sender.in_flight == set()
