@@ -1,7 +1,10 @@
-"""The worker's housekeeping, every renewal period: requeue what lost instances held (leases),
+"""The fleet's housekeeping, every renewal period: requeue what lost instances held (leases),
 count the queued jobs no live instance can run and note in their audit trails why they wait,
 count the cancels whose work may still run, the queue's gauges -- and, once a minute,
-retention. Its statements are in runner.worker.store."""
+retention. One worker instance of the fleet does it (store.HOUSEKEEPER): it is the same work
+whoever does it, and 15 instances each doing it every 5 s put a burst on the database and the
+cores three times a second, which the 16-instance cancel p99 paid for. Its statements are in
+runner.worker.store."""
 
 from __future__ import annotations
 
@@ -35,11 +38,18 @@ class Housekeeping:
         self.settings = settings
         self.metrics = metrics
         self.leases = leases
+        self.instance_id = leases.instance_id
         self.notifier = notifier
         self._retention_ran = float("-inf")
 
     async def run(self) -> None:
-        """One round (runner_jobs_unclaimable, runner_remote_unconfirmed, the queue gauges)."""
+        """One round (runner_jobs_unclaimable, runner_remote_unconfirmed, the queue gauges),
+        on the housekeeper; elsewhere those gauges read 0 (the fleet's figure is their max)."""
+        if not await self.pool.fetchval(store.HOUSEKEEPER, self.instance_id):
+            for gauge in (self.metrics.jobs_unclaimable, self.metrics.remote_unconfirmed):
+                self.metrics.set_counts(gauge, {})
+            self.metrics.set_queue({})
+            return
         await self.leases.requeue_expired()
         rows = await self.pool.fetch(store.UNCLAIMABLE)
         unclaimable = {r["backend"]: r["jobs"] for r in rows}

@@ -435,6 +435,9 @@ async def requeue_expired(
 
 # -- housekeeping (runner.worker.housekeeping runs these) ------------------------------------
 
+# Whether $1 is the fleet's housekeeper: the live worker instance with the lowest id (null
+# when $1 has no live lease). A stalled one's lease lapses and the next takes over.
+HOUSEKEEPER = "SELECT min(id) = $1 FROM workers WHERE lease_expires_at >= now()"
 RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
 WAITING_LOCK_KEY = 0x72756E6E65720003  # one instance at a time notes why jobs wait
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # $1 one of the keys above

@@ -48,14 +48,20 @@ async def test_an_instance_claims_only_what_it_can_run(
         )
     }
     assert started == {for_b["id"]: b.instance_id, for_a["id"]: a.instance_id}
-    # Nobody has gpu-none: the job waits, queued, and the gauge says why.
-    assert b.worker is not None
-    await b.worker.housekeeping()
-    line = await _metric(http, f"http://127.0.0.1:{b.port}", 'runner_jobs_unclaimable{backend="gpu-none"}')
+    # Nobody has gpu-none: the job waits, queued, and the gauge says why -- on the fleet's
+    # housekeeper (the live worker with the lowest id) alone: the other does none of it.
+    keeper, other = sorted((a, b), key=lambda rt: rt.instance_id)
+    assert keeper.worker is not None and other.worker is not None
+    gauge = 'runner_jobs_unclaimable{backend="gpu-none"}'
+    await other.worker.housekeeping()
+    line = await _metric(http, f"http://127.0.0.1:{other.port}", gauge)
+    assert line is None or line.endswith(" 0.0"), line
+    await keeper.worker.housekeeping()
+    line = await _metric(http, f"http://127.0.0.1:{keeper.port}", gauge)
     assert line is not None and line.endswith(" 1.0"), line
     assert (await api.job(stranded["id"]))["status"] == "queued"
     # ...and so does the job's audit trail, once, however often the housekeeping runs.
-    await b.worker.housekeeping()
+    await keeper.worker.housekeeping()
     status, audit = await api.call("GET", f"/jobs/{stranded['id']}/audit")
     assert status == 200
     waiting = [e for e in audit["events"] if e["kind"] == "waiting"]
