@@ -129,13 +129,16 @@ async def test_a_cancel_is_one_notifying_commit_with_its_change_hint(service: Ru
     cancel's commit is the one that wakes every listening backend (Postgres up to 18 signals
     them all for each notifying commit), not a second one from the Notifier after it."""
     for target in ("job", "execution"):
-        job_id, execution_id = uuid.uuid4(), uuid.uuid4()
-        await service.pool.fetchrow(
-            "SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
-            job_id,
-            OWNER,
-            [{"id": str(execution_id), "backend": "nobody", "input": {}}],
+        job, _ = await jobs.submit(
+            service.pool,
+            owner=OWNER,
+            executions=[jobs.NewExecution("nobody", {})],
+            timeout_s=None,
+            metadata={},
+            max_active=100,
+            per_minute=1000,
         )
+        job_id, execution_id = job["id"], uuid.UUID(job["executions"][0]["id"])
         async with (
             service.watch.watching(job_id) as job_changed,
             service.watch.watching_wallet(OWNER) as wallet_changed,

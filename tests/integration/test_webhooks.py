@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from runner import jobs
 from runner.backends.config import BackendSpec
 from runner.config import Settings
 from runner.db import connect
@@ -80,6 +81,21 @@ async def _audit(api: Api, job_id: str) -> list[dict[str, Any]]:
     assert status == 200
     events: list[dict[str, Any]] = body["events"]
     return events
+
+
+async def _queued_job(rt: Runtime) -> uuid.UUID:
+    """A job no instance runs (its backend is nobody's), for outbox rows written by hand."""
+    job, _ = await jobs.submit(
+        rt.pool,
+        owner="0x" + "ab" * 20,
+        executions=[jobs.NewExecution("nobody", {})],
+        timeout_s=None,
+        metadata={},
+        max_active=100,
+        per_minute=1000,
+    )
+    job_id: uuid.UUID = job["id"]
+    return job_id
 
 
 def _metric(rt: Runtime, start: str) -> float:
@@ -409,15 +425,9 @@ async def test_an_idle_sender_looks_again_when_the_next_retry_is_due(cluster: Cl
     sender by NOTIFY): an idle fleet does not query the outbox twice a second per instance."""
     rt = await cluster.start("api", **OPEN)
     sender = WebhookSender(rt.pool, rt.settings, rt.metrics, "test", lambda row: {})
-    job_id = uuid.uuid4()
     try:
         assert await sender.tick() is None  # nothing pending: the longest wait
-        await rt.pool.fetchrow(
-            "SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
-            job_id,
-            "0x" + "ab" * 20,
-            [{"id": str(uuid.uuid4()), "backend": "nobody", "input": {}}],
-        )
+        job_id = await _queued_job(rt)
         for event, due_s in (("started", 30), ("completed", 3)):
             await rt.pool.execute(
                 "INSERT INTO webhook_outbox (job_id, event, url, next_attempt_at)"
@@ -440,13 +450,7 @@ async def test_a_closed_sender_claims_nothing(cluster: Cluster) -> None:
     nothing will make."""
     rt = await cluster.start("api", **OPEN)
     sender = WebhookSender(rt.pool, rt.settings, rt.metrics, "test", lambda row: {})
-    job_id = uuid.uuid4()
-    await rt.pool.fetchrow(
-        "SELECT * FROM runner_submit($1, $2, NULL, '{}', $3, NULL, NULL, 100)",
-        job_id,
-        "0x" + "ab" * 20,
-        [{"id": str(uuid.uuid4()), "backend": "nobody", "input": {}}],
-    )
+    job_id = await _queued_job(rt)
     await rt.pool.execute(
         "INSERT INTO webhook_outbox (job_id, event, url) VALUES ($1, 'started', 'https://x.example/')", job_id
     )
