@@ -170,11 +170,9 @@ class RemoteCanceller:
     async def sweep(self) -> int:
         """Send the cancels that are due (their holder is gone, or an earlier try failed), and
         check the acknowledged ones whose work is due a look (any instance, from Postgres)."""
-        rows = await self.pool.fetch(
-            statements.SWEEP_DUE,
-            SWEEP_BATCH,
-            CLAIM_S,
-        )
+        # Only the backends this instance has: another's owed cancel is left to an instance
+        # that can send it (claiming it here would fail it, or hold it back CLAIM_S).
+        rows = await self.pool.fetch(statements.SWEEP_DUE, SWEEP_BATCH, CLAIM_S, list(self.backends))
         # A few at a time: a hundred calls at once would fill every turn of the loop, and a
         # cancel arriving meanwhile would wait behind them.
         limit = asyncio.Semaphore(SWEEP_CONCURRENCY)
@@ -196,8 +194,8 @@ class RemoteCanceller:
         it over in a way that proves a stop; `gone` when it no longer knows the work; still
         running past confirm_within_s: the cancel is sent again, with backoff."""
         backend = self.backends.get(row["backend"])
-        if backend is None or not isinstance(backend, PollingBackend) or row["remote_id"] is None:
-            return  # another instance, which has the backend, looks at it
+        if not isinstance(backend, PollingBackend) or row["remote_id"] is None:
+            return
         spec = backend.spec
         next_look = spec.poll_interval_s * random.uniform(0.8, 1.2)
         try:

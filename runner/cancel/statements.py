@@ -204,11 +204,13 @@ SELECT ev.job_id, j.owner FROM ev JOIN jobs j ON j.id = ev.job_id"""
 # -- the remote cancels (runner.cancel.remote) ----------------------------------------------
 
 # The cancels due (their holder is gone, or an earlier try failed) and the acknowledged ones
-# whose work is due a look, claimed for $2 seconds. $1 how many.
+# whose work is due a look, claimed for $2 seconds. $1 how many; $3 the backends this
+# instance has (the others are left to an instance that can send them).
 SWEEP_DUE = """
 WITH due AS (
     SELECT id FROM executions
     WHERE remote_cancel IN ('pending', 'acknowledged') AND remote_cancel_due <= now()
+      AND backend = ANY($3::text[])
     ORDER BY remote_cancel_due LIMIT $1 FOR UPDATE SKIP LOCKED)
 UPDATE executions e SET remote_cancel_due = now() + make_interval(secs => $2)
 FROM due WHERE e.id = due.id

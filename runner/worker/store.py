@@ -467,10 +467,13 @@ NOTE_WAITING = """WITH stranded AS (
         RETURNING job_id)
     SELECT n.job_id, j.owner FROM noted n JOIN jobs j ON j.id = n.job_id"""
 
-# Executions per backend whose work may still run at the provider after a cancel.
+# Executions per backend whose work may still run at the provider after a cancel: not yet
+# seen over, tried and not accepted, or owed for a minute with no try (no live instance has
+# the backend to send it; one just owed is being sent by its holder).
 UNCONFIRMED = """SELECT backend, count(*) AS n FROM executions
     WHERE (remote_cancel = 'acknowledged' AND remote_cancel_due IS NOT NULL)
-       OR (remote_cancel = 'pending' AND remote_cancel_tries > 0)
+       OR (remote_cancel = 'pending'
+           AND (remote_cancel_tries > 0 OR remote_cancel_due < now() - interval '1 minute'))
     GROUP BY backend"""
 
 # Up to $3 finished jobs older than $1 days + $2 seconds, with their executions, events and

@@ -11,9 +11,13 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 
+from runner.backends import build_backends
 from runner.backends.config import BackendSpec
+from runner.cancel.remote import RemoteCanceller
 from runner.fakes import FakeProviders
-from tests.client import Api
+from runner.metrics import Metrics
+from runner.worker import store
+from tests.client import Api, freeze
 from tests.conftest import Cluster
 from tests.procs import ServeProcess
 
@@ -203,3 +207,43 @@ async def test_retention_deletes_what_is_old_and_keeps_what_is_new_or_active(
         pass
     else:
         raise AssertionError("job_events accepted a delete outside retention")
+
+
+async def test_a_cancel_owed_to_a_backend_is_left_to_an_instance_that_has_it(
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession, db: asyncpg.Connection
+) -> None:
+    """A holder that dies owes its provider a cancel; the sweeper of an instance without that
+    backend must leave it to one that has it -- not record it failed ("not configured
+    here"), which would leave the GPU running for good."""
+    rp = BackendSpec(
+        name="rp", kind="runpod", base_url=fake_gpu.runpod_url, endpoint_id="ep1", api_key="rp-key"
+    )
+    plain = _http("plain", fake_gpu)
+    front = await cluster.start("api", backends={"rp": rp, "plain": plain})
+    holder = await cluster.start("worker", backends={"rp": rp})
+    api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
+    job = await api.submit({"backend": "rp", "input": {"hold": True}})
+    running = await api.until_execution(job["id"], 0, lambda e: e["remote_id"] is not None)
+    remote_id = running["executions"][0]["remote_id"]
+    freeze(holder)  # it dies with the work running at RunPod
+    assert (await api.cancel(job["id"]))[0] == 200
+    execution_id = uuid.UUID(running["executions"][0]["id"])
+    # Owed for two minutes, say: no live instance had rp meanwhile.
+    await db.execute(
+        "UPDATE executions SET remote_cancel_due = now() - interval '2 minutes' WHERE id = $1", execution_id
+    )
+    # An instance with other backends sweeps: the cancel is not its to send.
+    other = build_backends({"plain": plain}, http)
+    assert await RemoteCanceller(db_pool := front.pool, other, Metrics(), "other").sweep() == 0
+    row = await db.fetchrow(
+        "SELECT remote_cancel, remote_cancel_due <= now() AS due FROM executions WHERE id = $1", execution_id
+    )
+    assert (row["remote_cancel"], row["due"]) == ("pending", True)
+    # ...and the gauge to alert on counts it (the fleet's housekeeper sets it from this).
+    assert {r["backend"]: r["n"] for r in await db.fetch(store.UNCONFIRMED)} == {"rp": 1}
+    # One that has it sends it at once.
+    mine = build_backends({"rp": rp}, http)
+    assert await RemoteCanceller(db_pool, mine, Metrics(), "mine").sweep() == 1
+    assert fake_gpu.runpod.cancels == [remote_id]
+    done = await api.until_execution(job["id"], 0, lambda e: e["remote_cancel"] != "pending")
+    assert done["executions"][0]["remote_cancel"] in ("acknowledged", "confirmed")
