@@ -411,6 +411,13 @@ CREATE TABLE public.wallet_turns (
     last_claimed_at timestamp with time zone NOT NULL
 );
 
+-- TABLE watched
+
+CREATE UNLOGGED TABLE public.watched (
+    key text NOT NULL,
+    until timestamp with time zone NOT NULL
+);
+
 -- TABLE webhook_outbox
 
 CREATE TABLE public.webhook_outbox (
@@ -514,6 +521,11 @@ ALTER TABLE ONLY public.sessions
 
 ALTER TABLE ONLY public.wallet_turns
     ADD CONSTRAINT wallet_turns_pkey PRIMARY KEY (owner);
+
+-- CONSTRAINT watched watched_pkey
+
+ALTER TABLE ONLY public.watched
+    ADD CONSTRAINT watched_pkey PRIMARY KEY (key);
 
 -- CONSTRAINT webhook_outbox webhook_outbox_msg_id_key
 

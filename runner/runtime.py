@@ -59,7 +59,7 @@ class Runtime:
             instance_id=self.instance_id,
             notifier=self.notifier,
         )
-        self.watch = JobWatch()
+        self.watch = JobWatch(self.pool if self.role != "worker" else None)
         if self.listener is not None:
             if self.role != "api":
                 # Only instances that run jobs act on cancels; an API instance does not even
@@ -68,7 +68,14 @@ class Runtime:
             if self.role != "worker":
                 # Only instances with the API have watchers (event streams, `?wait=true`).
                 self.listener.subscribe(notify.CHANGE, self.watch.on_change)
-            self.listener.on_reconnect(self.watch.wake_all)
+            self.listener.on_reconnect(self._rewatch)
+
+    def _rewatch(self) -> None:
+        """After a listener reconnect: every waiter re-reads (a hint may have been lost), and
+        the keys watched here are registered again (a crash empties their table)."""
+        self.watch.wake_all()
+        if self.watch.pool is not None:
+            self.supervisor.once("watch_renewal", self.watch.renew)
 
     def on_cancel_notification(self, payload: str) -> None:
         """A cancel committed on some instance: stop the tasks here that we hold."""

@@ -22,7 +22,7 @@ from runner.config import Settings
 from runner.db import create_pool, migrate, resolve_dsn
 from runner.db import listener as db_listener
 from runner.db.listener import POOLER, Listener
-from runner.db.notify import PROBE, SUBMIT
+from runner.db.notify import PROBE, SUBMIT, WATCH_RENEW_S
 from runner.db.pool import describe_dsn
 from runner.errors import MigrationError, StartupError
 from runner.runtime import ROLES, Runtime
@@ -69,6 +69,8 @@ async def running_service(
             _start_webhooks(runtime, stack)
         # A worker-only instance serves its probes and metrics, nothing else.
         app = create_app(runtime) if role in ("all", "api") else create_probe_app(runtime)
+        if runtime.watch.pool is not None:  # an instance with the API: its watchers' keys
+            runtime.supervisor.every("watch_renewal", WATCH_RENEW_S, runtime.watch.renew)
         assert runtime.listener is not None
         runtime.supervisor.spawn("listener", runtime.listener.run)
         runtime.supervisor.spawn("loop_lag", runtime.metrics.watch_loop_lag)

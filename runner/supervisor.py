@@ -96,6 +96,10 @@ class Supervisor:
         task.add_done_callback(self._short.discard)
         return task
 
+    def once(self, name: str, fn: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:
+        """One round of periodic work now, as a short task (an error logged as every()'s are)."""
+        return self.track(_round(name, fn), name)
+
     async def wait_short(self) -> None:
         while self._short:
             await asyncio.gather(*list(self._short), return_exceptions=True)

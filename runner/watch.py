@@ -1,7 +1,11 @@
 """Waiting for a job to change: a `runner_change` notification naming the job (or its wallet)
 wakes the waiter, which re-reads the row (SSE, `?wait=true`). The listener LISTENs on that one
 channel; the routing to waiters is here, by the keys in the payload (runner.db.notify).
-After a listener reconnect every waiter is woken to re-read."""
+After a listener reconnect every waiter is woken to re-read.
+
+Each key watched here is registered in Postgres (the `watched` table) before its waiter's
+first read, and renewed while watched: a change hint goes out only for keys someone watches
+(notify.HINT_SQL), since each notifying commit wakes every listening backend of the database."""
 
 from __future__ import annotations
 
@@ -10,12 +14,16 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
+
 from runner.db import notify
 
 
 class JobWatch:
-    def __init__(self) -> None:
+    def __init__(self, pool: asyncpg.Pool | None = None) -> None:
+        self.pool = pool  # None: nothing is registered (an instance with no API)
         self._events: dict[str, set[asyncio.Event]] = {}
+        self._fresh: dict[str, float] = {}  # key -> loop time until which its row needs no renewal
 
     def watching(self, job_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
         """An Event set whenever the job may have changed; clear it before each re-read."""
@@ -30,6 +38,8 @@ class JobWatch:
         event = asyncio.Event()
         self._events.setdefault(key, set()).add(event)
         try:
+            if self._fresh.get(key, float("-inf")) < asyncio.get_running_loop().time():
+                await self._register([key])  # before the caller's first read: no hint falls between
             yield event
         finally:
             events = self._events.get(key)
@@ -37,6 +47,22 @@ class JobWatch:
                 events.discard(event)
                 if not events:
                     del self._events[key]
+
+    async def _register(self, keys: list[str]) -> None:
+        if self.pool is None or not keys:
+            return
+        await self.pool.execute(notify.WATCH_SQL, sorted(keys), notify.WATCH_TTL_S)
+        fresh_until = asyncio.get_running_loop().time() + notify.WATCH_RENEW_S
+        for key in keys:
+            self._fresh[key] = fresh_until
+
+    async def renew(self) -> None:
+        """Keep the keys watched here registered (periodic, and after a listener reconnect: a
+        crash empties the table); the others expire by themselves. Then drop rows long expired."""
+        self._fresh = {k: t for k, t in self._fresh.items() if k in self._events}
+        await self._register(list(self._events))
+        if self.pool is not None:
+            await self.pool.execute(notify.WATCH_CLEANUP_SQL)
 
     def on_change(self, payload: str) -> None:
         """A runner_change notification: wake the waiters of the jobs and wallets it names."""

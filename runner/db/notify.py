@@ -18,7 +18,8 @@ for every notification):
   backends joined by `+` (names are `[A-Za-z0-9_.-]`); an instance lacking them does not
   run a claim for it. Empty: anything.
 - `runner_change` (API instances): jobs changed; a comma list of `j<job hex>` (its
-  watchers re-read it) and `w<wallet hex>` (that wallet's event streams re-read).
+  watchers re-read it) and `w<wallet hex>` (that wallet's event streams re-read). The
+  Notifier sends only the keys some instance watches (the `watched` table, runner.watch).
 - `runner_auth` (API instances): `<token hash hex>`, a session was revoked.
 - `runner_probe`: `<nonce hex>`, the start-up self-test (runner.db.listener).
 - `runner_webhook` (workers): `""`, a webhook delivery is due (runner.webhooks); sent by
@@ -61,10 +62,31 @@ PROBE = "runner_probe"
 WEBHOOK = "runner_webhook"
 
 BULK_IDS = 200
-# The Notifier's one statement: its transaction writes nothing but the notifications, and
-# commits without waiting for the WAL flush (set_config local to the transaction).
-HINT_SQL = """SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p)
-    FROM unnest($1::text[], $2::text[]) AS n(c, p)"""
+# The Notifier's one statement. Work hints ($1 channels, $2 payloads) go out as they are;
+# change hints ($3 keys, $4 each key's payload number) only for the keys someone watches
+# (the `watched` table, runner.watch): each notifying commit wakes every listening backend,
+# and a hint no instance waits for would cost them all a wake-up (one per cancel's stop
+# record, in a fleet). Nothing to send: no NOTIFY, and a read-only transaction. Otherwise its
+# transaction writes nothing but the notifications, and commits without waiting for the WAL
+# flush (set_config local to the transaction).
+HINT_SQL = """WITH hint(c, p) AS (
+        SELECT c, p FROM unnest($1::text[], $2::text[]) AS n(c, p)
+        UNION ALL
+        SELECT 'runner_change', string_agg(k, ',') FROM unnest($3::text[], $4::int[]) AS h(k, n)
+        WHERE EXISTS (SELECT 1 FROM watched w WHERE w.key = h.k AND w.until > now())
+        GROUP BY n)
+    SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p) FROM hint"""
+# A key watched (job_key, wallet_key) is registered until now + WATCH_TTL_S, renewed every
+# WATCH_RENEW_S while watched (keys sorted: concurrent renewals lock rows in one order). A
+# key nobody renews expires: an instance that died leaves a few needless hints behind.
+WATCH_TTL_S = 60.0
+WATCH_RENEW_S = WATCH_TTL_S / 3
+WATCH_SQL = """INSERT INTO watched (key, until)
+    SELECT k, now() + make_interval(secs => $2) FROM unnest($1::text[]) k
+    ON CONFLICT (key) DO UPDATE SET until = greatest(watched.until, EXCLUDED.until)"""
+# Rows expired a while ago, those no renewal holds a lock on (never waits, never deadlocks).
+WATCH_CLEANUP_SQL = """DELETE FROM watched WHERE key IN (
+    SELECT key FROM watched WHERE until < now() - interval '1 minute' FOR UPDATE SKIP LOCKED)"""
 MAX_PAYLOAD = 7900  # Postgres refuses 8000 bytes or more
 # Between two NOTIFY transactions of one instance, at least this long: each one wakes every
 # listening backend of the database (Postgres up to 18 signals them all, whatever the
@@ -152,20 +174,35 @@ def decode_change(payload: str) -> list[str]:
     return [entry for entry in payload.split(",") if entry]
 
 
-def _chunks(entries: Iterable[str]) -> list[str]:
-    """Comma lists of at most MAX_PAYLOAD bytes (the entries are ASCII)."""
-    out: list[str] = []
+def _chunks(entries: Iterable[str]) -> list[list[str]]:
+    """The entries in groups whose comma list is at most MAX_PAYLOAD bytes (they are ASCII)."""
+    out: list[list[str]] = []
     current: list[str] = []
     size = 0
     for entry in entries:
         if current and size + len(entry) + 1 > MAX_PAYLOAD:
-            out.append(",".join(current))
+            out.append(current)
             current, size = [], 0
         current.append(entry)
         size += len(entry) + 1
     if current:
-        out.append(",".join(current))
+        out.append(current)
     return out
+
+
+def hint_arguments(
+    work: Iterable[str], changes: Iterable[str]
+) -> tuple[list[str], list[str], list[str], list[int]]:
+    """HINT_SQL's arguments for work entries (work_entry) and change keys (job_key,
+    wallet_key): whole payloads for the first, each key with its payload's number for the
+    second (a payload of the watched keys among a group is no longer than the group's)."""
+    payloads = [",".join(group) for group in _chunks(work)]
+    keys: list[str] = []
+    numbers: list[int] = []
+    for n, group in enumerate(_chunks(changes)):
+        keys.extend(group)
+        numbers.extend([n] * len(group))
+    return [SUBMIT] * len(payloads), payloads, keys, numbers
 
 
 class Notifier:
@@ -211,20 +248,18 @@ class Notifier:
             wait = self._last_sent + MIN_INTERVAL_S - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)  # pacing, not synchronisation: more hints join this one
-            channels: list[str] = []
-            payloads: list[str] = []
-            for channel, pending in ((SUBMIT, self._work), (CHANGE, self._changes)):
-                for payload in _chunks(pending):
-                    channels.append(channel)
-                    payloads.append(payload)
-                pending.clear()
+            arguments = hint_arguments(self._work, self._changes)
+            self._work.clear()
+            self._changes.clear()
             try:
-                await self.pool.execute(HINT_SQL, channels, payloads)
+                await self.pool.execute(HINT_SQL, *arguments)
                 self.sent += 1
                 self._last_sent = loop.time()
             except Exception as exc:  # any failure: dropped, never retried in a loop
                 # A hint, not the truth: what it would have woken re-reads on its own.
-                log.warning("notify_failed", error=repr(exc), notifications=len(payloads))
+                log.warning(
+                    "notify_failed", error=repr(exc), work=len(arguments[1]), changes=len(arguments[2])
+                )
 
     async def close(self) -> None:
         """Send what is noted (bounded in time): before the pool closes."""

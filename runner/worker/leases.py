@@ -130,4 +130,4 @@ class Leases:
 
     def recheck(self) -> None:
         """After the listener reconnects: re-read our jobs now rather than at the next renewal."""
-        self.supervisor.track(self.renew(), "lease_recheck")
+        self.supervisor.once("lease_recheck", self.renew)

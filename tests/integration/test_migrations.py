@@ -23,6 +23,7 @@ EXPECTED_TABLES = {
     "wallet_turns",
     "cancel_pacing",
     "webhook_secrets",
+    "watched",
     "webhook_outbox",
 }
 
@@ -51,6 +52,7 @@ async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str
         "0014_webhooks.sql",
         "0015_notify_after_commit.sql",
         "0016_job_filter.sql",
+        "0017_watched.sql",
     ]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)

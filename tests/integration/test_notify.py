@@ -103,9 +103,11 @@ def test_a_submit_hint_names_the_backends_a_job_needs() -> None:
     assert notify.wanted("gpu,cpu+gpu", frozenset({"gpu"}))
     assert not notify.wanted("cpu+gpu", frozenset({"gpu"}))
     assert notify.wanted(notify.work_entry(["b", "a", "a"]), frozenset({"a", "b", "c"}))
-    chunks = notify._chunks(f"j{uuid.uuid4().hex}" for _ in range(1000))
-    assert len(chunks) > 1 and all(len(c) <= notify.MAX_PAYLOAD for c in chunks)
-    assert sum(len(notify.decode_change(c)) for c in chunks) == 1000
+    keys = [f"j{uuid.uuid4().hex}" for _ in range(1000)]
+    _, _, sent, numbers = notify.hint_arguments([], keys)
+    assert sent == keys and numbers == sorted(numbers) and numbers[-1] > 0
+    payloads = [",".join(k for k, n in zip(keys, numbers, strict=True) if n == i) for i in set(numbers)]
+    assert all(len(p) <= notify.MAX_PAYLOAD for p in payloads)
 
 
 async def test_jobs_submit_hands_its_hints_to_the_notifier(service: Runtime, db: asyncpg.Connection) -> None:
@@ -160,6 +162,54 @@ async def test_a_hint_commits_without_waiting_for_the_disk(db: asyncpg.Connectio
     asynchronously, so it does not hold that lock -- which every cancel's commit waits
     for -- across a WAL flush. Only its own transaction."""
     async with db.transaction():
-        await db.execute(notify.HINT_SQL, [notify.CHANGE], ["j" + "0" * 32])
+        await db.execute(notify.HINT_SQL, *notify.hint_arguments(["demo"], []))
         assert await db.fetchval("SHOW synchronous_commit") == "off"
     assert await db.fetchval("SHOW synchronous_commit") == "on"
+
+
+async def test_a_change_hint_goes_out_only_for_what_someone_watches(
+    service: Runtime, db: asyncpg.Connection
+) -> None:
+    """Each notifying commit wakes every listening backend (Postgres up to 18): a change hint
+    no instance has a watcher for is not sent at all. Notifications arrive in commit order,
+    so the watched job's hint is the barrier: had the first been sent, it would be heard."""
+    heard: list[str] = []
+    arrived = asyncio.Event()
+
+    def hear(*args: object) -> None:
+        heard.extend(notify.decode_change(str(args[-1])))
+        arrived.set()
+
+    await db.add_listener(notify.CHANGE, hear)
+    unwatched, watched = uuid.uuid4(), uuid.uuid4()
+    service.notifier.changed(unwatched, "0x" + "cd" * 20)
+    async with service.watch.watching(watched) as changed:
+        service.notifier.changed(watched, OWNER)
+        await asyncio.wait_for(changed.wait(), 10)
+    while notify.job_key(watched) not in heard:
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 10)
+    assert heard == [notify.job_key(watched)]  # neither the other job nor the unwatched wallet
+
+
+async def test_a_watched_key_is_registered_while_watched_and_again_after_a_crash(
+    service: Runtime, db: asyncpg.Connection
+) -> None:
+    job_id = uuid.uuid4()
+    key = notify.job_key(job_id)
+    lasts = "SELECT until - now() FROM watched WHERE key = $1"
+    async with service.watch.watching(job_id):
+        left = await db.fetchval(lasts, key)
+        assert left is not None and left.total_seconds() > notify.WATCH_TTL_S - 10
+        # Postgres crashed (an unlogged table comes back empty): the listener reconnects,
+        # and the keys watched here are registered again.
+        await db.execute("TRUNCATE watched")
+        assert service.listener is not None and service.listener._conn is not None
+        await db.execute("SELECT pg_terminate_backend($1)", service.listener._conn.get_server_pid())
+        async with asyncio.timeout(10):
+            while await db.fetchval(lasts, key) is None:  # noqa: ASYNC110 - waiting on the row
+                await asyncio.sleep(0.02)
+    # No longer watched here: the next renewal leaves it to expire.
+    await db.execute("UPDATE watched SET until = now() - interval '2 minutes' WHERE key = $1", key)
+    await service.watch.renew()
+    assert await db.fetchval(lasts, key) is None  # expired a while ago: cleaned up
