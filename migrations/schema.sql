@@ -321,6 +321,15 @@ CREATE TABLE public.executions (
     CONSTRAINT executions_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'completed'::text, 'failed'::text, 'cancelled'::text])))
 );
 
+-- TABLE fleet_gauges
+
+CREATE UNLOGGED TABLE public.fleet_gauges (
+    one boolean DEFAULT true NOT NULL,
+    figures jsonb NOT NULL,
+    counted_at timestamp with time zone NOT NULL,
+    CONSTRAINT fleet_gauges_one_check CHECK (one)
+);
+
 -- TABLE idempotency_keys
 
 CREATE TABLE public.idempotency_keys (
@@ -491,6 +500,11 @@ ALTER TABLE ONLY public.executions
 
 ALTER TABLE ONLY public.executions
     ADD CONSTRAINT executions_pkey PRIMARY KEY (id);
+
+-- CONSTRAINT fleet_gauges fleet_gauges_pkey
+
+ALTER TABLE ONLY public.fleet_gauges
+    ADD CONSTRAINT fleet_gauges_pkey PRIMARY KEY (one);
 
 -- CONSTRAINT idempotency_keys idempotency_keys_pkey
 

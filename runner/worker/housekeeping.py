@@ -3,12 +3,14 @@ count the queued jobs no live instance can run and note in their audit trails wh
 count the cancels whose work may still run, the queue's gauges -- and, once a minute,
 retention. One worker instance of the fleet does it (store.HOUSEKEEPER): it is the same work
 whoever does it, and 15 instances each doing it every 5 s put a burst on the database and the
-cores three times a second, which the 16-instance cancel p99 paid for. Its statements are in
+cores three times a second, which the 16-instance cancel p99 paid for. It publishes the
+fleet-wide gauges; the other workers show what it published. Its statements are in
 runner.worker.store."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import structlog
@@ -43,28 +45,37 @@ class Housekeeping:
         self._retention_ran = float("-inf")
 
     async def run(self) -> None:
-        """One round (runner_jobs_unclaimable, runner_remote_unconfirmed, the queue gauges),
-        on the housekeeper; elsewhere those gauges read 0 (the fleet's figure is their max)."""
-        if not await self.pool.fetchval(store.HOUSEKEEPER, self.instance_id):
-            for gauge in (self.metrics.jobs_unclaimable, self.metrics.remote_unconfirmed):
-                self.metrics.set_counts(gauge, {})
-            self.metrics.set_queue({})
+        """One round: on the housekeeper, the whole of it, publishing the fleet-wide gauges
+        (runner_jobs_unclaimable, runner_remote_unconfirmed, the queue's); elsewhere, those
+        gauges as it last published them (none once it is gone for 3 rounds)."""
+        keeper = await self.pool.fetchrow(
+            store.HOUSEKEEPER, self.instance_id, 3 * self.settings.lease_renew_s
+        )
+        if not keeper["keeper"]:
+            self._show(keeper["figures"] or {})
             return
         await self.leases.requeue_expired()
         rows = await self.pool.fetch(store.UNCLAIMABLE)
         unclaimable = {r["backend"]: r["jobs"] for r in rows}
-        self.metrics.set_counts(self.metrics.jobs_unclaimable, unclaimable)
         if unclaimable:
             await self.note_waiting(sorted(unclaimable))
+        figures: dict[str, Any] = {"unclaimable": unclaimable}
         rows = await self.pool.fetch(store.UNCONFIRMED)
-        self.metrics.set_counts(self.metrics.remote_unconfirmed, {r["backend"]: r["n"] for r in rows})
+        figures["unconfirmed"] = {r["backend"]: r["n"] for r in rows}
         rows = await self.pool.fetch(store.QUEUE)
-        self.metrics.set_queue({r["backend"]: (r["jobs"], max(r["age"], 0.0)) for r in rows})
+        figures["queue"] = {r["backend"]: [r["jobs"], max(r["age"], 0.0)] for r in rows}
+        self._show(figures)
+        await self.pool.execute(store.PUBLISH_GAUGES, figures)
         days = self.settings.retention_days
         now = asyncio.get_running_loop().time()
         if days is not None and now - self._retention_ran >= RETENTION_EVERY_S:
             self._retention_ran = now
             await self.apply_retention(days)
+
+    def _show(self, figures: dict[str, Any]) -> None:
+        self.metrics.set_counts(self.metrics.jobs_unclaimable, figures.get("unclaimable", {}))
+        self.metrics.set_counts(self.metrics.remote_unconfirmed, figures.get("unconfirmed", {}))
+        self.metrics.set_queue({b: (n, age) for b, (n, age) in figures.get("queue", {}).items()})
 
     async def note_waiting(self, backends: list[str]) -> int | None:
         """Say in the audit trail of each queued job that needs one of `backends` (which no live

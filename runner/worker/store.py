@@ -437,7 +437,13 @@ async def requeue_expired(
 
 # Whether $1 is the fleet's housekeeper: the live worker instance with the lowest id (null
 # when $1 has no live lease). A stalled one's lease lapses and the next takes over.
-HOUSEKEEPER = "SELECT min(id) = $1 FROM workers WHERE lease_expires_at >= now()"
+# Whether $1 is the fleet's housekeeper (the live worker with the lowest id), and the
+# figures it last published, unless older than $2 seconds (it is gone: no figures).
+HOUSEKEEPER = """SELECT min(w.id) = $1 AS keeper,
+        (SELECT figures FROM fleet_gauges WHERE counted_at > now() - make_interval(secs => $2)) AS figures
+    FROM workers w WHERE w.lease_expires_at >= now()"""
+PUBLISH_GAUGES = """INSERT INTO fleet_gauges (one, figures, counted_at) VALUES (true, $1::jsonb, now())
+    ON CONFLICT (one) DO UPDATE SET figures = EXCLUDED.figures, counted_at = EXCLUDED.counted_at"""
 RETENTION_LOCK_KEY = 0x72756E6E65720002  # one instance at a time deletes old jobs
 WAITING_LOCK_KEY = 0x72756E6E65720003  # one instance at a time notes why jobs wait
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"  # $1 one of the keys above

@@ -52,17 +52,28 @@ async def test_an_instance_claims_only_what_it_can_run(
         )
     }
     assert started == {for_b["id"]: b.instance_id, for_a["id"]: a.instance_id}
-    # Nobody has gpu-none: the job waits, queued, and the gauge says why -- on the fleet's
-    # housekeeper (the live worker with the lowest id) alone: the other does none of it.
+    # Nobody has gpu-none: the job waits, queued, and the gauge says why. The fleet's
+    # housekeeper (the live worker with the lowest id) counts; the other shows what it
+    # published, so every instance's /metrics is whole.
     keeper, other = sorted((a, b), key=lambda rt: rt.instance_id)
     assert keeper.worker is not None and other.worker is not None
     gauge = 'runner_jobs_unclaimable{backend="gpu-none"}'
-    await other.worker.housekeeping()
-    line = await _metric(http, f"http://127.0.0.1:{other.port}", gauge)
-    assert line is None or line.endswith(" 0.0"), line
     await keeper.worker.housekeeping()
     line = await _metric(http, f"http://127.0.0.1:{keeper.port}", gauge)
     assert line is not None and line.endswith(" 1.0"), line
+    await other.worker.housekeeping()
+    line = await _metric(http, f"http://127.0.0.1:{other.port}", gauge)
+    assert line is not None and line.endswith(" 1.0"), line
+    # What it shows is the published figure, not a count of its own...
+    await db.execute("""UPDATE fleet_gauges SET figures = '{"unclaimable": {"gpu-none": 7}}'""")
+    await other.worker.housekeeping()
+    line = await _metric(http, f"http://127.0.0.1:{other.port}", gauge)
+    assert line is not None and line.endswith(" 7.0"), line
+    # ...and nothing once the housekeeper has not published for three rounds.
+    await db.execute("UPDATE fleet_gauges SET counted_at = now() - interval '1 hour'")
+    await other.worker.housekeeping()
+    line = await _metric(http, f"http://127.0.0.1:{other.port}", gauge)
+    assert line is not None and line.endswith(" 0.0"), line
     assert (await api.job(stranded["id"]))["status"] == "queued"
     # ...and so does the job's audit trail, once, however often the housekeeping runs.
     await keeper.worker.housekeeping()

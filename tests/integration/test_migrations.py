@@ -24,6 +24,7 @@ EXPECTED_TABLES = {
     "cancel_pacing",
     "webhook_secrets",
     "watched",
+    "fleet_gauges",
     "webhook_outbox",
 }
 
@@ -53,6 +54,7 @@ async def test_migrations_apply_on_empty_database_then_are_a_noop(empty_dsn: str
         "0015_notify_after_commit.sql",
         "0016_job_filter.sql",
         "0017_watched.sql",
+        "0018_fleet_gauges.sql",
     ]
     assert await migrate(empty_dsn) == []
     conn = await connect(empty_dsn)
