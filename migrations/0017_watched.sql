@@ -7,8 +7,9 @@
 --
 -- UNLOGGED: no WAL for its renewals; a crash empties it, and the instances register their
 -- keys again when their listeners reconnect. During a rolling deploy, instances of the
--- previous release send every hint (as before) and do not register their watchers: theirs
--- fall back to their own re-reads (each stream's ping) until they are replaced.
+-- previous release send every hint (as before) and do not register their watchers: those
+-- get no hints from the new release's instances, and see changes at their own re-reads
+-- (each event stream's ping, every 15 s; a `?wait=true` may answer `stopped: false`).
 CREATE UNLOGGED TABLE watched (
     key text PRIMARY KEY,  -- 'j' || job id hex, 'w' || wallet address hex (lower case)
     until timestamptz NOT NULL

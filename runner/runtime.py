@@ -71,11 +71,12 @@ class Runtime:
             self.listener.on_reconnect(self._rewatch)
 
     def _rewatch(self) -> None:
-        """After a listener reconnect: every waiter re-reads (a hint may have been lost), and
-        the keys watched here are registered again (a crash empties their table)."""
+        """After a listener reconnect: every waiter re-reads now (a hint may have been lost),
+        and again once the keys watched here are registered again (a crash empties their
+        table)."""
         self.watch.wake_all()
         if self.watch.pool is not None:
-            self.supervisor.once("watch_renewal", self.watch.renew)
+            self.supervisor.once("watch_renewal", self.watch.reregister)
 
     def on_cancel_notification(self, payload: str) -> None:
         """A cancel committed on some instance: stop the tasks here that we hold."""

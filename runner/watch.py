@@ -64,6 +64,14 @@ class JobWatch:
         if self.pool is not None:
             await self.pool.execute(notify.WATCH_CLEANUP_SQL)
 
+    async def reregister(self) -> None:
+        """After a listener reconnect (a crash may have emptied the table): every key watched
+        here registered again, none taken as registered meanwhile, then every waiter woken
+        -- a change between its re-read at the reconnect and now sent no hint."""
+        self._fresh.clear()
+        await self.renew()
+        self.wake_all()
+
     def on_change(self, payload: str) -> None:
         """A runner_change notification: wake the waiters of the jobs and wallets it names."""
         for key in notify.decode_change(payload):

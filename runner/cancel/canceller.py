@@ -100,7 +100,7 @@ class Canceller:
         self.metrics = metrics
         self.remote_cancel_backends = remote_cancel_backends
         # How long the task holding a job gets to send its own remote cancels before the
-        # sweeper on any instance takes over.
+        # sweeper on any instance with the backend takes over.
         self.holder_grace_s = holder_grace_s
 
     def _refuse_unless_changed(self, row: asyncpg.Record, what: str) -> None:

@@ -1,5 +1,5 @@
 """Cancels owed to backends: sent by the task that held the job, and retried by a sweeper on
-any instance until the backend acknowledges or refuses -- so a job cancelled while its
+any instance that has the backend until the backend acknowledges or refuses -- so a job cancelled while its
 worker is dead still has its GPU stopped. For queue APIs an acknowledgement is not a stop:
 the sweeper then polls the work until the provider reports it over (`confirmed`,
 `remote_stopped_at`, where that report proves a stop), and sends the cancel again, with
@@ -169,7 +169,8 @@ class RemoteCanceller:
 
     async def sweep(self) -> int:
         """Send the cancels that are due (their holder is gone, or an earlier try failed), and
-        check the acknowledged ones whose work is due a look (any instance, from Postgres)."""
+        check the acknowledged ones whose work is due a look (any instance with the
+        backend, from Postgres)."""
         # Only the backends this instance has: another's owed cancel is left to an instance
         # that can send it (claiming it here would fail it, or hold it back CLAIM_S).
         rows = await self.pool.fetch(statements.SWEEP_DUE, SWEEP_BATCH, CLAIM_S, list(self.backends))

@@ -14,7 +14,7 @@ def owe_remote_cancel(when: str, due: str = "now()") -> str:
     """The SET clause that marks a cancel owed to the backend (`remote_cancel` 'pending', due
     at `due`) where `when` holds: the one way every statement that may leave work running
     at a provider records it. The holder of the job sends it; the sweeper (runner.cancel.
-    remote) sends whatever is still owed once due, from any instance."""
+    remote) sends whatever is still owed once due, from any instance with the backend."""
     return f"""remote_cancel = CASE WHEN {when} THEN 'pending' ELSE remote_cancel END,
     remote_cancel_due = CASE WHEN {when} THEN {due} ELSE remote_cancel_due END"""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import asyncpg
@@ -11,6 +12,8 @@ from runner.cancel.registry import JobContext
 from runner.cancel.statements import NO_TASK_LEFT
 from runner.cancel.stops import StopRecorder
 from runner.watch import JobWatch
+
+RE_READ_S = 1.0  # without a hint, how often a waiter reads the job's stop record again
 
 
 async def wait_stopped(
@@ -35,6 +38,10 @@ async def wait_stopped(
                     changed.clear()
                     if await pool.fetchval(NO_TASK_LEFT, job_id):
                         return True
-                    await changed.wait()
+                    # A hint may never come (an instance of an older release, a lost
+                    # NOTIFY): the row is read again now and then all the same.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RE_READ_S):
+                            await changed.wait()
     except TimeoutError:
         return False

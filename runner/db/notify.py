@@ -220,7 +220,7 @@ class Notifier:
         self._work: dict[str, None] = {}
         self._sending: asyncio.Task[None] | None = None
         self._last_sent = float("-inf")
-        self.sent = 0  # NOTIFY transactions, for tests and benchmarks
+        self.sent = 0  # hint statements run (some may have had nothing watched to send)
 
     def changed(self, job_id: uuid.UUID, owner: str | None) -> None:
         """A job (of wallet `owner`) changed: wake whoever watches it or its wallet."""

@@ -7,12 +7,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiohttp
 import asyncpg
 
 from runner import jobs
+from runner.cancel.waiting import wait_stopped
 from runner.db import connect, notify
+from runner.fakes import FakeProviders
 from runner.runtime import Runtime
+from runner.watch import JobWatch
 from runner.worker import records, store
+from tests.client import Api, wait_event
+from tests.conftest import Cluster
 
 OWNER = "0x" + "ab" * 20
 
@@ -213,3 +219,39 @@ async def test_a_watched_key_is_registered_while_watched_and_again_after_a_crash
     await db.execute("UPDATE watched SET until = now() - interval '2 minutes' WHERE key = $1", key)
     await service.watch.renew()
     assert await db.fetchval(lasts, key) is None  # expired a while ago: cleaned up
+
+
+async def test_after_a_reconnect_waiters_are_woken_once_their_keys_are_registered_again(
+    service: Runtime, db: asyncpg.Connection
+) -> None:
+    """A change committed between a waiter's re-read after a reconnect and its key's new
+    registration would send no hint (the key is not in the table yet): the waiters are woken
+    again once the keys are back."""
+    job_id = uuid.uuid4()
+    key = notify.job_key(job_id)
+    assert service.listener is not None and service.listener._conn is not None
+    async with service.watch.watching(job_id) as changed:
+        async with db.transaction():
+            await db.execute("TRUNCATE watched")  # a crash emptied it; the renewal waits on this lock
+            await db.execute("SELECT pg_terminate_backend($1)", service.listener._conn.get_server_pid())
+            await asyncio.wait_for(changed.wait(), 10)  # woken at the reconnect, to re-read
+            changed.clear()
+        await asyncio.wait_for(changed.wait(), 10)  # and again once registered
+        assert await db.fetchval("SELECT 1 FROM watched WHERE key = $1", key) == 1
+
+
+async def test_a_cancel_waiting_for_the_stop_reads_it_again_without_a_hint(
+    cluster: Cluster, fake_gpu: FakeProviders, http: aiohttp.ClientSession
+) -> None:
+    """An API instance of an older release registers no watched keys, so the holder sends its
+    stop's hint to nobody: a `?wait=true` there still sees the stop, by reading it again."""
+    front = await cluster.start("api")
+    await cluster.start("worker")
+    api = await Api.signed_in(http, f"http://127.0.0.1:{front.port}")
+    job = await api.submit({"backend": "gpu", "input": {"mode": "hold"}})
+    await wait_event(fake_gpu.web.started[job["executions"][0]["id"]])
+    job_id = uuid.UUID(job["id"])
+    assert api.wallet is not None
+    await front.canceller.cancel_job(job_id, actor=api.wallet.address, admin=False, reason=None)
+    unregistered = JobWatch(None)  # as an instance of the previous release
+    assert await wait_stopped(front.pool, unregistered, None, job_id, 8.0, None)
