@@ -98,11 +98,9 @@ class WebhookSender:
                 task = asyncio.get_running_loop().create_task(self._guarded(row), name="webhook")
                 self.in_flight.add(task)
                 task.add_done_callback(self.in_flight.discard)
-        due = await self.pool.fetchrow(statements.NEXT_DUE)
-        self.metrics.webhooks_pending.set(due["pending"])
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             return None
-        due_in_s: float | None = due["due_in_s"]
+        due_in_s: float | None = await self.pool.fetchval(statements.NEXT_DUE)
         return due_in_s
 
     async def close(self) -> None:

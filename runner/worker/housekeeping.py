@@ -46,8 +46,9 @@ class Housekeeping:
 
     async def run(self) -> None:
         """One round: on the housekeeper, the whole of it, publishing the fleet-wide gauges
-        (runner_jobs_unclaimable, runner_remote_unconfirmed, the queue's); elsewhere, those
-        gauges as it last published them (none once it is gone for 3 rounds)."""
+        (runner_jobs_unclaimable, runner_remote_unconfirmed, the queue's, the webhook
+        outbox's); elsewhere, those gauges as it last published them (none once it has not
+        published for 3 rounds)."""
         keeper = await self.pool.fetchrow(
             store.HOUSEKEEPER, self.instance_id, 3 * self.settings.lease_renew_s
         )
@@ -64,6 +65,7 @@ class Housekeeping:
         figures["unconfirmed"] = {r["backend"]: r["n"] for r in rows}
         rows = await self.pool.fetch(store.QUEUE)
         figures["queue"] = {r["backend"]: [r["jobs"], max(r["age"], 0.0)] for r in rows}
+        figures["webhooks_pending"] = await self.pool.fetchval(store.WEBHOOKS_PENDING)
         self._show(figures)
         await self.pool.execute(store.PUBLISH_GAUGES, figures)
         days = self.settings.retention_days
@@ -76,6 +78,7 @@ class Housekeeping:
         self.metrics.set_counts(self.metrics.jobs_unclaimable, figures.get("unclaimable", {}))
         self.metrics.set_counts(self.metrics.remote_unconfirmed, figures.get("unconfirmed", {}))
         self.metrics.set_queue({b: (n, age) for b, (n, age) in figures.get("queue", {}).items()})
+        self.metrics.webhooks_pending.set(figures.get("webhooks_pending", 0))
 
     async def note_waiting(self, backends: list[str]) -> int | None:
         """Say in the audit trail of each queued job that needs one of `backends` (which no live

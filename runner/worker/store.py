@@ -436,8 +436,7 @@ async def requeue_expired(
 # -- housekeeping (runner.worker.housekeeping runs these) ------------------------------------
 
 # Whether $1 is the fleet's housekeeper: the live worker instance with the lowest id (null
-# when $1 has no live lease). A stalled one's lease lapses and the next takes over.
-# Whether $1 is the fleet's housekeeper (the live worker with the lowest id), and the
+# when no worker is live; a stalled one's lease lapses and the next takes over). And the
 # figures it last published, unless older than $2 seconds (it is gone: no figures).
 HOUSEKEEPER = """SELECT min(w.id) = $1 AS keeper,
         (SELECT figures FROM fleet_gauges WHERE counted_at > now() - make_interval(secs => $2)) AS figures
@@ -458,6 +457,9 @@ UNCLAIMABLE = """SELECT b AS backend, count(*) AS jobs FROM jobs j, unnest(j.bac
 # Per backend: queued jobs needing it and the oldest one's age (one scan, by the partial index).
 QUEUE = """SELECT b AS backend, count(*) AS jobs, extract(epoch FROM now() - min(j.created_at))::float8 AS age
     FROM jobs j, unnest(j.backends) b WHERE j.status = 'queued' GROUP BY b"""
+
+# Webhook deliveries owed, fleet-wide (runner_webhooks_pending).
+WEBHOOKS_PENDING = "SELECT count(*) FROM webhook_outbox WHERE state = 'pending'"
 
 # A `waiting` event, once per reason, for each queued job needing one of $1 (backends no live
 # instance has); returns the jobs noted and their owners.

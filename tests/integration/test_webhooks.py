@@ -173,6 +173,8 @@ async def test_a_receiver_down_for_a_while_gets_the_event_once_when_it_is_back(
     # Nothing listens yet: attempts fail and are retried.
     await _until_outbox(cluster.dsn, job["id"], lambda rs: rs and rs[0]["attempts"] >= 3)
     assert _metric(rt, 'runner_webhook_failures_total{status="network"}') >= 2
+    assert rt.worker is not None
+    await rt.worker.housekeeping()  # the fleet's gauges, as its housekeeper counts them
     assert _metric(rt, "runner_webhooks_pending") >= 1
     await receiver.start()
     await receiver.wait(lambda r: r.verified)
@@ -439,7 +441,6 @@ async def test_an_idle_sender_looks_again_when_the_next_retry_is_due(cluster: Cl
         # The later event waits for its job's earlier one: the next look is when that is due.
         due = await sender.tick()
         assert due is not None and 29 < due <= 30
-        assert _metric(rt, "runner_webhooks_pending") == 2
     finally:
         await sender.close()
 
