@@ -73,8 +73,8 @@ async def _running(api: Api, seconds: float = 60) -> dict[str, Any]:
     return await api.until(job["id"], "running")
 
 
-async def _hold_renewal(runtime: Runtime) -> None:
-    renewal = runtime.supervisor.tasks.pop("lease_renewal")
+async def _hold_renewal(runtime: Runtime, task: str = "lease_renewal") -> None:
+    renewal = runtime.supervisor.tasks.pop(task)
     renewal.cancel()
     await asyncio.gather(renewal, return_exceptions=True)
 
@@ -89,6 +89,8 @@ async def test_an_instance_never_requeues_the_jobs_it_holds(
     job = await _running(api)
     assert runtime.worker is not None
     await _hold_renewal(runtime)  # the renewal has not run yet after the stall
+    # Nor has a claim, whose statement renews the lease too (its poll could fall between).
+    await _hold_renewal(runtime, "worker_claim")
     await runtime.pool.execute(
         "UPDATE workers SET lease_expires_at = now() - interval '1 minute' WHERE id = $1", runtime.instance_id
     )
@@ -114,15 +116,15 @@ async def test_a_job_claimed_again_while_its_old_task_runs_here_runs_once_and_cl
     old = runtime.manager.get(uuid.UUID(job["id"]))
     assert old is not None
     await _hold_renewal(runtime)  # the stall: our renewal has not run since
+    await _hold_renewal(runtime, "worker_claim")  # nor a claim, which renews the lease too
     # Another instance's housekeeping, meanwhile: our lease lapsed, the job is requeued.
     await runtime.pool.execute(
         "UPDATE workers SET lease_expires_at = now() - interval '1 minute' WHERE id = $1", runtime.instance_id
     )
-    # (with its Notifier: the work hint after the commit wakes our claim loop, as it would)
-    requeued = await store.requeue_expired(
-        runtime.pool, max_attempts=3, lease_s=0.0, instance_id="other", notifier=runtime.notifier
-    )
+    requeued = await store.requeue_expired(runtime.pool, max_attempts=3, lease_s=0.0, instance_id="other")
     assert [str(r["id"]) for r in requeued] == [job["id"]]
+    # The stall ends: our claim loop goes on, and claims the job back.
+    runtime.supervisor.spawn("worker_claim", runtime.worker.claim_loop)
     await asyncio.wait_for(asyncio.wait([old.task]), 10)  # the old claim is void: its task stops
     assert old.reason is StopReason.LEASE_LOST
     runtime.supervisor.every("lease_renewal", settings.lease_renew_s, runtime.worker.renew_leases)
