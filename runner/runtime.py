@@ -76,7 +76,7 @@ class Runtime:
         table)."""
         self.watch.wake_all()
         if self.watch.pool is not None:
-            self.supervisor.once("watch_renewal", self.watch.reregister)
+            self.supervisor.once("watch_reregister", self.watch.reregister)
 
     def on_cancel_notification(self, payload: str) -> None:
         """A cancel committed on some instance: stop the tasks here that we hold."""

@@ -1,10 +1,11 @@
 """Cancels owed to backends: sent by the task that held the job, and retried by a sweeper on
-any instance that has the backend until the backend acknowledges or refuses -- so a job cancelled while its
-worker is dead still has its GPU stopped. For queue APIs an acknowledgement is not a stop:
-the sweeper then polls the work until the provider reports it over (`confirmed`,
-`remote_stopped_at`, where that report proves a stop), and sends the cancel again, with
-backoff, while it runs on past `confirm_within_s`; `gone` when the provider no longer knows
-the work. Cancels to one backend are paced across every instance (`cancel_rate_per_s`)."""
+any instance that has the backend until the backend acknowledges or refuses -- so a job
+cancelled while its worker is dead still has its GPU stopped. For queue APIs an
+acknowledgement is not a stop: the sweeper then polls the work until the provider reports it
+over (`confirmed`, `remote_stopped_at`, where that report proves a stop), and sends the
+cancel again, with backoff, while it runs on past `confirm_within_s`; `gone` when the
+provider no longer knows the work. Cancels to one backend are paced across every instance
+(`cancel_rate_per_s`)."""
 
 from __future__ import annotations
 

@@ -476,8 +476,8 @@ NOTE_WAITING = """WITH stranded AS (
     SELECT n.job_id, j.owner FROM noted n JOIN jobs j ON j.id = n.job_id"""
 
 # Executions per backend whose work may still run at the provider after a cancel: not yet
-# seen over, tried and not accepted, or owed for a minute with no try (no live instance has
-# the backend to send it; one just owed is being sent by its holder).
+# seen over, tried and not accepted, or owed a minute with no try (no live instance has the
+# backend, or its cancels queue under the provider's rate limit; a new one is being sent).
 UNCONFIRMED = """SELECT backend, count(*) AS n FROM executions
     WHERE (remote_cancel = 'acknowledged' AND remote_cancel_due IS NOT NULL)
        OR (remote_cancel = 'pending'

@@ -73,10 +73,11 @@ async def _running(api: Api, seconds: float = 60) -> dict[str, Any]:
     return await api.until(job["id"], "running")
 
 
-async def _hold_renewal(runtime: Runtime, task: str = "lease_renewal") -> None:
-    renewal = runtime.supervisor.tasks.pop(task)
-    renewal.cancel()
-    await asyncio.gather(renewal, return_exceptions=True)
+async def _hold(runtime: Runtime, task: str = "lease_renewal") -> None:
+    """Stop one of the instance's long-lived tasks, as a stall would (the renewal by default)."""
+    held = runtime.supervisor.tasks.pop(task)
+    held.cancel()
+    await asyncio.gather(held, return_exceptions=True)
 
 
 async def test_an_instance_never_requeues_the_jobs_it_holds(
@@ -88,9 +89,9 @@ async def test_an_instance_never_requeues_the_jobs_it_holds(
     api = await Api.signed_in(http, f"http://127.0.0.1:{runtime.port}")
     job = await _running(api)
     assert runtime.worker is not None
-    await _hold_renewal(runtime)  # the renewal has not run yet after the stall
+    await _hold(runtime)  # the renewal has not run yet after the stall
     # Nor has a claim, whose statement renews the lease too (its poll could fall between).
-    await _hold_renewal(runtime, "worker_claim")
+    await _hold(runtime, "worker_claim")
     await runtime.pool.execute(
         "UPDATE workers SET lease_expires_at = now() - interval '1 minute' WHERE id = $1", runtime.instance_id
     )
@@ -115,8 +116,8 @@ async def test_a_job_claimed_again_while_its_old_task_runs_here_runs_once_and_cl
     assert runtime.worker is not None
     old = runtime.manager.get(uuid.UUID(job["id"]))
     assert old is not None
-    await _hold_renewal(runtime)  # the stall: our renewal has not run since
-    await _hold_renewal(runtime, "worker_claim")  # nor a claim, which renews the lease too
+    await _hold(runtime)  # the stall: our renewal has not run since
+    await _hold(runtime, "worker_claim")  # nor a claim, which renews the lease too
     # Another instance's housekeeping, meanwhile: our lease lapsed, the job is requeued.
     await runtime.pool.execute(
         "UPDATE workers SET lease_expires_at = now() - interval '1 minute' WHERE id = $1", runtime.instance_id
